@@ -1,0 +1,108 @@
+"""Host and GPU sampling at a fixed cadence: psutil for the host, agent.nvml for the GPUs."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import asdict
+from typing import Any
+
+import psutil
+import pyarrow as pa
+
+from agent.nvml import GpuSample, Nvml
+from core.store import Store
+
+log = logging.getLogger("mldeck.collector")
+
+
+class Collector:
+    """Samples every interval; the next tick is scheduled when this one is done, so none pile up."""
+
+    def __init__(
+        self,
+        nvml: Nvml,
+        store: Store,
+        db: Callable[..., Awaitable[Any]],
+        publish: Callable[[str, Any], None],
+        interval_s: float = 1.0,
+    ) -> None:
+        self.nvml = nvml
+        self.store = store
+        self.db = db
+        self.publish = publish
+        self.interval_s = interval_s
+        self.latest: dict[str, Any] = {}
+        psutil.cpu_percent(None)
+
+    def sample(self) -> dict[str, Any]:
+        """One reading of the host and each GPU, JSON-ready."""
+        mem = psutil.virtual_memory()
+        gpus = self.nvml.sample() if self.nvml.available else []
+        return {
+            "ts": time.time(),
+            "cpu_pct": psutil.cpu_percent(None),
+            "cpu_count": psutil.cpu_count(),
+            "ram_used": mem.total - mem.available,
+            "ram_total": mem.total,
+            "gpus": [asdict(g) for g in gpus],
+        }
+
+    @staticmethod
+    def rows(snapshot: dict[str, Any]) -> tuple[pa.Table, pa.Table]:
+        """The snapshot as system_metrics rows (host row has gpu_index NULL) and process rows."""
+        gpus = [GpuSample(**g) for g in snapshot["gpus"]]
+        n = len(gpus) + 1
+        ts = [snapshot["ts"]] * n
+
+        def col(attr: str) -> list[Any]:
+            return [None, *(getattr(g, attr) for g in gpus)]
+
+        metrics = pa.table({
+            "ts": pa.array(ts, pa.float64()),
+            "gpu_index": pa.array(col("index"), pa.int32()),
+            "util_pct": pa.array(col("util_pct"), pa.float64()),
+            "mem_used": pa.array(col("mem_used"), pa.int64()),
+            "mem_total": pa.array(col("mem_total"), pa.int64()),
+            "power_w": pa.array(col("power_w"), pa.float64()),
+            "temp_c": pa.array(col("temp_c"), pa.float64()),
+            "cpu_pct": pa.array([snapshot["cpu_pct"]] + [None] * (n - 1), pa.float64()),
+            "ram_used": pa.array([snapshot["ram_used"]] + [None] * (n - 1), pa.int64()),
+            "ram_total": pa.array([snapshot["ram_total"]] + [None] * (n - 1), pa.int64()),
+            "sm_clock_mhz": pa.array(col("sm_clock_mhz"), pa.float64()),
+            "energy_j": pa.array(col("energy_j"), pa.float64()),
+            "sm_active_pct": pa.array(col("sm_active_pct"), pa.float64()),
+            "tensor_active_pct": pa.array(col("tensor_active_pct"), pa.float64()),
+        })
+        procs = [(g.index, pid, mem) for g in gpus for pid, mem in g.processes]
+        processes = pa.table({
+            "ts": pa.array([snapshot["ts"]] * len(procs), pa.float64()),
+            "gpu_index": pa.array([p[0] for p in procs], pa.int32()),
+            "pid": pa.array([p[1] for p in procs], pa.int32()),
+            "mem_used": pa.array([p[2] for p in procs], pa.int64()),
+        })
+        return metrics, processes
+
+    def _write(self, metrics: pa.Table, processes: pa.Table) -> None:
+        with self.store.transaction():
+            self.store.append("system_metrics", metrics)
+            self.store.append("gpu_processes", processes)
+
+    async def tick(self) -> dict[str, Any]:
+        snapshot = await asyncio.to_thread(self.sample)
+        await self.db(self._write, *self.rows(snapshot))
+        self.latest = snapshot
+        self.publish("host.metrics", snapshot)
+        return snapshot
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            started = loop.time()
+            try:
+                await self.tick()
+            except Exception:
+                log.exception("collector tick failed; trying again next interval")
+            await asyncio.sleep(max(0.0, self.interval_s - (loop.time() - started)))

@@ -1,0 +1,255 @@
+"""Exactly-once ingest: tail the JSON-lines files that jobs and the model server append to.
+
+Each file's committed byte offset is stored in the same transaction as its rows, so a
+kill -9 at any moment neither loses nor doubles a line. A half-written last line waits
+for its newline; a bad line is skipped, counted and logged with its file and line number.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import pyarrow as pa
+import watchfiles
+
+from core.store import Store
+from core.track import Line
+
+log = logging.getLogger("mldeck.ingest")
+
+READ_CHUNK = 32 * 1024 * 1024
+RESCAN_S = 3.0
+
+Action = Callable[[Store], None]
+
+
+@dataclass
+class Parsed:
+    """What a chunk of lines turns into: ordered store actions, and events to publish after commit."""
+
+    actions: list[Action] = field(default_factory=list)
+    events: list[tuple[str, Any]] = field(default_factory=list)
+    bad: int = 0
+
+
+Parser = Callable[[Path, bytes, int], Parsed]
+
+
+@dataclass
+class Source:
+    """A family of files to tail (a glob under the home) and how to read their lines."""
+
+    pattern: str
+    parse: Parser
+
+
+_line_decoder = msgspec.json.Decoder(Line)
+
+
+def decode_lines(
+    path: Path, chunk: bytes, first_line: int, decoder: msgspec.json.Decoder[Any], parsed: Parsed
+) -> list[Any]:
+    """Decode a chunk fast, falling back line by line to skip and report the bad ones."""
+    try:
+        return decoder.decode_lines(chunk)
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        pass
+    out = []
+    for n, raw in enumerate(chunk.split(b"\n")[:-1], start=first_line):
+        if not raw.strip():
+            continue
+        try:
+            out.append(decoder.decode(raw))
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            parsed.bad += 1
+            log.warning("%s:%d: skipped a bad line: %s", path, n, exc)
+    return out
+
+
+def parse_run_metrics(path: Path, chunk: bytes, first_line: int) -> Parsed:
+    """metrics.jsonl → metrics rows, run upserts on init, superseded steps dropped on resume."""
+    run_id = path.parent.name
+    parsed = Parsed()
+    keys: list[str] = []
+    steps: list[int] = []
+    stamps: list[float] = []
+    values: list[float] = []
+    nan = math.nan
+
+    def close_segment() -> None:
+        if not keys:
+            return
+        batch = pa.table({
+            "run_id": pa.array([run_id] * len(keys), pa.string()),
+            "key": pa.array(keys, pa.string()),
+            "step": pa.array(steps, pa.int64()),
+            "ts": pa.array(stamps, pa.float64()),
+            "value": pa.array(values, pa.float64()),
+        })
+        parsed.actions.append(lambda store: store.append("metrics", batch))
+        parsed.events.append(("run.metrics", {
+            "run_id": run_id, "key": list(keys), "step": list(steps), "value": list(values),
+        }))
+        keys.clear()
+        steps.clear()
+        stamps.clear()
+        values.clear()
+
+    for line in decode_lines(path, chunk, first_line, _line_decoder, parsed):
+        if line.m is not None:
+            if line.s is None:
+                parsed.bad += 1
+                log.warning("%s: skipped a metrics line without a step", path)
+                continue
+            for key, value in line.m.items():
+                keys.append(key)
+                steps.append(line.s)
+                stamps.append(line.t)
+                values.append(nan if value is None else value)
+        elif line.e is not None:
+            close_segment()
+            _apply_event(run_id, line, parsed)
+    close_segment()
+    return parsed
+
+
+def _apply_event(run_id: str, line: Line, parsed: Parsed) -> None:
+    data = line.d or {}
+    if line.e == "init":
+        fields = {k: v for k, v in data.items() if k not in ("user", "pid")}
+        fields.update(run_id=run_id, started_at=line.t, status="running")
+        parsed.actions.append(lambda store: _init_run(store, fields))
+        parsed.events.append(("runs", {"run_id": run_id, "status": "running"}))
+    elif line.e == "resume":
+        step = int(data.get("step", -1))
+        parsed.actions.append(lambda store: store.delete_metrics_after(run_id, step))
+    elif line.e == "finish":
+        status = str(data.get("status") or "succeeded")
+        reason = data.get("reason")
+        parsed.actions.append(
+            lambda store: store.finish_unmanaged_run(run_id, status, line.t, reason)
+        )
+        parsed.events.append(("runs", {"run_id": run_id, "status": status}))
+
+
+def _init_run(store: Store, fields: dict[str, Any]) -> None:
+    existing = store.get_run(fields["run_id"])
+    if existing and existing.get("managed"):
+        for key in ("status", "started_at", "created_at", "command", "host"):
+            fields.pop(key, None)
+    store.upsert_run(fields)
+
+
+class Ingest:
+    """Watches the home's sources and commits new lines; all store work goes through `db`."""
+
+    def __init__(
+        self,
+        store: Store,
+        home: Path,
+        db: Callable[..., Awaitable[Any]],
+        publish: Callable[[str, Any], None],
+        sources: Iterable[Source] = (),
+    ) -> None:
+        self.store = store
+        self.home = home
+        self.db = db
+        self.publish = publish
+        self.sources = [Source("runs/*/metrics.jsonl", parse_run_metrics), *sources]
+        self.offsets: dict[str, tuple[int, int]] = {}
+        self.bad_lines = 0
+        self.rows_committed = 0
+        self._stop = asyncio.Event()
+
+    def add_source(self, source: Source) -> None:
+        self.sources.append(source)
+
+    async def run(self) -> None:
+        self.offsets = await self.db(self.store.ingest_offsets)
+        await self.scan()
+        watch_dirs = [self.home / "runs", self.home / "serving"]
+        watcher = asyncio.create_task(self._watch(watch_dirs))
+        try:
+            while not self._stop.is_set():
+                try:
+                    await asyncio.wait_for(self._stop.wait(), RESCAN_S)
+                except TimeoutError:
+                    await self.scan()
+        finally:
+            watcher.cancel()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    async def _watch(self, dirs: list[Path]) -> None:
+        for d in dirs:
+            d.mkdir(parents=True, exist_ok=True)
+        async for changes in watchfiles.awatch(
+            *dirs, debounce=50, step=10, stop_event=self._stop, recursive=True
+        ):
+            paths = {Path(p) for change, p in changes if change != watchfiles.Change.deleted}
+            for path in sorted(paths):
+                parser = self._parser_for(path)
+                if parser:
+                    await self.ingest_file(path, parser)
+
+    def _parser_for(self, path: Path) -> Parser | None:
+        try:
+            rel = path.relative_to(self.home)
+        except ValueError:
+            return None
+        for source in self.sources:
+            if rel.match(source.pattern):
+                return source.parse
+        return None
+
+    async def scan(self) -> None:
+        """Catch up every file: at start, and as a safety net behind the watcher."""
+        for source in self.sources:
+            for path in sorted(self.home.glob(source.pattern)):
+                try:
+                    size = path.stat().st_size
+                except FileNotFoundError:
+                    continue
+                if size > self.offsets.get(str(path), (0, 0))[0]:
+                    await self.ingest_file(path, source.parse)
+
+    async def ingest_file(self, path: Path, parse: Parser) -> None:
+        events = await self.db(self._ingest_file_sync, path, parse)
+        for topic, data in events:
+            self.publish(topic, data)
+
+    def _ingest_file_sync(self, path: Path, parse: Parser) -> list[tuple[str, Any]]:
+        key = str(path)
+        events: list[tuple[str, Any]] = []
+        while True:
+            offset, lines = self.offsets.get(key, (0, 0))
+            try:
+                with open(path, "rb") as fh:
+                    fh.seek(offset)
+                    data = fh.read(READ_CHUNK)
+            except FileNotFoundError:
+                return events
+            end = data.rfind(b"\n")
+            if end < 0:
+                return events
+            chunk = data[: end + 1]
+            parsed = parse(path, chunk, lines + 1)
+            new_offset, new_lines = offset + len(chunk), lines + chunk.count(b"\n")
+            with self.store.transaction():
+                for action in parsed.actions:
+                    action(self.store)
+                self.store.set_offset(key, new_offset, new_lines)
+            self.offsets[key] = (new_offset, new_lines)
+            self.bad_lines += parsed.bad
+            self.rows_committed += new_lines - lines
+            events.extend(parsed.events)
+            if len(data) < READ_CHUNK:
+                return events

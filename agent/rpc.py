@@ -1,0 +1,220 @@
+"""The control socket: JSON-RPC dispatch, subscriptions, and the framing that never drops a client."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import os
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from core import protocol
+from core.protocol import RpcError
+
+log = logging.getLogger("mldeck.rpc")
+
+Handler = Callable[[Any, "Connection"], Awaitable[Any]]
+CONNECTION_QUEUE = 1000
+
+
+class Dispatcher:
+    """Method name → (params type, handler); each agent part registers its own methods."""
+
+    def __init__(self) -> None:
+        self.methods: dict[str, tuple[type[msgspec.Struct], Handler]] = {}
+
+    def add(self, name: str, params: type[msgspec.Struct], handler: Handler) -> None:
+        if name in self.methods:
+            raise ValueError(f"method {name} registered twice")
+        self.methods[name] = (params, handler)
+
+    async def handle(self, msg: Any, conn: Connection) -> dict[str, Any] | None:
+        """Answer one decoded message; every failure becomes a JSON-RPC error."""
+        msg_id = msg.get("id") if isinstance(msg, dict) else None
+        try:
+            if not isinstance(msg, dict) or msg.get("jsonrpc") != "2.0" or not isinstance(
+                msg.get("method"), str
+            ):
+                raise RpcError(
+                    protocol.INVALID_REQUEST,
+                    'a request is an object with "jsonrpc": "2.0", a "method" string, '
+                    'optional "params" and an "id"',
+                )
+            entry = self.methods.get(msg["method"])
+            if entry is None:
+                raise RpcError(
+                    protocol.METHOD_NOT_FOUND,
+                    f"unknown method {msg['method']!r}; known: {', '.join(sorted(self.methods))}",
+                )
+            kind, handler = entry
+            params = protocol.validate(msg.get("params"), kind)
+            result = await handler(params, conn)
+        except RpcError as err:
+            return protocol.error_response(msg_id, err) if "id" in msg else None
+        except Exception as exc:
+            log.exception("method %s failed", msg.get("method"))
+            err = RpcError(protocol.INTERNAL_ERROR, f"internal error: {type(exc).__name__}: {exc}")
+            return protocol.error_response(msg_id, err)
+        if not isinstance(msg, dict) or "id" not in msg:
+            return None
+        return protocol.response(msg_id, result)
+
+
+class Hub:
+    """Topics and their subscribers; publishing never waits on a slow client."""
+
+    def __init__(self) -> None:
+        self._ids = itertools.count(1)
+        self._subs: dict[int, tuple[str, dict[str, str], Connection]] = {}
+
+    def subscribe(self, topic: str, filters: dict[str, str], conn: Connection) -> int:
+        sub_id = next(self._ids)
+        self._subs[sub_id] = (topic, filters, conn)
+        conn.subscriptions.add(sub_id)
+        return sub_id
+
+    def unsubscribe(self, sub_id: int) -> bool:
+        entry = self._subs.pop(sub_id, None)
+        if entry:
+            entry[2].subscriptions.discard(sub_id)
+        return entry is not None
+
+    def has_subscribers(self, topic: str) -> bool:
+        return any(t == topic for t, _, _ in self._subs.values())
+
+    def publish(self, topic: str, data: Any) -> None:
+        for sub_id, (t, filters, conn) in list(self._subs.items()):
+            if t != topic:
+                continue
+            if filters and not (
+                isinstance(data, dict) and all(str(data.get(k)) == v for k, v in filters.items())
+            ):
+                continue
+            conn.send(protocol.event(topic, sub_id, data))
+
+
+class Connection:
+    """One client: a reader task, and a bounded outbox drained by a writer task."""
+
+    def __init__(self, writer: asyncio.StreamWriter, peer: str) -> None:
+        self.writer = writer
+        self.peer = peer
+        self.subscriptions: set[int] = set()
+        self.outbox: asyncio.Queue[bytes] = asyncio.Queue(CONNECTION_QUEUE)
+        self.dropped = 0
+
+    def send(self, message: Any) -> None:
+        try:
+            self.outbox.put_nowait(protocol.encode(message))
+        except asyncio.QueueFull:
+            self.dropped += 1
+
+    async def write_loop(self) -> None:
+        while True:
+            data = await self.outbox.get()
+            self.writer.write(data)
+            await self.writer.drain()
+
+
+class RpcServer:
+    """Serves a Dispatcher on a UNIX socket only its owner can open."""
+
+    def __init__(self, dispatcher: Dispatcher, hub: Hub) -> None:
+        self.dispatcher = dispatcher
+        self.hub = hub
+        self.server: asyncio.base_events.Server | None = None
+        self.connections: set[Connection] = set()
+
+    async def start(self, path: Path) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+        old = os.umask(0o177)
+        try:
+            self.server = await asyncio.start_unix_server(
+                self._serve, path=str(path), limit=protocol.MAX_MESSAGE
+            )
+        finally:
+            os.umask(old)
+        os.chmod(path, 0o600)
+
+    async def stop(self) -> None:
+        if self.server:
+            self.server.close()
+            for conn in list(self.connections):
+                conn.writer.close()
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self.server.wait_closed(), 2)
+
+    async def serve_streams(self, reader: asyncio.StreamReader, writer: Any) -> None:
+        """Serve one client on any stream pair (the socket, or a bridge's stdin/stdout)."""
+        await self._serve(reader, writer)
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: Any) -> None:
+        conn = Connection(writer, "local")
+        self.connections.add(conn)
+        writer_task = asyncio.create_task(conn.write_loop())
+        try:
+            while True:
+                line = await self._read_line(reader, conn)
+                if line is None:
+                    break
+                if not line.strip():
+                    continue
+                try:
+                    msg = protocol.decode(line)
+                except (msgspec.DecodeError, UnicodeDecodeError) as exc:
+                    conn.send(protocol.error_response(
+                        None, RpcError(protocol.PARSE_ERROR, f"not valid JSON: {exc}")
+                    ))
+                    continue
+                reply = await self.dispatcher.handle(msg, conn)
+                if reply is not None:
+                    conn.send(reply)
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            for sub_id in list(conn.subscriptions):
+                self.hub.unsubscribe(sub_id)
+            self.connections.discard(conn)
+            with contextlib.suppress(asyncio.TimeoutError, Exception):
+                await asyncio.wait_for(self._drain(conn), 1)
+            writer_task.cancel()
+            with contextlib.suppress(Exception):
+                writer.close()
+
+    @staticmethod
+    async def _drain(conn: Connection) -> None:
+        while not conn.outbox.empty():
+            await asyncio.sleep(0.01)
+
+    @staticmethod
+    async def _read_line(reader: asyncio.StreamReader, conn: Connection) -> bytes | None:
+        """The next line, or None at EOF; an oversized line is skipped with an error."""
+        try:
+            line = await reader.readuntil(b"\n")
+        except asyncio.IncompleteReadError as exc:
+            return exc.partial or None
+        except asyncio.LimitOverrunError:
+            await RpcServer._skip_line(reader)
+            conn.send(protocol.error_response(None, RpcError(
+                protocol.TOO_LARGE,
+                f"message larger than {protocol.MAX_MESSAGE} bytes refused; send smaller requests",
+            )))
+            return b""
+        return line
+
+    @staticmethod
+    async def _skip_line(reader: asyncio.StreamReader) -> None:
+        while True:
+            try:
+                await reader.readuntil(b"\n")
+                return
+            except asyncio.LimitOverrunError as exc:
+                await reader.readexactly(exc.consumed)
+            except asyncio.IncompleteReadError:
+                return

@@ -1,0 +1,140 @@
+"""The one JSON-RPC client: the CLI and the TUI use it over a UNIX socket or an SSH channel."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any, Protocol
+
+from core import protocol
+from core.protocol import RpcError
+
+SUBSCRIPTION_QUEUE = 10_000
+
+
+class Reader(Protocol):
+    async def readline(self) -> bytes: ...
+
+
+class Writer(Protocol):
+    def write(self, data: bytes) -> None: ...
+    async def drain(self) -> None: ...
+    def close(self) -> None: ...
+
+
+class ConnectionLost(RpcError):
+    def __init__(self, why: str) -> None:
+        super().__init__(protocol.APP_ERROR, f"connection to the agent lost: {why}")
+
+
+class Subscription:
+    """Events of one topic, as an async iterator; unsubscribe by closing it."""
+
+    def __init__(self, client: Client, sub_id: int, topic: str) -> None:
+        self.client = client
+        self.id = sub_id
+        self.topic = topic
+        self.queue: asyncio.Queue[Any] = asyncio.Queue(SUBSCRIPTION_QUEUE)
+
+    def __aiter__(self) -> AsyncIterator[Any]:
+        return self._iter()
+
+    async def _iter(self) -> AsyncIterator[Any]:
+        while True:
+            item = await self.queue.get()
+            if isinstance(item, Exception):
+                raise item
+            yield item
+
+    async def close(self) -> None:
+        self.client._subs.pop(self.id, None)
+        with contextlib.suppress(RpcError):
+            await self.client.call("unsubscribe", subscription=self.id)
+
+
+class Client:
+    """Calls and subscriptions multiplexed over one stream."""
+
+    def __init__(self, reader: Reader, writer: Writer) -> None:
+        self._reader = reader
+        self._writer = writer
+        self._ids = itertools.count(1)
+        self._pending: dict[int, asyncio.Future[Any]] = {}
+        self._subs: dict[int, Subscription] = {}
+        self._closed: Exception | None = None
+        self._pump = asyncio.get_running_loop().create_task(self._read_loop())
+
+    async def call(self, method: str, **params: Any) -> Any:
+        """Send one request and wait for its result, raising RpcError on an error reply."""
+        if self._closed:
+            raise self._closed
+        msg_id = next(self._ids)
+        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._pending[msg_id] = fut
+        try:
+            self._writer.write(protocol.encode(protocol.request(msg_id, method, params)))
+            await self._writer.drain()
+            return await fut
+        finally:
+            self._pending.pop(msg_id, None)
+
+    async def subscribe(self, topic: str, **filters: str) -> Subscription:
+        result = await self.call("subscribe", topic=topic, filter=filters)
+        sub = Subscription(self, result["subscription"], topic)
+        self._subs[sub.id] = sub
+        return sub
+
+    async def _read_loop(self) -> None:
+        why = "closed by the agent"
+        try:
+            while line := await self._reader.readline():
+                self._dispatch(protocol.decode(line))
+        except (OSError, asyncio.IncompleteReadError, ValueError) as exc:
+            why = str(exc) or type(exc).__name__
+        finally:
+            self._fail_all(ConnectionLost(why))
+
+    def _dispatch(self, msg: dict[str, Any]) -> None:
+        if msg.get("method") == "event":
+            params = msg["params"]
+            sub = self._subs.get(params.get("subscription"))
+            if sub is not None:
+                with contextlib.suppress(asyncio.QueueFull):
+                    sub.queue.put_nowait(params["data"])
+            return
+        fut = self._pending.get(msg.get("id"))  # type: ignore[arg-type]
+        if fut is None or fut.done():
+            return
+        if "error" in msg:
+            err = msg["error"]
+            fut.set_exception(RpcError(err.get("code", 0), err.get("message", ""), err.get("data")))
+        else:
+            fut.set_result(msg.get("result"))
+
+    def _fail_all(self, exc: Exception) -> None:
+        self._closed = exc
+        for fut in self._pending.values():
+            if not fut.done():
+                fut.set_exception(exc)
+        for sub in self._subs.values():
+            with contextlib.suppress(asyncio.QueueFull):
+                sub.queue.put_nowait(exc)
+
+    @property
+    def closed(self) -> bool:
+        return self._closed is not None
+
+    async def close(self) -> None:
+        self._writer.close()
+        self._pump.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await self._pump
+
+
+async def connect_unix(path: Path | str) -> Client:
+    """A client on a local agent's socket."""
+    reader, writer = await asyncio.open_unix_connection(str(path), limit=protocol.MAX_MESSAGE)
+    return Client(reader, writer)

@@ -1,0 +1,69 @@
+"""The store's tables, and the migrations that bring an older file up to date."""
+
+from __future__ import annotations
+
+import duckdb
+
+MIGRATIONS: list[str] = [
+    # 1: the tables of DESIGN.md. Timestamps are epoch seconds (DOUBLE) throughout.
+    """
+    CREATE TABLE runs (
+        run_id VARCHAR PRIMARY KEY, experiment VARCHAR, name VARCHAR, status VARCHAR,
+        params JSON, tags JSON, command JSON, git_sha VARCHAR, git_dirty BOOLEAN,
+        data_hash VARCHAR, host VARCHAR, gpus JSON, sweep_id VARCHAR, parent_run_id VARCHAR,
+        created_at DOUBLE, started_at DOUBLE, ended_at DOUBLE, exit_code INTEGER,
+        resumed_count INTEGER DEFAULT 0, status_reason VARCHAR, managed BOOLEAN DEFAULT false
+    );
+    CREATE TABLE metrics (run_id VARCHAR, key VARCHAR, step BIGINT, ts DOUBLE, value DOUBLE);
+    CREATE TABLE ingest_offsets (path VARCHAR PRIMARY KEY, "offset" BIGINT, lines BIGINT);
+    CREATE TABLE system_metrics (
+        ts DOUBLE, gpu_index INTEGER, util_pct DOUBLE, mem_used BIGINT, mem_total BIGINT,
+        power_w DOUBLE, temp_c DOUBLE, cpu_pct DOUBLE, ram_used BIGINT, ram_total BIGINT,
+        sm_clock_mhz DOUBLE, energy_j DOUBLE, sm_active_pct DOUBLE, tensor_active_pct DOUBLE
+    );
+    CREATE TABLE gpu_processes (ts DOUBLE, gpu_index INTEGER, pid INTEGER, mem_used BIGINT);
+    CREATE TABLE model_versions (
+        name VARCHAR, version INTEGER, run_id VARCHAR, artifact VARCHAR, signature JSON,
+        metrics JSON, data_hash VARCHAR, git_sha VARCHAR, git_dirty BOOLEAN,
+        archived BOOLEAN DEFAULT false, created_at DOUBLE, PRIMARY KEY (name, version)
+    );
+    CREATE TABLE aliases (name VARCHAR, alias VARCHAR, version INTEGER, PRIMARY KEY (name, alias));
+    CREATE TABLE audit_log (
+        ts DOUBLE, actor VARCHAR, action VARCHAR, name VARCHAR, version INTEGER,
+        from_version INTEGER, comment VARCHAR, details JSON
+    );
+    CREATE TABLE predictions (
+        ts DOUBLE, model VARCHAR, version INTEGER, variant VARCHAR, request_id VARCHAR,
+        inputs JSON, outputs JSON, latency_ms DOUBLE
+    );
+    CREATE TABLE feedback (request_id VARCHAR, label JSON, ts DOUBLE);
+    CREATE TABLE drift_reports (
+        ts DOUBLE, model VARCHAR, version INTEGER, window_start DOUBLE, window_end DOUBLE,
+        "column" VARCHAR, method VARCHAR, statistic DOUBLE, p_value DOUBLE, drifted BOOLEAN
+    );
+    """,
+]
+
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+def migrate(con: duckdb.DuckDBPyConnection) -> int:
+    """Apply every migration the file has not seen, each in its own transaction."""
+    con.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER)")
+    row = con.execute("SELECT max(version) FROM schema_version").fetchone()
+    current = (row[0] if row else None) or 0
+    if current > SCHEMA_VERSION:
+        raise RuntimeError(
+            f"this store was written by a newer mldeck (schema {current}, this one knows "
+            f"{SCHEMA_VERSION}); upgrade mldeck on this host"
+        )
+    for version in range(current + 1, SCHEMA_VERSION + 1):
+        con.execute("BEGIN")
+        try:
+            con.execute(MIGRATIONS[version - 1])
+            con.execute("INSERT INTO schema_version VALUES (?)", [version])
+            con.execute("COMMIT")
+        except Exception:
+            con.execute("ROLLBACK")
+            raise
+    return SCHEMA_VERSION

@@ -1,0 +1,251 @@
+"""The DuckDB store: every query mldeck runs, behind a name a reader understands.
+
+Only the agent opens the file (DuckDB allows one writing process). Each thread gets
+its own cursor; the agent funnels writes through one thread so they never conflict.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import pyarrow as pa
+
+from core.schema import migrate
+
+RUN_FIELDS = (
+    "run_id", "experiment", "name", "status", "params", "tags", "command", "git_sha",
+    "git_dirty", "data_hash", "host", "gpus", "sweep_id", "parent_run_id", "created_at",
+    "started_at", "ended_at", "exit_code", "resumed_count", "status_reason", "managed",
+)
+_JSON_FIELDS = {"params", "tags", "command", "gpus"}
+READ_ONLY_STATEMENTS = {"SELECT", "EXPLAIN", "PRAGMA"}
+
+
+class QueryRefused(ValueError):
+    """SQL that is not a single read-only statement."""
+
+
+def rows_as_dicts(cur: duckdb.DuckDBPyConnection) -> list[dict[str, Any]]:
+    cols = [d[0] for d in cur.description or []]
+    return [dict(zip(cols, row, strict=True)) for row in cur.fetchall()]
+
+
+def _decode_run(row: dict[str, Any]) -> dict[str, Any]:
+    for key in _JSON_FIELDS:
+        if isinstance(row.get(key), str):
+            row[key] = json.loads(row[key])
+    return row
+
+
+class Store:
+    """One open store file; methods are safe to call from any thread."""
+
+    def __init__(self, path: Path | str) -> None:
+        self.path = Path(path)
+        self._con = duckdb.connect(str(self.path))
+        self._local = threading.local()
+        migrate(self._con)
+
+    def close(self) -> None:
+        self._con.close()
+
+    def cur(self) -> duckdb.DuckDBPyConnection:
+        """This thread's cursor on the shared database."""
+        cur = getattr(self._local, "cur", None)
+        if cur is None:
+            cur = self._local.cur = self._con.cursor()
+        return cur
+
+    def transaction(self) -> _Transaction:
+        return _Transaction(self.cur())
+
+    # runs ---------------------------------------------------------------
+
+    def upsert_run(self, fields: dict[str, Any]) -> None:
+        """Insert a run or update the fields given; unknown keys are ignored."""
+        row = {k: v for k, v in fields.items() if k in RUN_FIELDS}
+        for key in _JSON_FIELDS & row.keys():
+            row[key] = json.dumps(row[key])
+        cols = list(row)
+        updates = ", ".join(f"{c} = excluded.{c}" for c in cols if c != "run_id") or "run_id = run_id"
+        self.cur().execute(
+            f"INSERT INTO runs ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))}) "
+            f"ON CONFLICT (run_id) DO UPDATE SET {updates}",
+            [row[c] for c in cols],
+        )
+
+    def get_run(self, run_id: str) -> dict[str, Any] | None:
+        cur = self.cur().execute("SELECT * FROM runs WHERE run_id = ?", [run_id])
+        rows = rows_as_dicts(cur)
+        return _decode_run(rows[0]) if rows else None
+
+    def list_runs(
+        self,
+        status: str | None = None,
+        experiment: str | None = None,
+        sweep_id: str | None = None,
+        limit: int = 1000,
+    ) -> list[dict[str, Any]]:
+        where, args = [], []
+        for col, val in (("status", status), ("experiment", experiment), ("sweep_id", sweep_id)):
+            if val is not None:
+                where.append(f"{col} = ?")
+                args.append(val)
+        clause = f"WHERE {' AND '.join(where)}" if where else ""
+        cur = self.cur().execute(
+            f"SELECT * FROM runs {clause} ORDER BY created_at DESC LIMIT ?", [*args, limit]
+        )
+        return [_decode_run(r) for r in rows_as_dicts(cur)]
+
+    def latest_metrics(self, run_ids: list[str]) -> dict[str, dict[str, float]]:
+        """The last value of every key of each run: what a runs table shows."""
+        if not run_ids:
+            return {}
+        cur = self.cur().execute(
+            "SELECT run_id, key, arg_max(value, step) FROM metrics "
+            "WHERE run_id IN (SELECT unnest(?)) GROUP BY run_id, key",
+            [run_ids],
+        )
+        out: dict[str, dict[str, float]] = {}
+        for run_id, key, value in cur.fetchall():
+            out.setdefault(run_id, {})[key] = value
+        return out
+
+    def metric_keys(self, run_id: str) -> list[str]:
+        cur = self.cur().execute(
+            "SELECT DISTINCT key FROM metrics WHERE run_id = ? ORDER BY key", [run_id]
+        )
+        return [r[0] for r in cur.fetchall()]
+
+    def run_metrics(
+        self, run_id: str, keys: list[str] | None, max_points: int
+    ) -> dict[str, dict[str, list[float]]]:
+        """Each key's series, min/max-bucketed in SQL so at most max_points cross the wire."""
+        keys = keys if keys is not None else self.metric_keys(run_id)
+        buckets = max(1, max_points // 2)
+        out: dict[str, dict[str, list[float]]] = {}
+        for key in keys:
+            cur = self.cur().execute(
+                """
+                WITH s AS (SELECT step, ts, value FROM metrics WHERE run_id = ? AND key = ?),
+                     r AS (SELECT min(step) AS lo, max(step) AS hi, count(*) AS n FROM s),
+                     b AS (
+                        SELECT s.*, CASE WHEN r.n <= ? THEN s.step
+                               ELSE floor((s.step - r.lo) * ? / (r.hi - r.lo + 1)) END AS bucket
+                        FROM s, r
+                     ),
+                     picks AS (
+                        SELECT arg_min(step, value) AS a, arg_max(step, value) AS b
+                        FROM b GROUP BY bucket
+                     ),
+                     chosen AS (SELECT a AS step FROM picks UNION SELECT b FROM picks)
+                SELECT s.step, any_value(s.ts), any_value(s.value) FROM s
+                JOIN chosen USING (step) GROUP BY s.step ORDER BY s.step
+                """,
+                [run_id, key, max_points, buckets],
+            )
+            steps, ts, values = [], [], []
+            for step, t, v in cur.fetchall():
+                steps.append(step)
+                ts.append(t)
+                values.append(v)
+            out[key] = {"step": steps, "ts": ts, "value": values}
+        return out
+
+    def finish_unmanaged_run(self, run_id: str, status: str, ended_at: float, reason: str | None) -> None:
+        """The SDK's own finish counts only for runs the agent did not launch (it knows better)."""
+        self.cur().execute(
+            "UPDATE runs SET status = ?, ended_at = ?, status_reason = ? "
+            "WHERE run_id = ? AND NOT coalesce(managed, false)",
+            [status, ended_at, reason, run_id],
+        )
+
+    def delete_metrics_after(self, run_id: str, step: int) -> None:
+        """A resumed run replays from its checkpoint: points past it are superseded."""
+        self.cur().execute("DELETE FROM metrics WHERE run_id = ? AND step > ?", [run_id, step])
+
+    # ingest ------------------------------------------------------------
+
+    def ingest_offsets(self) -> dict[str, tuple[int, int]]:
+        cur = self.cur().execute('SELECT path, "offset", lines FROM ingest_offsets')
+        return {p: (o, n) for p, o, n in cur.fetchall()}
+
+    def set_offset(self, path: str, offset: int, lines: int) -> None:
+        self.cur().execute(
+            'INSERT INTO ingest_offsets VALUES (?, ?, ?) ON CONFLICT (path) DO UPDATE '
+            'SET "offset" = excluded."offset", lines = excluded.lines',
+            [path, offset, lines],
+        )
+
+    def append(self, table: str, batch: pa.Table) -> None:
+        """Insert an Arrow batch whose columns are named after the table's."""
+        if batch.num_rows == 0:
+            return
+        cur = self.cur()
+        cur.register("_batch", batch)
+        try:
+            cols = ", ".join(f'"{c}"' for c in batch.column_names)
+            cur.execute(f"INSERT INTO {table} ({cols}) SELECT {cols} FROM _batch")
+        finally:
+            cur.unregister("_batch")
+
+    # host metrics ---------------------------------------------------------
+
+    def host_metrics(self, since: float, max_points: int) -> list[dict[str, Any]]:
+        """System samples since a time, thinned to about max_points per GPU (or host)."""
+        cur = self.cur().execute(
+            """
+            WITH s AS (SELECT * FROM system_metrics WHERE ts >= ?),
+                 n AS (SELECT greatest(1, ceil(count(*) / ?)) AS every FROM s
+                       GROUP BY gpu_index ORDER BY 1 DESC LIMIT 1)
+            SELECT * EXCLUDE (rn) FROM (
+                SELECT s.*, row_number() OVER (PARTITION BY gpu_index ORDER BY ts) AS rn FROM s
+            ), n WHERE (rn - 1) % n.every = 0 ORDER BY ts, gpu_index
+            """,
+            [since, max(1, max_points)],
+        )
+        rows = rows_as_dicts(cur)
+        for row in rows:
+            row.pop("every", None)
+        return rows
+
+    # power users -----------------------------------------------------------
+
+    def read_only_query(self, sql: str, limit: int) -> dict[str, Any]:
+        """Run one SELECT-like statement; anything that could write is refused."""
+        cur = self.cur()
+        try:
+            statements = cur.extract_statements(sql)
+        except duckdb.Error as exc:
+            raise QueryRefused(str(exc).splitlines()[0]) from None
+        if len(statements) != 1:
+            raise QueryRefused(f"send exactly one statement (got {len(statements)})")
+        kind = statements[0].type.name
+        if kind not in READ_ONLY_STATEMENTS:
+            raise QueryRefused(f"only read-only queries are allowed here, not {kind}")
+        rel = cur.execute(sql)
+        cols = [d[0] for d in rel.description or []]
+        rows = rel.fetchmany(limit + 1)
+        return {
+            "columns": cols,
+            "rows": [list(r) for r in rows[:limit]],
+            "truncated": len(rows) > limit,
+        }
+
+
+class _Transaction:
+    """BEGIN/COMMIT around a block, ROLLBACK if it raises."""
+
+    def __init__(self, cur: duckdb.DuckDBPyConnection) -> None:
+        self.cur = cur
+
+    def __enter__(self) -> duckdb.DuckDBPyConnection:
+        self.cur.execute("BEGIN TRANSACTION")
+        return self.cur
+
+    def __exit__(self, exc_type: object, *_: object) -> None:
+        self.cur.execute("ROLLBACK" if exc_type else "COMMIT")

@@ -1,0 +1,299 @@
+"""The training SDK: cheap per-step logging to JSON lines the agent ingests.
+
+`run = track.init(...)`, `run.log({...}, step=)`, `run.checkpoint(state)`,
+`run.resume()`, `run.log_artifact(path)`, `run.finish()`. Inside a job the agent
+launched, the run folder comes from $MLDECK_RUN_DIR; otherwise a run folder is
+created under $MLDECK_HOME, so a plain `python train.py` is tracked too. Nothing
+here talks to DuckDB or the agent: if the agent is down the job runs on.
+"""
+
+from __future__ import annotations
+
+import atexit
+import collections
+import getpass
+import hashlib
+import io
+import json
+import os
+import secrets
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from core.paths import Layout, check_name, mldeck_home
+
+FLUSH_INTERVAL_S = 0.2
+RUN_DIR_ENV = "MLDECK_RUN_DIR"
+
+
+class Line(msgspec.Struct, omit_defaults=True):
+    """One line of metrics.jsonl: a metrics point (m) or a lifecycle event (e)."""
+
+    t: float
+    s: int | None = None
+    m: dict[str, float | None] | None = None
+    e: str | None = None
+    d: dict[str, Any] | None = None
+
+
+def _as_number(obj: Any) -> float:
+    try:
+        return float(obj)
+    except (TypeError, ValueError):
+        raise TypeError(f"metric values must be numbers, got {type(obj).__name__}") from None
+
+
+_encode = msgspec.json.Encoder(enc_hook=_as_number).encode
+
+
+def new_run_id() -> str:
+    """Sortable by creation time and unique without coordination."""
+    return time.strftime("%Y%m%d-%H%M%S", time.gmtime()) + "-" + secrets.token_hex(3)
+
+
+def git_state(path: Path) -> tuple[str | None, bool | None]:
+    """The commit and dirty flag of the repository holding path, if any."""
+    cwd = path if path.is_dir() else path.parent
+    try:
+        sha = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=5
+        )
+        if sha.returncode != 0:
+            return None, None
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=cwd, capture_output=True, text=True, timeout=5,
+        )
+        return sha.stdout.strip(), bool(dirty.stdout.strip())
+    except (OSError, subprocess.SubprocessError):
+        return None, None
+
+
+def fingerprint(paths: list[str | os.PathLike[str]]) -> str | None:
+    """A content hash of the declared data files, so two runs can tell their data apart."""
+    if not paths:
+        return None
+    digest = hashlib.blake2b(digest_size=16)
+    for p in sorted(Path(x) for x in paths):
+        files = sorted(f for f in p.rglob("*") if f.is_file()) if p.is_dir() else [p]
+        for f in files:
+            digest.update(str(f.name).encode() + b"\0")
+            with open(f, "rb") as fh:
+                while chunk := fh.read(1 << 20):
+                    digest.update(chunk)
+    return digest.hexdigest()
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Temp file, fsync, rename: a reader sees the old file or the new one, never half."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+class Run:
+    """A live run: buffers lines in memory and a single thread appends them to disk."""
+
+    def __init__(self, run_dir: Path, spec: dict[str, Any]) -> None:
+        self.dir = run_dir
+        self.id: str = spec["run_id"]
+        self.spec = spec
+        self.params: dict[str, Any] = spec.get("params") or {}
+        self._step = -1
+        self._pending: collections.deque[bytes] = collections.deque()
+        self._fh = open(run_dir / "metrics.jsonl", "ab")
+        self._wake = threading.Event()
+        self._closed = False
+        self.finished = False
+        self._flusher = threading.Thread(target=self._flush_loop, name="mldeck-flush", daemon=True)
+        self._flusher.start()
+        atexit.register(self._at_exit)
+
+    # logging ------------------------------------------------------------
+
+    def log(self, metrics: dict[str, Any], step: int | None = None) -> None:
+        """Record metric values at a step (the next step when none is given)."""
+        step = self._step + 1 if step is None else step
+        self._step = step
+        self._pending.append(_encode({"t": time.time(), "s": step, "m": metrics}))
+
+    def event(self, kind: str, **data: Any) -> None:
+        self._pending.append(_encode({"t": time.time(), "e": kind, "d": data}))
+
+    def flush(self) -> None:
+        """Write what is buffered; safe from any thread."""
+        pending = self._pending
+        n = len(pending)
+        if n:
+            self._fh.write(b"\n".join(pending.popleft() for _ in range(n)) + b"\n")
+            self._fh.flush()
+
+    def _flush_loop(self) -> None:
+        while not self._closed:
+            self._wake.wait(FLUSH_INTERVAL_S)
+            self._wake.clear()
+            try:
+                self.flush()
+            except ValueError:
+                return
+
+    # files ----------------------------------------------------------------
+
+    def log_artifact(self, path: str | os.PathLike[str], name: str | None = None) -> Path:
+        """Copy a file or folder into the run's artifacts."""
+        src = Path(path)
+        dest = self.dir / "artifacts" / check_name(name or src.name, "artifact name")
+        dest.parent.mkdir(exist_ok=True)
+        if src.is_dir():
+            shutil.copytree(src, dest, dirs_exist_ok=True)
+        else:
+            shutil.copy2(src, dest)
+        self.event("artifact", name=dest.name, bytes=_size(dest))
+        return dest
+
+    def checkpoint(self, state: Any, step: int | None = None) -> Path:
+        """Save state atomically; the newest complete checkpoint is what resume() returns."""
+        step = self._step if step is None else step
+        folder = self.dir / "checkpoints"
+        folder.mkdir(exist_ok=True)
+        buf = io.BytesIO()
+        _save(state, buf)
+        path = folder / f"ckpt-{max(step, 0):09d}.pt"
+        write_atomic(path, buf.getvalue())
+        write_atomic(folder / "latest.json", json.dumps({"step": step, "file": path.name}).encode())
+        for old in sorted(folder.glob("ckpt-*.pt"))[:-2]:
+            old.unlink(missing_ok=True)
+        self.event("checkpoint", step=step, file=path.name)
+        return path
+
+    def resume(self) -> tuple[Any, int] | None:
+        """The last checkpoint and its step, or None on a fresh start.
+
+        Steps logged after that checkpoint by an earlier attempt are superseded: the
+        agent drops them when it reads the resume event, so replayed steps are not doubled.
+        """
+        latest = self.dir / "checkpoints" / "latest.json"
+        if not latest.exists():
+            return None
+        info = json.loads(latest.read_text())
+        with open(latest.parent / info["file"], "rb") as fh:
+            state = _load(fh)
+        self._step = int(info["step"])
+        self.event("resume", step=self._step)
+        self.flush()
+        return state, self._step
+
+    # lifecycle --------------------------------------------------------------
+
+    def finish(self, status: str = "succeeded", reason: str | None = None) -> None:
+        if self.finished:
+            return
+        self.finished = True
+        self.event("finish", status=status, reason=reason)
+        self.close()
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self.flush()
+        self._closed = True
+        self._wake.set()
+        self._fh.close()
+
+    def _at_exit(self) -> None:
+        if not self._closed:
+            failed = getattr(sys, "last_value", None) is not None
+            self.finish("failed" if failed else "succeeded")
+
+    def __enter__(self) -> Run:
+        return self
+
+    def __exit__(self, exc_type: object, *_: object) -> None:
+        self.finish("failed" if exc_type else "succeeded")
+
+
+def _size(path: Path) -> int:
+    if path.is_dir():
+        return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+    return path.stat().st_size
+
+
+def _save(state: Any, fh: io.BytesIO) -> None:
+    try:
+        import torch
+    except ImportError:
+        import pickle
+
+        pickle.dump(state, fh)
+    else:
+        torch.save(state, fh)
+
+
+def _load(fh: Any) -> Any:
+    try:
+        import torch
+    except ImportError:
+        import pickle
+
+        return pickle.load(fh)
+    return torch.load(fh, weights_only=False)
+
+
+def init(
+    name: str | None = None,
+    experiment: str | None = None,
+    params: dict[str, Any] | None = None,
+    tags: dict[str, str] | None = None,
+    data_files: list[str | os.PathLike[str]] | None = None,
+    home: str | os.PathLike[str] | None = None,
+) -> Run:
+    """Start (or, inside an agent job, join) a run and return it."""
+    env_dir = os.environ.get(RUN_DIR_ENV)
+    script = Path(sys.argv[0]).resolve() if sys.argv and sys.argv[0] else Path.cwd()
+    if env_dir:
+        run_dir = Path(env_dir)
+        spec_path = run_dir / "run.json"
+        spec = json.loads(spec_path.read_text()) if spec_path.exists() else {}
+        spec.setdefault("run_id", run_dir.name)
+    else:
+        run_id = new_run_id()
+        run_dir = Layout(mldeck_home(home)).run_dir(run_id)
+        spec = {"run_id": run_id}
+    run_dir.mkdir(parents=True, exist_ok=True)
+    sha, dirty = git_state(script)
+    merged_params = {**(spec.get("params") or {}), **(params or {})}
+    spec.update(
+        name=name or spec.get("name") or script.stem,
+        experiment=experiment or spec.get("experiment") or "default",
+        params=merged_params,
+        tags={**(spec.get("tags") or {}), **(tags or {})},
+        git_sha=spec.get("git_sha") or sha,
+        git_dirty=spec.get("git_dirty") if spec.get("git_sha") else dirty,
+        data_hash=fingerprint(data_files or []) or spec.get("data_hash"),
+        host=spec.get("host") or socket.gethostname(),
+        user=spec.get("user") or getpass.getuser(),
+        created_at=spec.get("created_at") or time.time(),
+        command=spec.get("command") or [sys.executable, *sys.argv],
+        pid=os.getpid(),
+    )
+    if not env_dir:
+        write_atomic(run_dir / "run.json", json.dumps(spec, indent=2).encode())
+    run = Run(run_dir, spec)
+    run.event("init", **{k: v for k, v in spec.items() if k != "run_id"})
+    return run

@@ -1,0 +1,70 @@
+"""`mldeck`: with no arguments the TUI; otherwise one subcommand per noun."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import inspect
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from core.protocol import RpcError
+from tui.cli import agent_cmd, query_cmd, runs_cmd
+from tui.cli.output import CliError
+
+COMMANDS: list[Callable[[Any, argparse.ArgumentParser], None]] = [
+    agent_cmd.register,
+    runs_cmd.register,
+    query_cmd.register,
+]
+
+
+def common_options() -> argparse.ArgumentParser:
+    """Options every subcommand takes: which agent, and machine-readable output."""
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--host", default=None,
+        help="NAME from the hosts file, ssh://user@host[:port], or local (default)",
+    )
+    common.add_argument("--home", default=None, help="the local agent's data folder ($MLDECK_HOME)")
+    common.add_argument("--json", action="store_true", help="print one JSON document on stdout")
+    return common
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="mldeck",
+        description="MLOps control center: run with no arguments for the TUI.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    common = common_options()
+    for register in COMMANDS:
+        register(sub, common)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv:
+        from tui.app import run_tui
+
+        return run_tui()
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        result = args.func(args)
+        if inspect.iscoroutine(result):
+            result = asyncio.run(result)
+        return int(result or 0)
+    except CliError as exc:
+        print(f"mldeck: {exc}", file=sys.stderr)
+        return exc.code
+    except RpcError as exc:
+        print(f"mldeck: {exc.message}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
