@@ -32,7 +32,6 @@ if TYPE_CHECKING:
     from agent.rpc import Connection
 
 AGENT_VERSION = "0.1.0"
-TOPICS = {"host.metrics", "runs", "run.metrics"}
 MAX_POINTS = 100_000
 
 
@@ -81,7 +80,7 @@ def register(agent: Agent) -> None:
             "agent_version": AGENT_VERSION,
             "host": host_facts(agent),
             "methods": sorted(d.methods),
-            "topics": sorted(TOPICS | agent_topics(agent)),
+            "topics": sorted(agent.topics),
         }
 
     async def host_info(p: NoParams, conn: Connection) -> dict[str, Any]:
@@ -131,9 +130,10 @@ def register(agent: Agent) -> None:
             raise protocol.invalid(f"query failed: {str(exc).splitlines()[0]}") from None
 
     async def subscribe(p: SubscribeParams, conn: Connection) -> dict[str, Any]:
-        topics = TOPICS | agent_topics(agent)
-        if p.topic not in topics:
-            raise protocol.invalid(f"unknown topic {p.topic!r}; topics: {', '.join(sorted(topics))}")
+        if p.topic not in agent.topics:
+            raise protocol.invalid(
+                f"unknown topic {p.topic!r}; topics: {', '.join(sorted(agent.topics))}"
+            )
         return {"subscription": agent.hub.subscribe(p.topic, p.filter, conn)}
 
     async def unsubscribe(p: UnsubscribeParams, conn: Connection) -> dict[str, Any]:
@@ -170,7 +170,3 @@ def register(agent: Agent) -> None:
     d.add("agent.stop", NoParams, agent_stop)
     d.add("agent.status", NoParams, agent_status)
 
-
-def agent_topics(agent: Agent) -> set[str]:
-    """Topics the features added beyond the foundation's."""
-    return set(getattr(agent, "extra_topics", set()))

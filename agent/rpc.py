@@ -71,6 +71,11 @@ class Hub:
     def __init__(self) -> None:
         self._ids = itertools.count(1)
         self._subs: dict[int, tuple[str, dict[str, str], Connection]] = {}
+        self._listeners: dict[str, list[Callable[[Any], None]]] = {}
+
+    def on(self, topic: str, callback: Callable[[Any], None]) -> None:
+        """An in-process listener (another part of the agent), called on every publish."""
+        self._listeners.setdefault(topic, []).append(callback)
 
     def subscribe(self, topic: str, filters: dict[str, str], conn: Connection) -> int:
         sub_id = next(self._ids)
@@ -88,6 +93,11 @@ class Hub:
         return any(t == topic for t, _, _ in self._subs.values())
 
     def publish(self, topic: str, data: Any) -> None:
+        for callback in self._listeners.get(topic, ()):
+            try:
+                callback(data)
+            except Exception:
+                log.exception("listener on %s failed", topic)
         for sub_id, (t, filters, conn) in list(self._subs.items()):
             if t != topic:
                 continue

@@ -117,7 +117,7 @@ class Run:
         self.params: dict[str, Any] = spec.get("params") or {}
         self._step = -1
         self._pending: collections.deque[bytes] = collections.deque()
-        self._fh = open(run_dir / "metrics.jsonl", "ab")
+        self._fh = open(run_dir / "metrics.jsonl", "ab")  # noqa: SIM115 (open for the run's life)
         self._wake = threading.Event()
         self._closed = False
         self.finished = False

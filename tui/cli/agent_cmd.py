@@ -36,7 +36,7 @@ async def ping(layout: Layout) -> dict[str, Any] | None:
 def spawn_agent(layout: Layout) -> subprocess.Popen[bytes]:
     """Start `python -m agent run` detached from this terminal, logging to agent.log."""
     layout.ensure()
-    log = open(layout.log, "ab")
+    log = open(layout.log, "ab")  # noqa: SIM115 (handed to the child)
     return subprocess.Popen(
         [sys.executable, "-m", "agent", "run", "--home", str(layout.home)],
         stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True,
@@ -54,7 +54,8 @@ async def ensure_agent(layout: Layout, timeout_s: float = START_TIMEOUT_S) -> di
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             tail = layout.log.read_text(errors="replace").strip().splitlines()[-1:]
-            raise CliError(f"the agent exited at start: {' '.join(tail) or 'see ' + str(layout.log)}")
+            why = " ".join(tail) or f"see {layout.log}"
+            raise CliError(f"the agent exited at start: {why}")
         status = await ping(layout)
         if status:
             return status
