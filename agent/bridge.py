@@ -1,4 +1,4 @@
-"""`python -m agent bridge`: relay stdin/stdout to agent.sock, for sshd that forbids stream-local forwarding."""
+"""`python -m agent bridge`: relay stdin/stdout to agent.sock where sshd forbids stream-local forwarding."""
 
 from __future__ import annotations
 
