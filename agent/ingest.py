@@ -19,8 +19,8 @@ import msgspec
 import pyarrow as pa
 import watchfiles
 
+from core.runlog import Line
 from core.store import Store
-from core.track import Line
 
 log = logging.getLogger("mldeck.ingest")
 
@@ -122,6 +122,7 @@ def parse_run_metrics(path: Path, chunk: bytes, first_line: int) -> Parsed:
 
 def _apply_event(run_id: str, line: Line, parsed: Parsed) -> None:
     data = line.d or {}
+    parsed.events.append(("run.event", {"run_id": run_id, "event": line.e, "data": data, "t": line.t}))
     if line.e == "init":
         fields = {k: v for k, v in data.items() if k not in ("user", "pid")}
         fields.update(run_id=run_id, started_at=line.t, status="running")

@@ -42,6 +42,13 @@ MIGRATIONS: list[str] = [
         "column" VARCHAR, method VARCHAR, statistic DOUBLE, p_value DOUBLE, drifted BOOLEAN
     );
     """,
+    # 2: alerts raised by monitoring (drift, accuracy) and by the server (a model that failed to load)
+    """
+    CREATE TABLE alerts (
+        alert_id VARCHAR PRIMARY KEY, ts DOUBLE, model VARCHAR, version INTEGER, kind VARCHAR,
+        message VARCHAR, details JSON, status VARCHAR DEFAULT 'open', resolved_at DOUBLE
+    );
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

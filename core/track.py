@@ -34,16 +34,6 @@ FLUSH_INTERVAL_S = 0.2
 RUN_DIR_ENV = "MLDECK_RUN_DIR"
 
 
-class Line(msgspec.Struct, omit_defaults=True):
-    """One line of metrics.jsonl: a metrics point (m) or a lifecycle event (e)."""
-
-    t: float
-    s: int | None = None
-    m: dict[str, float | None] | None = None
-    e: str | None = None
-    d: dict[str, Any] | None = None
-
-
 def _as_number(obj: Any) -> float:
     try:
         return float(obj)
