@@ -49,6 +49,11 @@ MIGRATIONS: list[str] = [
         message VARCHAR, details JSON, status VARCHAR DEFAULT 'open', resolved_at DOUBLE
     );
     """,
+    # 3: model registry: the alias an audit row is about, and an order that survives equal timestamps
+    """
+    ALTER TABLE audit_log ADD COLUMN alias VARCHAR;
+    ALTER TABLE audit_log ADD COLUMN seq BIGINT;
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)
