@@ -21,8 +21,23 @@ class AgentSection(Section):
     history_days: float = 7.0
 
 
+class ServingSection(Section):
+    """The model server (agent/serving): where it listens and how it batches (Triton's knobs)."""
+
+    host: str = "127.0.0.1"
+    port: int = 8700
+    max_batch_size: int = 64
+    max_queue_delay_ms: float = 1.0
+    max_body_bytes: int = 16 * 1024 * 1024
+    autostart: bool = True
+    device: str = "auto"
+    log_queue: int = 20_000
+    segment_bytes: int = 64 * 1024 * 1024
+
+
 class AgentConfig(Section):
     agent: AgentSection = msgspec.field(default_factory=AgentSection)
+    serving: ServingSection = msgspec.field(default_factory=ServingSection)
 
 
 class ConfigError(ValueError):

@@ -54,6 +54,14 @@ MIGRATIONS: list[str] = [
     ALTER TABLE audit_log ADD COLUMN alias VARCHAR;
     ALTER TABLE audit_log ADD COLUMN seq BIGINT;
     """,
+    # serving: the traffic split per model (shadow on/off, canary share), and feedback per model
+    """
+    CREATE TABLE serving_traffic (
+        name VARCHAR PRIMARY KEY, shadow BOOLEAN DEFAULT false, canary DOUBLE DEFAULT 0,
+        updated_at DOUBLE
+    );
+    ALTER TABLE feedback ADD COLUMN model VARCHAR;
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)
