@@ -10,6 +10,8 @@ from pathlib import Path
 
 import msgspec
 
+from core.registry import check_alias, parse_direction, parse_rule
+
 
 class Section(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     """A config table: unknown keys are typos, and are reported as such."""
@@ -35,9 +37,56 @@ class ServingSection(Section):
     segment_bytes: int = 64 * 1024 * 1024
 
 
+class GateSection(Section):
+    """What a version must show before it may take an alias (see core.registry.evaluate_gate)."""
+
+    metrics: list[str] = msgspec.field(default_factory=list)
+    no_worse_than_current: str | None = None
+    require_alias_first: str | None = None
+    no_open_drift_alert: bool = False
+
+    def __post_init__(self) -> None:
+        for rule in self.metrics:
+            parse_rule(rule)
+        if self.no_worse_than_current is not None:
+            parse_direction(self.no_worse_than_current)
+        if self.require_alias_first is not None:
+            check_alias(self.require_alias_first)
+
+
+class RegistrySection(Section):
+    """`[registry.gates.MODEL.ALIAS]` tables; MODEL `*` applies to models without their own."""
+
+    gates: dict[str, dict[str, GateSection]] = msgspec.field(default_factory=dict)
+
+
+class JobsSection(Section):
+    """The job runner: how long a stopped job may take to checkpoint, and how many CPU jobs at once."""
+
+    grace_s: float = 30.0
+    poll_interval_s: float = 0.5
+    max_cpu_jobs: int = 0
+    requeue_preempted: bool = True
+    cost_update_s: float = 2.0
+    rdzv_host: str | None = None
+
+
+class CostSection(Section):
+    """Prices (USD per hour); unset ones come from core.cost's defaults by GPU model."""
+
+    gpu_price_per_hour: float | None = None
+    spot: bool = False
+    spot_price_per_hour: float | None = None
+    cpu_core_price_per_hour: float | None = None
+    prices: dict[str, float] = msgspec.field(default_factory=dict)
+
+
 class AgentConfig(Section):
     agent: AgentSection = msgspec.field(default_factory=AgentSection)
+    registry: RegistrySection = msgspec.field(default_factory=RegistrySection)
     serving: ServingSection = msgspec.field(default_factory=ServingSection)
+    jobs: JobsSection = msgspec.field(default_factory=JobsSection)
+    cost: CostSection = msgspec.field(default_factory=CostSection)
 
 
 class ConfigError(ValueError):

@@ -62,6 +62,25 @@ MIGRATIONS: list[str] = [
     );
     ALTER TABLE feedback ADD COLUMN model VARCHAR;
     """,
+    # jobs: the persistent queue of agent-launched runs, sweeps, and what each run cost
+    """
+    CREATE TABLE jobs (
+        run_id VARCHAR PRIMARY KEY, state VARCHAR, spec JSON, gpus_requested INTEGER,
+        gpus_assigned JSON, pid INTEGER, pgid INTEGER, pid_create_time DOUBLE,
+        priority INTEGER DEFAULT 0, enqueued_at DOUBLE, attempts INTEGER DEFAULT 0
+    );
+    CREATE TABLE sweeps (
+        sweep_id VARCHAR PRIMARY KEY, name VARCHAR, experiment VARCHAR, spec JSON,
+        metric VARCHAR, mode VARCHAR, early_stop VARCHAR, status VARCHAR,
+        created_at DOUBLE, ended_at DOUBLE
+    );
+    ALTER TABLE runs ADD COLUMN cost_usd DOUBLE;
+    ALTER TABLE runs ADD COLUMN gpu_seconds DOUBLE;
+    ALTER TABLE runs ADD COLUMN cpu_seconds DOUBLE;
+    ALTER TABLE runs ADD COLUMN peak_gpu_mem BIGINT;
+    ALTER TABLE runs ADD COLUMN held_gpu_mem BIGINT;
+    ALTER TABLE runs ADD COLUMN price_per_hour DOUBLE;
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)
