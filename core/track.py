@@ -35,13 +35,25 @@ RUN_DIR_ENV = "MLDECK_RUN_DIR"
 
 
 def _as_number(obj: Any) -> float:
+    if isinstance(obj, str | bytes):
+        raise TypeError(f"metric values must be numbers, got {type(obj).__name__} {obj!r}")
     try:
         return float(obj)
     except (TypeError, ValueError):
         raise TypeError(f"metric values must be numbers, got {type(obj).__name__}") from None
 
 
-_encode = msgspec.json.Encoder(enc_hook=_as_number).encode
+_encoder = msgspec.json.Encoder(enc_hook=_as_number)
+_encode_lines = _encoder.encode_lines
+
+
+def _encode_one(item: dict[str, Any]) -> bytes:
+    """One queued line, or nothing (with a warning) if a value cannot be a number."""
+    try:
+        return _encoder.encode(item) + b"\n"
+    except TypeError as exc:
+        print(f"mldeck: dropped a metrics line: {exc}", file=sys.stderr)
+        return b""
 
 
 def new_run_id() -> str:
@@ -106,7 +118,7 @@ class Run:
         self.spec = spec
         self.params: dict[str, Any] = spec.get("params") or {}
         self._step = -1
-        self._pending: collections.deque[bytes] = collections.deque()
+        self._pending: collections.deque[dict[str, Any]] = collections.deque()
         self._fh = open(run_dir / "metrics.jsonl", "ab")  # noqa: SIM115 (open for the run's life)
         self._wake = threading.Event()
         self._closed = False
@@ -118,21 +130,33 @@ class Run:
     # logging ------------------------------------------------------------
 
     def log(self, metrics: dict[str, Any], step: int | None = None) -> None:
-        """Record metric values at a step (the next step when none is given)."""
+        """Record metric values at a step (the next step when none is given).
+
+        Only a copy is queued here; encoding happens on the flush thread, keeping the call cheap.
+        """
         step = self._step + 1 if step is None else step
         self._step = step
-        self._pending.append(_encode({"t": time.time(), "s": step, "m": metrics}))
+        for value in metrics.values():
+            if value.__class__ is str:
+                _as_number(value)
+        self._pending.append({"t": time.time(), "s": step, "m": dict(metrics)})
 
     def event(self, kind: str, **data: Any) -> None:
-        self._pending.append(_encode({"t": time.time(), "e": kind, "d": data}))
+        self._pending.append({"t": time.time(), "e": kind, "d": data})
 
     def flush(self) -> None:
-        """Write what is buffered; safe from any thread."""
+        """Encode and write what is queued; safe from any thread."""
         pending = self._pending
         n = len(pending)
-        if n:
-            self._fh.write(b"\n".join(pending.popleft() for _ in range(n)) + b"\n")
-            self._fh.flush()
+        if not n:
+            return
+        items = [pending.popleft() for _ in range(n)]
+        try:
+            data = _encode_lines(items)
+        except TypeError:
+            data = b"".join(_encode_one(item) for item in items)
+        self._fh.write(data)
+        self._fh.flush()
 
     def _flush_loop(self) -> None:
         while not self._closed:
@@ -156,6 +180,33 @@ class Run:
             shutil.copy2(src, dest)
         self.event("artifact", name=dest.name, bytes=_size(dest))
         return dest
+
+    def register_model(
+        self,
+        model: Any,
+        sample: Any,
+        name: str,
+        *,
+        input_names: list[str] | None = None,
+        output_names: list[str] | None = None,
+        reference: Any = None,
+        artifact: str = "model",
+        allow_nan: bool = False,
+    ) -> Path:
+        """Export the model into artifacts/ (checked against its live outputs) and ask the agent
+        to register it as a new version of name; reference (a pyarrow Table, a mapping of
+        column → array, or a Parquet path) becomes the version's drift reference."""
+        from core import modelfile
+
+        check_name(name, "model name")
+        folder = self.dir / "artifacts" / check_name(artifact, "artifact name")
+        extra = {} if reference is None else {"reference.parquet": _parquet_bytes(reference)}
+        modelfile.export_model(
+            model, sample, folder, input_names, output_names, allow_nan=allow_nan, extra_files=extra
+        )
+        self.event("register_model", name=name, artifact=str(folder.relative_to(self.dir)))
+        self.flush()
+        return folder
 
     def checkpoint(self, state: Any, step: int | None = None) -> Path:
         """Save state atomically; the newest complete checkpoint is what resume() returns."""
@@ -216,6 +267,18 @@ class Run:
 
     def __exit__(self, exc_type: object, *_: object) -> None:
         self.finish("failed" if exc_type else "succeeded")
+
+
+def _parquet_bytes(reference: Any) -> bytes:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    if isinstance(reference, str | os.PathLike):
+        return Path(reference).read_bytes()
+    table = reference if isinstance(reference, pa.Table) else pa.table(dict(reference))
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink)
+    return sink.getvalue().to_pybytes()
 
 
 def _size(path: Path) -> int:

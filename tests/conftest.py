@@ -1,0 +1,125 @@
+"""Shared fixtures: a real agent process in a temporary home, and the real CLI."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import pytest
+
+from core.paths import Layout
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def agent_env(home: Path, **extra: str) -> dict[str, str]:
+    """The environment a test's agent, CLI and jobs run with: its own home, 2 simulated GPUs."""
+    env = {**os.environ, "MLDECK_HOME": str(home), "MLDECK_SIMULATE_GPUS": "2", "PYTHONUNBUFFERED": "1"}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
+    env.update(extra)
+    return env
+
+
+@dataclass
+class CliResult:
+    code: int
+    out: str
+    err: str
+
+    def json(self) -> Any:
+        return msgspec.json.decode(self.out)
+
+
+@dataclass
+class AgentProc:
+    """A real `python -m agent run` process owning a temporary home."""
+
+    home: Path
+    proc: subprocess.Popen[bytes]
+
+    @property
+    def layout(self) -> Layout:
+        return Layout(self.home)
+
+    @property
+    def env(self) -> dict[str, str]:
+        return agent_env(self.home)
+
+    def cli(self, *args: str, check: bool = False, timeout: float = 60, **env: str) -> CliResult:
+        """Run `mldeck ARGS` against this agent, as a user would."""
+        done = subprocess.run(
+            [sys.executable, "-m", "tui.cli", *args], capture_output=True, text=True,
+            env=agent_env(self.home, **env), timeout=timeout, cwd=REPO,
+        )
+        result = CliResult(done.returncode, done.stdout, done.stderr)
+        if check and done.returncode != 0:
+            raise AssertionError(f"mldeck {' '.join(args)} failed ({done.returncode}): {done.stderr}")
+        return result
+
+    def python(self, *args: str, timeout: float = 120, **env: str) -> subprocess.CompletedProcess[str]:
+        """Run a Python script or module as a job on this host would (same home)."""
+        return subprocess.run(
+            [sys.executable, *args], capture_output=True, text=True,
+            env=agent_env(self.home, **env), timeout=timeout, cwd=REPO,
+        )
+
+    def kill(self, sig: int = 9) -> None:
+        self.proc.send_signal(sig)
+        self.proc.wait(timeout=30)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+def start_agent(home: Path, config: str | None = None, timeout: float = 30) -> AgentProc:
+    """Start an agent and wait until its socket answers."""
+    home.mkdir(parents=True, exist_ok=True)
+    if config is not None:
+        (home / "agent.toml").write_text(config)
+    log = open(home / "agent.log", "ab")  # noqa: SIM115 (the child keeps it)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "agent", "run", "--home", str(home)],
+        stdout=log, stderr=log, env=agent_env(home), cwd=REPO,
+    )
+    agent = AgentProc(home, proc)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"agent exited: {(home / 'agent.log').read_text()[-2000:]}")
+        if agent.layout.socket.exists() and agent.cli("agent", "status").code == 0:
+            return agent
+        time.sleep(0.1)
+    agent.stop()
+    raise RuntimeError(f"agent did not start: {(home / 'agent.log').read_text()[-2000:]}")
+
+
+@pytest.fixture
+def agent_home(tmp_path: Path) -> Iterator[AgentProc]:
+    """A running agent (2 simulated GPUs, collector at 5 Hz) in a fresh temporary home."""
+    agent = start_agent(tmp_path / "home", config="[agent]\ncollector_interval_s = 0.2\n")
+    yield agent
+    agent.stop()
+
+
+def wait_for(predicate: Any, timeout: float = 20, interval: float = 0.1, what: str = "condition") -> Any:
+    """Poll until predicate() is truthy and return its value; fail with what was awaited."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
