@@ -1,0 +1,88 @@
+"""What every screen shares: RPC through the app's fleet, 'not available' states, help text."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from textual.binding import Binding, BindingType
+from textual.screen import Screen
+from textual.widgets import Footer, Header, Static
+
+from core import protocol
+from core.protocol import RpcError
+
+if TYPE_CHECKING:
+    from tui.app import MldeckApp
+
+CALL_TIMEOUT_S = 15.0
+
+
+class NotAvailable(Exception):
+    """The agent does not know this method yet (an older agent, or a feature not built)."""
+
+    def __init__(self, host: str, method: str) -> None:
+        super().__init__(f"{method} is not available on {host}'s agent")
+        self.host = host
+        self.method = method
+
+
+async def rpc(app: MldeckApp, host: str, method: str, timeout: float = CALL_TIMEOUT_S, **params: Any) -> Any:
+    """One call with a deadline, so a hanging host only stalls the worker that asked it."""
+    try:
+        return await asyncio.wait_for(app.fleet.call(host, method, **params), timeout)
+    except RpcError as exc:
+        if exc.code == protocol.METHOD_NOT_FOUND:
+            raise NotAvailable(host, method) from None
+        raise
+    except TimeoutError:
+        raise RpcError(protocol.APP_ERROR, f"{host} did not answer {method} within {timeout:.0f}s") from None
+
+
+def why(exc: BaseException) -> str:
+    """One line for the status bar."""
+    if isinstance(exc, RpcError):
+        return exc.message
+    return str(exc) or type(exc).__name__
+
+
+class DeckScreen(Screen[None]):
+    """A top-level or pushed screen with the app's header, a status line and the key footer."""
+
+    TITLE: ClassVar[str] = ""
+    HELP: ClassVar[str] = ""
+    BINDINGS: ClassVar[list[BindingType]] = []
+
+    @property
+    def deck(self) -> MldeckApp:
+        return self.app  # type: ignore[return-value]
+
+    def header(self) -> Header:
+        return Header(show_clock=False)
+
+    def status_line(self) -> Static:
+        return Static("", id="status", markup=False)
+
+    def footer(self) -> Footer:
+        return Footer()
+
+    def say(self, text: str) -> None:
+        """A one-line message on this screen's status line (errors, 'not available')."""
+        try:
+            self.query_one("#status", Static).update(text)
+        except Exception:
+            self.notify(text)
+
+    async def call(self, host: str, method: str, **params: Any) -> Any:
+        return await rpc(self.deck, host, method, **params)
+
+    @classmethod
+    def key_help(cls) -> list[tuple[str, str]]:
+        """Every key of this screen with what it does, for `?`."""
+        out = []
+        for b in cls.BINDINGS:
+            if isinstance(b, Binding):
+                out.append((b.key_display or b.key, b.description))
+            elif isinstance(b, tuple):
+                out.append((b[0], b[2] if len(b) > 2 else b[1]))
+        return out

@@ -1,0 +1,17 @@
+"""Compare: placeholder while it is built."""
+
+from __future__ import annotations
+
+from textual.app import ComposeResult
+from textual.widgets import Static
+
+from tui.screens.base import DeckScreen
+
+
+class CompareScreen(DeckScreen):
+    TITLE = "Compare"
+
+    def compose(self) -> ComposeResult:
+        yield self.header()
+        yield Static("coming soon", classes="unavailable")
+        yield self.footer()

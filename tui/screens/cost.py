@@ -1,0 +1,17 @@
+"""Cost: placeholder while it is built."""
+
+from __future__ import annotations
+
+from textual.app import ComposeResult
+from textual.widgets import Static
+
+from tui.screens.base import DeckScreen
+
+
+class CostScreen(DeckScreen):
+    TITLE = "Cost"
+
+    def compose(self) -> ComposeResult:
+        yield self.header()
+        yield Static("coming soon", classes="unavailable")
+        yield self.footer()

@@ -1,0 +1,113 @@
+"""Modal dialogs: help for the current screen, the `:` command line, yes/no confirmation."""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+from textual.app import ComposeResult
+from textual.binding import Binding, BindingType
+from textual.containers import Vertical
+from textual.screen import ModalScreen
+from textual.widgets import Input, Static
+
+from tui.screens.base import DeckScreen
+
+GLOBAL_KEYS = [
+    ("1-8", "jump: fleet, runs, compare, launch, registry, serving, drift, cost"),
+    (":", "command mode (:runs, :models, :host NAME, :q)"),
+    ("ctrl+p", "command palette"),
+    ("?", "this help"),
+    ("esc", "back"),
+    ("q", "quit"),
+]
+
+
+class HelpScreen(ModalScreen[None]):
+    """Every key of the screen underneath, then the global ones."""
+
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("escape,q,question_mark", "dismiss", "close"),
+    ]
+
+    def __init__(self, screen: DeckScreen | None) -> None:
+        super().__init__()
+        self.under = screen
+
+    def compose(self) -> ComposeResult:
+        title = self.under.TITLE if self.under else "mldeck"
+        lines = [f"[b]{title}[/b]"]
+        if self.under and self.under.HELP:
+            lines.append(self.under.HELP)
+        lines.append("")
+        keys = type(self.under).key_help() if self.under else []
+        for key, what in [*keys, ("", ""), *GLOBAL_KEYS]:
+            lines.append(f"  [b]{key:<10}[/b] {what}" if key else "")
+        with Vertical(id="help", classes="dialog"):
+            yield Static("\n".join(lines))
+            yield Static("[dim]esc closes[/dim]")
+
+
+class CommandLine(ModalScreen[str | None]):
+    """`:` then a command; Enter runs it, Esc cancels."""
+
+    BINDINGS: ClassVar[list[BindingType]] = [Binding("escape", "cancel", "cancel")]
+
+    def compose(self) -> ComposeResult:
+        yield Input(placeholder="runs | models | host NAME | fleet | compare | launch | serving | drift | "
+                    "cost | q", id="command")
+
+    def on_input_submitted(self, event: Input.Submitted) -> None:
+        self.dismiss(event.value.strip())
+
+    def action_cancel(self) -> None:
+        self.dismiss(None)
+
+
+class Confirm(ModalScreen[bool]):
+    """A destructive action waits for Enter (or y); Esc (or n) cancels."""
+
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("enter,y", "yes", "confirm"),
+        Binding("escape,n", "no", "cancel"),
+    ]
+
+    def __init__(self, question: str, details: str = "") -> None:
+        super().__init__()
+        self.question = question
+        self.details = details
+
+    def compose(self) -> ComposeResult:
+        with Vertical(classes="dialog", id="confirm"):
+            yield Static(f"[b]{self.question}[/b]")
+            if self.details:
+                yield Static(self.details, id="confirm-details")
+            yield Static("[b]enter[/b] confirm   [b]esc[/b] cancel", classes="dialog-keys")
+
+    def action_yes(self) -> None:
+        self.dismiss(True)
+
+    def action_no(self) -> None:
+        self.dismiss(False)
+
+
+class Prompt(ModalScreen[str | None]):
+    """One line of text (a filter, a share); Enter accepts, Esc cancels."""
+
+    BINDINGS: ClassVar[list[BindingType]] = [Binding("escape", "cancel", "cancel")]
+
+    def __init__(self, label: str, value: str = "", placeholder: str = "") -> None:
+        super().__init__()
+        self.label = label
+        self.value = value
+        self.placeholder = placeholder
+
+    def compose(self) -> ComposeResult:
+        with Vertical(classes="dialog prompt"):
+            yield Static(self.label)
+            yield Input(value=self.value, placeholder=self.placeholder, id="prompt")
+
+    def on_input_submitted(self, event: Input.Submitted) -> None:
+        self.dismiss(event.value)
+
+    def action_cancel(self) -> None:
+        self.dismiss(None)

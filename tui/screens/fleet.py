@@ -1,0 +1,140 @@
+"""Fleet (home): a row per host with live GPUs, host load, jobs, cost per hour and serving rate."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any, ClassVar
+
+from textual import work
+from textual.app import ComposeResult
+from textual.binding import Binding, BindingType
+from textual.containers import VerticalScroll
+
+from core.protocol import RpcError
+from tui.screens.base import DeckScreen, NotAvailable
+from tui.widgets.host_row import HostRow
+
+PAINT_S = 0.25
+EXTRAS_S = 5.0
+HISTORY_S = 60
+
+
+async def host_extras(screen: DeckScreen, host: str, missing: set[str]) -> dict[str, Any]:
+    """Running jobs, cost per hour and serving rps, each from its own method if the agent has it."""
+    out: dict[str, Any] = {}
+    running = await screen.call(host, "runs.list", status="running", limit=1000)
+    out["jobs"] = len(running)
+    for method, pick in (("cost.now", _cost_per_hour), ("serving.status", _serving_rps)):
+        if method in missing:
+            continue
+        try:
+            out.update(pick(await screen.call(host, method)))
+        except NotAvailable:
+            missing.add(method)
+    return out
+
+
+def _cost_per_hour(result: Any) -> dict[str, Any]:
+    if isinstance(result, dict):
+        for key in ("cost_per_hour", "per_hour", "usd_per_hour", "rate_per_hour"):
+            if key in result:
+                return {"cost_h": result[key]}
+    return {}
+
+
+def _serving_rps(result: Any) -> dict[str, Any]:
+    rows = result.get("models", result.get("servers", [])) if isinstance(result, dict) else result
+    if isinstance(rows, list):
+        total = sum(float(r.get("rps") or 0) for r in rows if isinstance(r, dict))
+        return {"rps": total}
+    return {}
+
+
+class FleetScreen(DeckScreen):
+    TITLE = "Fleet"
+    HELP = "Every host: GPUs live (utilization sparkline, memory bar, temperature, power), load, jobs, cost."
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("enter", "open", "open host"),
+        Binding("down,j", "move(1)", "next host", show=False),
+        Binding("up,k", "move(-1)", "previous host", show=False),
+    ]
+
+    def compose(self) -> ComposeResult:
+        yield self.header()
+        with VerticalScroll(id="fleet"):
+            for host in self.deck.fleet.names:
+                yield HostRow(host)
+        yield self.status_line()
+        yield self.footer()
+
+    def rows(self) -> list[HostRow]:
+        return list(self.query(HostRow))
+
+    def on_mount(self) -> None:
+        rows = self.rows()
+        if rows:
+            rows[0].focus()
+        if self.deck.live:
+            for row in rows:
+                self.watch_host(row)
+                self.poll_extras(row)
+            self.set_interval(PAINT_S, self.paint)
+
+    def paint(self) -> None:
+        for row in self.rows():
+            state = self.deck.fleet.state(row.host)
+            if state != row.state:
+                row.state, row.dirty = state, True
+            row.paint()
+
+    @work(group="metrics")
+    async def watch_host(self, row: HostRow) -> None:
+        """Prefill a minute of history, then follow host.metrics; batches are painted by the timer."""
+        try:
+            first = await self.call(row.host, "host.metrics", window_s=HISTORY_S, max_points=HISTORY_S)
+            for snap in _snapshots(first.get("history") or []):
+                row.feed(snap)
+            if first.get("latest"):
+                row.feed(first["latest"])
+        except RpcError as exc:
+            row.extras["error"] = exc.message
+        async for snap in self.deck.fleet.subscribe(row.host, "host.metrics"):
+            row.feed(snap)
+
+    @work(group="extras")
+    async def poll_extras(self, row: HostRow) -> None:
+        """Scheduled after the previous poll finishes, so a slow host never piles up calls."""
+        missing: set[str] = set()
+        while True:
+            try:
+                row.extras.update(await host_extras(self, row.host, missing))
+                row.dirty = True
+            except RpcError:
+                pass
+            await asyncio.sleep(EXTRAS_S)
+
+    def action_move(self, step: int) -> None:
+        rows = self.rows()
+        if not rows:
+            return
+        current = rows.index(self.focused) if self.focused in rows else 0
+        rows[(current + step) % len(rows)].focus()
+
+    def action_open(self) -> None:
+        from tui.screens.host import HostScreen
+
+        focused = self.focused if isinstance(self.focused, HostRow) else None
+        if focused is not None:
+            self.app.push_screen(HostScreen(focused.host))
+
+
+def _snapshots(history: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """system_metrics rows (host row + one per GPU, same ts) back into collector snapshots."""
+    by_ts: dict[float, dict[str, Any]] = {}
+    for r in history:
+        snap = by_ts.setdefault(r["ts"], {"ts": r["ts"], "gpus": []})
+        if r.get("gpu_index") is None:
+            snap.update(cpu_pct=r.get("cpu_pct"), ram_used=r.get("ram_used"), ram_total=r.get("ram_total"))
+        else:
+            snap["gpus"].append({**r, "index": r["gpu_index"]})
+    return [by_ts[t] for t in sorted(by_ts)]

@@ -1,0 +1,114 @@
+"""One host: each GPU's utilization and memory over the last minutes, and the processes on it."""
+
+from __future__ import annotations
+
+import time
+from typing import Any, ClassVar
+
+from rich.text import Text
+from textual import work
+from textual.app import ComposeResult
+from textual.binding import Binding, BindingType
+from textual.containers import Grid, Vertical
+from textual.widgets import DataTable, Static
+
+from core.protocol import RpcError
+from tui.screens.base import DeckScreen, why
+from tui.widgets.metric_chart import MetricChart, Series
+from tui.widgets.units import gib
+
+WINDOWS_S = [300, 1800, 3 * 3600, 24 * 3600]
+
+
+def per_gpu(history: list[dict[str, Any]], t0: float) -> dict[int, Series]:
+    """system_metrics rows → per GPU: util and memory share series against minutes ago."""
+    out: dict[int, Series] = {}
+    for r in history:
+        idx = r.get("gpu_index")
+        if idx is None:
+            continue
+        series = out.setdefault(idx, {"util %": ([], []), "mem %": ([], [])})
+        x = (r["ts"] - t0) / 60
+        series["util %"][0].append(x)
+        series["util %"][1].append(r.get("util_pct"))
+        series["mem %"][0].append(x)
+        total = r.get("mem_total") or 0
+        series["mem %"][1].append(100 * (r.get("mem_used") or 0) / total if total else None)
+    return out
+
+
+class HostScreen(DeckScreen):
+    TITLE = "Host"
+    HELP = "Per-GPU history and the processes on each GPU, with the run each belongs to."
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("w", "window", "window"),
+        Binding("r", "reload", "reload"),
+        Binding("escape", "app.back", "back"),
+    ]
+
+    def __init__(self, host: str) -> None:
+        super().__init__()
+        self.host = host
+        self.window = 0
+
+    def compose(self) -> ComposeResult:
+        yield self.header()
+        with Vertical():
+            yield Static(id="host-facts", markup=False)
+            yield Grid(id="gpu-charts")
+            yield DataTable(id="procs", cursor_type="row", zebra_stripes=True)
+        yield self.status_line()
+        yield self.footer()
+
+    def on_mount(self) -> None:
+        self.sub_title = f"Host {self.host}"
+        table = self.query_one("#procs", DataTable)
+        table.add_columns("GPU", "PID", "memory", "run", "name", "status")
+        self.load()
+
+    def action_window(self) -> None:
+        self.window = (self.window + 1) % len(WINDOWS_S)
+        self.load()
+
+    def action_reload(self) -> None:
+        self.load()
+
+    @work(exclusive=True, group="host")
+    async def load(self) -> None:
+        window = WINDOWS_S[self.window]
+        try:
+            facts = await self.call(self.host, "host.info")
+            metrics = await self.call(self.host, "host.metrics", window_s=window, max_points=300)
+            running = await self.call(self.host, "runs.list", status="running", limit=1000)
+        except RpcError as exc:
+            self.say(why(exc))
+            return
+        gpus = ", ".join(f"{g['index']}: {g['name']}" for g in facts.get("gpus", [])) or "no GPUs"
+        self.query_one("#host-facts", Static).update(Text.assemble(
+            (f"{self.host}", "bold"), f"  {facts.get('hostname')}  {facts.get('cpu_count')} CPUs  ",
+            f"RAM {gib(facts.get('ram_total'))}  GPUs: {gpus}  NVML: {facts.get('nvml')}  ",
+            (f"window {window // 60} min (w)", "dim"),
+        ))
+        grid = self.query_one("#gpu-charts", Grid)
+        await grid.remove_children()
+        t0 = time.time()
+        charts = []
+        for idx, series in sorted(per_gpu(metrics.get("history") or [], t0).items()):
+            chart = MetricChart(f"GPU{idx}", xlabel="minutes ago (−)", ylim=(0, 100), classes="gpu-chart")
+            charts.append((chart, series))
+        await grid.mount_all([c for c, _ in charts])
+        for chart, series in charts:
+            chart.show(series)
+        self.show_processes((metrics.get("latest") or {}).get("gpus") or [], running)
+
+    def show_processes(self, gpus: list[dict[str, Any]], running: list[dict[str, Any]]) -> None:
+        by_pid = {r.get("pid"): r for r in running if r.get("pid")}
+        table = self.query_one("#procs", DataTable)
+        table.clear()
+        for g in gpus:
+            for pid, mem in g.get("processes") or []:
+                run = by_pid.get(pid, {})
+                table.add_row(g["index"], pid, gib(mem), run.get("run_id", "-"), run.get("name", "-"),
+                              run.get("status", "-"))
+        if not table.row_count:
+            self.say("no processes on this host's GPUs")

@@ -1,0 +1,1 @@
+"""Small widgets, each named after what it shows."""
