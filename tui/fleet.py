@@ -171,8 +171,10 @@ class Fleet:
     """All hosts the user manages; use `async with Fleet(...)` or call close()."""
 
     def __init__(self, hosts: Mapping[str, Host | None] | None = None, *,
-                 local_home: Path | str | None = None, ssh_options: dict[str, Any] | None = None) -> None:
+                 local_home: Path | str | None = None, ssh_options: dict[str, Any] | None = None,
+                 start_local: bool = False) -> None:
         self._local_home = Path(local_home) if local_home else None
+        self._start_local = start_local
         self._ssh_options = dict(ssh_options or {})
         self._links: dict[str, _Link] = {}
         self._closing = False
@@ -180,11 +182,12 @@ class Fleet:
             self.add(name, host)
 
     @classmethod
-    def from_config(cls, include_local: bool = True, **kwargs: Any) -> Fleet:
+    def from_config(cls, local_home: Path | str | None = None, include_local: bool = True,
+                    **kwargs: Any) -> Fleet:
         """The local agent (if wanted) plus every host of the hosts file."""
         hosts: dict[str, Host | None] = {LOCAL: None} if include_local else {}
         hosts.update(load_hosts())
-        return cls(hosts, **kwargs)
+        return cls(hosts, local_home=local_home, **kwargs)
 
     async def __aenter__(self) -> Fleet:
         return self
@@ -194,6 +197,11 @@ class Fleet:
 
     @property
     def names(self) -> list[str]:
+        return list(self._links)
+
+    @property
+    def hosts(self) -> list[str]:
+        """Host names in the order they were added ("local" first when it is there)."""
         return list(self._links)
 
     def add(self, name: str, host: Host | None) -> None:
@@ -344,7 +352,12 @@ class Fleet:
 
     async def _open(self, link: _Link, lost: asyncio.Event) -> None:
         if link.host is None:
-            sock = Layout(mldeck_home(link.local_home)).socket
+            layout = Layout(mldeck_home(link.local_home))
+            if self._start_local:
+                from tui.cli.agent_cmd import ensure_agent
+
+                await ensure_agent(layout)
+            sock = layout.socket
             reader, writer = await asyncio.open_unix_connection(str(sock), limit=protocol.MAX_MESSAGE)
             link.status.mode = "unix"
             link.client = Client(_WatchedReader(reader, lost), writer)
@@ -362,7 +375,10 @@ class Fleet:
                 return
             except RpcError as exc:
                 said = (await stream.bridge_error()).strip()
-                raise HostDown(link.name, said.splitlines()[-1] if said else exc.message) from None
+                if not said:
+                    raise
+                raise ssh.SshError(f"{said.splitlines()[-1]} (on {link.name}; "
+                                   f"`mldeck agent start --host {link.name}` starts one)") from exc
         link.status.hello = await link.client.call("hello", client=CLIENT_NAME)
 
     async def _drop(self, link: _Link) -> None:

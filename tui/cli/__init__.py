@@ -10,13 +10,14 @@ from collections.abc import Callable
 from typing import Any
 
 from core.protocol import RpcError
-from tui.cli import agent_cmd, query_cmd, runs_cmd
+from tui.cli import agent_cmd, hosts_cmd, query_cmd, runs_cmd
 from tui.cli.output import CliError
 
 COMMANDS: list[Callable[[Any, argparse.ArgumentParser], None]] = [
     agent_cmd.register,
     runs_cmd.register,
     query_cmd.register,
+    hosts_cmd.register,
 ]
 
 

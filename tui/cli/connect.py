@@ -1,4 +1,4 @@
-"""From --host/--home to a connected client: the local socket, or (later) SSH."""
+"""From --host/--home to a connected client: the local socket, or a host over SSH through the Fleet."""
 
 from __future__ import annotations
 
@@ -9,6 +9,8 @@ from collections.abc import AsyncIterator
 from core.client import Client, connect_unix
 from core.paths import Layout, mldeck_home
 from tui.cli.output import CliError
+from tui.fleet import Fleet, HostDown
+from tui.hosts import LOCAL, Host, HostsError, resolve
 
 
 def local_layout(args: argparse.Namespace) -> Layout:
@@ -30,11 +32,28 @@ async def open_local(layout: Layout) -> Client:
 @contextlib.asynccontextmanager
 async def agent_client(args: argparse.Namespace) -> AsyncIterator[Client]:
     """The agent the command is about, connected, and closed afterwards."""
-    host = getattr(args, "host", None)
-    if host not in (None, "", "local"):
-        raise CliError(f"remote host {host!r}: SSH support is not available in this build")
-    client = await open_local(local_layout(args))
-    try:
+    name, host = remote_host(args)
+    if host is None:
+        client = await open_local(local_layout(args))
+        try:
+            yield client
+        finally:
+            await client.close()
+        return
+    async with Fleet({name: host}) as fleet:
+        try:
+            client = await fleet.client(name)
+        except HostDown as exc:
+            raise CliError(f"host {exc.message}") from None
         yield client
-    finally:
-        await client.close()
+
+
+def remote_host(args: argparse.Namespace) -> tuple[str, Host | None]:
+    """--host → (name, Host), Host None for the local agent; unknown names are a CliError."""
+    try:
+        name, host = resolve(getattr(args, "host", None))
+    except HostsError as exc:
+        raise CliError(str(exc)) from None
+    if host is not None and getattr(args, "home", None) and name.startswith("ssh://"):
+        host = Host(target=host.target, home=args.home)
+    return (LOCAL, None) if host is None else (name, host)
