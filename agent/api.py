@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import getpass
 import os
 import platform
@@ -142,7 +143,7 @@ def register(agent: Agent) -> None:
         return {"unsubscribed": agent.hub.unsubscribe(p.subscription)}
 
     async def agent_stop(p: NoParams, conn: Connection) -> dict[str, Any]:
-        agent.request_stop()
+        asyncio.get_running_loop().call_later(0.2, agent.request_stop)
         return {"stopping": True, "pid": os.getpid()}
 
     async def agent_status(p: NoParams, conn: Connection) -> dict[str, Any]:

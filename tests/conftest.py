@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -84,6 +85,25 @@ class AgentProc:
                 self.proc.wait()
 
 
+def rpc(home: Path, method: str, params: dict[str, Any] | None = None, timeout: float = 10) -> Any:
+    """One raw JSON-RPC exchange on the agent's socket: the reply object, or {} if none answers."""
+    request = {"jsonrpc": "2.0", "id": 1, "method": method, "params": params or {}}
+    try:
+        with socket.socket(socket.AF_UNIX) as sock:
+            sock.settimeout(timeout)
+            sock.connect(str(Layout(home).socket))
+            sock.sendall(msgspec.json.encode(request) + b"\n")
+            buf = b""
+            while not buf.endswith(b"\n"):
+                chunk = sock.recv(1 << 20)
+                if not chunk:
+                    return {}
+                buf += chunk
+            return msgspec.json.decode(buf)
+    except OSError:
+        return {}
+
+
 def start_agent(home: Path, config: str | None = None, timeout: float = 30) -> AgentProc:
     """Start an agent and wait until its socket answers."""
     home.mkdir(parents=True, exist_ok=True)
@@ -99,7 +119,7 @@ def start_agent(home: Path, config: str | None = None, timeout: float = 30) -> A
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise RuntimeError(f"agent exited: {(home / 'agent.log').read_text()[-2000:]}")
-        if agent.layout.socket.exists() and agent.cli("agent", "status").code == 0:
+        if agent.layout.socket.exists() and rpc(home, "hello").get("result"):
             return agent
         time.sleep(0.1)
     agent.stop()
