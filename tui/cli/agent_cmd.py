@@ -1,20 +1,28 @@
-"""`mldeck agent start|stop|status`: manage the agent of a home."""
+"""`mldeck agent start|stop|status|install|unit`: manage the agent of a home, here or on a host over SSH."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 import os
+import shlex
 import subprocess
 import sys
+import tempfile
 import time
+from pathlib import Path
 from typing import Any
+
+import asyncssh
 
 from core.client import connect_unix
 from core.paths import Layout
 from core.protocol import RpcError
-from tui.cli.connect import agent_client, local_layout
+from tui import ssh
+from tui.cli.connect import agent_client, local_layout, remote_host
 from tui.cli.output import CliError, duration, print_json
+from tui.fleet import Fleet, HostDown
+from tui.hosts import Host, load_hosts, parse_target, update_host
 
 START_TIMEOUT_S = 30.0
 
@@ -64,6 +72,9 @@ async def ensure_agent(layout: Layout, timeout_s: float = START_TIMEOUT_S) -> di
 
 
 async def start(args: argparse.Namespace) -> int:
+    name, host = remote_host(args)
+    if host is not None:
+        return await start_remote(args, name, host)
     layout = local_layout(args)
     if args.foreground:
         os.execv(sys.executable, [sys.executable, "-m", "agent", "run", "--home", str(layout.home)])
@@ -78,6 +89,9 @@ async def start(args: argparse.Namespace) -> int:
 
 
 async def stop(args: argparse.Namespace) -> int:
+    name, host = remote_host(args)
+    if host is not None:
+        return await stop_remote(args, name, host)
     layout = local_layout(args)
     status = await ping(layout)
     if not status:
@@ -100,19 +114,177 @@ async def stop(args: argparse.Namespace) -> int:
 
 
 async def status_cmd(args: argparse.Namespace) -> int:
-    layout = local_layout(args)
-    status = await ping(layout)
+    name, host = remote_host(args)
+    if host is not None:
+        async with Fleet({name: host}) as fleet:
+            status, where, why = await _remote_status(fleet, name), name, fleet.status(name).why
+    else:
+        layout = local_layout(args)
+        status, where, why = await ping(layout), str(layout.home), ""
     if args.json:
-        print_json({"running": bool(status), **(status or {"home": str(layout.home)})})
+        print_json({"running": bool(status), **(status or {"home": where, "why": why or None})})
         return 0 if status else 3
     if not status:
-        print(f"agent: not running (home {layout.home})")
+        print(f"agent: not running ({where}{': ' + why if why else ''})")
         return 3
+    print_status(status)
+    return 0
+
+
+def print_status(status: dict[str, Any]) -> None:
     print(f"agent: running, pid {status['pid']}, up {duration(status['uptime_s'])}")
     print(f"home: {status['home']}")
     print(f"memory: {status['rss_bytes'] / 2**20:.0f} MiB, clients: {status['connections']}")
     print(f"ingest: {status['ingest']['rows']} lines, {status['ingest']['bad_lines']} bad")
     print(f"gpus: {status['nvml']}")
+
+
+async def _remote_status(fleet: Fleet, name: str, timeout_s: float | None = None) -> dict[str, Any] | None:
+    try:
+        return await fleet.call(name, "agent.status", timeout_s=timeout_s)
+    except HostDown:
+        return None
+
+
+async def _wait_remote(fleet: Fleet, name: str, running: bool, timeout_s: float) -> dict[str, Any] | None:
+    """Poll until the remote agent is (or is no longer) answering."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        status = await _remote_status(fleet, name, max(1.0, deadline - time.monotonic()))
+        if bool(status) == running:
+            return status
+        await asyncio.sleep(0.2)
+    raise CliError(f"{name}: the agent did not {'start' if running else 'stop'} within {timeout_s:.0f}s")
+
+
+async def _ssh(host: Host) -> asyncssh.SSHClientConnection:
+    target = parse_target(host.target)
+    try:
+        return await ssh.connect(target, host.timeout_s)
+    except (OSError, asyncssh.Error, ssh.SshError, TimeoutError) as exc:
+        raise CliError(ssh.describe(exc, target, host.timeout_s)) from None
+
+
+async def start_remote(args: argparse.Namespace, name: str, host: Host) -> int:
+    """`python -m agent run` on the host, detached by setsid, its output in agent.log there."""
+    async with Fleet({name: host}) as fleet:
+        already = await _remote_status(fleet, name)
+        if not already:
+            python = host.python or ssh.DEFAULT_PYTHON
+            conn = await _ssh(host)
+            async with conn:
+                home = host.home or await ssh.remote_home(conn, python, host.timeout_s)
+                command = (
+                    shlex.join(["mkdir", "-p", "-m", "700", home]) + " && "
+                    + shlex.join(["setsid", "-f", python, "-m", "agent", "run", "--home", home])
+                    + " </dev/null >>" + shlex.quote(str(Path(home) / "agent.log")) + " 2>&1"
+                )
+                done = await conn.run(command, timeout=host.timeout_s)
+                if done.exit_status != 0:
+                    raise CliError(f"{name}: starting the agent failed: {str(done.stderr).strip()}")
+        status = already or await _wait_remote(fleet, name, True, START_TIMEOUT_S)
+    assert status is not None
+    if args.json:
+        print_json({**status, "host": name, "already_running": bool(already)})
+    else:
+        print(f"agent {'already running' if already else 'started'} on {name}: "
+              f"pid {status['pid']}, home {status['home']}")
+    return 0
+
+
+async def stop_remote(args: argparse.Namespace, name: str, host: Host) -> int:
+    async with Fleet({name: host}) as fleet:
+        status = await _remote_status(fleet, name)
+        if status:
+            await fleet.call(name, "agent.stop")
+            await _wait_remote(fleet, name, False, START_TIMEOUT_S)
+    if args.json:
+        print_json({"stopped": bool(status), "pid": status and status["pid"], "host": name})
+    else:
+        print(f"agent stopped on {name} (pid {status['pid']})" if status else f"no agent running on {name}")
+    return 0
+
+
+def source_checkout() -> Path:
+    root = Path(__file__).resolve().parents[2]
+    if not (root / "pyproject.toml").exists():
+        raise CliError("`agent install` builds a wheel from a source checkout of mldeck; run it from one")
+    return root
+
+
+def build_wheel(out: Path) -> Path:
+    """A wheel of the local checkout (mldeck only, no dependencies)."""
+    done = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(out),
+         str(source_checkout())], capture_output=True, text=True,
+    )
+    wheels = sorted(out.glob("mldeck-*.whl"))
+    if done.returncode != 0 or not wheels:
+        raise CliError(f"building the wheel failed: {(done.stderr.strip().splitlines() or ['?'])[-1]}")
+    return wheels[-1]
+
+
+async def install(args: argparse.Namespace) -> int:
+    """Wheel over SFTP into a venv on the host; the host's entry then points at that venv's Python."""
+    name, host = remote_host(args)
+    if host is None:
+        raise CliError("`agent install` needs --host NAME (locally, `pip install .` does it)")
+    with tempfile.TemporaryDirectory(prefix="mldeck-wheel-") as tmp:
+        wheel = await asyncio.to_thread(build_wheel, Path(tmp))
+        conn = await _ssh(host)
+        async with conn:
+            step = host.timeout_s
+            user_home = (await ssh.run_checked(conn, ["printenv", "HOME"], step, "reading $HOME")).strip()
+            venv = args.venv or f"{user_home}/.local/share/mldeck/venv"
+            python = f"{venv}/bin/python"
+            base = args.base_python or ssh.DEFAULT_PYTHON
+            slow = max(step, 600.0)
+            await ssh.run_checked(
+                conn, [base, "-m", "venv", *(["--system-site-packages"] if args.system_site_packages else []),
+                       venv], slow, f"creating the venv {venv} with {base}")
+            remote_wheel = f"{venv}/wheels/{wheel.name}"
+            async with conn.start_sftp_client() as sftp:
+                await sftp.makedirs(f"{venv}/wheels", exist_ok=True)
+                await sftp.put(str(wheel), remote_wheel)
+            pip = [python, "-m", "pip", "install", "--no-input", "--disable-pip-version-check", "-q"]
+            if not args.no_deps:
+                await ssh.run_checked(conn, [*pip, remote_wheel], slow, "installing mldeck's dependencies")
+            await ssh.run_checked(conn, [*pip, "--no-deps", "--force-reinstall", remote_wheel], slow,
+                                  "installing mldeck")
+            check = [python, "-c", "import agent; print(agent.__file__)"]
+            where = await ssh.run_checked(conn, check, step, "checking the install")
+    if name in load_hosts():
+        update_host(name, python=python)
+    if args.json:
+        print_json({"host": name, "venv": venv, "python": python, "wheel": wheel.name,
+                    "agent": where.strip()})
+    else:
+        print(f"installed {wheel.name} on {name} into {venv}; "
+              f"start it with `mldeck agent start --host {name}`")
+    return 0
+
+
+def _systemd_quote(arg: str) -> str:
+    return arg if arg and all(c.isalnum() or c in "/._-=:%" for c in arg) else '"' + arg.replace(
+        "\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def unit(args: argparse.Namespace) -> int:
+    """A systemd user unit (for ~/.config/systemd/user/mldeck-agent.service) that keeps the agent up."""
+    host = remote_host(args)[1]
+    if host is not None:
+        python, home = host.python or "/usr/bin/python3", host.home or "%h/.local/share/mldeck"
+    else:
+        python, home = sys.executable, str(local_layout(args).home)
+    argv = [python, "-m", "agent", "run", "--home", home]
+    print("\n".join([
+        "# ~/.config/systemd/user/mldeck-agent.service; then: systemctl --user daemon-reload &&",
+        "#   systemctl --user enable --now mldeck-agent && loginctl enable-linger $USER",
+        "[Unit]", f"Description=mldeck agent ({home})", "After=network-online.target", "",
+        "[Service]", "Type=simple", f"ExecStart={' '.join(_systemd_quote(a) for a in argv)}",
+        "Environment=PYTHONUNBUFFERED=1", "Restart=on-failure", "RestartSec=5", "", "[Install]",
+        "WantedBy=default.target",
+    ]))
     return 0
 
 
@@ -126,3 +298,13 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     p.set_defaults(func=stop)
     p = cmds.add_parser("status", parents=[common], help="is it running, and how is it doing")
     p.set_defaults(func=status_cmd)
+    p = cmds.add_parser("install", parents=[common], help="put mldeck on a host over SSH (--host)")
+    p.add_argument("--venv", help="where on the host (default ~/.local/share/mldeck/venv)")
+    p.add_argument("--base-python", help="the host's Python that creates the venv (default python3)")
+    p.add_argument("--system-site-packages", action="store_true",
+                   help="let the venv see the host's installed packages (e.g. its torch)")
+    p.add_argument("--no-deps", action="store_true",
+                   help="install mldeck only; its dependencies must already be importable there")
+    p.set_defaults(func=install)
+    p = cmds.add_parser("unit", parents=[common], help="print a systemd user unit that runs the agent")
+    p.set_defaults(func=unit)
