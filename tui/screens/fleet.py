@@ -24,11 +24,12 @@ async def host_extras(screen: DeckScreen, host: str, missing: set[str]) -> dict[
     out: dict[str, Any] = {}
     running = await screen.call(host, "runs.list", status="running", limit=1000)
     out["jobs"] = len(running)
-    for method, pick in (("cost.now", _cost_per_hour), ("serving.status", _serving_rps)):
+    for method, pick in (("cost.host", _cost_per_hour), ("serving.status", _serving_rps)):
         if method in missing:
             continue
         try:
-            out.update(pick(await screen.call(host, method)))
+            params = {"since_s": 3600} if method == "cost.host" else {}
+            out.update(pick(await screen.call(host, method, **params)))
         except NotAvailable:
             missing.add(method)
     return out
@@ -36,7 +37,7 @@ async def host_extras(screen: DeckScreen, host: str, missing: set[str]) -> dict[
 
 def _cost_per_hour(result: Any) -> dict[str, Any]:
     if isinstance(result, dict):
-        for key in ("cost_per_hour", "per_hour", "usd_per_hour", "rate_per_hour"):
+        for key in ("burn_per_hour", "cost_per_hour"):
             if key in result:
                 return {"cost_h": result[key]}
     return {}

@@ -1,17 +1,323 @@
-"""Runs: placeholder while it is built."""
+"""Runs: every run of every host in one table; filter, sort, mark, compare, logs, stop, resume."""
 
 from __future__ import annotations
 
-from textual.app import ComposeResult
-from textual.widgets import Static
+import asyncio
+import time
+from collections import Counter
+from typing import Any, ClassVar
 
-from tui.screens.base import DeckScreen
+import pyarrow as pa
+import pyarrow.compute as pc
+from textual import on, work
+from textual.app import ComposeResult
+from textual.binding import Binding, BindingType
+from textual.widgets import Input
+from textual_fastdatatable import DataTable
+
+from core.protocol import RpcError
+from tui.screens import run_filter
+from tui.screens.base import DeckScreen, NotAvailable, why
+from tui.screens.dialogs import Confirm
+from tui.widgets.runs_table import RunsTable
+from tui.widgets.units import duration
+
+RUNS_LIMIT = 5000
+POLL_S = 5.0
+SHOWN_METRICS = 4
+SORTABLE = ["created", "host", "experiment", "name", "status", "duration", "cost"]
+
+
+def run_cost(run: dict[str, Any]) -> float | None:
+    for key in ("cost", "cost_usd"):
+        if isinstance(run.get(key), (int, float)):
+            return float(run[key])
+    return None
+
+
+def runs_table(by_host: dict[str, list[dict[str, Any]]]) -> pa.Table:
+    """Every host's runs as one Arrow table: fixed columns, then one `m:<key>` column per metric."""
+    rows = [(host, r) for host, runs in by_host.items() for r in runs]
+    keys = sorted({k for _, r in rows for k in (r.get("metrics") or {})})
+    cols: dict[str, Any] = {
+        "host": pa.array([h for h, _ in rows], pa.string()),
+        "created": pa.array([r.get("created_at") for _, r in rows], pa.float64()),
+        **{c: pa.array([r.get(c) for _, r in rows], pa.string())
+           for c in ("run_id", "experiment", "name", "status", "sweep_id")},
+        "started_at": pa.array([r.get("started_at") for _, r in rows], pa.float64()),
+        "ended_at": pa.array([r.get("ended_at") for _, r in rows], pa.float64()),
+        "cost": pa.array([run_cost(r) for _, r in rows], pa.float64()),
+    }
+    for k in keys:
+        cols[f"m:{k}"] = pa.array([(r.get("metrics") or {}).get(k) for _, r in rows], pa.float64())
+    return pa.table(cols)
+
+
+def chosen_metrics(table: pa.Table, n: int = SHOWN_METRICS) -> list[str]:
+    """The metrics most runs have: what the table shows as columns."""
+    metric_cols = [c for c in table.column_names if c.startswith("m:")]
+    counts = Counter({c: table.num_rows - table[c].null_count for c in metric_cols})
+    return [c for c, _ in counts.most_common(n)]
+
+
+def with_duration(table: pa.Table, now: float) -> pa.Table:
+    end = pc.fill_null(table["ended_at"], now)
+    return table.append_column("duration", pc.subtract(end, table["started_at"]))
+
+
+def mark_column(table: pa.Table, marks: set[str]) -> pa.Array:
+    keys = pc.binary_join_element_wise(table["host"], table["run_id"], "/")
+    return pc.if_else(pc.is_in(keys, pa.array(sorted(marks), pa.string())), "✓", "")
+
+
+def display(table: pa.Table, metrics: list[str], marks: set[str]) -> pa.Table:
+    """What the person sees: a mark, the words, rounded metrics, readable duration and cost."""
+    cols = {
+        " ": mark_column(table, marks), "host": table["host"], "experiment": table["experiment"],
+        "name": table["name"], "status": table["status"],
+    }
+    for m in metrics:
+        cols[m[2:]] = pc.round(table[m], 4)
+    cols["duration"] = pa.array([duration(d) for d in table["duration"].to_pylist()], pa.string())
+    cols["cost"] = pc.round(table["cost"], 2)
+    cols["run"] = table["run_id"]
+    return pa.table(cols)
 
 
 class RunsScreen(DeckScreen):
     TITLE = "Runs"
+    HELP = ("Every run of every host. Filter with text, status:running, host:NAME, exp:NAME, "
+            "metric>0.9 (several at once are ANDed).")
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("enter", "open", "open run", show=False),
+        Binding("slash", "filter", "filter", key_display="/"),
+        Binding("space", "mark", "mark"),
+        Binding("c", "compare", "compare marked"),
+        Binding("l", "logs", "logs"),
+        Binding("s", "stop", "stop"),
+        Binding("r", "resume", "resume"),
+        Binding("o", "sort", "sort by next column"),
+        Binding("O", "reverse", "reverse sort"),
+        Binding("ctrl+r", "reload", "reload", show=False),
+    ]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.data = runs_table({})
+        self.view = self.data
+        self.shown = self.data
+        self.by_host: dict[str, list[dict[str, Any]]] = {}
+        self.errors: dict[str, str] = {}
+        self.query_text = ""
+        self.sort_key = "created"
+        self.descending = True
+        self.marks: set[str] = set()
+        self.metrics: list[str] = []
+        self.wake = asyncio.Event()
 
     def compose(self) -> ComposeResult:
         yield self.header()
-        yield Static("coming soon", classes="unavailable")
+        yield Input(placeholder="filter: text  status:running  host:NAME  val_acc>0.9", id="filter")
+        yield RunsTable(id="runs")
+        yield self.status_line()
         yield self.footer()
+
+    @property
+    def table(self) -> RunsTable:
+        return self.query_one(RunsTable)
+
+    def on_mount(self) -> None:
+        self.table.focus()
+        if self.deck.live:
+            self.poll()
+            for host in self.deck.fleet.names:
+                self.follow(host)
+
+    @work(group="runs-poll")
+    async def poll(self) -> None:
+        """All hosts' runs; the next poll starts when this one is done, sooner when a run changes."""
+        while True:
+            self.wake.clear()
+            outcomes = await self.deck.fleet.gather("runs.list", limit=RUNS_LIMIT)
+            for host, out in outcomes.items():
+                if out.ok:
+                    self.by_host[host] = out.value
+                    self.errors.pop(host, None)
+                else:
+                    self.errors[host] = out.error or "failed"
+            self.load(runs_table(self.by_host))
+            try:
+                await asyncio.wait_for(self.wake.wait(), POLL_S)
+                await asyncio.sleep(0.3)
+            except TimeoutError:
+                pass
+
+    @work(group="runs-follow")
+    async def follow(self, host: str) -> None:
+        async for _ in self.deck.fleet.subscribe(host, "runs"):
+            self.wake.set()
+
+    def load(self, table: pa.Table) -> None:
+        """New data (from the agents, or a benchmark): recompute the view and swap it in."""
+        self.data = table
+        self.metrics = chosen_metrics(table)
+        self.refilter()
+
+    def refilter(self) -> None:
+        try:
+            view = run_filter.apply(with_duration(self.data, time.time()), self.query_text)
+        except run_filter.FilterError as exc:
+            self.say(str(exc))
+            return
+        if view.num_rows:
+            view = view.sort_by([(self.sort_key, "descending" if self.descending else "ascending")])
+        self.view = view
+        self.shown = display(view, self.metrics, self.marks)
+        self.table.replace(self.shown)
+        self.describe()
+
+    def describe(self) -> None:
+        parts = [f"{self.view.num_rows:,} of {self.data.num_rows:,} runs",
+                 f"sort {self.sort_key} {'↓' if self.descending else '↑'}"]
+        if self.query_text:
+            parts.append(f"filter: {self.query_text}")
+        if self.marks:
+            parts.append(f"{len(self.marks)} marked")
+        parts += [f"{h}: {e}" for h, e in self.errors.items()]
+        self.say("  ·  ".join(parts))
+
+    # the row under the cursor -------------------------------------------------
+
+    def current(self) -> tuple[str, str] | None:
+        row = self.table.cursor_row
+        if not 0 <= row < self.view.num_rows:
+            return None
+        return self.view["host"][row].as_py(), self.view["run_id"][row].as_py()
+
+    def current_run(self) -> dict[str, Any] | None:
+        cur = self.current()
+        if cur is None:
+            return None
+        return next((r for r in self.by_host.get(cur[0], []) if r["run_id"] == cur[1]), {"run_id": cur[1]})
+
+    # actions ------------------------------------------------------------------
+
+    def action_filter(self) -> None:
+        box = self.query_one("#filter", Input)
+        box.add_class("shown")
+        box.focus()
+
+    @on(Input.Changed, "#filter")
+    def filter_changed(self, event: Input.Changed) -> None:
+        self.query_text = event.value.strip()
+        self.refilter()
+
+    @on(Input.Submitted, "#filter")
+    def filter_done(self) -> None:
+        self.table.focus()
+
+    def key_escape(self) -> bool | None:
+        box = self.query_one("#filter", Input)
+        if box.has_focus:
+            if not box.value:
+                box.remove_class("shown")
+            self.table.focus()
+            return True
+        return None
+
+    def action_mark(self) -> None:
+        cur = self.current()
+        if cur is None:
+            return
+        key = "/".join(cur)
+        self.marks.symmetric_difference_update({key})
+        self.shown = self.shown.set_column(0, " ", mark_column(self.view, self.marks))
+        self.table.replace(self.shown)
+        self.table.action_cursor_down()
+        self.describe()
+
+    def action_compare(self) -> None:
+        chosen = [tuple(k.split("/", 1)) for k in sorted(self.marks)]
+        if len(chosen) < 2:
+            self.say("mark two or more runs with space, then press c")
+            return
+        self.deck.compare_set = chosen  # type: ignore[assignment]
+        self.deck.switch_mode("compare")
+
+    def action_open(self) -> None:
+        from tui.screens.run_detail import RunDetailScreen
+
+        cur = self.current()
+        if cur:
+            self.app.push_screen(RunDetailScreen(*cur))
+
+    @on(DataTable.RowSelected)
+    def row_selected(self) -> None:
+        self.action_open()
+
+    @on(DataTable.HeaderSelected)
+    def header_selected(self, event: DataTable.HeaderSelected) -> None:
+        label = str(event.label)
+        key = f"m:{label}" if f"m:{label}" in self.data.column_names else label
+        if key == "run":
+            key = "run_id"
+        if key in self.view.column_names:
+            self.descending = not self.descending if key == self.sort_key else True
+            self.sort_key = key
+            self.refilter()
+
+    def action_sort(self) -> None:
+        keys = SORTABLE + self.metrics
+        at = keys.index(self.sort_key) + 1 if self.sort_key in keys else 0
+        self.sort_key = keys[at % len(keys)]
+        self.descending = True
+        self.refilter()
+
+    def action_reverse(self) -> None:
+        self.descending = not self.descending
+        self.refilter()
+
+    def action_reload(self) -> None:
+        self.wake.set()
+
+    def action_logs(self) -> None:
+        from tui.screens.logs import LogsScreen
+
+        cur = self.current()
+        if cur:
+            self.app.push_screen(LogsScreen(*cur))
+
+    def action_stop(self) -> None:
+        run = self.current_run()
+        cur = self.current()
+        if not run or not cur:
+            return
+        if run.get("status") not in ("running", "queued", "pending"):
+            self.say(f"run {cur[1]} is {run.get('status')}; only queued or running runs can be stopped")
+            return
+
+        def done(yes: bool | None) -> None:
+            if yes:
+                self.run_action(cur[0], "runs.stop", cur[1], "stopping")
+
+        self.app.push_screen(Confirm(f"Stop run {run.get('name') or cur[1]} on {cur[0]}?",
+                                     f"run {cur[1]}, {run.get('status')}; it checkpoints if it can"), done)
+
+    def action_resume(self) -> None:
+        cur = self.current()
+        if cur:
+            self.run_action(cur[0], "runs.resume", cur[1], "resuming")
+
+    @work(group="runs-action")
+    async def run_action(self, host: str, method: str, run_id: str, doing: str) -> None:
+        self.say(f"{doing} {run_id} on {host}…")
+        try:
+            await self.call(host, method, run_id=run_id)
+        except NotAvailable as exc:
+            self.say(f"{exc} (this agent cannot run jobs yet)")
+            return
+        except RpcError as exc:
+            self.say(why(exc))
+            return
+        self.say(f"{method} {run_id}: done")
+        self.wake.set()

@@ -50,8 +50,8 @@ class HostRow(Vertical, can_focus=True):
             return
         self.dirty = False
         s, x = self.snapshot, self.extras
-        line = Text(f"{self.host:<14}", "bold") + state_text(self.state)
-        line.pad_right(30 - len(line))
+        state = state_text(self.state)
+        line = Text(f"{self.host:<14}", "bold") + state + Text(" " * max(2, 16 - len(state)))
         if s:
             ram = f"{gib(s.get('ram_used'))}/{gib(s.get('ram_total'))}"
             line += Text(f" CPU {pct(s.get('cpu_pct')):>4}  RAM {ram}")

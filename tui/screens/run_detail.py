@@ -1,0 +1,176 @@
+"""One run: params, live metric charts, the host's usage while it ran, checkpoints and cost."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any, ClassVar
+
+from rich.table import Table
+from textual import work
+from textual.app import ComposeResult
+from textual.binding import Binding, BindingType
+from textual.containers import Grid, Horizontal, VerticalScroll
+from textual.widgets import Static
+
+from core.protocol import RpcError
+from tui.screens.base import DeckScreen, NotAvailable, why
+from tui.screens.host import per_gpu
+from tui.widgets.metric_chart import MetricChart
+from tui.widgets.units import gib, money, number, span
+
+APPLY_S = 0.3
+MAX_CHARTS = 6
+
+
+def facts_table(run: dict[str, Any], cost: dict[str, Any] | None) -> Table:
+    t = Table.grid(padding=(0, 2))
+    t.add_column(style="bold")
+    t.add_column()
+    rows = [
+        ("run", run.get("run_id")), ("name", run.get("name")), ("experiment", run.get("experiment")),
+        ("status", run.get("status")), ("reason", run.get("status_reason")),
+        ("duration", span(run.get("started_at"), run.get("ended_at"))),
+        ("git", f"{(run.get('git_sha') or '-')[:10]}{' dirty' if run.get('git_dirty') else ''}"),
+        ("data", run.get("data_hash") or "-"), ("gpus", run.get("gpus")), ("sweep", run.get("sweep_id")),
+        ("resumed", run.get("resumed_count")),
+    ]
+    if cost:
+        rows += [("cost", money(cost.get("cost_usd"))),
+                 ("GPU hours", number((cost.get("gpu_seconds") or 0) / 3600)),
+                 ("peak / held", f"{gib(cost.get('peak_gpu_mem'))} / {gib(cost.get('held_gpu_mem'))}")]
+    for k, v in rows:
+        t.add_row(k, number(v) if v is not None else "-")
+    return t
+
+
+def params_table(params: dict[str, Any], metrics: dict[str, Any]) -> Table:
+    t = Table("param", "value", "metric", "last", box=None, padding=(0, 1), header_style="bold")
+    p_items, m_items = sorted(params.items()), sorted(metrics.items())
+    for i in range(max(len(p_items), len(m_items))):
+        p = p_items[i] if i < len(p_items) else ("", "")
+        m = m_items[i] if i < len(m_items) else ("", "")
+        t.add_row(str(p[0]), number(p[1]), str(m[0]), number(m[1]) if m[0] else "")
+    return t
+
+
+class RunDetailScreen(DeckScreen):
+    TITLE = "Run"
+    HELP = "Params and last metrics, live charts per metric, GPU usage while it ran, checkpoints, cost."
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("l", "logs", "logs"),
+        Binding("escape", "app.back", "back"),
+    ]
+
+    def __init__(self, host: str, run_id: str) -> None:
+        super().__init__()
+        self.host = host
+        self.run_id = run_id
+        self.charts: dict[str, MetricChart] = {}
+        self.pending: dict[str, tuple[list[float], list[float]]] = {}
+        self.checkpoints: list[str] = []
+
+    def compose(self) -> ComposeResult:
+        yield self.header()
+        with VerticalScroll():
+            with Horizontal(id="run-top"):
+                yield Static(id="run-facts")
+                yield Static(id="run-params")
+            yield Grid(id="run-charts")
+            yield Static("[b]GPU usage while it ran[/b]", classes="section")
+            yield Grid(id="run-usage")
+            yield Static(id="run-checkpoints")
+        yield self.status_line()
+        yield self.footer()
+
+    def on_mount(self) -> None:
+        self.sub_title = f"{self.run_id} on {self.host}"
+        self.load()
+        self.set_interval(APPLY_S, self.apply_pending)
+
+    def action_logs(self) -> None:
+        from tui.screens.logs import LogsScreen
+
+        self.app.push_screen(LogsScreen(self.host, self.run_id))
+
+    @work(exclusive=True, group="run")
+    async def load(self) -> None:
+        try:
+            run = await self.call(self.host, "runs.get", run_id=self.run_id)
+            got = await self.call(self.host, "runs.metrics", run_id=self.run_id, max_points=500)
+            series = got["series"]
+        except RpcError as exc:
+            self.say(why(exc))
+            return
+        cost = None
+        try:
+            cost = await self.call(self.host, "cost.run", run_id=self.run_id)
+        except NotAvailable:
+            pass
+        except RpcError as exc:
+            self.say(why(exc))
+        self.query_one("#run-facts", Static).update(facts_table(run, cost))
+        params = params_table(run.get("params") or {}, run.get("metrics") or {})
+        self.query_one("#run-params", Static).update(params)
+        grid = self.query_one("#run-charts", Grid)
+        for key in list(series)[:MAX_CHARTS]:
+            chart = self.charts[key] = MetricChart(key, classes="run-chart")
+            await grid.mount(chart)
+            chart.show({key: (series[key]["step"], series[key]["value"])})
+        if not series:
+            await grid.mount(Static("no metrics logged yet", classes="unavailable"))
+        await self.show_usage(run)
+        if run.get("status") in ("running", "queued"):
+            self.follow_metrics()
+            self.follow_events()
+
+    async def show_usage(self, run: dict[str, Any]) -> None:
+        start = run.get("started_at")
+        if start is None:
+            return
+        end = run.get("ended_at") or time.time()
+        try:
+            hist = await self.call(self.host, "host.metrics", window_s=max(1.0, time.time() - start),
+                                   max_points=300)
+        except RpcError as exc:
+            self.say(why(exc))
+            return
+        rows = [r for r in hist.get("history") or [] if start <= r["ts"] <= end + 1]
+        grid = self.query_one("#run-usage", Grid)
+        for idx, s in sorted(per_gpu(rows, end).items()):
+            chart = MetricChart(f"GPU{idx}", xlabel="minutes before the end", ylim=(0, 100),
+                                classes="run-chart")
+            await grid.mount(chart)
+            chart.show(s)
+
+    @work(group="run-live")
+    async def follow_metrics(self) -> None:
+        async for batch in self.deck.fleet.subscribe(self.host, "run.metrics", run_id=self.run_id):
+            for key, step, value in zip(batch["key"], batch["step"], batch["value"], strict=False):
+                xs, ys = self.pending.setdefault(key, ([], []))
+                xs.append(step)
+                ys.append(value)
+
+    @work(group="run-events")
+    async def follow_events(self) -> None:
+        async for ev in self.deck.fleet.subscribe(self.host, "run.event", run_id=self.run_id):
+            if ev.get("event") == "checkpoint":
+                d = ev.get("data") or {}
+                self.checkpoints.append(f"step {d.get('step')}: {d.get('file')}")
+                self.query_one("#run-checkpoints", Static).update(
+                    "[b]checkpoints[/b]\n" + "\n".join(self.checkpoints[-10:]))
+            if ev.get("event") == "finish":
+                await asyncio.sleep(0.5)
+                self.say(f"run finished: {(ev.get('data') or {}).get('status')}")
+
+    async def apply_pending(self) -> None:
+        """Live points arrive in bursts; charts redraw a few times a second at most."""
+        pending, self.pending = self.pending, {}
+        grid = self.query_one("#run-charts", Grid)
+        for key, (xs, ys) in pending.items():
+            chart = self.charts.get(key)
+            if chart is None and len(self.charts) < MAX_CHARTS:
+                chart = self.charts[key] = MetricChart(key, classes="run-chart")
+                await grid.mount(chart)
+            if chart is not None:
+                chart.extend(key, xs, ys)

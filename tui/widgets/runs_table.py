@@ -1,0 +1,39 @@
+"""The runs table: an Arrow-backed fastdatatable whose data is swapped whole, never row by row."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pyarrow as pa
+from textual_fastdatatable import ArrowBackend, DataTable
+
+
+class RunsTable(DataTable):
+    """Only the visible rows are rendered, so 100,000 runs paint as fast as 100."""
+
+    def __init__(self, **kw: Any) -> None:
+        super().__init__(backend=ArrowBackend(pa.table({"": pa.array([], pa.string())})),
+                         cursor_type="row", zebra_stripes=True, show_row_labels=False,
+                         max_column_content_width=40, **kw)
+
+    def replace(self, table: pa.Table) -> None:
+        """Show new data keeping the cursor row (the library has no public way to swap data)."""
+        row = self.cursor_row
+        self.backend = ArrowBackend(table)
+        self.backend.render_markup = False
+        self._column_labels = None
+        self._ordered_columns = None
+        self._clear_caches()
+        self._update_count += 1
+        self._require_update_dimensions = True
+        self._update_dimensions([])
+        self.refresh()
+        if table.num_rows:
+            self.move_cursor(row=min(row, table.num_rows - 1))
+
+    def column(self, name: str, row: int) -> Any:
+        """A cell of the shown data by column name."""
+        if self.backend is None or not 0 <= row < self.backend.row_count:
+            return None
+        return self.backend.data.column(name)[row].as_py()
+
