@@ -10,7 +10,7 @@ from collections.abc import Callable
 from typing import Any
 
 from core.protocol import RpcError
-from tui.cli import agent_cmd, hosts_cmd, query_cmd, runs_cmd
+from tui.cli import agent_cmd, hosts_cmd, models_cmd, query_cmd, runs_cmd
 from tui.cli.output import CliError
 
 COMMANDS: list[Callable[[Any, argparse.ArgumentParser], None]] = [
@@ -18,6 +18,7 @@ COMMANDS: list[Callable[[Any, argparse.ArgumentParser], None]] = [
     runs_cmd.register,
     query_cmd.register,
     hosts_cmd.register,
+    models_cmd.register,
 ]
 
 

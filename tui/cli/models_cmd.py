@@ -1,0 +1,310 @@
+"""`mldeck models ...`: register, promote, roll back and archive model versions, and read their history."""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import re
+import sys
+from pathlib import Path
+from typing import Any
+
+from core.protocol import NOT_FOUND, RpcError
+from tui.cli.connect import agent_client
+from tui.cli.output import CliError, cell, print_json, print_table, when
+
+MAX_METRIC_COLUMNS = 6
+_REF = re.compile(r"^(?P<name>[^@/]+)(?:@(?P<alias>[^@/]+)|/v?(?P<version>\d+))?$")
+
+
+def actor() -> str:
+    """Who the audit log names: the local user (over SSH the agent side sees the same name)."""
+    return getpass.getuser()
+
+
+def parse_ref(text: str, need_version: bool = False) -> dict[str, Any]:
+    """NAME, NAME@ALIAS or NAME/VERSION as models.get params."""
+    match = _REF.match(text)
+    if not match or (need_version and match["version"] is None):
+        form = "NAME/VERSION (e.g. demo/3)" if need_version else (
+            "NAME@ALIAS or NAME/VERSION (e.g. demo@production)"
+        )
+        raise CliError(f"{text!r} is not {form}")
+    ref: dict[str, Any] = {"name": match["name"]}
+    if match["alias"]:
+        ref["alias"] = match["alias"]
+    if match["version"]:
+        ref["version"] = int(match["version"])
+    return ref
+
+
+def parse_version(text: str) -> int:
+    digits = text.removeprefix("v")
+    if not digits.isdigit() or int(digits) < 1:
+        raise CliError(f"version must be a number like 3 or v3, got {text!r}")
+    return int(digits)
+
+
+def _is_local(args: argparse.Namespace) -> bool:
+    return getattr(args, "host", None) in (None, "", "local")
+
+
+def metric_keys(versions: list[dict[str, Any]]) -> list[str]:
+    keys = sorted({k for v in versions for k in (v.get("metrics") or {})})
+    preferred = [k for k in keys if k.startswith("val")] + [k for k in keys if not k.startswith("val")]
+    return preferred[:MAX_METRIC_COLUMNS]
+
+
+async def register_cmd(args: argparse.Namespace) -> int:
+    artifact = args.artifact
+    if artifact and _is_local(args):
+        artifact = str(Path(artifact).expanduser().resolve())
+    async with agent_client(args) as client:
+        row = await client.call(
+            "models.register", run_id=args.run, name=args.name, artifact=artifact, actor=actor()
+        )
+    if args.json:
+        print_json(row)
+        return 0
+    print(f"registered {row['name']} v{row['version']} from run {row['run_id']}")
+    print(f"artifact: {row['artifact']} ({row['signature'].get('format')})")
+    for note in row.get("notes") or []:
+        print(f"note: {note}")
+    return 0
+
+
+async def _current(client: Any, name: str, alias: str) -> dict[str, Any] | None:
+    try:
+        return await client.call("models.get", name=name, alias=alias)
+    except RpcError as exc:
+        if exc.code == NOT_FOUND:
+            return None
+        raise
+
+
+def confirm(question: str) -> bool:
+    print(question + " [y/N] ", end="", flush=True)
+    return sys.stdin.readline().strip().lower() in ("y", "yes")
+
+
+async def promote_cmd(args: argparse.Namespace) -> int:
+    version = parse_version(args.version)
+    if args.force and not args.reason:
+        raise CliError("--force needs --reason TEXT: the audit log records why the gates were overridden")
+    if not args.yes and not sys.stdin.isatty():
+        raise CliError(
+            f"promoting changes what {args.to} serves; not on a terminal, so pass --yes to confirm"
+        )
+    async with agent_client(args) as client:
+        if not args.yes:
+            candidate = await client.call("models.get", name=args.name, version=version)
+            current = await _current(client, args.name, args.to)
+            now = f"replacing v{current['version']}" if current else "a new alias"
+            metrics = ", ".join(f"{k} {cell(v)}" for k, v in sorted(candidate["metrics"].items()))
+            if not confirm(f"promote {args.name} v{version} ({metrics}) to {args.to}, {now}?"):
+                raise CliError("not promoted", code=1)
+        result = await client.call(
+            "models.promote", name=args.name, version=version, alias=args.to, reason=args.reason,
+            force=args.force, actor=actor(),
+        )
+    if args.json:
+        print_json(result)
+        return 0
+    if not result["changed"]:
+        print(f"{args.name} v{version} already is {args.to}; nothing changed")
+        return 0
+    was = f" (was v{result['from_version']})" if result["from_version"] is not None else ""
+    print(f"{args.name} v{version} is now {args.to}{was}")
+    if result["forced"]:
+        print("forced past failed gates: " + "; ".join(result["failed_gates"]))
+    return 0
+
+
+async def rollback_cmd(args: argparse.Namespace) -> int:
+    async with agent_client(args) as client:
+        result = await client.call(
+            "models.rollback", name=args.name, alias=args.alias, reason=args.reason, actor=actor()
+        )
+    if args.json:
+        print_json(result)
+    else:
+        print(f"{args.name} {args.alias} rolled back to v{result['version']} (was v{result['from_version']})")
+    return 0
+
+
+async def archive_cmd(args: argparse.Namespace) -> int:
+    version = parse_version(args.version)
+    async with agent_client(args) as client:
+        result = await client.call(
+            "models.archive", name=args.name, version=version, reason=args.reason, actor=actor()
+        )
+    if args.json:
+        print_json(result)
+    else:
+        print(f"{args.name} v{version} archived")
+    return 0
+
+
+async def ls_cmd(args: argparse.Namespace) -> int:
+    async with agent_client(args) as client:
+        models = await client.call("models.list")
+    if args.json:
+        print_json(models)
+        return 0
+    if not models:
+        print("no models registered yet (`mldeck models register RUN --name NAME`)")
+        return 0
+    print_table(
+        ["model", "versions", "latest", "aliases", "updated"],
+        [[m["name"], m["versions"], f"v{m['latest']}",
+          ", ".join(f"{a}=v{v}" for a, v in m["aliases"].items()) or "-", when(m["updated_at"])]
+         for m in models],
+    )
+    return 0
+
+
+async def versions_cmd(args: argparse.Namespace) -> int:
+    async with agent_client(args) as client:
+        versions = await client.call("models.versions", name=args.name)
+    if args.json:
+        print_json(versions)
+        return 0
+    keys = metric_keys(versions)
+    print_table(
+        ["version", "aliases", *keys, "run", "created", "state"],
+        [[f"v{v['version']}", ", ".join(v["aliases"]) or "-", *((v["metrics"] or {}).get(k) for k in keys),
+          v["run_id"], when(v["created_at"]), "archived" if v["archived"] else "-"]
+         for v in versions],
+    )
+    return 0
+
+
+async def show_cmd(args: argparse.Namespace) -> int:
+    ref = parse_ref(args.ref)
+    async with agent_client(args) as client:
+        v = await client.call("models.get", **ref)
+    if args.json:
+        print_json(v)
+        return 0
+    print(f"{'model:':<12}{v['name']} v{v['version']}" + (" (archived)" if v["archived"] else ""))
+    print(f"{'aliases:':<12}{', '.join(v['aliases']) or '-'}")
+    for key in ("run_id", "artifact", "git_sha", "data_hash"):
+        print(f"{key + ':':<12}{cell(v.get(key))}")
+    print(f"{'dirty:':<12}{cell(v.get('git_dirty'))}")
+    print(f"{'created:':<12}{when(v['created_at'])}")
+    sig = v.get("signature") or {}
+    print(f"{'format:':<12}{sig.get('format', '-')}")
+    for side in ("inputs", "outputs"):
+        for t in sig.get(side) or []:
+            print(f"{side[:-1] + ':':<12}{t['name']} {t['datatype']} {t['shape']}")
+    print("metrics:")
+    for k, value in sorted((v.get("metrics") or {}).items()):
+        print(f"  {k} = {cell(value)}")
+    return 0
+
+
+def _moved(row: dict[str, Any]) -> str:
+    if row["from_version"] is None:
+        return f"v{row['version']}" if row["version"] is not None else "-"
+    return f"v{row['from_version']} -> v{row['version']}"
+
+
+async def audit_cmd(args: argparse.Namespace) -> int:
+    async with agent_client(args) as client:
+        rows = await client.call("models.audit", name=args.name, limit=args.limit)
+    if args.json:
+        print_json(rows)
+        return 0
+    print_table(
+        ["time", "actor", "action", "model", "alias", "version", "reason", "note"],
+        [[when(r["ts"]), r["actor"], r["action"], r["name"], r["alias"], _moved(r), r["comment"],
+          ("FORCED past: " + "; ".join(r["details"]["failed_gates"]))
+          if (r.get("details") or {}).get("forced") else None]
+         for r in rows],
+    )
+    return 0
+
+
+def _by(row: dict[str, Any]) -> str:
+    return f"{row['action']} by {row['actor']}, {when(row['ts'])}"
+
+
+async def lineage_cmd(args: argparse.Namespace) -> int:
+    ref = parse_ref(args.ref, need_version=True)
+    async with agent_client(args) as client:
+        info = await client.call("models.lineage", name=ref["name"], version=ref["version"])
+    if args.json:
+        print_json(info)
+        return 0
+    v, run = info["version"], info["run"]
+    print(f"{v['name']} v{v['version']}" + (f"  [{', '.join(v['aliases'])}]" if v["aliases"] else ""))
+    if run is None:
+        print(f"└─ run {v['run_id']} (no longer in the store)")
+    else:
+        dirty = " (dirty)" if run.get("git_dirty") else ""
+        print(f"└─ run {run['run_id']}  {run['name']} / {run['experiment']}  {run['status']}")
+        params = ", ".join(f"{k}={p}" for k, p in sorted((run["params"] or {}).items()))
+        print(f"   ├─ params: {params or '-'}")
+        print(f"   ├─ code:   {run.get('git_sha') or 'not in git'}{dirty}")
+        print(f"   ├─ data:   {run.get('data_hash') or 'no data files declared'}")
+        parents = " <- ".join(
+            p["run_id"] + (" (missing)" if p.get("missing") else "") for p in info["parents"]
+        )
+        print(f"   └─ parent runs: {parents or 'none'}")
+    for r in info["replaced"]:
+        print(f"replaced v{r['replaced_version']} in {r['alias']} ({_by(r)})")
+    for r in info["replaced_by"]:
+        print(f"replaced by v{r['by_version']} in {r['alias']} ({_by(r)})")
+    return 0
+
+
+def register(sub: Any, common: argparse.ArgumentParser) -> None:
+    models = sub.add_parser("models", help="the model registry: versions, aliases, audit")
+    cmds = models.add_subparsers(dest="models_command", metavar="ACTION", required=True)
+
+    p = cmds.add_parser("register", parents=[common], help="register a run's model as a new version")
+    p.add_argument("run", help="run id")
+    p.add_argument("--name", required=True, help="model name")
+    p.add_argument("--artifact", help="model folder (default: the run's artifacts/model)")
+    p.set_defaults(func=register_cmd)
+
+    p = cmds.add_parser("promote", parents=[common], help="point an alias at a version, through its gates")
+    p.add_argument("name")
+    p.add_argument("version", help="version number (3 or v3)")
+    p.add_argument("--to", required=True, metavar="ALIAS", help="production, staging, challenger, ...")
+    p.add_argument("--reason", help="why; recorded in the audit log")
+    p.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+    p.add_argument("--force", action="store_true", help="override failed gates (needs --reason)")
+    p.set_defaults(func=promote_cmd)
+
+    p = cmds.add_parser("rollback", parents=[common], help="move an alias back to its previous version")
+    p.add_argument("name")
+    p.add_argument("--alias", required=True)
+    p.add_argument("--reason", help="why; recorded in the audit log")
+    p.set_defaults(func=rollback_cmd)
+
+    p = cmds.add_parser("archive", parents=[common], help="retire a version (it can hold no alias)")
+    p.add_argument("name")
+    p.add_argument("version")
+    p.add_argument("--reason", help="why; recorded in the audit log")
+    p.set_defaults(func=archive_cmd)
+
+    p = cmds.add_parser("ls", parents=[common], help="list models and their aliases")
+    p.set_defaults(func=ls_cmd)
+
+    p = cmds.add_parser("versions", parents=[common], help="a model's versions, metrics side by side")
+    p.add_argument("name")
+    p.set_defaults(func=versions_cmd)
+
+    p = cmds.add_parser("show", parents=[common], help="one version: NAME@ALIAS or NAME/VERSION")
+    p.add_argument("ref", metavar="NAME@ALIAS|NAME/VERSION")
+    p.set_defaults(func=show_cmd)
+
+    p = cmds.add_parser("audit", parents=[common], help="who changed what, when and why")
+    p.add_argument("name", nargs="?", help="one model (default: all)")
+    p.add_argument("--limit", type=int, default=1000)
+    p.set_defaults(func=audit_cmd)
+
+    p = cmds.add_parser("lineage", parents=[common], help="run, params, code, data and what it replaced")
+    p.add_argument("ref", metavar="NAME/VERSION")
+    p.set_defaults(func=lineage_cmd)
