@@ -1,0 +1,386 @@
+"""The agent's side of serving: supervise the model server, tell it what to serve, ingest its logs.
+
+The server (`python -m agent.serving`, which imports torch) is a child process,
+restarted with backoff if it dies while wanted. What it serves comes from
+`serving/manifest.json`, written here atomically from the aliases table and the
+traffic split whenever the registry publishes on `models` (and on a slow poll of
+the store behind that). Its prediction, feedback and alert lines are ingested
+into the store exactly once by the ingest module, through the parsers below.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import aiohttp
+import msgspec
+import psutil
+import pyarrow as pa
+
+from agent.ingest import Parsed, Source, decode_lines
+from core import protocol
+from core import serving as sv
+from core.protocol import NoParams
+from core.track import write_atomic
+
+if TYPE_CHECKING:
+    from agent.daemon import Agent
+    from agent.rpc import Connection
+
+log = logging.getLogger("mldeck.servingctl")
+
+TOPIC = "serving"
+POLL_S = 5.0
+STATS_EVERY_S = 2.0
+START_TIMEOUT_S = 120.0
+STOP_TIMEOUT_S = 15.0
+BACKOFF_MAX_S = 30.0
+STABLE_S = 60.0
+LOG_FILE = "server.log"
+PID_FILE = "server.pid"
+_PACKAGE_ROOT = str(Path(sv.__file__).resolve().parent.parent)
+
+_prediction_decoder = msgspec.json.Decoder(sv.PredictionRow)
+_feedback_decoder = msgspec.json.Decoder(sv.FeedbackRow)
+_alert_decoder = msgspec.json.Decoder(sv.AlertLine)
+
+
+def _raw(value: msgspec.Raw) -> str:
+    return bytes(value).decode()
+
+
+def parse_predictions(path: Path, chunk: bytes, first_line: int) -> Parsed:
+    """predictions-<n>.jsonl → predictions rows; tensors go in as the JSON text they came as."""
+    parsed = Parsed()
+    rows = decode_lines(path, chunk, first_line, _prediction_decoder, parsed)
+    if rows:
+        batch = pa.table({
+            "ts": pa.array([r.ts for r in rows], pa.float64()),
+            "model": pa.array([r.model for r in rows], pa.string()),
+            "version": pa.array([r.version for r in rows], pa.int32()),
+            "variant": pa.array([r.variant for r in rows], pa.string()),
+            "request_id": pa.array([r.request_id for r in rows], pa.string()),
+            "inputs": pa.array([_raw(r.inputs) for r in rows], pa.string()),
+            "outputs": pa.array([_raw(r.outputs) for r in rows], pa.string()),
+            "latency_ms": pa.array([r.latency_ms for r in rows], pa.float64()),
+        })
+        parsed.actions.append(lambda store: store.append("predictions", batch))
+        parsed.events.append(("serving.predictions", {"model": rows[0].model, "rows": len(rows)}))
+    return parsed
+
+
+def parse_feedback(path: Path, chunk: bytes, first_line: int) -> Parsed:
+    """feedback-<n>.jsonl → feedback rows (request id, label as JSON, model)."""
+    parsed = Parsed()
+    rows = decode_lines(path, chunk, first_line, _feedback_decoder, parsed)
+    if rows:
+        batch = pa.table({
+            "request_id": pa.array([r.request_id for r in rows], pa.string()),
+            "label": pa.array([_raw(r.label) for r in rows], pa.string()),
+            "ts": pa.array([r.ts for r in rows], pa.float64()),
+            "model": pa.array([r.model for r in rows], pa.string()),
+        })
+        parsed.actions.append(lambda store: store.append("feedback", batch))
+    return parsed
+
+
+def parse_alerts(path: Path, chunk: bytes, first_line: int) -> Parsed:
+    """The server's alerts.jsonl → alerts rows (a version that failed to load), published on `alerts`."""
+    parsed = Parsed()
+    rows = decode_lines(path, chunk, first_line, _alert_decoder, parsed)
+    if rows:
+        batch = pa.table({
+            "alert_id": pa.array([r.alert_id for r in rows], pa.string()),
+            "ts": pa.array([r.ts for r in rows], pa.float64()),
+            "model": pa.array([r.model for r in rows], pa.string()),
+            "version": pa.array([r.version for r in rows], pa.int32()),
+            "kind": pa.array([r.kind for r in rows], pa.string()),
+            "message": pa.array([r.message for r in rows], pa.string()),
+            "details": pa.array([msgspec.json.encode(r.details).decode() for r in rows], pa.string()),
+        })
+        parsed.actions.append(lambda store: store.append("alerts", batch))
+        parsed.events.extend(("alerts", msgspec.to_builtins(r)) for r in rows)
+    return parsed
+
+
+class ServingControl:
+    """One per agent: the server child process, the manifest, and the RPC methods around them."""
+
+    def __init__(self, agent: Agent) -> None:
+        self.agent = agent
+        self.config = agent.config.serving
+        self.dir = agent.layout.serving
+        self.proc: asyncio.subprocess.Process | None = None
+        self.wanted = False
+        self.started_at: float | None = None
+        self.restarts = 0
+        self.last_exit: dict[str, Any] | None = None
+        self.manifest = sv.Manifest()
+        self._dirty = asyncio.Event()
+        self._lock = asyncio.Lock()
+        self._session: aiohttp.ClientSession | None = None
+
+    @property
+    def url(self) -> str:
+        host = self.config.host
+        host = "127.0.0.1" if host in ("0.0.0.0", "") else ("[::1]" if host == "::" else host)
+        return f"http://{host}:{self.config.port}"
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.returncode is None
+
+    # the manifest ------------------------------------------------------------
+
+    def models_changed(self, _event: Any = None) -> None:
+        """Hub listener on `models`: rewrite the manifest soon (coalescing bursts of events)."""
+        self._dirty.set()
+
+    async def write_manifest(self) -> sv.Manifest:
+        async with self._lock:
+            manifest = await self.agent.read(sv.build_manifest, self.agent.store, self.agent.layout.home)
+            if msgspec.to_builtins(manifest.models) != msgspec.to_builtins(self.manifest.models) or not (
+                self.dir / sv.MANIFEST_FILE
+            ).exists():
+                self.dir.mkdir(parents=True, exist_ok=True)
+                data = sv.encode_manifest(manifest)
+                await asyncio.to_thread(write_atomic, self.dir / sv.MANIFEST_FILE, data)
+                log.info("manifest: %s", {n: {a: v.version for a, v in m.aliases.items()}
+                                          for n, m in manifest.models.items()})
+                self.manifest = manifest
+            return self.manifest
+
+    async def refresher(self) -> None:
+        """Keep the manifest in step with the store; start the server once there is something to serve."""
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._dirty.wait(), POLL_S)
+            self._dirty.clear()
+            try:
+                manifest = await self.write_manifest()
+            except Exception:
+                log.exception("could not write the serving manifest")
+                continue
+            if self.config.autostart and manifest.models and not self.wanted and self.last_exit is None:
+                log.info("models have aliases: starting the model server (serving.autostart)")
+                await self.launch()
+
+    # the process ---------------------------------------------------------------
+
+    def command(self) -> list[str]:
+        c = self.config
+        return [
+            sys.executable, "-m", "agent.serving", "--home", str(self.agent.layout.home),
+            "--host", c.host, "--port", str(c.port), "--max-batch-size", str(c.max_batch_size),
+            "--max-queue-delay-ms", str(c.max_queue_delay_ms), "--max-body-bytes", str(c.max_body_bytes),
+            "--device", c.device, "--log-queue", str(c.log_queue), "--segment-bytes", str(c.segment_bytes),
+        ]
+
+    def _end_orphan(self) -> None:
+        """A server left by an agent that was killed still holds the port: end it (it is ours)."""
+        try:
+            pid = int((self.dir / PID_FILE).read_text())
+            proc = psutil.Process(pid)
+            cmdline = proc.cmdline()
+        except (OSError, ValueError, psutil.Error):
+            return
+        if "agent.serving" in cmdline and str(self.agent.layout.home) in cmdline:
+            log.warning("ending model server pid %d left by an earlier agent", pid)
+            with contextlib.suppress(psutil.Error):
+                proc.terminate()
+                proc.wait(STOP_TIMEOUT_S)
+
+    async def _spawn(self) -> None:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        await asyncio.to_thread(self._end_orphan)
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [_PACKAGE_ROOT, env.get("PYTHONPATH")]))
+        with open(self.dir / LOG_FILE, "ab") as out:
+            self.proc = await asyncio.create_subprocess_exec(
+                *self.command(), stdin=asyncio.subprocess.DEVNULL, stdout=out, stderr=out,
+                env=env, start_new_session=True,
+            )
+        self.started_at = time.time()
+        (self.dir / PID_FILE).write_text(str(self.proc.pid))
+        log.info("model server started: pid %d on %s", self.proc.pid, self.url)
+        self.agent.hub.publish(TOPIC, {"kind": "state", "state": "starting", "pid": self.proc.pid})
+
+    async def launch(self) -> None:
+        """Start the process under supervision, without waiting for it to answer."""
+        if self.running:
+            return
+        await self.write_manifest()
+        self.wanted = True
+        self.last_exit = None
+        await self._spawn()
+        self.agent.spawn(self.supervise(self.proc), "serving-supervisor")
+
+    async def start(self) -> dict[str, Any]:
+        await self.launch()
+        await self.wait_live()
+        return await self.status()
+
+    async def wait_live(self) -> None:
+        """Until the server is ready (its first manifest applied), or say why it is not."""
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while time.monotonic() < deadline:
+            if not self.running:
+                why = self.last_exit["message"] if self.last_exit else "it exited"
+                raise protocol.RpcError(protocol.APP_ERROR, f"the model server did not start: {why}")
+            if await self._get("/v2/health/ready") is not None:
+                return
+            await asyncio.sleep(0.2)
+        raise protocol.RpcError(
+            protocol.APP_ERROR, f"the model server did not answer within {START_TIMEOUT_S:.0f}s; "
+            f"see {self.dir / LOG_FILE}")
+
+    async def supervise(self, proc: asyncio.subprocess.Process) -> None:
+        """Restart the server if it dies while wanted, backing off when it keeps dying."""
+        backoff = 1.0
+        while True:
+            code = await proc.wait()
+            uptime = time.time() - (self.started_at or time.time())
+            tail = _tail(self.dir / LOG_FILE)
+            self.last_exit = {"code": code, "at": time.time(), "uptime_s": uptime, "message":
+                              f"exit code {code}: {tail}" if tail else f"exit code {code}"}
+            if not self.wanted or proc is not self.proc:
+                return
+            log.warning("model server died (%s); restarting in %.0fs", self.last_exit["message"], backoff)
+            self.agent.hub.publish(TOPIC, {"kind": "state", "state": "died", **self.last_exit})
+            await asyncio.sleep(backoff)
+            if not self.wanted or proc is not self.proc:
+                return
+            backoff = 1.0 if uptime > STABLE_S else min(BACKOFF_MAX_S, backoff * 2)
+            self.restarts += 1
+            await self._spawn()
+            proc = self.proc  # type: ignore[assignment]
+
+    async def stop(self) -> dict[str, Any]:
+        self.wanted = False
+        proc = self.proc
+        if proc is not None and proc.returncode is None:
+            proc.terminate()
+            try:
+                await asyncio.wait_for(proc.wait(), STOP_TIMEOUT_S)
+            except TimeoutError:
+                proc.kill()
+                await proc.wait()
+            self.agent.hub.publish(TOPIC, {"kind": "state", "state": "stopped", "pid": proc.pid})
+        self.last_exit = {"code": proc.returncode if proc else None, "at": time.time(),
+                          "message": "stopped on request"}
+        return await self.status()
+
+    # talking to the server -----------------------------------------------------
+
+    async def _get(self, path: str, **query: str) -> Any:
+        if self._session is None:
+            self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5))
+        try:
+            async with self._session.get(self.url + path, params=query) as resp:
+                return await resp.json() if resp.status == 200 else None
+        except (aiohttp.ClientError, TimeoutError, ValueError):
+            return None
+
+    async def stats(self, window_s: float = 60.0) -> dict[str, Any]:
+        if not self.running:
+            return {"running": False, "models": {}}
+        data = await self._get(sv.STATS_PATH, window_s=str(window_s))
+        if data is None:
+            return {"running": True, "ready": False, "models": {}}
+        return {"running": True, **data}
+
+    async def status(self) -> dict[str, Any]:
+        return {
+            "running": self.running,
+            "wanted": self.wanted,
+            "pid": self.proc.pid if self.running and self.proc else None,
+            "url": self.url,
+            "host": self.config.host,
+            "port": self.config.port,
+            "started_at": self.started_at if self.running else None,
+            "restarts": self.restarts,
+            "last_exit": self.last_exit,
+            "log": str(self.dir / LOG_FILE),
+            "manifest": msgspec.to_builtins(self.manifest),
+        }
+
+    async def publish_stats(self) -> None:
+        """Stats on the `serving` topic every few seconds, while someone listens."""
+        while True:
+            await asyncio.sleep(STATS_EVERY_S)
+            if self.running and self.agent.hub.has_subscribers(TOPIC):
+                self.agent.hub.publish(TOPIC, {"kind": "stats", **await self.stats()})
+
+    async def close(self) -> None:
+        await self.stop()
+        if self._session is not None:
+            await self._session.close()
+
+
+def _tail(path: Path, lines: int = 1) -> str:
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(max(0, os.path.getsize(path) - 4096))
+            return " ".join(fh.read().decode(errors="replace").strip().splitlines()[-lines:])
+    except OSError:
+        return ""
+
+
+def register(agent: Agent) -> None:
+    ctl = ServingControl(agent)
+    agent.topics.add(TOPIC)
+    agent.hub.on("models", ctl.models_changed)
+    for pattern, parser in ((sv.PREDICTIONS_GLOB, parse_predictions), (sv.FEEDBACK_GLOB, parse_feedback),
+                            (sv.ALERTS_GLOB, parse_alerts)):
+        agent.ingest.add_source(Source(pattern, parser))
+    agent.spawn(ctl.refresher(), "serving-manifest")
+    agent.spawn(ctl.publish_stats(), "serving-stats")
+    agent.on_stop.append(ctl.close)
+    ctl._dirty.set()
+
+    async def status(p: NoParams, conn: Connection) -> dict[str, Any]:
+        return await ctl.status()
+
+    async def start(p: NoParams, conn: Connection) -> dict[str, Any]:
+        return await ctl.start()
+
+    async def stop(p: NoParams, conn: Connection) -> dict[str, Any]:
+        return await ctl.stop()
+
+    async def stats(p: sv.StatsParams, conn: Connection) -> dict[str, Any]:
+        if not 1 <= p.window_s <= 60:
+            raise protocol.invalid("window_s must be between 1 and 60 seconds")
+        return await ctl.stats(p.window_s)
+
+    async def traffic(p: sv.TrafficParams, conn: Connection) -> dict[str, Any]:
+        if p.canary is not None and not 0 <= p.canary <= 100:
+            raise protocol.invalid(f"canary is a share of requests in percent, 0 to 100; got {p.canary}")
+        if p.shadow is None and p.canary is None:
+            raise protocol.invalid("say what to change: shadow (true/false) and/or canary (percent)")
+        if not await agent.read(sv.model_known, agent.store, p.name):
+            raise protocol.not_found(f"no model {p.name!r} on this host (`mldeck models ls` lists them)")
+        split = await agent.db(sv.set_traffic, agent.store, p.name, p.shadow, p.canary)
+        manifest = await ctl.write_manifest()
+        served = manifest.models.get(p.name)
+        challenger = served.aliases.get(sv.CHALLENGER) if served else None
+        split["challenger"] = challenger.version if challenger else None
+        if challenger is None and (split["shadow"] or split["canary"]):
+            split["warning"] = (
+                f"{p.name} has no challenger alias yet: shadow and canary take effect once one is "
+                f"promoted (`mldeck models promote {p.name} VERSION --to challenger`)"
+            )
+        return split
+
+    d = agent.dispatcher
+    d.add("serving.status", NoParams, status)
+    d.add("serving.start", NoParams, start)
+    d.add("serving.stop", NoParams, stop)
+    d.add("serving.stats", sv.StatsParams, stats)
+    d.add("serving.traffic", sv.TrafficParams, traffic)

@@ -1,0 +1,183 @@
+"""What the agent and its model server share: the manifest, the log line formats, RPC params, queries.
+
+The agent writes `serving/manifest.json` (which versions to serve under which
+alias, and the traffic split); the server watches it and hot-swaps. The server
+appends prediction and feedback lines under `serving/<model>/`; the agent
+ingests them (one writer). Nothing here imports torch.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from core.protocol import Params
+from core.store import Store, rows_as_dicts
+
+MANIFEST_FILE = "manifest.json"
+ALERTS_FILE = "alerts.jsonl"
+STATS_PATH = "/mldeck/stats"
+PREDICTIONS_GLOB = "serving/*/predictions-*.jsonl"
+FEEDBACK_GLOB = "serving/*/feedback-*.jsonl"
+ALERTS_GLOB = f"serving/{ALERTS_FILE}"
+CHALLENGER = "challenger"
+PRODUCTION = "production"
+
+
+class ServedVersion(msgspec.Struct, frozen=True):
+    """One version the server must hold, and the model folder it loads from."""
+
+    version: int
+    artifact: str
+
+
+class ServedModel(msgspec.Struct, kw_only=True):
+    """A model's aliases as the registry holds them, and how traffic is split between them."""
+
+    aliases: dict[str, ServedVersion] = {}
+    shadow: bool = False
+    canary: float = 0.0
+
+
+class Manifest(msgspec.Struct, kw_only=True):
+    """The whole of `serving/manifest.json`: written by the agent, read by the server."""
+
+    written_at: float = 0.0
+    models: dict[str, ServedModel] = {}
+
+
+def read_manifest(path: Path) -> Manifest:
+    """The manifest on disk, or an empty one when there is none yet."""
+    if not path.exists():
+        return Manifest()
+    return msgspec.json.decode(path.read_bytes(), type=Manifest)
+
+
+def encode_manifest(manifest: Manifest) -> bytes:
+    return msgspec.json.format(msgspec.json.encode(manifest), indent=2) + b"\n"
+
+
+class PredictionLine(msgspec.Struct, kw_only=True):
+    """One answered request in `predictions-<n>.jsonl`; inputs and outputs map tensor name → rows."""
+
+    ts: float
+    model: str
+    version: int
+    variant: str
+    request_id: str
+    inputs: Any
+    outputs: Any
+    latency_ms: float
+
+
+class PredictionRow(msgspec.Struct, kw_only=True):
+    """The same line as the ingest reads it: tensors stay raw JSON, straight into JSON columns."""
+
+    ts: float
+    model: str
+    version: int
+    variant: str
+    request_id: str
+    inputs: msgspec.Raw
+    outputs: msgspec.Raw
+    latency_ms: float
+
+
+class FeedbackLine(msgspec.Struct, kw_only=True):
+    """Delayed ground truth for an earlier request, from `POST /v2/models/{name}/feedback`."""
+
+    ts: float
+    model: str
+    request_id: str
+    label: Any
+
+
+class FeedbackRow(msgspec.Struct, kw_only=True):
+    ts: float
+    model: str
+    request_id: str
+    label: msgspec.Raw
+
+
+class AlertLine(msgspec.Struct, kw_only=True):
+    """A server-side problem worth a person's attention (a version that failed to load)."""
+
+    alert_id: str
+    ts: float
+    model: str
+    version: int | None
+    kind: str
+    message: str
+    details: dict[str, Any] = {}
+
+
+class TrafficParams(Params):
+    name: str
+    shadow: bool | None = None
+    canary: float | None = None
+
+
+class StatsParams(Params):
+    window_s: float = 60.0
+
+
+# queries (run on the agent) ------------------------------------------------------
+
+
+def served_aliases(store: Store) -> list[dict[str, Any]]:
+    """Every alias of a non-archived version, with the folder it lives in."""
+    cur = store.cur().execute(
+        "SELECT a.name, a.alias, a.version, v.artifact FROM aliases a "
+        "JOIN model_versions v ON v.name = a.name AND v.version = a.version "
+        "WHERE NOT coalesce(v.archived, false) ORDER BY a.name, a.alias"
+    )
+    return rows_as_dicts(cur)
+
+
+def traffic(store: Store) -> dict[str, dict[str, Any]]:
+    cur = store.cur().execute("SELECT name, shadow, canary FROM serving_traffic")
+    return {r["name"]: r for r in rows_as_dicts(cur)}
+
+
+def set_traffic(store: Store, name: str, shadow: bool | None, canary: float | None) -> dict[str, Any]:
+    """Change what was given, keep the rest; returns the model's split as now stored."""
+    with store.transaction() as cur:
+        row = cur.execute(
+            "SELECT shadow, canary FROM serving_traffic WHERE name = ?", [name]
+        ).fetchone()
+        old_shadow, old_canary = row if row else (False, 0.0)
+        new = {
+            "name": name,
+            "shadow": old_shadow if shadow is None else shadow,
+            "canary": old_canary if canary is None else canary,
+        }
+        cur.execute(
+            "INSERT INTO serving_traffic VALUES (?, ?, ?, ?) ON CONFLICT (name) DO UPDATE SET "
+            "shadow = excluded.shadow, canary = excluded.canary, updated_at = excluded.updated_at",
+            [name, new["shadow"], new["canary"], time.time()],
+        )
+    return new
+
+
+def model_known(store: Store, name: str) -> bool:
+    row = store.cur().execute("SELECT count(*) FROM model_versions WHERE name = ?", [name]).fetchone()
+    return bool(row and row[0])
+
+
+def build_manifest(store: Store, home: Path) -> Manifest:
+    """The manifest the store implies: aliases with absolute folders, plus each model's split."""
+    models: dict[str, ServedModel] = {}
+    for row in served_aliases(store):
+        artifact = Path(row["artifact"] or "")
+        if not artifact.is_absolute():
+            artifact = home / artifact
+        served = models.setdefault(row["name"], ServedModel())
+        served.aliases[row["alias"]] = ServedVersion(int(row["version"]), str(artifact))
+    for name, split in traffic(store).items():
+        if name in models:
+            models[name].shadow = bool(split["shadow"])
+            models[name].canary = float(split["canary"] or 0.0)
+    return Manifest(written_at=time.time(), models=models)
