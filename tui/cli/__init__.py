@@ -10,7 +10,7 @@ from collections.abc import Callable
 from typing import Any
 
 from core.protocol import RpcError
-from tui.cli import agent_cmd, hosts_cmd, models_cmd, query_cmd, runs_cmd
+from tui.cli import agent_cmd, hosts_cmd, models_cmd, predict_cmd, query_cmd, runs_cmd, serve_cmd
 from tui.cli.output import CliError
 
 COMMANDS: list[Callable[[Any, argparse.ArgumentParser], None]] = [
@@ -19,6 +19,8 @@ COMMANDS: list[Callable[[Any, argparse.ArgumentParser], None]] = [
     query_cmd.register,
     hosts_cmd.register,
     models_cmd.register,
+    serve_cmd.register,
+    predict_cmd.register,
 ]
 
 
