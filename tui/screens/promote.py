@@ -1,0 +1,170 @@
+"""The promotion flow: pick an alias, then a dialog with gates, metric deltas and drift; Enter promotes."""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+from rich.table import Table
+from rich.text import Text
+from textual import work
+from textual.app import ComposeResult
+from textual.binding import Binding, BindingType
+from textual.containers import Vertical
+from textual.screen import ModalScreen
+from textual.widgets import OptionList, Static
+
+from core import protocol
+from core.protocol import RpcError
+from tui.screens.base import NotAvailable, rpc, why
+from tui.screens.dialogs import Prompt
+from tui.widgets.units import number
+
+DEFAULT_ALIASES = ["production", "staging", "challenger"]
+
+
+def alias_choices(held: dict[str, int]) -> list[str]:
+    """The usual aliases first (production on top: the common move), then any others in use."""
+    return DEFAULT_ALIASES + sorted(a for a in held if a not in DEFAULT_ALIASES)
+
+
+def deltas(candidate: dict[str, Any], current: dict[str, Any] | None) -> Table:
+    """Each metric of the candidate against the version the alias holds now."""
+    t = Table("metric", "candidate", "current", "Δ", box=None, padding=(0, 2), header_style="bold")
+    mine = candidate.get("metrics") or {}
+    theirs = (current or {}).get("metrics") or {}
+    for key in sorted(set(mine) | set(theirs)):
+        a, b = mine.get(key), theirs.get(key)
+        delta = Text("-")
+        if isinstance(a, (int, float)) and isinstance(b, (int, float)):
+            d = a - b
+            delta = Text(f"{d:+.4g}", "green" if d > 0 else "red" if d < 0 else "")
+        t.add_row(key, number(a), number(b), delta)
+    return t
+
+
+class AliasPicker(ModalScreen[str | None]):
+    """Which alias to move; Enter picks the highlighted one (production first)."""
+
+    BINDINGS: ClassVar[list[BindingType]] = [Binding("escape", "cancel", "cancel")]
+
+    def __init__(self, title: str, aliases: list[str], held: dict[str, int]) -> None:
+        super().__init__()
+        self.title_text = title
+        self.aliases = aliases
+        self.held = held
+
+    def compose(self) -> ComposeResult:
+        with Vertical(classes="dialog", id="alias-picker"):
+            yield Static(self.title_text)
+            yield OptionList(*(f"{a}  (now v{self.held[a]})" if a in self.held else f"{a}  (unset)"
+                               for a in self.aliases), id="aliases")
+            yield Static("[b]enter[/b] pick   [b]esc[/b] cancel", classes="dialog-keys")
+
+    def on_option_list_option_selected(self, event: OptionList.OptionSelected) -> None:
+        self.dismiss(self.aliases[event.option_index])
+
+    def action_cancel(self) -> None:
+        self.dismiss(None)
+
+
+class PromoteDialog(ModalScreen[dict[str, Any] | None]):
+    """Shows what the promotion would do; Enter asks the agent, which checks the gates for real."""
+
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("enter", "confirm", "promote"),
+        Binding("f", "force", "force (with a reason)"),
+        Binding("escape", "cancel", "cancel"),
+    ]
+
+    def __init__(self, host: str, candidate: dict[str, Any], alias: str, current: dict[str, Any] | None):
+        super().__init__()
+        self.host = host
+        self.candidate = candidate
+        self.alias = alias
+        self.current = current
+        self.failed: list[str] | None = None
+
+    @property
+    def name_(self) -> str:
+        return str(self.candidate["name"])
+
+    def compose(self) -> ComposeResult:
+        c = self.candidate
+        now = f"v{self.current['version']}" if self.current else "nothing"
+        with Vertical(classes="dialog", id="promote"):
+            yield Static(f"[b]Promote {c['name']} v{c['version']} to {self.alias}[/b]  (holds {now} now)")
+            yield Static(deltas(c, self.current), id="deltas")
+            yield Static("gates: checking…", id="gates")
+            yield Static("drift: checking…", id="drift")
+            yield Static("[b]enter[/b] promote   [b]esc[/b] cancel", classes="dialog-keys", id="promote-keys")
+
+    def on_mount(self) -> None:
+        self.check()
+
+    @work(group="promote-check")
+    async def check(self) -> None:
+        """Gates by a dry run where the agent offers one; drift from open alerts and drift status."""
+        gates = self.query_one("#gates", Static)
+        try:
+            res = await rpc(self.app, self.host, "models.promote", name=self.name_,  # type: ignore[arg-type]
+                            version=self.candidate["version"], alias=self.alias, dry_run=True)
+            self.show_gates(res.get("failed_gates") or [])
+        except RpcError as exc:
+            if exc.code == protocol.INVALID_PARAMS and "dry_run" in exc.message:
+                gates.update("gates: the agent checks them when you press enter")
+            elif isinstance(exc.data, dict) and "failed_gates" in exc.data:
+                self.show_gates(exc.data["failed_gates"])
+            else:
+                gates.update(f"gates: {why(exc)}")
+        self.query_one("#drift", Static).update(await self.drift_line())
+
+    async def drift_line(self) -> Text:
+        try:
+            status = await rpc(self.app, self.host, "drift.status", name=self.name_)  # type: ignore[arg-type]
+        except NotAvailable:
+            return Text("drift: not available on this agent", "dim")
+        except RpcError as exc:
+            return Text(f"drift: {why(exc)}", "dim")
+        drifted = status.get("drifted") if isinstance(status, dict) else None
+        return Text(f"drift: {'DRIFTED' if drifted else 'no drift'}", "red" if drifted else "green")
+
+    def show_gates(self, failed: list[str]) -> None:
+        self.failed = failed
+        text = Text("gates: ")
+        if not failed:
+            text.append("all passed ✓", "green")
+        for f in failed:
+            text.append(f"\n  ✗ {f}", "red")
+        self.query_one("#gates", Static).update(text)
+        if failed:
+            self.query_one("#promote-keys", Static).update(
+                "[b]f[/b] force with a reason   [b]esc[/b] cancel")
+
+    def action_confirm(self) -> None:
+        if self.failed:
+            self.notify("gates failed: press f to force with a reason, or esc", severity="warning")
+            return
+        self.promote(False, None)
+
+    def action_force(self) -> None:
+        def go(reason: str | None) -> None:
+            if reason:
+                self.promote(True, reason)
+
+        self.app.push_screen(Prompt("Why override the gates? (written to the audit log)"), go)
+
+    @work(exclusive=True, group="promote")
+    async def promote(self, force: bool, reason: str | None) -> None:
+        try:
+            res = await rpc(self.app, self.host, "models.promote", name=self.name_,  # type: ignore[arg-type]
+                            version=self.candidate["version"], alias=self.alias, force=force, reason=reason)
+        except RpcError as exc:
+            if isinstance(exc.data, dict) and exc.data.get("failed_gates"):
+                self.show_gates(exc.data["failed_gates"])
+            else:
+                self.query_one("#gates", Static).update(Text(why(exc), "red"))
+            return
+        self.dismiss(res)
+
+    def action_cancel(self) -> None:
+        self.dismiss(None)
