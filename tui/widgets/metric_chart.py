@@ -34,7 +34,7 @@ class MetricChart(PlotextPlot):
             if points:
                 px, py = zip(*points, strict=True)
                 plt.plot(list(px), list(py), label=label if len(series) > 1 else None,
-                         color=COLORS[i % len(COLORS)], marker="braille")
+                         color=COLORS[i % len(COLORS)], marker="hd")
         self.refresh()
 
     def extend(self, label: str, xs: list[float], ys: list[float], keep: int = 2000) -> None:
