@@ -1,0 +1,340 @@
+"""Jobs: the params of runs.launch/stop/resume/logs and sweeps.*, the command a job runs, and
+the queue's queries. The agent's runner (agent.jobs) is the only caller of the writes."""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+import time
+from typing import Any
+
+import msgspec
+
+from core.protocol import Params
+from core.store import Store, rows_as_dicts
+
+STATUSES = ("queued", "running", "succeeded", "failed", "stopped", "preempted")
+TERMINAL = frozenset({"succeeded", "failed", "stopped"})
+PREEMPTED_EXIT = 143
+AMP = ("bf16", "fp16")
+_PARAM = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]*$")
+_ENV = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+class Distributed(Params, kw_only=True):
+    """One node's part in a multi-host torchrun rendezvous (c10d)."""
+
+    nnodes: int
+    node_rank: int
+    endpoint: str | None = None
+    rdzv_host: str | None = None
+
+
+class LaunchParams(Params, kw_only=True):
+    script: str | None = None
+    module: str | None = None
+    args: list[str] = msgspec.field(default_factory=list)
+    name: str | None = None
+    experiment: str | None = None
+    params: dict[str, Any] = msgspec.field(default_factory=dict)
+    gpus: int = 0
+    amp: str | None = None
+    cwd: str | None = None
+    env: dict[str, str] = msgspec.field(default_factory=dict)
+    priority: int = 0
+    sweep_id: str | None = None
+    run_id: str | None = None
+    dist: Distributed | None = None
+
+
+class StopParams(Params, kw_only=True):
+    run_id: str
+    requeue: bool = False
+    grace_s: float | None = None
+
+
+class LogsParams(Params, kw_only=True):
+    run_id: str
+    offset: int | None = None
+    max_bytes: int = 64 * 1024
+
+
+class QueueParams(Params, kw_only=True):
+    pass
+
+
+class SweepCreateParams(Params, kw_only=True):
+    script: str | None = None
+    module: str | None = None
+    args: list[str] = msgspec.field(default_factory=list)
+    name: str | None = None
+    experiment: str | None = None
+    params: dict[str, Any] = msgspec.field(default_factory=dict)
+    grid: list[str] = msgspec.field(default_factory=list)
+    random: list[str] = msgspec.field(default_factory=list)
+    trials: int | None = None
+    seed: int = 0
+    metric: str
+    mode: str = "min"
+    early_stop: str | None = None
+    warmup_steps: int = 2
+    min_trials: int = 2
+    min_steps: int = 1
+    reduction_factor: int = 3
+    max_steps: int = 100
+    gpus: int = 0
+    amp: str | None = None
+    cwd: str | None = None
+    env: dict[str, str] = msgspec.field(default_factory=dict)
+
+
+class SweepRef(Params, kw_only=True):
+    sweep_id: str
+
+
+class SweepListParams(Params, kw_only=True):
+    limit: int = 100
+
+
+class CostParams(Params, kw_only=True):
+    since_s: float = 86400.0
+    limit: int = 100
+
+
+def check_param_names(params: dict[str, Any]) -> None:
+    for key in params:
+        if not _PARAM.match(key):
+            raise ValueError(f"param name {key!r} must start with a letter and hold letters, digits, _ . -")
+
+
+def check_env(env: dict[str, str]) -> None:
+    for key in env:
+        if not _ENV.match(key):
+            raise ValueError(f"environment variable name {key!r} is not valid")
+
+
+def param_args(params: dict[str, Any]) -> list[str]:
+    """Params as `--name value` flags (underscores as dashes, as argparse spells options)."""
+    out: list[str] = []
+    for key, value in params.items():
+        text = json.dumps(value) if isinstance(value, dict | list) else str(value)
+        out += [f"--{key.replace('_', '-')}", text]
+    return out
+
+
+def param_env(params: dict[str, Any]) -> dict[str, str]:
+    """Params as MLDECK_PARAM_<NAME>, for scripts that read the environment instead of flags."""
+    return {
+        "MLDECK_PARAM_" + re.sub(r"[^A-Za-z0-9]", "_", k).upper(): str(v) for k, v in params.items()
+    }
+
+
+def job_argv(
+    target: list[str],
+    user_args: list[str],
+    params: dict[str, Any],
+    gpus: int,
+    run_id: str,
+    dist: Distributed | None = None,
+    python: str = sys.executable,
+) -> list[str]:
+    """The argument list a job runs: python, or torchrun with one process per GPU (per node).
+
+    target is ["script.py"] or ["-m", "module"].
+    """
+    tail = [*target, *user_args, *param_args(params)]
+    if dist is None and gpus <= 1:
+        return [python, *tail]
+    launcher = [python, "-m", "torch.distributed.run", "--nproc-per-node", str(max(gpus, 1))]
+    if dist is None:
+        launcher.append("--standalone")
+    else:
+        launcher += [
+            "--nnodes", str(dist.nnodes), "--node-rank", str(dist.node_rank),
+            "--rdzv-backend", "c10d", "--rdzv-endpoint", str(dist.endpoint), "--rdzv-id", run_id,
+        ]
+    if target[0] == "-m":
+        return [*launcher, "-m", *tail[1:]]
+    return [*launcher, *tail]
+
+
+# queue queries ---------------------------------------------------------------
+
+
+def _decode_job(row: dict[str, Any]) -> dict[str, Any]:
+    for key in ("spec", "gpus_assigned"):
+        if isinstance(row.get(key), str):
+            row[key] = json.loads(row[key])
+    return row
+
+
+def insert_job(store: Store, run: dict[str, Any], spec: dict[str, Any], priority: int) -> None:
+    """The run row (queued) and its queue entry, together or not at all."""
+    with store.transaction():
+        store.upsert_run(run)
+        store.cur().execute(
+            "INSERT INTO jobs (run_id, state, spec, gpus_requested, priority, enqueued_at, attempts) "
+            "VALUES (?, 'queued', ?, ?, ?, ?, 0)",
+            [run["run_id"], json.dumps(spec), spec["gpus_requested"], priority, time.time()],
+        )
+
+
+def jobs_in_state(store: Store, *states: str) -> list[dict[str, Any]]:
+    cur = store.cur().execute(
+        "SELECT * FROM jobs WHERE state IN (SELECT unnest(?)) ORDER BY priority DESC, enqueued_at",
+        [list(states)],
+    )
+    return [_decode_job(r) for r in rows_as_dicts(cur)]
+
+
+def get_job(store: Store, run_id: str) -> dict[str, Any] | None:
+    rows = rows_as_dicts(store.cur().execute("SELECT * FROM jobs WHERE run_id = ?", [run_id]))
+    return _decode_job(rows[0]) if rows else None
+
+
+def mark_started(
+    store: Store, run_id: str, gpus: list[int], pid: int, create_time: float, attempt: int, at: float
+) -> None:
+    with store.transaction() as cur:
+        cur.execute(
+            "UPDATE jobs SET state = 'running', gpus_assigned = ?, pid = ?, pgid = ?, "
+            "pid_create_time = ?, attempts = ? WHERE run_id = ?",
+            [json.dumps(gpus), pid, pid, create_time, attempt, run_id],
+        )
+        cur.execute(
+            "UPDATE runs SET status = 'running', status_reason = NULL, gpus = ?, "
+            "started_at = coalesce(started_at, ?), ended_at = NULL, exit_code = NULL, "
+            "resumed_count = ? WHERE run_id = ?",
+            [json.dumps(gpus), at, max(attempt - 1, 0), run_id],
+        )
+
+
+def mark_ended(
+    store: Store, run_id: str, status: str, exit_code: int | None, reason: str | None,
+    requeue: bool, at: float, cost: dict[str, Any],
+) -> None:
+    """Close an attempt: the run's status and cost, and the queue entry done or queued again."""
+    with store.transaction() as cur:
+        cur.execute(
+            "UPDATE runs SET status = ?, exit_code = ?, status_reason = ?, ended_at = ? WHERE run_id = ?",
+            [status, exit_code, reason, None if requeue else at, run_id],
+        )
+        update_cost(store, run_id, cost)
+        if requeue:
+            cur.execute(
+                "UPDATE jobs SET state = 'queued', pid = NULL, pgid = NULL, gpus_assigned = NULL, "
+                "enqueued_at = ? WHERE run_id = ?",
+                [at, run_id],
+            )
+        else:
+            cur.execute("UPDATE jobs SET state = 'done', pid = NULL, pgid = NULL WHERE run_id = ?", [run_id])
+
+
+def requeue_job(store: Store, run_id: str, reason: str, at: float) -> None:
+    """Put a finished managed run back in the queue (resume): same folder, same run id."""
+    with store.transaction() as cur:
+        cur.execute(
+            "UPDATE jobs SET state = 'queued', enqueued_at = ? WHERE run_id = ?", [at, run_id]
+        )
+        cur.execute(
+            "UPDATE runs SET status = 'queued', status_reason = ?, ended_at = NULL WHERE run_id = ?",
+            [reason, run_id],
+        )
+
+
+def set_run_status(store: Store, run_id: str, status: str, reason: str | None) -> None:
+    store.cur().execute(
+        "UPDATE runs SET status = ?, status_reason = ? WHERE run_id = ?", [status, reason, run_id]
+    )
+
+
+def update_cost(store: Store, run_id: str, cost: dict[str, Any]) -> None:
+    store.cur().execute(
+        "UPDATE runs SET cost_usd = ?, gpu_seconds = ?, cpu_seconds = ?, peak_gpu_mem = ?, "
+        "held_gpu_mem = ?, price_per_hour = ? WHERE run_id = ?",
+        [cost["cost_usd"], cost["gpu_seconds"], cost["cpu_seconds"], cost["peak_gpu_mem"],
+         cost["held_gpu_mem"], cost["price_per_hour"], run_id],
+    )
+
+
+def update_costs(store: Store, costs: dict[str, dict[str, Any]]) -> None:
+    with store.transaction():
+        for run_id, cost in costs.items():
+            update_cost(store, run_id, cost)
+
+
+# sweeps ------------------------------------------------------------------------
+
+
+def insert_sweep(store: Store, sweep: dict[str, Any]) -> None:
+    store.cur().execute(
+        "INSERT INTO sweeps (sweep_id, name, experiment, spec, metric, mode, early_stop, status, "
+        "created_at) VALUES (?, ?, ?, ?, ?, ?, ?, 'running', ?)",
+        [sweep["sweep_id"], sweep["name"], sweep["experiment"], json.dumps(sweep["spec"]),
+         sweep["metric"], sweep["mode"], sweep["early_stop"], sweep["created_at"]],
+    )
+
+
+def _decode_sweep(row: dict[str, Any]) -> dict[str, Any]:
+    if isinstance(row.get("spec"), str):
+        row["spec"] = json.loads(row["spec"])
+    return row
+
+
+def get_sweep(store: Store, sweep_id: str) -> dict[str, Any] | None:
+    rows = rows_as_dicts(store.cur().execute("SELECT * FROM sweeps WHERE sweep_id = ?", [sweep_id]))
+    return _decode_sweep(rows[0]) if rows else None
+
+
+def list_sweeps(store: Store, limit: int, status: str | None = None) -> list[dict[str, Any]]:
+    cur = store.cur().execute(
+        "SELECT * FROM sweeps WHERE ? IS NULL OR status = ? ORDER BY created_at DESC LIMIT ?",
+        [status, status, limit],
+    )
+    return [_decode_sweep(r) for r in rows_as_dicts(cur)]
+
+
+def finish_sweep(store: Store, sweep_id: str, at: float) -> None:
+    store.cur().execute(
+        "UPDATE sweeps SET status = 'done', ended_at = ? WHERE sweep_id = ?", [at, sweep_id]
+    )
+
+
+def sweep_trials(store: Store, sweep_id: str, metric: str, mode: str) -> list[dict[str, Any]]:
+    """A sweep's trials, ranked by their best value of the metric (unreported ones last)."""
+    best = "min" if mode == "min" else "max"
+    order = "ASC" if mode == "min" else "DESC"
+    cur = store.cur().execute(
+        f"""
+        SELECT r.run_id, r.name, r.status, r.status_reason, r.params, r.cost_usd,
+               m.best, m.last_step
+        FROM runs r LEFT JOIN (
+            SELECT run_id, {best}(value) AS best, max(step) AS last_step FROM metrics
+            WHERE key = ? AND NOT isnan(value) GROUP BY run_id
+        ) m USING (run_id)
+        WHERE r.sweep_id = ? ORDER BY m.best {order} NULLS LAST, r.created_at
+        """,
+        [metric, sweep_id],
+    )
+    rows = rows_as_dicts(cur)
+    for rank, row in enumerate(rows, start=1):
+        row["rank"] = rank
+        if isinstance(row.get("params"), str):
+            row["params"] = json.loads(row["params"])
+    return rows
+
+
+def metric_history(store: Store, run_ids: list[str], key: str) -> dict[str, list[tuple[int, float]]]:
+    """Each run's (step, value) points of one metric, for early stopping after an agent restart."""
+    if not run_ids:
+        return {}
+    cur = store.cur().execute(
+        "SELECT run_id, step, value FROM metrics WHERE key = ? AND run_id IN (SELECT unnest(?)) "
+        "ORDER BY run_id, step",
+        [key, run_ids],
+    )
+    out: dict[str, list[tuple[int, float]]] = {}
+    for run_id, step, value in cur.fetchall():
+        out.setdefault(run_id, []).append((step, value))
+    return out

@@ -1,0 +1,257 @@
+"""Sweeps as plain functions: the search-space grammar, trial generation, and early-stopping rules.
+
+Grammar: a grid axis is `name=v1,v2,...`; a random axis is `name=DIST(a,b)` with DIST one of
+uniform, loguniform, int (uniform integers, inclusive) or choice(v1,v2,...). The grid is
+crossed with itself; each trial draws the random axes once. Early stopping follows the
+median stopping rule (Golovin et al., Google Vizier) or ASHA (Li et al.), as Optuna's
+MedianPruner and SuccessiveHalvingPruner decide them.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import random
+import re
+import statistics
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]*$")
+_DIST = re.compile(r"^(uniform|loguniform|int|choice)\((.*)\)$")
+MODES = ("min", "max")
+EARLY_STOP = ("median", "asha")
+
+
+class SweepError(ValueError):
+    """A search space or rule that cannot be used, said so a person can fix it."""
+
+
+def parse_value(text: str) -> Any:
+    """`3` → 3, `1e-3` → 0.001, `true` → True, anything else stays a string."""
+    text = text.strip()
+    low = text.lower()
+    if low in ("true", "false"):
+        return low == "true"
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
+def _split_axis(spec: str, what: str) -> tuple[str, str]:
+    name, sep, rest = spec.partition("=")
+    name = name.strip()
+    if not sep or not rest.strip():
+        raise SweepError(f"{what} {spec!r} must look like name=values (e.g. lr=1e-3,1e-2)")
+    if not _NAME.match(name):
+        raise SweepError(f"{what} {spec!r}: {name!r} is not a parameter name")
+    return name, rest.strip()
+
+
+def parse_grid(specs: Sequence[str]) -> dict[str, list[Any]]:
+    """`lr=1e-3,1e-2` → {"lr": [0.001, 0.01]}."""
+    grid: dict[str, list[Any]] = {}
+    for spec in specs:
+        name, rest = _split_axis(spec, "grid axis")
+        values = [v for v in rest.split(",")]
+        if any(not v.strip() for v in values):
+            raise SweepError(f"grid axis {spec!r} has an empty value")
+        if name in grid:
+            raise SweepError(f"grid axis {name!r} is given twice")
+        grid[name] = [parse_value(v) for v in values]
+    return grid
+
+
+@dataclass(frozen=True)
+class Dist:
+    """One random axis."""
+
+    kind: str
+    args: tuple[Any, ...]
+
+    def sample(self, rng: random.Random) -> Any:
+        if self.kind == "uniform":
+            return rng.uniform(*self.args)
+        if self.kind == "loguniform":
+            lo, hi = self.args
+            return math.exp(rng.uniform(math.log(lo), math.log(hi)))
+        if self.kind == "int":
+            return rng.randint(*self.args)
+        return rng.choice(self.args)
+
+
+def parse_dist(spec: str) -> tuple[str, Dist]:
+    """`wd=loguniform(1e-5,1e-2)` → ("wd", Dist)."""
+    name, rest = _split_axis(spec, "random axis")
+    match = _DIST.match(rest.replace(" ", ""))
+    if not match:
+        raise SweepError(
+            f"random axis {spec!r}: write uniform(a,b), loguniform(a,b), int(a,b) or choice(v1,v2,...)"
+        )
+    kind, body = match.groups()
+    args = tuple(parse_value(v) for v in body.split(",")) if body else ()
+    if kind == "choice":
+        if not args:
+            raise SweepError(f"random axis {spec!r}: choice needs at least one value")
+        return name, Dist(kind, args)
+    if len(args) != 2 or not all(isinstance(a, int | float) and not isinstance(a, bool) for a in args):
+        raise SweepError(f"random axis {spec!r}: {kind} takes two numbers, low and high")
+    lo, hi = args
+    if not lo < hi:
+        raise SweepError(f"random axis {spec!r}: low must be below high")
+    if kind == "loguniform" and lo <= 0:
+        raise SweepError(f"random axis {spec!r}: loguniform needs low > 0")
+    if kind == "int" and not (isinstance(lo, int) and isinstance(hi, int)):
+        raise SweepError(f"random axis {spec!r}: int takes whole numbers")
+    return name, Dist(kind, (lo, hi))
+
+
+def parse_random(specs: Sequence[str]) -> dict[str, Dist]:
+    out: dict[str, Dist] = {}
+    for spec in specs:
+        name, dist = parse_dist(spec)
+        if name in out:
+            raise SweepError(f"random axis {name!r} is given twice")
+        out[name] = dist
+    return out
+
+
+def trials(
+    grid: Mapping[str, Sequence[Any]],
+    rand: Mapping[str, Dist],
+    n: int | None = None,
+    seed: int = 0,
+) -> list[dict[str, Any]]:
+    """Every grid point (repeated to reach n when random axes are given), each with its random draws."""
+    overlap = set(grid) & set(rand)
+    if overlap:
+        raise SweepError(f"parameter(s) {', '.join(sorted(overlap))} are both grid and random axes")
+    if not grid and not rand:
+        raise SweepError("a sweep needs at least one --grid or --random axis")
+    names = list(grid)
+    points = [dict(zip(names, combo, strict=True)) for combo in itertools.product(*grid.values())]
+    if n is None:
+        n = len(points)
+    if n < 1:
+        raise SweepError("--trials must be at least 1")
+    if not rand and n > len(points):
+        n = len(points)
+    rng = random.Random(seed)
+    out = []
+    for i in range(n):
+        trial = dict(points[i % len(points)])
+        for name, dist in rand.items():
+            trial[name] = dist.sample(rng)
+        out.append(trial)
+    return out
+
+
+def check_mode(mode: str) -> str:
+    if mode not in MODES:
+        raise SweepError(f"mode must be min or max, not {mode!r}")
+    return mode
+
+
+def _better(a: float, b: float, mode: str) -> bool:
+    return a < b if mode == "min" else a > b
+
+
+def best_so_far(values: Sequence[float], mode: str) -> float:
+    return min(values) if mode == "min" else max(values)
+
+
+@dataclass(frozen=True)
+class Decision:
+    """Whether a trial should stop now, and the sentence that says why."""
+
+    stop: bool
+    reason: str = ""
+
+
+CONTINUE = Decision(False)
+
+
+def median_rule(
+    trial: Sequence[tuple[int, float]],
+    others: Sequence[Sequence[tuple[int, float]]],
+    mode: str,
+    warmup_steps: int = 2,
+    min_trials: int = 2,
+) -> Decision:
+    """Stop if the trial's best so far is worse than the median of the other trials' running
+    averages at the same step (other trials must have reached that step)."""
+    if not trial:
+        return CONTINUE
+    step = trial[-1][0]
+    if step < warmup_steps:
+        return CONTINUE
+    best = best_so_far([v for _, v in trial], mode)
+    averages = []
+    for other in others:
+        upto = [v for s, v in other if s <= step]
+        if upto and other[-1][0] >= step:
+            averages.append(sum(upto) / len(upto))
+    if len(averages) < min_trials:
+        return CONTINUE
+    median = statistics.median(averages)
+    if _better(median, best, mode):
+        return Decision(
+            True, f"median rule: best {best:.4g} at step {step} is worse than the median "
+            f"{median:.4g} of {len(averages)} other trials' running averages",
+        )
+    return CONTINUE
+
+
+def asha_rungs(min_steps: int, reduction_factor: int, max_steps: int) -> list[int]:
+    """Rung steps min_steps·η^k below max_steps."""
+    if min_steps < 1 or reduction_factor < 2:
+        raise SweepError("ASHA needs min_steps ≥ 1 and reduction_factor ≥ 2")
+    rungs, r = [], min_steps
+    while r < max_steps:
+        rungs.append(r)
+        r *= reduction_factor
+    return rungs
+
+
+def asha_rule(
+    value: float, rung_values: Sequence[float], mode: str, reduction_factor: int
+) -> bool:
+    """At a rung: keep the trial if its value is in the top 1/η of the values recorded there
+    (itself included); with fewer than η values, only the best so far continues."""
+    competing = sorted([*rung_values, value], reverse=(mode == "max"))
+    keep_index = max(0, len(competing) // reduction_factor - 1)
+    cutoff = competing[keep_index]
+    return not _better(cutoff, value, mode)
+
+
+@dataclass
+class AshaState:
+    """The values each rung has recorded, and which trial reached which rung."""
+
+    rungs: list[int]
+    reduction_factor: int
+    mode: str
+    recorded: dict[int, dict[str, float]]
+
+    @classmethod
+    def new(cls, min_steps: int, reduction_factor: int, max_steps: int, mode: str) -> AshaState:
+        rungs = asha_rungs(min_steps, reduction_factor, max_steps)
+        return cls(rungs, reduction_factor, mode, {r: {} for r in rungs})
+
+    def report(self, run_id: str, step: int, value: float) -> Decision:
+        """Record a trial's value at every rung it has now passed; stop it at the first it fails."""
+        for rung in self.rungs:
+            if step < rung or run_id in self.recorded[rung]:
+                continue
+            others = list(self.recorded[rung].values())
+            self.recorded[rung][run_id] = value
+            if not asha_rule(value, others, self.mode, self.reduction_factor):
+                return Decision(
+                    True, f"ASHA: {value:.4g} at rung step {rung} is not in the top "
+                    f"1/{self.reduction_factor} of {len(others) + 1} trials there",
+                )
+        return CONTINUE

@@ -1,0 +1,306 @@
+"""The job runner end to end: real agents in temporary homes (2 simulated GPUs), real jobs on CPU."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+
+from core.client import connect_unix
+from core.protocol import RpcError
+from tests.conftest import AgentProc, start_agent, wait_for
+
+CONFIG = """
+[agent]
+collector_interval_s = 0.2
+[jobs]
+poll_interval_s = 0.1
+grace_s = 5
+cost_update_s = 0.3
+"""
+
+SLEEPER = """
+import os, sys, time
+print("gpus", os.environ.get("CUDA_VISIBLE_DEVICES"), "argv", sys.argv[1:], flush=True)
+time.sleep(float(os.environ.get("SLEEP_S", "1")))
+print("slept", flush=True)
+"""
+
+# Logs one step at a time; on SIGTERM the SDK calls on_preempt (checkpoint) at the next log() and
+# exits 143; a restart resumes after the checkpoint's step.
+STEPPER = """
+import sys, time
+from core import track
+steps = int(sys.argv[sys.argv.index("--steps") + 1])
+state = {"step": -1}
+run = track.init(on_preempt=lambda: run.checkpoint({"step": state["step"]}, step=state["step"]))
+resumed = run.resume()
+start = resumed[1] + 1 if resumed else 0
+print("starting at", start, flush=True)
+for step in range(start, steps):
+    time.sleep(0.05)
+    state["step"] = step
+    run.log({"loss": 1.0 / (step + 1), "acc": step / steps}, step=step)
+run.finish()
+"""
+
+
+def rpc(agent: AgentProc, method: str, **params: Any) -> Any:
+    """One call on the agent's socket: much cheaper than a CLI process when polling."""
+
+    async def call() -> Any:
+        client = await connect_unix(agent.layout.socket)
+        try:
+            return await client.call(method, **params)
+        finally:
+            await client.close()
+
+    return asyncio.run(call())
+
+
+def run_json(agent: AgentProc, run_id: str) -> dict[str, Any]:
+    return rpc(agent, "runs.get", run_id=run_id)
+
+
+def sql(agent: AgentProc, query: str) -> list[dict[str, Any]]:
+    result = rpc(agent, "query", sql=query)
+    return [dict(zip(result["columns"], row, strict=True)) for row in result["rows"]]
+
+
+def wait_status(agent: AgentProc, run_id: str, *statuses: str, timeout: float = 30) -> dict[str, Any]:
+    return wait_for(
+        lambda: (r := run_json(agent, run_id))["status"] in statuses and r,
+        timeout=timeout, interval=0.15, what=f"run {run_id} to be {'/'.join(statuses)}",
+    )
+
+
+def launch(agent: AgentProc, script: Path, gpus: int = 0, **params: Any) -> str:
+    """runs.launch over the socket (the CLI path has its own test)."""
+    env = {"SLEEP_S": str(params.pop("sleep"))} if "sleep" in params else {}
+    return rpc(agent, "runs.launch", script=str(script), gpus=gpus, params=params, env=env)["run_id"]
+
+
+@pytest.fixture(scope="module")
+def agent(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AgentProc]:
+    proc = start_agent(tmp_path_factory.mktemp("jobs") / "home", config=CONFIG)
+    yield proc
+    proc.stop()
+
+
+@pytest.fixture
+def scripts(tmp_path: Path) -> Path:
+    (tmp_path / "sleeper.py").write_text(SLEEPER)
+    (tmp_path / "stepper.py").write_text(STEPPER)
+    (tmp_path / "fails.py").write_text("import sys\nprint('about to fail')\nsys.exit(3)\n")
+    return tmp_path
+
+
+@pytest.mark.timeout(60)
+def test_launch_logs_succeeded_and_cost(agent: AgentProc, scripts: Path) -> None:
+    run_id = agent.cli(
+        "run", str(scripts / "stepper.py"), "--param", "steps=10", "--gpus", "1", "--name", "step",
+        "--experiment", "jobs-test", "--amp", "bf16", check=True,
+    ).out.strip()
+    run = wait_status(agent, run_id, "succeeded")
+    assert run["exit_code"] == 0 and run["managed"] and run["name"] == "step"
+    assert run["experiment"] == "jobs-test" and run["params"] == {"steps": 10, "amp": "bf16"}
+    assert run["command"][1:] == [str(scripts / "stepper.py"), "--steps", "10", "--amp", "bf16"]
+    assert run["gpus"] in ([0], [1])
+    assert run["metrics"]["loss"] == pytest.approx(0.1)
+    logs = agent.cli("runs", "logs", run_id, check=True).out
+    assert "starting at 0" in logs and "attempt 1 started" in logs
+    # cost: a GPU job pays GPU-seconds at the simulated A100 40GB's default price
+    assert run["gpu_seconds"] > 0.3
+    assert run["cost_usd"] == pytest.approx(run["gpu_seconds"] / 3600 * 3.20, rel=1e-6)
+    assert run["held_gpu_mem"] == 40 * 1024**3 and run["peak_gpu_mem"] == 6 * 1024**3
+    cost = agent.cli("cost", "--json", check=True).json()
+    assert cost["host"]["gpu_price_per_hour"] == 3.20 and cost["host"]["gpu_count"] == 2
+    assert any(r["run_id"] == run_id and r["cost_usd"] > 0 for r in cost["runs"])
+    assert cost["host"]["idle_gpu_seconds"] > 0
+
+
+@pytest.mark.timeout(60)
+def test_failed_job_and_follow(agent: AgentProc, scripts: Path) -> None:
+    run_id = launch(agent, scripts / "fails.py")
+    follow = agent.cli("runs", "logs", run_id, "-f", check=True)
+    assert "about to fail" in follow.out
+    run = wait_status(agent, run_id, "failed")
+    assert run["exit_code"] == 3 and "exit code 3" in run["status_reason"]
+
+
+@pytest.mark.timeout(60)
+def test_stop_sends_sigterm_then_kill(agent: AgentProc, scripts: Path) -> None:
+    (scripts / "stubborn.py").write_text(
+        "import signal, time\nsignal.signal(signal.SIGTERM, lambda *a: print('ignoring TERM', flush=True))\n"
+        "print('up', flush=True)\ntime.sleep(60)\n"
+    )
+    run_id = launch(agent, scripts / "stubborn.py")
+    wait_for(lambda: "up" in rpc(agent, "runs.logs", run_id=run_id)["data"], what="job up")
+    stop = agent.cli("runs", "stop", run_id, "--grace", "0.5", check=True)
+    assert "SIGTERM sent" in stop.out
+    run = wait_status(agent, run_id, "stopped", timeout=4)
+    assert "ignoring TERM" in agent.cli("runs", "logs", run_id).out
+    assert run["status_reason"] == "stopped on request" and run["ended_at"]
+    again = agent.cli("runs", "stop", run_id)
+    assert again.code == 1 and "not running or queued" in again.err
+
+
+@pytest.mark.timeout(60)
+def test_queue_order_on_two_gpus(agent: AgentProc, scripts: Path) -> None:
+    ids = [launch(agent, scripts / "sleeper.py", gpus=1, sleep=2) for _ in range(3)]
+    first = [wait_status(agent, i, "running") for i in ids[:2]]
+    assert sorted(g for r in first for g in r["gpus"]) == [0, 1]
+    queue = rpc(agent, "jobs.queue")
+    assert [r["run_id"] for r in queue["queued"]] == [ids[2]] and queue["gpus_busy"] == [0, 1]
+    assert run_json(agent, ids[2])["status"] == "queued"
+    third = wait_status(agent, ids[2], "running")
+    done = [wait_status(agent, i, "succeeded") for i in ids[:2]]
+    assert third["started_at"] >= min(r["ended_at"] for r in done) - 0.5
+    assert wait_status(agent, ids[2], "succeeded")["exit_code"] == 0
+    log = agent.cli("runs", "logs", ids[2], check=True).out
+    assert "gpus 0" in log or "gpus 1" in log
+
+
+@pytest.mark.timeout(90)
+def test_requeue_resumes_with_continuous_steps(agent: AgentProc, scripts: Path) -> None:
+    steps = 40
+    run_id = launch(agent, scripts / "stepper.py", steps=steps)
+    wait_for(lambda: run_json(agent, run_id)["metrics"].get("acc", 0) > 0.2, what="some steps logged")
+    assert rpc(agent, "runs.stop", run_id=run_id, requeue=True, grace_s=30)["status"] == "stopping"
+    run = wait_status(agent, run_id, "succeeded", timeout=45)
+    assert run["resumed_count"] == 1
+    log = agent.cli("runs", "logs", run_id, check=True).out
+    starts = [int(line.split()[-1]) for line in log.splitlines() if line.startswith("starting at")]
+    assert starts[0] == 0 and 0 < starts[1] < steps, log
+    rows = sql(
+        agent, f"select key, step, count(*) as n from metrics where run_id = '{run_id}' "
+        "group by key, step order by key, step",
+    )
+    assert all(r["n"] == 1 for r in rows), "a (run, key, step) point was stored twice"
+    assert [r["step"] for r in rows if r["key"] == "loss"] == list(range(steps))
+    events = (agent.layout.run_dir(run_id) / "metrics.jsonl").read_text()
+    assert '"preempted"' in events and '"checkpoint"' in events
+
+
+@pytest.mark.timeout(60)
+def test_stop_queued_and_resume(agent: AgentProc, scripts: Path) -> None:
+    blockers = [launch(agent, scripts / "sleeper.py", gpus=1, sleep=5) for _ in range(2)]
+    waiting = launch(agent, scripts / "sleeper.py", gpus=1, sleep=0.1)
+    assert rpc(agent, "runs.stop", run_id=waiting)["status"] == "stopped"
+    assert run_json(agent, waiting)["status"] == "stopped"
+    assert agent.cli("runs", "resume", waiting, check=True).code == 0
+    assert run_json(agent, waiting)["status"] in ("queued", "running")
+    for b in blockers:
+        with contextlib.suppress(RpcError):
+            rpc(agent, "runs.stop", run_id=b)
+    assert wait_status(agent, waiting, "succeeded")["exit_code"] == 0
+    done = agent.cli("runs", "resume", waiting)
+    assert done.code == 1 and "nothing to resume" in done.err
+
+
+@pytest.mark.timeout(90)
+def test_sweep_early_stopping(agent: AgentProc, scripts: Path) -> None:
+    (scripts / "trial.py").write_text(
+        "import sys, time\nfrom core import track\n"
+        "x = float(sys.argv[sys.argv.index('--x') + 1])\nrun = track.init()\n"
+        "for step in range(25):\n    time.sleep(0.04)\n"
+        "    run.log({'val_loss': x + 1.0 / (step + 1)}, step=step)\n"
+    )
+    created = agent.cli(
+        "sweep", str(scripts / "trial.py"), "--grid", "x=0,0.1,5,6", "--metric", "val_loss",
+        "--mode", "min", "--early-stop", "median", "--name", "sw", "--json", check=True,
+    ).json()
+    sweep_id = created["sweep_id"]
+    assert len(created["run_ids"]) == 4
+    wait_for(lambda: rpc(agent, "sweeps.show", sweep_id=sweep_id)["status"] == "done",
+             timeout=60, interval=0.3, what="sweep to finish")
+    sweep = agent.cli("sweep", "show", sweep_id, "--json", check=True).json()
+    trials = sweep["trials"]
+    assert trials[0]["params"]["x"] == 0 and trials[0]["status"] == "succeeded"
+    stopped = [t for t in trials if t["status"] == "stopped"]
+    assert stopped, trials
+    assert all(t["status_reason"].startswith("early stop (median rule") for t in stopped)
+    assert all(t["params"]["x"] >= 5 for t in stopped)
+    table = agent.cli("sweep", "show", sweep_id, check=True).out
+    assert "RANK" in table and "median rule" in table
+
+
+@pytest.mark.timeout(60)
+def test_bad_input_creates_nothing(agent: AgentProc, scripts: Path) -> None:
+    before = len(agent.cli("runs", "ls", "--json", check=True).json())
+    cases = [
+        (["run", str(scripts / "missing.py")], "not found"),
+        (["run", str(scripts / "sleeper.py"), "--param", "lr"], "must look like name=value"),
+        (["run", str(scripts / "sleeper.py"), "--gpus", "3"], "asked for 3 GPUs but this host has 2 GPUs"),
+        (["run", "-m", "no_such_module_xyz"], "cannot be found"),
+        (["run", str(scripts / "sleeper.py"), "--host", "nohost"], "nohost"),
+        (["run", str(scripts / "sleeper.py"), "--nodes", "local,nohost"], "nohost"),
+        (["sweep", str(scripts / "sleeper.py"), "--grid", "lr", "--metric", "m"], "name=values"),
+        (["sweep", str(scripts / "sleeper.py"), "--random", "wd=loguniform(0,1)", "--metric", "m"],
+         "loguniform needs low > 0"),
+        (["sweep", str(scripts / "sleeper.py"), "--random", "wd=normal(0,1)", "--metric", "m"],
+         "uniform(a,b)"),
+        (["runs", "stop", "no-such-run"], "no run"),
+        (["runs", "logs", "no-such-run"], "no run"),
+    ]
+    for args, message in cases:
+        result = agent.cli(*args)
+        assert result.code != 0, args
+        assert message in result.err and "Traceback" not in result.err, (args, result.err)
+        assert len(result.err.strip().splitlines()) == 1, result.err
+    assert len(agent.cli("runs", "ls", "--json", check=True).json()) == before
+
+
+@pytest.mark.timeout(60)
+def test_restart_readopts_running_job(tmp_path: Path, scripts: Path) -> None:
+    home = tmp_path / "home"
+    first = start_agent(home, config=CONFIG)
+    try:
+        run_id = launch(first, scripts / "sleeper.py", gpus=1, sleep=3)
+        job_pid = wait_status(first, run_id, "running") and _job_pid(first, run_id)
+        first.kill(signal.SIGKILL)
+        assert psutil.pid_exists(job_pid)
+        second = start_agent(home, config=CONFIG)
+        try:
+            assert run_json(second, run_id)["status"] == "running"
+            run = wait_status(second, run_id, "succeeded")
+            assert run["exit_code"] == 0 and run["gpu_seconds"] > 2
+            queued = launch(second, scripts / "sleeper.py", sleep=0)
+            assert wait_status(second, queued, "succeeded")["exit_code"] == 0
+        finally:
+            second.stop()
+    finally:
+        first.stop()
+
+
+def _job_pid(agent: AgentProc, run_id: str) -> int:
+    return int(sql(agent, f"select pid from jobs where run_id = '{run_id}'")[0]["pid"])
+
+
+@pytest.mark.timeout(60)
+def test_job_dead_while_agent_down_is_marked(tmp_path: Path, scripts: Path) -> None:
+    home = tmp_path / "home"
+    first = start_agent(home, config=CONFIG)
+    try:
+        run_id = launch(first, scripts / "sleeper.py", sleep=30)
+        wait_status(first, run_id, "running")
+        pid = _job_pid(first, run_id)
+        first.kill(signal.SIGKILL)
+        os.killpg(pid, signal.SIGKILL)
+        wait_for(lambda: not psutil.pid_exists(pid) or psutil.Process(pid).status() == "zombie",
+                 what="job gone")
+        second = start_agent(home, config=CONFIG)
+        try:
+            run = wait_status(second, run_id, "failed")
+            assert "agent was down" in run["status_reason"]
+        finally:
+            second.stop()
+    finally:
+        first.stop()

@@ -1,0 +1,171 @@
+"""`mldeck run SCRIPT|-m MODULE`: launch a job on an agent (or on several, as one torchrun rendezvous)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+from pathlib import Path
+from typing import Any
+
+from core.jobs import TERMINAL
+from core.protocol import RpcError
+from core.sweep import parse_value
+from tui.cli.connect import agent_client, remote_host
+from tui.cli.output import CliError, print_json
+
+WAIT_POLL_S = 0.3
+
+
+def parse_params(pairs: list[str] | None) -> dict[str, Any]:
+    """`--param k=v` pairs → dict, numbers and booleans typed."""
+    out: dict[str, Any] = {}
+    for pair in pairs or []:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise CliError(f"--param {pair!r} must look like name=value (e.g. --param lr=0.01)")
+        out[key.strip()] = parse_value(value)
+    return out
+
+
+def parse_env(pairs: list[str] | None) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for pair in pairs or []:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise CliError(f"--env {pair!r} must look like NAME=value")
+        out[key] = value
+    return out
+
+
+def node_args(args: argparse.Namespace, node: str) -> argparse.Namespace:
+    """One --nodes entry as connection options: `local`, `local:/agent/home`, or a host name/URL."""
+    ns = argparse.Namespace(**vars(args))
+    if node == "local" or node.startswith("local:"):
+        ns.host, ns.home = None, (node.partition(":")[2] or None)
+    else:
+        ns.host, ns.home = node, None
+    return ns
+
+
+def is_local(args: argparse.Namespace) -> bool:
+    return remote_host(args)[1] is None
+
+
+def launch_params(args: argparse.Namespace, local: bool) -> dict[str, Any]:
+    """The runs.launch params common to every node; paths resolved here when the agent is local."""
+    if (args.script is None) == (args.module is None):
+        raise CliError("give a SCRIPT or -m MODULE (one of them)")
+    params: dict[str, Any] = {
+        "args": list(args.script_args or []), "name": args.name, "experiment": args.experiment,
+        "params": parse_params(args.param), "gpus": args.gpus, "amp": args.amp,
+        "env": parse_env(args.env), "priority": args.priority,
+    }
+    if args.gpus < 0:
+        raise CliError("--gpus must be 0 or more")
+    cwd = args.cwd
+    if args.script is not None:
+        script = Path(args.script).expanduser()
+        if local:
+            script = (Path(cwd) if cwd else Path.cwd()) / script
+            if not script.is_file():
+                raise CliError(f"script {args.script} not found (looked at {script.resolve()})")
+            script = script.resolve()
+        params["script"] = str(script)
+    else:
+        params["module"] = args.module
+    if local:
+        cwd = str(Path(cwd).resolve()) if cwd else os.getcwd()
+    params["cwd"] = cwd
+    return params
+
+
+async def wait_for_end(args: argparse.Namespace, run_id: str) -> dict[str, Any]:
+    async with agent_client(args) as client:
+        while True:
+            run = await client.call("runs.get", run_id=run_id)
+            if run["status"] in TERMINAL:
+                return run
+            await asyncio.sleep(WAIT_POLL_S)
+
+
+async def launch_on_nodes(args: argparse.Namespace, nodes: list[str]) -> list[dict[str, Any]]:
+    """Rank 0's agent picks the rendezvous endpoint; the others join it under the same run id."""
+    targets = [node_args(args, n) for n in nodes]
+    locals_ = [is_local(t) for t in targets]
+    base = launch_params(args, all(locals_))
+    done: list[tuple[argparse.Namespace, dict[str, Any]]] = []
+    try:
+        for rank, target in enumerate(targets):
+            dist: dict[str, Any] = {"nnodes": len(nodes), "node_rank": rank}
+            extra: dict[str, Any] = {}
+            if rank == 0:
+                if all(locals_):
+                    dist["rdzv_host"] = "127.0.0.1"
+            else:
+                dist["endpoint"] = done[0][1]["dist"]["endpoint"]
+                extra["run_id"] = done[0][1]["run_id"]
+            async with agent_client(target) as client:
+                result = await client.call("runs.launch", **base, **extra, dist=dist)
+            done.append((target, {**result, "node": nodes[rank]}))
+    except (RpcError, CliError):
+        for target, result in done:
+            async with agent_client(target) as client:
+                await client.call("runs.stop", run_id=result["run_id"])
+        raise
+    return [r for _, r in done]
+
+
+async def run(args: argparse.Namespace) -> int:
+    if args.nodes:
+        nodes = [n.strip() for n in args.nodes.split(",") if n.strip()]
+        if len(nodes) < 2:
+            raise CliError("--nodes takes two or more hosts, comma-separated (e.g. gpu-1,gpu-2)")
+        for node in nodes:
+            remote_host(node_args(args, node))
+        results = await launch_on_nodes(args, nodes)
+        run_id = results[0]["run_id"]
+        if args.wait:
+            ends = [await wait_for_end(node_args(args, n), run_id) for n in nodes]
+            for r, end in zip(results, ends, strict=True):
+                r["status"] = end["status"]
+        if args.json:
+            print_json(results)
+        else:
+            print(run_id)
+        return 0 if not args.wait or all(r["status"] == "succeeded" for r in results) else 1
+    async with agent_client(args) as client:
+        result = await client.call("runs.launch", **launch_params(args, is_local(args)))
+    if args.wait:
+        result["status"] = (await wait_for_end(args, result["run_id"]))["status"]
+    if args.json:
+        print_json(result)
+    else:
+        print(result["run_id"])
+    return 0 if result["status"] in ("queued", "succeeded") else 1
+
+
+def add_launch_options(p: argparse.ArgumentParser) -> None:
+    """The options `run` and `sweep` share."""
+    p.add_argument("script", nargs="?", help="the training script (a path on the agent's host)")
+    p.add_argument("script_args", nargs="*", help="arguments for the script (after --)")
+    p.add_argument("-m", "--module", help="run a module (python -m MODULE) instead of a script")
+    p.add_argument("--name", help="run name (default: the script's name)")
+    p.add_argument("--experiment", help="experiment (default: default)")
+    p.add_argument("--param", action="append", metavar="K=V", help="a param, passed as --k v (repeat)")
+    p.add_argument("--gpus", type=int, default=0, help="GPUs per run (N>1 starts torchrun)")
+    p.add_argument("--amp", choices=["bf16", "fp16"], help="mixed precision (--amp and $MLDECK_AMP)")
+    p.add_argument("--cwd", help="working directory on the agent's host")
+    p.add_argument("--env", action="append", metavar="NAME=VALUE", help="extra environment (repeat)")
+    p.add_argument("--priority", type=int, default=0, help="higher runs first")
+    p.add_argument("--wait", action="store_true", help="wait until it ends; exit 1 unless it succeeded")
+
+
+def register(sub: Any, common: argparse.ArgumentParser) -> None:
+    p = sub.add_parser("run", parents=[common], help="launch a training job", description=__doc__)
+    add_launch_options(p)
+    p.add_argument(
+        "--nodes", help="run on several hosts as one torchrun rendezvous: H1,H2 "
+        "(host names, ssh:// URLs, local, or local:/path/to/agent/home)",
+    )
+    p.set_defaults(func=run)
