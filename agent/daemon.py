@@ -14,7 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-from agent import api, registry, servingctl
+from agent import api, jobs, registry, servingctl, sweeps
 from agent.collector import Collector
 from agent.ingest import Ingest
 from agent.nvml import Nvml
@@ -27,7 +27,9 @@ from core.store import Store
 log = logging.getLogger("mldeck.agent")
 T = TypeVar("T")
 
-FEATURES: list[Callable[[Agent], None]] = [api.register, registry.register, servingctl.register]
+FEATURES: list[Callable[[Agent], None]] = [
+    api.register, registry.register, jobs.register, sweeps.register, servingctl.register,
+]
 
 
 class AlreadyRunning(RuntimeError):

@@ -18,11 +18,13 @@ import json
 import os
 import secrets
 import shutil
+import signal
 import socket
 import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +34,7 @@ from core.paths import Layout, check_name, mldeck_home
 
 FLUSH_INTERVAL_S = 0.2
 RUN_DIR_ENV = "MLDECK_RUN_DIR"
+PREEMPTED_EXIT = 128 + signal.SIGTERM
 
 
 def _as_number(obj: Any) -> float:
@@ -112,14 +115,16 @@ def write_atomic(path: Path, data: bytes) -> None:
 class Run:
     """A live run: buffers lines in memory and a single thread appends them to disk."""
 
-    def __init__(self, run_dir: Path, spec: dict[str, Any]) -> None:
+    def __init__(self, run_dir: Path, spec: dict[str, Any], metrics_file: str = "metrics.jsonl") -> None:
         self.dir = run_dir
         self.id: str = spec["run_id"]
         self.spec = spec
         self.params: dict[str, Any] = spec.get("params") or {}
         self._step = -1
         self._pending: collections.deque[dict[str, Any]] = collections.deque()
-        self._fh = open(run_dir / "metrics.jsonl", "ab")  # noqa: SIM115 (open for the run's life)
+        self._fh = open(run_dir / metrics_file, "ab")  # noqa: SIM115 (open for the run's life)
+        self.preempted = False
+        self._on_preempt: list[Callable[[], Any]] = []
         self._wake = threading.Event()
         self._closed = False
         self.finished = False
@@ -140,6 +145,8 @@ class Run:
             if value.__class__ is str:
                 _as_number(value)
         self._pending.append({"t": time.time(), "s": step, "m": dict(metrics)})
+        if self.preempted:
+            self._preempt()
 
     def event(self, kind: str, **data: Any) -> None:
         self._pending.append({"t": time.time(), "e": kind, "d": data})
@@ -240,6 +247,29 @@ class Run:
         self.flush()
         return state, self._step
 
+    # preemption ---------------------------------------------------------------
+
+    @property
+    def should_stop(self) -> bool:
+        """True once SIGTERM arrived: a loop that checks it can checkpoint and return by itself."""
+        return self.preempted
+
+    def on_preempt(self, fn: Callable[[], Any]) -> Callable[[], Any]:
+        """Call fn (e.g. one that checkpoints) on the main thread at the first log() after SIGTERM."""
+        self._on_preempt.append(fn)
+        return fn
+
+    def _on_sigterm(self, signum: int, frame: object) -> None:
+        self.preempted = True
+
+    def _preempt(self) -> None:
+        """Run the preemption callbacks, end the run as preempted and exit 143 (128 + SIGTERM)."""
+        self.preempted = False
+        for fn in self._on_preempt:
+            fn()
+        self.finish("preempted", reason="SIGTERM")
+        raise SystemExit(PREEMPTED_EXIT)
+
     # lifecycle --------------------------------------------------------------
 
     def finish(self, status: str = "succeeded", reason: str | None = None) -> None:
@@ -315,8 +345,14 @@ def init(
     tags: dict[str, str] | None = None,
     data_files: list[str | os.PathLike[str]] | None = None,
     home: str | os.PathLike[str] | None = None,
+    on_preempt: Callable[[], Any] | None = None,
 ) -> Run:
-    """Start (or, inside an agent job, join) a run and return it."""
+    """Start (or, inside an agent job, join) a run and return it.
+
+    On SIGTERM (unless the script installed its own handler) the run's `preempted` flag is
+    set; the next `log()` calls `on_preempt`, finishes the run as preempted and exits 143.
+    Under torchrun only rank 0 writes metrics.jsonl; other ranks write metrics-rank<N>.jsonl.
+    """
     env_dir = os.environ.get(RUN_DIR_ENV)
     script = Path(sys.argv[0]).resolve() if sys.argv and sys.argv[0] else Path.cwd()
     if env_dir:
@@ -347,6 +383,14 @@ def init(
     )
     if not env_dir:
         write_atomic(run_dir / "run.json", json.dumps(spec, indent=2).encode())
-    run = Run(run_dir, spec)
+    rank = os.environ.get("RANK", "0")
+    run = Run(run_dir, spec, "metrics.jsonl" if rank == "0" else f"metrics-rank{int(rank)}.jsonl")
+    if on_preempt is not None:
+        run.on_preempt(on_preempt)
+    if (
+        threading.current_thread() is threading.main_thread()
+        and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+    ):
+        signal.signal(signal.SIGTERM, run._on_sigterm)
     run.event("init", **{k: v for k, v in spec.items() if k != "run_id"})
     return run

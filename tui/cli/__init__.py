@@ -10,7 +10,18 @@ from collections.abc import Callable
 from typing import Any
 
 from core.protocol import RpcError
-from tui.cli import agent_cmd, hosts_cmd, models_cmd, predict_cmd, query_cmd, runs_cmd, serve_cmd
+from tui.cli import (
+    agent_cmd,
+    cost_cmd,
+    hosts_cmd,
+    models_cmd,
+    predict_cmd,
+    query_cmd,
+    run_cmd,
+    runs_cmd,
+    serve_cmd,
+    sweep_cmd,
+)
 from tui.cli.output import CliError
 
 COMMANDS: list[Callable[[Any, argparse.ArgumentParser], None]] = [
@@ -21,6 +32,9 @@ COMMANDS: list[Callable[[Any, argparse.ArgumentParser], None]] = [
     models_cmd.register,
     serve_cmd.register,
     predict_cmd.register,
+    run_cmd.register,
+    sweep_cmd.register,
+    cost_cmd.register,
 ]
 
 

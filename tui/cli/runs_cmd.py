@@ -1,13 +1,17 @@
-"""`mldeck runs ls|show`: the runs an agent knows."""
+"""`mldeck runs ls|show|logs|stop|resume`: the runs an agent knows, and control of its jobs."""
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import sys
 import time
 from typing import Any
 
 from tui.cli.connect import agent_client
 from tui.cli.output import duration, print_json, print_table, when
+
+FOLLOW_POLL_S = 0.3
 
 
 def _duration(run: dict[str, Any]) -> float | None:
@@ -57,6 +61,46 @@ async def show(args: argparse.Namespace) -> int:
     return 0
 
 
+async def logs(args: argparse.Namespace) -> int:
+    """Print the job's stdout.log from the start; with -f keep printing until the run ends."""
+    offset = 0
+    async with agent_client(args) as client:
+        while True:
+            chunk = await client.call("runs.logs", run_id=args.run, offset=offset, max_bytes=1 << 20)
+            if chunk["data"]:
+                sys.stdout.write(chunk["data"])
+                sys.stdout.flush()
+            offset = chunk["offset"]
+            if offset < chunk["size"]:
+                continue
+            if not args.follow or chunk["done"]:
+                return 0
+            await asyncio.sleep(FOLLOW_POLL_S)
+
+
+async def stop(args: argparse.Namespace) -> int:
+    async with agent_client(args) as client:
+        result = await client.call("runs.stop", run_id=args.run, requeue=args.requeue, grace_s=args.grace)
+    if args.json:
+        print_json(result)
+    elif result["status"] == "stopping":
+        then = "requeued to resume" if args.requeue else "stopped"
+        print(f"{args.run}: SIGTERM sent; it will be {then} once it exits")
+    else:
+        print(f"{args.run}: {result['status']}")
+    return 0
+
+
+async def resume(args: argparse.Namespace) -> int:
+    async with agent_client(args) as client:
+        result = await client.call("runs.resume", run_id=args.run)
+    if args.json:
+        print_json(result)
+    else:
+        print(f"{args.run}: queued to resume from its last checkpoint")
+    return 0
+
+
 def register(sub: Any, common: argparse.ArgumentParser) -> None:
     runs = sub.add_parser("runs", help="list and inspect runs")
     cmds = runs.add_subparsers(dest="runs_command", metavar="ACTION", required=True)
@@ -68,3 +112,15 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     p = cmds.add_parser("show", parents=[common], help="one run's details")
     p.add_argument("run", help="run id")
     p.set_defaults(func=show)
+    p = cmds.add_parser("logs", parents=[common], help="a job's stdout and stderr")
+    p.add_argument("run", help="run id")
+    p.add_argument("-f", "--follow", action="store_true", help="keep following until the run ends")
+    p.set_defaults(func=logs)
+    p = cmds.add_parser("stop", parents=[common], help="stop a job (SIGTERM, then SIGKILL after a grace)")
+    p.add_argument("run", help="run id")
+    p.add_argument("--requeue", action="store_true", help="requeue it to resume from its checkpoint")
+    p.add_argument("--grace", type=float, default=None, help="seconds before SIGKILL (agent default 30)")
+    p.set_defaults(func=stop)
+    p = cmds.add_parser("resume", parents=[common], help="queue a stopped/failed/preempted run again")
+    p.add_argument("run", help="run id")
+    p.set_defaults(func=resume)
