@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import io
 import json
 import logging
 import math
@@ -21,12 +22,16 @@ import shutil
 import sys
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 import numpy as np
 
+from core.paths import check_name
 from core.track import write_atomic
+
+if TYPE_CHECKING:
+    import torch
 
 SIGNATURE_FILE = "signature.json"
 SAMPLE_FILE = "sample.npz"
@@ -155,27 +160,35 @@ def check_input(
         raise InvalidInput(f"input {name!r} must have shape {spec.shape}, got {shape}")
     if any(not isinstance(d, int) or d < 0 for d in shape):
         raise InvalidInput(f"input {name!r} has an invalid shape {shape}")
-    try:
-        array = np.asarray(data, dtype=numpy_dtype(datatype))
-    except (TypeError, ValueError):
-        raise InvalidInput(f"input {name!r}: data is not all {datatype} values") from None
+    array = _as_array(name, datatype, data)
     if array.size != math.prod(shape):
-        raise InvalidInput(
-            f"input {name!r}: shape {shape} needs {math.prod(shape)} values, got {array.size}"
-        )
+        raise InvalidInput(f"input {name!r}: shape {shape} needs {math.prod(shape)} values, got {array.size}")
     array = array.reshape(shape)
-    if (
-        not signature.allow_nan
-        and array.dtype.kind == "f"
-        and not np.isfinite(array).all()
-    ):
+    if not signature.allow_nan and array.dtype.kind == "f" and not np.isfinite(array).all():
         raise InvalidInput(f"input {name!r} contains NaN or infinity, which this model refuses")
     return array
 
 
-def check_request(
-    signature: Signature, inputs: Sequence[Mapping[str, Any]]
-) -> dict[str, np.ndarray]:
+_KINDS = {"b": "b", "u": "bu", "i": "bui", "f": "buif"}  # value kinds each target accepts
+
+
+def _as_array(name: str, datatype: str, data: Any) -> np.ndarray:
+    """The data as the datatype's dtype, refusing lossy casts (1.5 for INT64, "1" for FP32)."""
+    target = numpy_dtype(datatype)
+    try:
+        raw = np.asarray(data)
+    except ValueError:
+        raise InvalidInput(f"input {name!r}: data is ragged, not a tensor") from None
+    if raw.size and raw.dtype.kind not in _KINDS[target.kind]:
+        raise InvalidInput(f"input {name!r}: data is not all {datatype} values")
+    if raw.size and target.kind in "iu" and raw.dtype.kind in "iu":
+        info = np.iinfo(target)
+        if raw.min() < info.min or raw.max() > info.max:
+            raise InvalidInput(f"input {name!r}: values out of range for {datatype}")
+    return raw.astype(target, copy=False)
+
+
+def check_request(signature: Signature, inputs: Sequence[Mapping[str, Any]]) -> dict[str, np.ndarray]:
     """A v2 inference request's `inputs` list checked whole: every input once, one batch size."""
     arrays: dict[str, np.ndarray] = {}
     for item in inputs:
@@ -185,19 +198,17 @@ def check_request(
         name = item["name"]
         if name in arrays:
             raise InvalidInput(f"input {name!r} is given twice")
-        arrays[name] = check_input(
-            signature, name, item["datatype"], item["shape"], item["data"]
-        )
+        arrays[name] = check_input(signature, name, item["datatype"], item["shape"], item["data"])
     _check_complete(signature, arrays)
     return arrays
 
 
 def check_inputs(signature: Signature, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Arrays (from predict or batch inference) checked against the signature like a request."""
-    arrays = {
-        name: check_input(signature, name, _datatype_or_invalid(name, a), a.shape, a)
-        for name, a in inputs.items()
-    }
+    arrays = {}
+    for name, value in inputs.items():
+        a = np.asarray(value)
+        arrays[name] = check_input(signature, name, _datatype_or_invalid(name, a), a.shape, a)
     _check_complete(signature, arrays)
     return arrays
 
@@ -222,7 +233,7 @@ def _check_complete(signature: Signature, arrays: Mapping[str, np.ndarray]) -> N
 
 
 def export_model(
-    model: Any,
+    model: torch.nn.Module,
     sample: Mapping[str, np.ndarray] | np.ndarray,
     folder: Path,
     input_names: Sequence[str] | None = None,
@@ -230,7 +241,6 @@ def export_model(
     *,
     allow_nan: bool = False,
     extra_files: Mapping[str, bytes] | None = None,
-    replace: bool = False,
 ) -> Signature:
     """Save a torch model so it serves without its training code, and prove it gives the same answers.
 
@@ -242,29 +252,26 @@ def export_model(
     import torch
 
     folder = Path(folder)
-    if folder.exists() and not replace:
-        raise FileExistsError(f"{folder} already exists; pick a new folder or pass replace=True")
+    if folder.exists():
+        raise FileExistsError(f"{folder} already exists; a model folder is written once")
     arrays = _name_inputs(sample, input_names)
     rows = min(len(next(iter(arrays.values()))), VERIFY_ROWS)
     arrays = {k: np.ascontiguousarray(v[:rows]) for k, v in arrays.items()}
     inputs = [
-        TensorSpec(name, _datatype_or_invalid(name, a), [-1, *a.shape[1:]])
-        for name, a in arrays.items()
+        TensorSpec(name, _datatype_or_invalid(name, a), [-1, *a.shape[1:]]) for name, a in arrays.items()
     ]
     device = next((p.device for p in [*model.parameters(), *model.buffers()]), None)
     args = _to_torch(arrays, device)
     with torch.no_grad():
         expected = _named_outputs(model(*args), output_names)
-    outputs = [
-        TensorSpec(n, datatype_of(t.dtype), [-1, *t.shape[1:]]) for n, t in expected.items()
-    ]
+    outputs = [TensorSpec(n, datatype_of(t.dtype), [-1, *t.shape[1:]]) for n, t in expected.items()]
     signature = Signature(
         inputs=inputs,
         outputs=outputs,
         format=FORMAT_EXPORT,
         file=EXPORT_FILE,
         allow_nan=allow_nan,
-        torch_version=torch.__version__,
+        torch_version=str(torch.__version__),
     )
     check_inputs(signature, arrays)
 
@@ -274,7 +281,7 @@ def export_model(
     try:
         trace_args = tuple(_trace_rows(a) for a in args)
         try:
-            with _quiet_torch_logs():
+            with _quiet_export():
                 program = torch.export.export(
                     model,
                     trace_args,
@@ -282,23 +289,24 @@ def export_model(
                 )
             torch.export.save(program, tmp / EXPORT_FILE)
         except Exception as exc:  # any export failure means: try TorchScript
-            reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-            signature.format, signature.file, signature.fallback_reason = (
-                FORMAT_SCRIPT, SCRIPT_FILE, f"{type(exc).__name__}: {reason}"[:500],
-            )
+            (tmp / EXPORT_FILE).unlink(missing_ok=True)
+            first_line = (str(exc).strip().splitlines() or [""])[0]
+            signature.format = FORMAT_SCRIPT
+            signature.file = SCRIPT_FILE
+            signature.fallback_reason = f"{type(exc).__name__}: {first_line}"[:500]
             traced = torch.jit.trace(model, trace_args, check_trace=False, strict=False)
             torch.jit.save(traced, str(tmp / SCRIPT_FILE))
         write_atomic(tmp / SIGNATURE_FILE, json.dumps(signature.to_dict(), indent=2).encode())
         got = load_model(tmp, device=str(device or "cpu")).predict(arrays)
-        _compare(expected, got, hint=" (the model is in training mode: call model.eval() first)"
-                 if getattr(model, "training", False) else "")
+        hint = " (the model is in training mode: call model.eval() first)" if model.training else ""
+        _compare(expected, got, hint)
         stored = {f"inputs/{k}": v[:STORED_ROWS] for k, v in arrays.items()}
         stored |= {f"outputs/{k}": v[:STORED_ROWS].cpu().numpy() for k, v in expected.items()}
         with open(tmp / SAMPLE_FILE, "wb") as fh:
             np.savez(fh, **stored)
         for name, data in (extra_files or {}).items():
-            write_atomic(tmp / name, data)
-        _publish(tmp, folder)
+            write_atomic(tmp / check_name(name, "extra file name"), data)
+        os.rename(tmp, folder)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return signature
@@ -351,13 +359,14 @@ def _named_outputs(out: Any, output_names: Sequence[str] | None) -> dict[str, An
 
 
 @contextlib.contextmanager
-def _quiet_torch_logs() -> Iterator[None]:
-    """torch.export logs whole graphs when it fails; the fallback makes that noise, not news."""
+def _quiet_export() -> Iterator[None]:
+    """torch.export prints whole graphs when it fails; the fallback makes that noise, not news."""
     logger = logging.getLogger("torch")
     level = logger.level
     logger.setLevel(logging.ERROR)
     try:
-        yield
+        with contextlib.redirect_stderr(io.StringIO()):
+            yield
     finally:
         logger.setLevel(level)
 
@@ -385,15 +394,6 @@ def _compare(expected: Mapping[str, Any], got: Mapping[str, np.ndarray], hint: s
                 f"output {name!r}: the saved model differs from the live model by up to "
                 f"{worst:.3g} (allowed atol {ATOL}, rtol {RTOL}){hint}"
             )
-
-
-def _publish(tmp: Path, folder: Path) -> None:
-    """Rename the finished folder into place, moving an older one aside first when replacing."""
-    old = folder.with_name(f".{folder.name}.old-{os.getpid()}")
-    if folder.exists():
-        os.replace(folder, old)
-    os.replace(tmp, folder)
-    shutil.rmtree(old, ignore_errors=True)
 
 
 class LoadedModel:
@@ -431,8 +431,7 @@ class LoadedModel:
         else:
             tensors = [out] if isinstance(out, torch.Tensor) else list(out)
         return {
-            s.name: t.detach().cpu().numpy()
-            for s, t in zip(self.signature.outputs, tensors, strict=True)
+            s.name: t.detach().cpu().numpy() for s, t in zip(self.signature.outputs, tensors, strict=True)
         }
 
 
@@ -454,9 +453,7 @@ def verify_folder(folder: Path, sample: Path | None = None) -> Signature:
         raise FileNotFoundError(f"no sample to verify with: {sample_path} is missing")
     with np.load(sample_path, allow_pickle=False) as stored:
         inputs = {k.removeprefix("inputs/"): stored[k] for k in stored if k.startswith("inputs/")}
-        expected = {
-            k.removeprefix("outputs/"): stored[k] for k in stored if k.startswith("outputs/")
-        }
+        expected = {k.removeprefix("outputs/"): stored[k] for k in stored if k.startswith("outputs/")}
     try:
         got = model.predict(inputs)
     except InvalidInput as exc:

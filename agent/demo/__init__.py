@@ -1,0 +1,1 @@
+"""The demo training project `mldeck demo` runs: a small MLP on a data set that ships with scikit-learn."""
