@@ -8,8 +8,9 @@ for its newline; a bad line is skipped, counted and logged with its file and lin
 from __future__ import annotations
 
 import asyncio
+import io
 import logging
-import math
+import re
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +18,7 @@ from typing import Any
 
 import msgspec
 import pyarrow as pa
+import pyarrow.json as pa_json
 import watchfiles
 
 from core.runlog import Line
@@ -73,15 +75,77 @@ def decode_lines(
     return out
 
 
+# An event line as the SDK writes it: {"t":...,"e":...}; everything else is a metrics point.
+_EVENT_LINE = re.compile(rb'^\{"t":[^,\n]*,"e":[^\n]*\n', re.MULTILINE)
+_NUMERIC = (pa.types.is_integer, pa.types.is_floating, pa.types.is_null)
+EVENT_TAIL_ROWS = 500
+
+
 def parse_run_metrics(path: Path, chunk: bytes, first_line: int) -> Parsed:
-    """metrics.jsonl → metrics rows, run upserts on init, superseded steps dropped on resume."""
+    """metrics.jsonl → metrics rows, run upserts on init, superseded steps dropped on resume.
+
+    Runs of point lines go through Arrow's JSON reader (millions of points a second);
+    event lines, and any run of lines the fast reader rejects, are decoded line by line.
+    """
     run_id = path.parent.name
     parsed = Parsed()
+    pos, line_no = 0, first_line
+    for match in _EVENT_LINE.finditer(chunk):
+        if match.start() > pos:
+            _points(run_id, path, chunk[pos : match.start()], line_no, parsed)
+            line_no += chunk.count(b"\n", pos, match.start())
+        _slow_lines(run_id, path, chunk[match.start() : match.end()], line_no, parsed)
+        line_no += 1
+        pos = match.end()
+    if pos < len(chunk):
+        _points(run_id, path, chunk[pos:], line_no, parsed)
+    return parsed
+
+
+def _points(run_id: str, path: Path, segment: bytes, first_line: int, parsed: Parsed) -> None:
+    table = _arrow_points(segment)
+    if table is None:
+        _slow_lines(run_id, path, segment, first_line, parsed)
+        return
+    keys = [f.name for f in table.schema.field("m").type]
+    if not keys:
+        return
+    parsed.actions.append(lambda store: store.insert_metric_points(run_id, table, keys))
+    tail = table.slice(max(0, table.num_rows - EVENT_TAIL_ROWS)).to_pylist()
+    event: dict[str, Any] = {"run_id": run_id, "key": [], "step": [], "value": []}
+    for row in tail:
+        for key, value in row["m"].items():
+            if value is not None:
+                event["key"].append(key)
+                event["step"].append(row["s"])
+                event["value"].append(float(value))
+    parsed.events.append(("run.metrics", event))
+
+
+def _arrow_points(segment: bytes) -> pa.Table | None:
+    """The segment as an Arrow table of (t, s, m{key: number}), or None if it is not exactly that."""
+    try:
+        table = pa_json.read_json(io.BytesIO(segment))
+    except (pa.ArrowInvalid, pa.ArrowTypeError):
+        return None
+    schema = table.schema
+    if set(schema.names) != {"t", "s", "m"} or not pa.types.is_struct(schema.field("m").type):
+        return None
+    if not pa.types.is_integer(schema.field("s").type) or table.column("s").null_count:
+        return None
+    if not any(check(schema.field("t").type) for check in _NUMERIC[:2]):
+        return None
+    if not all(any(check(f.type) for check in _NUMERIC) for f in schema.field("m").type):
+        return None
+    return table
+
+
+def _slow_lines(run_id: str, path: Path, chunk: bytes, first_line: int, parsed: Parsed) -> None:
+    """Line by line: events in order, points batched between them, bad lines skipped and named."""
     keys: list[str] = []
     steps: list[int] = []
     stamps: list[float] = []
     values: list[float] = []
-    nan = math.nan
 
     def close_segment() -> None:
         if not keys:
@@ -109,15 +173,15 @@ def parse_run_metrics(path: Path, chunk: bytes, first_line: int) -> Parsed:
                 log.warning("%s: skipped a metrics line without a step", path)
                 continue
             for key, value in line.m.items():
-                keys.append(key)
-                steps.append(line.s)
-                stamps.append(line.t)
-                values.append(nan if value is None else value)
+                if value is not None:
+                    keys.append(key)
+                    steps.append(line.s)
+                    stamps.append(line.t)
+                    values.append(value)
         elif line.e is not None:
             close_segment()
             _apply_event(run_id, line, parsed)
     close_segment()
-    return parsed
 
 
 def _apply_event(run_id: str, line: Line, parsed: Parsed) -> None:

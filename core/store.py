@@ -29,6 +29,11 @@ class QueryRefused(ValueError):
     """SQL that is not a single read-only statement."""
 
 
+def _ident(name: str) -> str:
+    """A name safe inside double quotes in SQL."""
+    return name.replace('"', '""')
+
+
 def rows_as_dicts(cur: duckdb.DuckDBPyConnection) -> list[dict[str, Any]]:
     cols = [d[0] for d in cur.description or []]
     return [dict(zip(cols, row, strict=True)) for row in cur.fetchall()]
@@ -163,6 +168,21 @@ class Store:
             "WHERE run_id = ? AND NOT coalesce(managed, false)",
             [status, ended_at, reason, run_id],
         )
+
+    def insert_metric_points(self, run_id: str, batch: pa.Table, keys: list[str]) -> None:
+        """Insert wide (t, s, m{key: value}) rows as long metric points; absent values are skipped."""
+        cur = self.cur()
+        cols = ", ".join(f'm."{_ident(k)}"::DOUBLE AS "{_ident(k)}"' for k in keys)
+        cur.register("_points", batch)
+        try:
+            cur.execute(
+                f"INSERT INTO metrics SELECT ?, key, s, t, value FROM (UNPIVOT "
+                f"(SELECT s, t, {cols} FROM _points) ON COLUMNS(* EXCLUDE (s, t)) "
+                f"INTO NAME key VALUE value)",
+                [run_id],
+            )
+        finally:
+            cur.unregister("_points")
 
     def delete_metrics_after(self, run_id: str, step: int) -> None:
         """A resumed run replays from its checkpoint: points past it are superseded."""
