@@ -31,10 +31,11 @@ import psutil
 from core import cost as costs
 from core import jobs as q
 from core import protocol
+from core.atomic import write_atomic
 from core.jobs import CostParams, LaunchParams, LogsParams, QueueParams, StopParams
-from core.paths import BadName, check_name
+from core.paths import BadName, check_name, new_run_id
 from core.protocol import RpcError, RunRef
-from core.track import git_state, new_run_id, write_atomic
+from core.provenance import git_state
 
 if TYPE_CHECKING:
     from agent.daemon import Agent

@@ -27,8 +27,8 @@ import pyarrow as pa
 from agent.ingest import Parsed, Source, decode_lines
 from core import protocol
 from core import serving as sv
+from core.atomic import write_atomic
 from core.protocol import NoParams
-from core.track import write_atomic
 
 if TYPE_CHECKING:
     from agent.daemon import Agent

@@ -20,7 +20,7 @@ from core import jobs as q
 from core import protocol
 from core import sweep as sw
 from core.jobs import LaunchParams, SweepCreateParams, SweepListParams, SweepRef
-from core.track import new_run_id
+from core.paths import new_run_id
 
 if TYPE_CHECKING:
     from agent.daemon import Agent

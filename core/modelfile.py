@@ -27,8 +27,8 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 import numpy as np
 
+from core.atomic import write_atomic
 from core.paths import check_name
-from core.track import write_atomic
 
 if TYPE_CHECKING:
     import torch

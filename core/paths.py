@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import re
+import secrets
+import time
 from pathlib import Path
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
@@ -21,6 +23,11 @@ def check_name(name: str, what: str = "name") -> str:
             "starting with a letter or digit, and no '..'"
         )
     return name
+
+
+def new_run_id() -> str:
+    """Sortable by creation time and unique without coordination."""
+    return time.strftime("%Y%m%d-%H%M%S", time.gmtime()) + "-" + secrets.token_hex(3)
 
 
 def mldeck_home(override: str | os.PathLike[str] | None = None) -> Path:

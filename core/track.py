@@ -12,15 +12,12 @@ from __future__ import annotations
 import atexit
 import collections
 import getpass
-import hashlib
 import io
 import json
 import os
-import secrets
 import shutil
 import signal
 import socket
-import subprocess
 import sys
 import threading
 import time
@@ -30,7 +27,9 @@ from typing import Any
 
 import msgspec
 
-from core.paths import Layout, check_name, mldeck_home
+from core.atomic import write_atomic
+from core.paths import Layout, check_name, mldeck_home, new_run_id
+from core.provenance import fingerprint, git_state
 
 FLUSH_INTERVAL_S = 0.2
 RUN_DIR_ENV = "MLDECK_RUN_DIR"
@@ -57,59 +56,6 @@ def _encode_one(item: dict[str, Any]) -> bytes:
     except TypeError as exc:
         print(f"mldeck: dropped a metrics line: {exc}", file=sys.stderr)
         return b""
-
-
-def new_run_id() -> str:
-    """Sortable by creation time and unique without coordination."""
-    return time.strftime("%Y%m%d-%H%M%S", time.gmtime()) + "-" + secrets.token_hex(3)
-
-
-def git_state(path: Path) -> tuple[str | None, bool | None]:
-    """The commit and dirty flag of the repository holding path, if any."""
-    cwd = path if path.is_dir() else path.parent
-    try:
-        sha = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=5
-        )
-        if sha.returncode != 0:
-            return None, None
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
-            cwd=cwd, capture_output=True, text=True, timeout=5,
-        )
-        return sha.stdout.strip(), bool(dirty.stdout.strip())
-    except (OSError, subprocess.SubprocessError):
-        return None, None
-
-
-def fingerprint(paths: list[str | os.PathLike[str]]) -> str | None:
-    """A content hash of the declared data files, so two runs can tell their data apart."""
-    if not paths:
-        return None
-    digest = hashlib.blake2b(digest_size=16)
-    for p in sorted(Path(x) for x in paths):
-        files = sorted(f for f in p.rglob("*") if f.is_file()) if p.is_dir() else [p]
-        for f in files:
-            digest.update(str(f.name).encode() + b"\0")
-            with open(f, "rb") as fh:
-                while chunk := fh.read(1 << 20):
-                    digest.update(chunk)
-    return digest.hexdigest()
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """Temp file, fsync, rename: a reader sees the old file or the new one, never half."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
 
 
 class Run:

@@ -13,6 +13,7 @@ import msgspec
 import pytest
 
 from core import track
+from core.provenance import fingerprint
 from core.runlog import Line
 from tests.conftest import REPO, agent_env
 
@@ -30,7 +31,7 @@ def test_init_outside_agent_creates_run_folder(tmp_path: Path) -> None:
     run.finish()
     spec = json.loads((run.dir / "run.json").read_text())
     assert spec["name"] == "r" and spec["params"] == {"lr": 0.1}
-    assert spec["data_hash"] == track.fingerprint([data])
+    assert spec["data_hash"] == fingerprint([data])
     lines = read_lines(run.dir)
     assert lines[0].e == "init"
     points = [ln for ln in lines if ln.m]
@@ -41,9 +42,9 @@ def test_init_outside_agent_creates_run_folder(tmp_path: Path) -> None:
 def test_fingerprint_changes_with_content(tmp_path: Path) -> None:
     f = tmp_path / "d.bin"
     f.write_bytes(b"one")
-    first = track.fingerprint([f])
+    first = fingerprint([f])
     f.write_bytes(b"two")
-    assert track.fingerprint([f]) != first
+    assert fingerprint([f]) != first
 
 
 def test_log_is_flushed_without_finish(tmp_path: Path) -> None:
