@@ -237,9 +237,19 @@ def register(agent: Agent) -> None:
             agent.hub.publish(TOPIC, {"name": name, "alias": None, "version": None, "from_version": None,
                                       "action": "register_failed", "run_id": run_id, "message": str(exc)})
 
+    requests: asyncio.Queue[tuple[str, dict[str, Any]]] = asyncio.Queue()
+
+    async def register_in_order() -> None:
+        """One at a time, in the order the runs asked: versions are numbered as the events came."""
+        while True:
+            run_id, data = await requests.get()
+            await register_from_event(run_id, data)
+
     def on_run_event(event: dict[str, Any]) -> None:
         if event.get("event") == "register_model":
-            agent.spawn(register_from_event(event["run_id"], event.get("data") or {}), "register-model")
+            requests.put_nowait((event["run_id"], event.get("data") or {}))
+
+    agent.spawn(register_in_order(), "register-models")
 
     agent.hub.on("run.event", on_run_event)
     d.add("models.register", RegisterParams, models_register)
