@@ -121,7 +121,12 @@ class Jobs:
         """Re-adopt jobs that outlived the last agent, finish those that died, reload the queue."""
         for row in await self.agent.read(q.jobs_in_state, self.store, "running"):
             job = await self._job_from_row(row)
-            if _same_process(job.pid, row.get("pid_create_time")):
+            alive = _same_process(job.pid, row.get("pid_create_time"))
+            end = time.time() if alive else self._exit_time(job)
+            # the time held while no agent watched counts too (exact for a run's first attempt)
+            job.gpu_seconds = max(job.gpu_seconds, len(job.gpus) * max(0.0, end - job.create_time))
+            job.last_tick = end
+            if alive:
                 log.info("re-adopted job %s (pid %d)", job.run_id, job.pid)
                 self._hold(job)
             else:
@@ -333,6 +338,13 @@ class Jobs:
             return int((self.agent.layout.run_dir(job.run_id) / "exit_code").read_text().strip())
         except (OSError, ValueError):
             return LOST
+
+    def _exit_time(self, job: Job) -> float:
+        """When a job that ended unwatched ended: its exit file's time, else its start."""
+        try:
+            return (self.agent.layout.run_dir(job.run_id) / "exit_code").stat().st_mtime
+        except OSError:
+            return job.create_time
 
     def _exit_code(self, job: Job) -> int | None:
         """None while the job runs; its exit code (or LOST) once it has ended."""
