@@ -71,7 +71,7 @@ async def serve(args: argparse.Namespace) -> int:
     executor = concurrent.futures.ThreadPoolExecutor(2, thread_name_prefix="forward")
     pool = Pool(layout.serving, settings, metrics, predlog, executor)
     server = Server(pool, metrics, args.max_body_bytes)
-    runner = web.AppRunner(server.app(), access_log=None, shutdown_timeout=10)
+    runner = web.AppRunner(server.app(), access_log=None, shutdown_timeout=3)
     await runner.setup()
     try:
         await web.TCPSite(runner, args.host, args.port, backlog=1024).start()

@@ -175,10 +175,11 @@ class Pool:
                 for alias, served in wanted.aliases.items():
                     key = (name, served.version, served.artifact)
                     version = have.get(key) or await self._load(*key)
-                    if version is None and old is not None and alias in old.aliases:
-                        version = old.aliases[alias]  # a failed load keeps the old version
                     if version is not None:
                         have[key] = version
+                    elif old is not None and alias in old.aliases:
+                        version = old.aliases[alias]  # a failed load keeps the old version
+                    if version is not None:
                         aliases[alias] = version
                 swapped = Served(name, aliases, wanted.shadow, wanted.canary)
                 if old is None or _routing(old) != _routing(swapped):
@@ -187,8 +188,8 @@ class Pool:
                 self.models[name] = swapped
             for name in [n for n in self.models if n not in manifest.models]:
                 del self.models[name]
-            in_use = set(self._versions())
-            retired = [v for k, v in have.items() if k not in in_use]
+            in_use = {id(v) for v in self._versions().values()}
+            retired = [v for v in have.values() if id(v) not in in_use]
             self.manifest_at = manifest.written_at
             self.ready = True
         for version in retired:

@@ -1,0 +1,154 @@
+"""Serving through the agent: supervision, the manifest following the registry, logs reaching the store."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import numpy as np
+import psutil
+import pytest
+
+from core.modelfile import load_model
+from tests.conftest import AgentProc, rpc, start_agent, wait_for
+from tests.serving.conftest import free_port
+
+pytestmark = pytest.mark.timeout(300)
+
+
+@pytest.fixture(scope="module")
+def agent(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AgentProc]:
+    """An agent serving on a free port, with two registered versions of `tiny` (8 inputs, 2 logits)."""
+    home = tmp_path_factory.mktemp("agent") / "home"
+    proc = start_agent(home, config=f"[serving]\nport = {free_port()}\nmax_queue_delay_ms = 2\n")
+    trained = proc.python("tests/registry/tiny_train.py", "--val-acc", "0.9", "0.95", "--name", "tiny")
+    assert trained.returncode == 0, trained.stderr
+    wait_for(lambda: len(rpc(home, "models.versions", {"name": "tiny"}).get("result") or []) == 2,
+             timeout=120, what="two registered versions")
+    yield proc
+    pid = (rpc(home, "serving.status").get("result") or {}).get("pid")
+    proc.stop()
+    if pid:
+        assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+
+
+def status(agent: AgentProc) -> dict[str, Any]:
+    return agent.cli("serve", "status", "--json", check=True).json()
+
+
+def infer(url: str, rows: np.ndarray, request_id: str, route: str = "/v2/models/tiny/infer") -> Any:
+    body = {"id": request_id, "inputs": [{"name": "input__0", "datatype": "FP32", "shape": list(rows.shape),
+                                          "data": rows.ravel().tolist()}]}
+    req = urllib.request.Request(url + route, data=json.dumps(body).encode(), method="POST")
+    with urllib.request.urlopen(req, timeout=10) as resp:
+        return json.loads(resp.read())
+
+
+def count(agent: AgentProc, sql: str) -> int:
+    return agent.cli("query", sql, "--json", check=True).json()["rows"][0][0]
+
+
+def test_promotion_starts_serving_and_logs_reach_the_store(agent: AgentProc) -> None:
+    assert status(agent)["manifest"]["models"] == {}
+    agent.cli("models", "promote", "tiny", "1", "--to", "production", "--yes", check=True)
+    wait_for(lambda: status(agent)["running"], timeout=30, what="autostart")
+    started = agent.cli("serve", "start", "--json", timeout=180, check=True).json()
+    assert started["running"]
+    assert started["manifest"]["models"]["tiny"]["aliases"]["production"]["version"] == 1
+    url = started["url"]
+    rows = np.random.default_rng(0).normal(size=(1, 8)).astype(np.float32)
+    for i in range(20):
+        assert infer(url, rows, f"req-{i}")["model_version"] == "1"
+    req = urllib.request.Request(url + "/v2/models/tiny/feedback", method="POST",
+                                 data=json.dumps({"request_id": "req-3", "label": 1}).encode())
+    with urllib.request.urlopen(req, timeout=10) as resp:
+        assert resp.status == 200
+    wait_for(lambda: count(agent, "SELECT count(*) FROM predictions WHERE model = 'tiny'") >= 20,
+             timeout=30, what="predictions in the store")
+    wait_for(lambda: count(agent, "SELECT count(*) FROM feedback WHERE request_id = 'req-3'") == 1,
+             timeout=30, what="feedback in the store")
+    row = agent.cli("query", "SELECT version, variant, inputs, outputs FROM predictions "
+                    "WHERE request_id = 'req-0'", "--json", check=True).json()["rows"][0]
+    assert row[0] == 1 and row[1] == "production"
+    assert np.allclose(json.loads(row[2])["input__0"], rows)
+    assert len(json.loads(row[3])["logits"][0]) == 2
+    stats = rpc(agent.home, "serving.stats", {"window_s": 60})["result"]
+    assert stats["models"]["tiny"]["variants"]["production"]["requests"] >= 20
+
+
+def test_alias_move_swaps_the_served_version(agent: AgentProc) -> None:
+    url = status(agent)["url"]
+    rows = np.ones((1, 8), np.float32)
+    agent.cli("models", "promote", "tiny", "2", "--to", "production", "--yes", check=True)
+    moved = time.monotonic()
+    wait_for(lambda: infer(url, rows, "after")["model_version"] == "2", timeout=30, interval=0.05,
+             what="version 2 answering")
+    print(f"alias move to served: {time.monotonic() - moved:.2f}s")
+    agent.cli("models", "promote", "tiny", "1", "--to", "challenger", "--yes", check=True)
+    wait_for(lambda: infer(url, rows, "c", "/v2/models/tiny@challenger/infer")["model_version"] == "1",
+             timeout=30, what="challenger served")
+
+
+def test_traffic_settings_persist_and_bad_ones_are_refused(agent: AgentProc) -> None:
+    split = agent.cli("serve", "traffic", "tiny", "--canary", "40", "--shadow", "on", "--json", check=True)
+    split = split.json()
+    assert split == {"name": "tiny", "shadow": True, "canary": 40.0, "challenger": 1}
+    wait_for(lambda: status(agent)["manifest"]["models"]["tiny"]["canary"] == 40.0, what="manifest canary")
+    bad = agent.cli("serve", "traffic", "tiny", "--canary", "150")
+    assert bad.code != 0 and "0 to 100" in bad.err
+    assert agent.cli("serve", "traffic", "tiny").code != 0
+    reply = rpc(agent.home, "serving.traffic", {"name": "tiny", "canary": -1})
+    assert "0 to 100" in reply["error"]["message"]
+    reply = rpc(agent.home, "serving.traffic", {"name": "ghost", "shadow": True})
+    assert "no model 'ghost'" in reply["error"]["message"]
+    reply = rpc(agent.home, "serving.traffic", {"name": "tiny", "bogus": 1})
+    assert "bogus" in reply["error"]["message"]
+    off = agent.cli("serve", "traffic", "tiny", "--canary", "0", "--shadow", "off", "--json", check=True)
+    off = off.json()
+    assert off["canary"] == 0 and not off["shadow"]
+
+
+def test_a_dead_server_is_restarted(agent: AgentProc) -> None:
+    before = status(agent)
+    os.kill(before["pid"], signal.SIGKILL)
+    after = wait_for(lambda: (s := status(agent))["running"] and s["pid"] != before["pid"] and s,
+                     timeout=30, what="restart")
+    assert after["restarts"] == before["restarts"] + 1 and "exit code" in after["last_exit"]["message"]
+    agent.cli("serve", "start", timeout=180, check=True)
+    assert infer(after["url"], np.ones((1, 8), np.float32), "back")["model_version"] == "2"
+
+
+def test_batch_predict_matches_the_model(agent: AgentProc, tmp_path: Path) -> None:
+    x = np.random.default_rng(3).normal(size=(1000, 8)).astype(np.float32)
+    source, target = tmp_path / "in.parquet", tmp_path / "out.parquet"
+    con = duckdb.connect()
+    con.register("x", {f"f{i}": x[:, i] for i in range(8)})
+    con.execute(f"COPY x TO '{source}' (FORMAT parquet)")
+    done = agent.cli("predict", "tiny/2", "--input", str(source), "--output", str(target),
+                     "--batch-size", "128", "--json", timeout=120)
+    assert done.code == 0, done.err
+    assert done.json()["rows"] == 1000 and done.out.count("\n") > 1 and done.err == ""
+    out = con.execute(f"SELECT * FROM '{target}'").fetchnumpy()
+    folder = agent.home / "models" / "tiny" / "2"
+    want = load_model(folder).predict({"input__0": x})["logits"]
+    got = np.column_stack([out["logits_0"], out["logits_1"]])
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    assert np.allclose(out["f0"], x[:, 0])
+    bad = agent.cli("predict", "tiny@nope", "--input", str(source), "--output", str(target))
+    assert bad.code == 1 and "no alias 'nope'" in bad.err
+    bad = agent.cli("predict", "tiny", "--input", str(tmp_path / "missing.csv"), "--output", str(target))
+    assert bad.code == 1 and "no input file" in bad.err
+
+
+def test_stop_and_status(agent: AgentProc) -> None:
+    stopped = agent.cli("serve", "stop", "--json", check=True).json()
+    assert not stopped["running"] and stopped["last_exit"]["message"] == "stopped on request"
+    assert "not running" in agent.cli("serve", "status", check=True).out
+    assert rpc(agent.home, "serving.stats")["result"] == {"running": False, "models": {}}
