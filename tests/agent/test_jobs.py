@@ -98,6 +98,10 @@ def agent(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AgentProc]:
 def scripts(tmp_path: Path) -> Path:
     (tmp_path / "sleeper.py").write_text(SLEEPER)
     (tmp_path / "stepper.py").write_text(STEPPER)
+    (tmp_path / "waiter.py").write_text(
+        "import pathlib, sys, time\nflag = pathlib.Path(sys.argv[sys.argv.index('--release') + 1])\n"
+        "print('waiting', flush=True)\nwhile not flag.exists():\n    time.sleep(0.05)\nprint('released')\n"
+    )
     (tmp_path / "fails.py").write_text("import sys\nprint('about to fail')\nsys.exit(3)\n")
     return tmp_path
 
@@ -263,15 +267,20 @@ def test_restart_readopts_running_job(tmp_path: Path, scripts: Path) -> None:
     home = tmp_path / "home"
     first = start_agent(home, config=CONFIG)
     try:
-        run_id = launch(first, scripts / "sleeper.py", gpus=1, sleep=4)
+        release = scripts / "release"
+        run_id = launch(first, scripts / "waiter.py", gpus=1, release=str(release))
         job_pid = wait_status(first, run_id, "running") and _job_pid(first, run_id)
         first.kill(signal.SIGKILL)
         assert psutil.pid_exists(job_pid)
         second = start_agent(home, config=CONFIG)
         try:
             assert run_json(second, run_id)["status"] == "running"
+            assert f"re-adopted job {run_id}" in (home / "agent.log").read_text()
+            assert rpc(second, "jobs.queue")["running"][0]["gpus"] == run_json(second, run_id)["gpus"]
+            release.touch()
             run = wait_status(second, run_id, "succeeded")
-            assert run["exit_code"] == 0 and run["gpu_seconds"] > 3
+            assert run["exit_code"] == 0 and run["gpu_seconds"] > 0.5
+            assert "released" in rpc(second, "runs.logs", run_id=run_id)["data"]
             queued = launch(second, scripts / "sleeper.py", sleep=0)
             assert wait_status(second, queued, "succeeded")["exit_code"] == 0
         finally:
