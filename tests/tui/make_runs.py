@@ -1,0 +1,26 @@
+"""A tiny tracked training script for the TUI tests: `python tests/tui/make_runs.py NAME LR [BATCH]`.
+
+Run with MLDECK_HOME (and, for a fixed run id, MLDECK_RUN_DIR) set; it logs 30 steps of a loss and
+val_acc curve that depend on lr, so runs differ the way real ones do.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+
+from core import track
+
+
+def main() -> None:
+    name, lr = sys.argv[1], float(sys.argv[2])
+    batch = int(sys.argv[3]) if len(sys.argv) > 3 else 32
+    run = track.init(name=name, experiment="tui-tests", params={"lr": lr, "batch": batch, "layers": 2})
+    for step in range(30):
+        acc = 0.5 + 0.45 * (1 - math.exp(-lr * 8 * step))
+        run.log({"loss": 2.0 * math.exp(-lr * 10 * step), "val_acc": acc}, step=step)
+    run.finish()
+
+
+if __name__ == "__main__":
+    main()

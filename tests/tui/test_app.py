@@ -1,0 +1,160 @@
+"""The TUI driven by Pilot against a real agent: navigate, filter, mark, compare, promote, roll back."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+from textual.widgets import DataTable
+
+from tests.tui.conftest import Deck, text_of, until
+from tui.app import MldeckApp
+from tui.fleet import Fleet
+from tui.screens.compare import CompareScreen
+from tui.screens.dialogs import Confirm, HelpScreen
+from tui.screens.host import HostScreen
+from tui.screens.logs import LogsScreen
+from tui.screens.promote import AliasPicker, PromoteDialog
+from tui.screens.registry import AuditScreen, RegistryScreen
+from tui.screens.run_detail import RunDetailScreen
+from tui.screens.runs import RunsScreen
+from tui.widgets.host_row import HostRow
+from tui.widgets.metric_chart import MetricChart
+
+SIZE = (140, 42)
+pytestmark = pytest.mark.timeout(120)
+
+
+def app_for(deck: Deck) -> MldeckApp:
+    return MldeckApp(Fleet({"local": None}, local_home=deck.home))
+
+
+def run(coro: Any) -> None:
+    asyncio.run(coro)
+
+
+def test_fleet_live_host_detail_help_and_commands(deck: Deck) -> None:
+    async def go() -> None:
+        app = app_for(deck)
+        async with app.run_test(size=SIZE) as pilot:
+            row = await until(pilot, lambda: app.screen.query(HostRow).first(), what="host row")
+            await until(pilot, lambda: len(row.sparks) == 2 and row.state == "up", what="2 live GPUs")
+            first = row.snapshot["ts"]
+            await until(pilot, lambda: row.snapshot["ts"] > first, what="a live update")
+            assert "CPU" in text_of(app.screen.query_one("#host-line"))
+            await pilot.press("question_mark")
+            assert isinstance(app.screen, HelpScreen)
+            await pilot.press("escape", "enter")
+            host = await until(pilot, lambda: isinstance(app.screen, HostScreen) and app.screen, what="host")
+            await until(pilot, lambda: len(host.query(MetricChart)) == 2, what="a chart per GPU")
+            await pilot.press("escape")
+            await pilot.press("colon", *"runs", "enter")
+            assert app.current_mode == "runs"
+            await pilot.press("colon", *"host nowhere", "enter")
+            assert app.current_mode == "runs" and not isinstance(app.screen, HostScreen)
+            await pilot.press("colon", *"host local", "enter")
+            assert isinstance(app.screen, HostScreen)
+            await pilot.press("5")
+            assert isinstance(app.screen, RegistryScreen)
+
+    run(go())
+
+
+def test_runs_filter_sort_mark_compare_detail_logs(deck: Deck) -> None:
+    expected_high = {r["run_id"] for r in deck.rpc("runs.list") if (r["metrics"].get("val_acc") or 0) > 0.9}
+
+    async def go() -> None:
+        app = app_for(deck)
+        async with app.run_test(size=SIZE) as pilot:
+            await pilot.press("2")
+            runs: RunsScreen = app.screen  # type: ignore[assignment]
+            await until(pilot, lambda: runs.view.num_rows >= 7, what="all runs")
+            await pilot.press("slash", *"status:succeeded mlp-")
+            assert set(runs.view["run_id"].to_pylist()) == {"run-a", "run-b", "run-c"}
+            await pilot.press(*("backspace" for _ in "status:succeeded mlp-"), *"val_acc>0.9")
+            assert set(runs.view["run_id"].to_pylist()) == expected_high
+            await pilot.press(*("backspace" for _ in "val_acc>0.9"), *"mlp-", "enter")
+            runs.sort_key, runs.descending = "name", False
+            runs.refilter()
+            assert runs.view["name"].to_pylist() == ["mlp-deep", "mlp-small", "mlp-wide"]
+            await pilot.press("s")
+            assert "only queued or running" in text_of(runs.query_one("#status"))
+            await pilot.press("space", "space")
+            assert runs.marks == {"local/run-c", "local/run-a"}
+            assert runs.shown[" "].to_pylist()[:2] == ["✓", "✓"]
+            await pilot.press("c")
+            cmp = await until(pilot, lambda: isinstance(app.screen, CompareScreen) and app.screen,
+                              what="compare")
+            await until(pilot, lambda: len(cmp.query(MetricChart)) == 2, what="loss and val_acc charts")
+            params = text_of(cmp.query_one("#compare-params"))
+            assert "lr" in params and "batch" in params
+            assert "final" in text_of(cmp.query_one("#compare-summary"))
+            await pilot.press("2", "up", "enter")
+            detail = await until(pilot, lambda: isinstance(app.screen, RunDetailScreen) and app.screen,
+                                 what="run detail")
+            await until(pilot, lambda: {c.title for c in detail.query(MetricChart)} >= {"loss", "val_acc"},
+                        what="metric charts")
+            await pilot.press("l")
+            logs = await until(pilot, lambda: isinstance(app.screen, LogsScreen) and app.screen, what="logs")
+            await until(pilot, lambda: "bytes" in text_of(logs.query_one("#status")), what="log state")
+
+    run(go())
+
+
+def test_promote_in_few_keys_gates_fail_and_rollback(deck: Deck) -> None:
+    async def go() -> None:
+        app = app_for(deck)
+        async with app.run_test(size=SIZE) as pilot:
+            keys = ["5", "enter", "p", "enter", "enter"]
+            await pilot.press(keys[0])
+            reg: RegistryScreen = app.screen  # type: ignore[assignment]
+            await until(pilot, lambda: reg.selected and reg.selected[1]["name"] == "promo" and reg.versions,
+                        what="promo's versions")
+            await pilot.press(*keys[1:3])
+            await until(pilot, lambda: isinstance(app.screen, AliasPicker), what="alias picker")
+            await pilot.press(keys[3])
+            dialog = await until(pilot, lambda: isinstance(app.screen, PromoteDialog) and app.screen,
+                                 what="promote dialog")
+            assert "val_acc" in text_of(dialog.query_one("#deltas"))
+            await pilot.press(keys[4])
+            await until(pilot, lambda: isinstance(app.screen, RegistryScreen), what="dialog closed")
+            assert len(keys) < 10
+            assert deck.rpc("models.get", name="promo", alias="production")["version"] == 2
+            await until(pilot, lambda: "production → v2" in text_of(reg.query_one("#status")),
+                        what="promotion reported")
+
+            # v1 (val_acc 0.90) fails the production gate: the dialog says why and nothing moves
+            await pilot.press("down", "p")
+            await until(pilot, lambda: isinstance(app.screen, AliasPicker), what="alias picker")
+            await pilot.press("enter")
+            dialog = await until(pilot, lambda: isinstance(app.screen, PromoteDialog) and app.screen,
+                                 what="promote dialog")
+            await pilot.press("enter")
+            await until(pilot, lambda: dialog.failed, what="failed gates shown")
+            assert "val_acc" in text_of(dialog.query_one("#gates"))
+            await pilot.press("escape")
+            assert deck.rpc("models.get", name="promo", alias="production")["version"] == 2
+
+            # staging: v1 then v2, then roll back to v1 (with confirmation)
+            for down in (["down"], ["up"]):
+                await pilot.press(*down, "p")
+                await until(pilot, lambda: isinstance(app.screen, AliasPicker), what="alias picker")
+                await pilot.press("down", "enter")
+                await until(pilot, lambda: isinstance(app.screen, PromoteDialog), what="dialog")
+                await pilot.press("enter")
+                await until(pilot, lambda: isinstance(app.screen, RegistryScreen), what="dialog closed")
+            assert deck.rpc("models.get", name="promo", alias="staging")["version"] == 2
+            await pilot.press("b")
+            await until(pilot, lambda: isinstance(app.screen, AliasPicker), what="alias picker")
+            await pilot.press("down", "enter")
+            await until(pilot, lambda: isinstance(app.screen, Confirm), what="confirmation")
+            await pilot.press("enter")
+            await until(pilot, lambda: deck.rpc("models.get", name="promo", alias="staging")["version"] == 1,
+                        what="rollback")
+            await pilot.press("A")
+            audit = await until(pilot, lambda: isinstance(app.screen, AuditScreen) and app.screen,
+                                what="audit")
+            await until(pilot, lambda: audit.query_one(DataTable).row_count >= 4, what="audit rows")
+
+    run(go())
