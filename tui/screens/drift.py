@@ -1,17 +1,11 @@
-"""Drift: placeholder while it is built."""
+"""Drift: per model, each column's test, statistic and drifted flag, from the agent's monitor."""
 
 from __future__ import annotations
 
-from textual.app import ComposeResult
-from textual.widgets import Static
-
-from tui.screens.base import DeckScreen
+from tui.screens.panel import PanelScreen
 
 
-class DriftScreen(DeckScreen):
+class DriftScreen(PanelScreen):
     TITLE = "Drift"
-
-    def compose(self) -> ComposeResult:
-        yield self.header()
-        yield Static("coming soon", classes="unavailable")
-        yield self.footer()
+    HELP = "Each served model's input columns against its reference: test, statistic, drifted."
+    METHOD = "drift.status"
