@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import contextlib
+import functools
 import getpass
+import io
 import itertools
 import json
 import shutil
@@ -17,7 +21,8 @@ import pytest
 
 from core.client import connect_unix
 from core.protocol import RpcError
-from tests.conftest import REPO, AgentProc, agent_env, start_agent, wait_for
+from tests.conftest import REPO, AgentProc, CliResult, agent_env, start_agent, wait_for
+from tui.cli import main
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -28,6 +33,7 @@ no_worse_than_current = "val_acc"
 require_alias_first = "staging"
 no_open_drift_alert = true
 """
+VERIFY_TIMEOUT_S = 240  # loading a torch.export model in a fresh process is slow on a busy 2-core host
 TRAIN = str(Path(__file__).with_name("tiny_train.py"))
 
 
@@ -49,6 +55,18 @@ def train(agent: AgentProc, *args: str) -> subprocess.Popen[str]:
     )
 
 
+def cli(agent: AgentProc, *args: str) -> CliResult:
+    """`mldeck ARGS` through the CLI's own main() in this process: no interpreter start per call."""
+    out, err = io.StringIO(), io.StringIO()
+    stdin, sys.stdin = sys.stdin, io.StringIO()  # not a terminal, like `< /dev/null`
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            code = main([*args, "--home", str(agent.home)])
+    finally:
+        sys.stdin = stdin
+    return CliResult(code, out.getvalue(), err.getvalue())
+
+
 def run_ids(proc: subprocess.Popen[str]) -> list[str]:
     out, err = proc.communicate(timeout=180)
     assert proc.returncode == 0, err
@@ -60,8 +78,8 @@ def reg(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     """An agent with gates for `demo`; demo v1-v3 registered by the SDK; exported-only and failed runs."""
     agent = start_agent(tmp_path_factory.mktemp("reg") / "home", config=GATES)
     try:
-        made = run_ids(train(agent, "demo:0.93", "demo:0.95", "demo:0.85", "_:0.9", "_:0.91", "!:0.5"))
-        ids = {"sdk": made[:3], "exported": made[3:5], "failed": made[5:]}
+        made = run_ids(train(agent, "demo:0.93", "demo:0.95", "demo:0.85", "_:0.9", "!:0.5"))
+        ids = {"sdk": made[:3], "exported": made[3:4], "failed": made[4:]}
         wait_for(lambda: _count_versions(agent, "demo") == 3, timeout=60, what="SDK registrations of demo")
         wait_for(lambda: _run_status(agent, ids["failed"][0]) == "failed", what="the failed run's status")
         wait_for(lambda: all(_run_status(agent, r) == "succeeded" for r in ids["exported"]), what="runs")
@@ -132,28 +150,29 @@ def test_promotion_lifecycle_with_gates_force_rollback_and_audit(reg: dict[str, 
         (a, alias, v, f) for a, alias, v, f, _, _ in expected
     ]
     assert rpc(agent, "models.get", name="demo", alias="production")["version"] == 2
-    listed = agent.cli("models", "versions", "demo", check=True).out
+    listed = cli(agent, "models", "versions", "demo").out
     assert "production" in listed and "VAL_ACC" in listed
-    audit = agent.cli("models", "audit", "demo", check=True).out
+    audit = cli(agent, "models", "audit", "demo").out
     assert "FORCED past: val_acc 0.85 < 0.92" in audit and "v3 -> v2" in audit
-    lineage = agent.cli("models", "lineage", "demo/2", "--json", check=True).json()
+    lineage = cli(agent, "models", "lineage", "demo/2", "--json").json()
     assert lineage["run"]["run_id"] == reg["sdk"][1] and lineage["run"]["params"] == {"seed": 1, "lr": 0.5}
     assert [(r["alias"], r["replaced_version"]) for r in lineage["replaced"]] == [
         ("staging", 1), ("production", 1), ("production", 3)
     ]
-    shown = agent.cli("models", "show", "demo@production", "--json", check=True).json()
+    shown = cli(agent, "models", "show", "demo@production", "--json").json()
     assert shown["version"] == 2 and shown["aliases"] == ["production"]
 
 
 def _lifecycle(agent: AgentProc) -> None:
-    ok = agent.cli("models", "promote", "demo", "1", "--to", "staging", "--yes", check=True)
+    ok = cli(agent, "models", "promote", "demo", "1", "--to", "staging", "--yes")
     assert "demo v1 is now staging" in ok.out
-    refused = agent.cli("models", "promote", "demo", "2", "--to", "production", "--yes")
+    refused = cli(agent, "models", "promote", "demo", "2", "--to", "production", "--yes")
     assert refused.code == 1 and "v2 has not been in staging yet (promote it there first)" in refused.err
-    agent.cli("models", "promote", "demo", "1", "--to", "production", "--yes", "--reason", "first release",
-              check=True)
+    first = cli(agent, "models", "promote", "demo", "1", "--to", "production", "--yes", "--reason",
+                "first release")
+    assert first.code == 0, first.err
     rpc(agent, "models.promote", name="demo", version=2, alias="staging", actor=getpass.getuser())
-    passed = agent.cli("models", "promote", "demo", "2", "--to", "production", "--yes")
+    passed = cli(agent, "models", "promote", "demo", "2", "--to", "production", "--yes")
     assert passed.code == 0, passed.err  # the gate passes: 0.95 >= 0.92, better than v1, was in staging
     rpc(agent, "models.promote", name="demo", version=3, alias="staging", actor=getpass.getuser())
     before = audit_count(agent)
@@ -164,7 +183,7 @@ def _lifecycle(agent: AgentProc) -> None:
         "val_acc 0.85 is worse than 0.95 of v2 (now production; higher is better) "
         "(to override: --force --reason TEXT)"
     )
-    no_reason = agent.cli("models", "promote", "demo", "3", "--to", "production", "--yes", "--force")
+    no_reason = cli(agent, "models", "promote", "demo", "3", "--to", "production", "--yes", "--force")
     assert no_reason.code == 1 and "--force needs --reason" in no_reason.err
     assert audit_count(agent) == before
     assert rpc(agent, "models.get", name="demo", alias="production")["version"] == 2
@@ -192,21 +211,27 @@ async def _collect_models_events(agent: AgentProc, action: Any) -> list[dict[str
 
 def test_cli_registration_verifies_and_refuses_a_mismatch(reg: dict[str, Any], tmp_path: Path) -> None:
     agent: AgentProc = reg["agent"]
-    first, second = reg["exported"]
-    done = agent.cli("models", "register", first, "--name", "other", "--json", check=True).json()
-    assert done["version"] == 1 and done["reference"] is None
-    assert done["notes"] == ["no reference.parquet next to the model: this version has no drift reference"]
-    again = agent.cli("models", "register", first, "--name", "other")
-    assert again.code == 1 and f"run {first} is already version 1 of 'other'" in again.err
-    tampered = tmp_path / "tampered"
-    shutil.copytree(agent.layout.run_dir(second) / "artifacts" / "model", tampered)
-    shutil.copy(agent.layout.run_dir(first) / "artifacts" / "model" / "model.pt2", tampered / "model.pt2")
+    (run_id,) = reg["exported"]
+    tampered = tmp_path / "tampered"  # the run's own folder, but another run's weights in model.pt2
+    shutil.copytree(agent.layout.run_dir(run_id) / "artifacts" / "model", tampered)
+    shutil.copy(agent.layout.run_dir(reg["sdk"][0]) / "artifacts" / "model" / "model.pt2", tampered)
     before = audit_count(agent)
-    bad = agent.cli("models", "register", second, "--name", "other", "--artifact", str(tampered))
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:  # two verifications, side by side
+        register = functools.partial(agent.cli, "models", "register", run_id, timeout=VERIFY_TIMEOUT_S)
+        bad_job = pool.submit(register, "--name", "other", "--artifact", str(tampered))
+        good_job = pool.submit(register, "--name", "mine", "--json")
+        bad, good = bad_job.result(), good_job.result()
     assert bad.code == 1
     assert "refused: ModelMismatch: output 'logits': the saved model differs" in bad.err
-    assert audit_count(agent) == before and _count_versions(agent, "other") == 1
-    assert sorted(p.name for p in (agent.layout.models / "other").iterdir()) == ["1"]
+    assert _count_versions(agent, "other") == 0 and list(agent.layout.models.glob("other/*")) == []
+    assert good.code == 0, good.err
+    done = good.json()
+    assert done["name"] == "mine" and done["version"] == 1 and done["run_id"] == run_id
+    assert done["reference"] is None
+    assert done["notes"] == ["no reference.parquet next to the model: this version has no drift reference"]
+    assert [r["action"] for r in rpc(agent, "models.audit")[before:]] == ["register"]
+    again = cli(agent, "models", "register", run_id, "--name", "mine")
+    assert again.code == 1 and f"run {run_id} is already version 1 of 'mine'" in again.err
 
 
 def test_bad_input_gets_one_clear_message_and_changes_nothing(reg: dict[str, Any]) -> None:
@@ -231,13 +256,13 @@ def test_bad_input_gets_one_clear_message_and_changes_nothing(reg: dict[str, Any
         (("versions", "../../etc"), "model name '../../etc' is not allowed"),
     ]
     for args, message in cases:
-        result = agent.cli("models", *args)
+        result = cli(agent, "models", *args)
         assert result.code == 1, (args, result.out)
         lines = result.err.strip().splitlines()
         assert len(lines) == 1 and message in lines[0], (args, result.err)
     assert (rpc(agent, "models.list"), audit_count(agent)) == before
-    agent.cli("models", "archive", "demo", "1", "--reason", "superseded", check=True)
-    archived = agent.cli("models", "promote", "demo", "1", "--to", "challenger", "--yes")
+    assert cli(agent, "models", "archive", "demo", "1", "--reason", "superseded").code == 0
+    archived = cli(agent, "models", "promote", "demo", "1", "--to", "challenger", "--yes")
     assert archived.code == 1 and "demo v1 is archived and can hold no alias" in archived.err
     with pytest.raises(RpcError, match="invalid params"):
         rpc(agent, "models.promote", name="demo", version="one", alias="x")
