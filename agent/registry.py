@@ -122,6 +122,8 @@ def register(agent: Agent) -> None:
     d = agent.dispatcher
     agent.topics.add(TOPIC)
     agent_user = getpass.getuser()
+    for stale in agent.layout.models.glob("*/.incoming-*"):  # copies cut short by a crash
+        shutil.rmtree(stale, ignore_errors=True)
 
     def publish(result: dict[str, Any]) -> None:
         agent.hub.publish(TOPIC, {k: result.get(k) for k in EVENT_FIELDS})

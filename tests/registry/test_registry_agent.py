@@ -10,6 +10,8 @@ import getpass
 import io
 import itertools
 import json
+import os
+import pty
 import shutil
 import subprocess
 import sys
@@ -298,3 +300,32 @@ async def _race(agent: AgentProc) -> list[dict[str, Any]]:
         await alice.close()
         await bob.close()
     return a + b
+
+
+def _promote_on_a_terminal(agent: AgentProc, answer: bytes, version: str) -> tuple[int, str]:
+    """Run `mldeck models promote` with a pseudo-terminal as stdin and type the answer."""
+    primary, secondary = pty.openpty()
+    try:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "tui.cli", "models", "promote", "demo", version, "--to", "tty"],
+            stdin=secondary, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=agent_env(agent.home),
+            cwd=REPO,
+        )
+        os.write(primary, answer)
+        out, _ = proc.communicate(timeout=60)
+    finally:
+        os.close(primary)
+        os.close(secondary)
+    return proc.returncode, out.decode()
+
+
+def test_promote_asks_on_a_terminal(reg: dict[str, Any]) -> None:
+    agent: AgentProc = reg["agent"]
+    code, out = _promote_on_a_terminal(agent, b"n\n", "2")
+    assert code == 1 and "promote demo v2 (" in out and "to tty, a new alias? [y/N]" in out
+    assert "not promoted" in out
+    with pytest.raises(RpcError, match="no alias 'tty'"):
+        rpc(agent, "models.get", name="demo", alias="tty")
+    code, out = _promote_on_a_terminal(agent, b"y\n", "2")
+    assert code == 0 and "demo v2 is now tty" in out
+    assert rpc(agent, "models.get", name="demo", alias="tty")["version"] == 2
