@@ -13,7 +13,8 @@ from core import track
 
 
 def main() -> None:
-    name, lr = sys.argv[1], float(sys.argv[2])
+    name = sys.argv[1] if len(sys.argv) > 1 else "launched"
+    lr = float(sys.argv[2]) if len(sys.argv) > 2 else 0.1
     batch = int(sys.argv[3]) if len(sys.argv) > 3 else 32
     run = track.init(name=name, experiment="tui-tests", params={"lr": lr, "batch": batch, "layers": 2})
     for step in range(30):

@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 from textual.widgets import DataTable
 
+from tests.conftest import REPO
 from tests.tui.conftest import Deck, text_of, until
 from tui.app import MldeckApp
 from tui.fleet import Fleet
@@ -156,5 +157,27 @@ def test_promote_in_few_keys_gates_fail_and_rollback(deck: Deck) -> None:
             audit = await until(pilot, lambda: isinstance(app.screen, AuditScreen) and app.screen,
                                 what="audit")
             await until(pilot, lambda: audit.query_one(DataTable).row_count >= 4, what="audit rows")
+
+    run(go())
+
+
+def test_launch_validates_then_opens_the_new_run(deck: Deck) -> None:
+    async def go() -> None:
+        app = app_for(deck)
+        async with app.run_test(size=SIZE) as pilot:
+            await pilot.press("4")
+            launch = app.screen
+            await pilot.press("ctrl+s")
+            assert "not sent: script" in text_of(launch.query_one("#status"))
+            launch.query_one("#script").value = str(REPO / "tests/tui/make_runs.py")
+            launch.query_one("#params").value = "lr=0.3 =oops"
+            await pilot.press("ctrl+s")
+            assert "not sent" in text_of(launch.query_one("#status"))
+            launch.query_one("#params").value = "lr=0.3"
+            await pilot.press("ctrl+s")
+            detail = await until(pilot, lambda: isinstance(app.screen, RunDetailScreen) and app.screen,
+                                 timeout=30, what="the launched run")
+            await until(pilot, lambda: deck.rpc("runs.get", run_id=detail.run_id)["status"] == "succeeded",
+                        timeout=60, what="the launched run to finish")
 
     run(go())

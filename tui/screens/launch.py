@@ -1,17 +1,122 @@
-"""Launch: placeholder while it is built."""
+"""Launch: a form for one run or a sweep; checked here before it is sent, then the new run opens."""
 
 from __future__ import annotations
 
-from textual.app import ComposeResult
-from textual.widgets import Static
+import shlex
+from typing import Any, ClassVar
 
-from tui.screens.base import DeckScreen
+from textual import work
+from textual.app import ComposeResult
+from textual.binding import Binding, BindingType
+from textual.containers import Grid, VerticalScroll
+from textual.widgets import Input, Label, Select
+
+from core.jobs import AMP, check_param_names
+from core.protocol import RpcError
+from core.sweep import parse_grid, parse_value
+from tui.screens.base import DeckScreen, NotAvailable, why
+
+EARLY_STOP = ["", "median", "asha"]
+
+
+def parse_params(text: str) -> dict[str, Any]:
+    """`lr=0.01 epochs=3 name=x` → typed values (numbers when they read as numbers)."""
+    out: dict[str, Any] = {}
+    for item in shlex.split(text):
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"param {item!r} must look like name=value")
+        out[key] = parse_value(value)
+    check_param_names(out)
+    return out
 
 
 class LaunchScreen(DeckScreen):
     TITLE = "Launch"
+    HELP = ("A run: host, script, params (name=value ...), GPUs, AMP. A sweep: also grid axes "
+            "(lr=0.1,0.01 batch=32,64), the metric to optimize and early stopping. ctrl+s sends.")
+    BINDINGS: ClassVar[list[BindingType]] = [Binding("ctrl+s", "send", "launch")]
 
     def compose(self) -> ComposeResult:
         yield self.header()
-        yield Static("coming soon", classes="unavailable")
+        hosts = [(h, h) for h in self.deck.fleet.names]
+        with VerticalScroll(), Grid(id="launch-form"):
+            yield Label("host")
+            yield Select(hosts, value=hosts[0][1] if hosts else Select.BLANK, id="host", allow_blank=False)
+            yield Label("script")
+            yield Input(placeholder="train.py (a path on that host) or -m package.module", id="script")
+            yield Label("params")
+            yield Input(placeholder="lr=0.01 epochs=5", id="params")
+            yield Label("GPUs")
+            yield Input("0", id="gpus", type="integer")
+            yield Label("AMP")
+            yield Select([("off", ""), *((a, a) for a in AMP)], value="", id="amp", allow_blank=False)
+            yield Label("experiment / name")
+            yield Input(placeholder="experiment name (optional)", id="experiment")
+            yield Label("sweep grid")
+            yield Input(placeholder="lr=0.1,0.01 batch=32,64 (empty: a single run)", id="grid")
+            yield Label("sweep metric")
+            yield Input(placeholder="val_loss (min) or val_acc:max", id="metric")
+            yield Label("early stopping")
+            yield Select([(e or "none", e) for e in EARLY_STOP], value="", id="early", allow_blank=False)
+        yield self.status_line()
         yield self.footer()
+
+    def value(self, wid: str) -> str:
+        return str(self.query_one(f"#{wid}", Input).value).strip()
+
+    def build(self) -> tuple[str, str, dict[str, Any]]:
+        """(host, method, params) from the form, or ValueError saying which field is wrong."""
+        host = str(self.query_one("#host", Select).value)
+        script = self.value("script")
+        if not script:
+            raise ValueError("script: give the training script's path (or -m module)")
+        target = {"module": script[3:].strip()} if script.startswith("-m ") else {"script": script}
+        params = parse_params(self.value("params"))
+        gpus = int(self.value("gpus") or 0)
+        if gpus < 0:
+            raise ValueError("GPUs: 0 or more")
+        common: dict[str, Any] = {**target, "params": params, "gpus": gpus}
+        amp = str(self.query_one("#amp", Select).value)
+        if amp:
+            common["amp"] = amp
+        if self.value("experiment"):
+            common["experiment"] = self.value("experiment")
+        grid = self.value("grid").split()
+        if not grid:
+            return host, "runs.launch", common
+        parse_grid(grid)
+        metric, _, mode = self.value("metric").partition(":")
+        if not metric:
+            raise ValueError("sweep metric: which metric decides (e.g. val_loss, or val_acc:max)")
+        sweep = {**common, "grid": grid, "metric": metric, "mode": mode or "min"}
+        early = str(self.query_one("#early", Select).value)
+        if early:
+            sweep["early_stop"] = early
+        return host, "sweeps.create", sweep
+
+    def action_send(self) -> None:
+        try:
+            host, method, params = self.build()
+        except ValueError as exc:
+            self.say(f"not sent: {exc}")
+            return
+        self.send(host, method, params)
+
+    @work(exclusive=True, group="launch")
+    async def send(self, host: str, method: str, params: dict[str, Any]) -> None:
+        self.say(f"sending {method} to {host}…")
+        try:
+            result = await self.call(host, method, **params)
+        except NotAvailable as exc:
+            self.say(f"{exc}: this agent cannot launch jobs")
+            return
+        except RpcError as exc:
+            self.say(f"refused: {why(exc)}")
+            return
+        from tui.screens.run_detail import RunDetailScreen
+
+        run_id = result.get("run_id") or next(iter(result.get("run_ids") or []), None)
+        self.say(f"{method}: {result.get('sweep_id') or run_id} {result.get('status', '')}")
+        if run_id:
+            self.app.push_screen(RunDetailScreen(host, run_id))
