@@ -1,0 +1,785 @@
+"""Drift statistics: per-column tests of live data against a reference, and the dataset verdict.
+
+Every statistic is a plain function on numpy arrays that can be checked against a textbook
+or scipy; the report picks a test per column the way Evidently does (`_get_default_stattest`)
+and marks the dataset drifted when a share of columns drift.
+
+Conventions (the same in every function and in the report):
+
+* Missing values are dropped first: NaN and ±inf for numeric columns, None/NaN for
+  categorical ones (Evidently does the same before testing).
+* p-value tests (``ks``, ``chisquare``, ``z``) drift when ``p < threshold`` (default 0.05);
+  distances (``wasserstein``, ``jensenshannon``, ``psi``) drift when
+  ``statistic >= threshold`` (default 0.1) and report ``p_value=None``.
+* ``ks`` returns scipy.stats.ks_2samp's D and p (method='auto': exact when both samples have
+  at most 10,000 values, else the asymptotic ``kstwo.sf(D, round(n*m/(n+m)))``).
+* ``wasserstein`` is scipy.stats.wasserstein_distance divided by the reference's population
+  standard deviation, floored at 0.001 as in Evidently.
+* ``chisquare`` tests current counts against expected = reference proportion × current n over
+  the union of categories. A category the reference never saw has expected count 0, so the
+  statistic is +inf and p = 0: any amount of it is impossible under the reference. One
+  category in all gives statistic 0, p = 1.
+* ``z`` is the two-proportion Z-test for binary columns (pooled variance, two-sided p);
+  the first category in sorted order is the "0" side, as in Evidently.
+* ``jensenshannon`` is scipy.spatial.distance.jensenshannon (natural log, Evidently's
+  default) on normalized frequencies. As Evidently does: numeric columns whose reference has
+  more than 20 distinct values are binned with Sturges' rule over the reference and current
+  together (``np.histogram_bin_edges(..., 'sturges')``); other columns use category counts.
+* ``psi`` uses bins cut at the reference's quantiles (10 bins by default; repeated quantiles
+  merge bins), replaces empty-bin proportions by 1e-4, and sums
+  ``(p_ref - p_cur) * ln(p_ref / p_cur)``. Evidently bins PSI like JS instead; we use the
+  textbook credit-scoring definition so the 0.1 / 0.25 reading applies.
+* A report built from a ReferenceProfile compares against the profile's stored sample (at
+  most 10,000 rows), like Evidently compares against whatever reference it is handed; the
+  default test therefore depends on the sample's size, not the full reference's.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+import os
+from collections import Counter
+from collections.abc import Callable, Hashable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, Literal, Protocol
+
+import duckdb
+import msgspec
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from scipy import stats
+from scipy.spatial import distance
+
+Kind = Literal["numeric", "categorical"]
+
+NUMERIC_ONLY_METHODS = frozenset({"ks", "wasserstein"})
+DEFAULT_THRESHOLDS: dict[str, float] = {
+    "ks": 0.05,
+    "chisquare": 0.05,
+    "z": 0.05,
+    "wasserstein": 0.1,
+    "jensenshannon": 0.1,
+    "psi": 0.1,
+}
+SMALL_REFERENCE_ROWS = 1_000
+FEW_VALUES = 5
+HISTOGRAM_MIN_VALUES = 20
+EXACT_KS_MAX_N = 10_000
+WASSERSTEIN_MIN_STD = 0.001
+PSI_EPSILON = 1e-4
+SAMPLE_ROWS = 10_000
+QUANTILE_LEVELS: tuple[float, ...] = tuple(i / 100 for i in range(101))
+
+
+# --------------------------------------------------------------------------- results
+
+
+class ColumnTest(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """A per-column override of the default test and/or its threshold."""
+
+    method: str | None = None
+    threshold: float | None = None
+
+
+class ColumnDrift(msgspec.Struct, frozen=True):
+    """One column's test result; p_value is None for distances."""
+
+    column: str
+    kind: str
+    method: str
+    statistic: float
+    p_value: float | None
+    threshold: float
+    drifted: bool
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON types; a non-finite statistic (chi-squared on a new category) becomes None."""
+        return {
+            "column": self.column,
+            "kind": self.kind,
+            "method": self.method,
+            "statistic": self.statistic if math.isfinite(self.statistic) else None,
+            "p_value": self.p_value,
+            "threshold": self.threshold,
+            "drifted": self.drifted,
+        }
+
+
+class DriftReport(msgspec.Struct, frozen=True):
+    """All columns' results and the dataset verdict (drifted when share_drifted >= drift_share)."""
+
+    columns: list[ColumnDrift]
+    share_drifted: float
+    drift_share: float
+    dataset_drifted: bool
+
+    @property
+    def drifted_columns(self) -> list[str]:
+        """Names of the columns that drifted, in report order."""
+        return [c.column for c in self.columns if c.drifted]
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON types, for the protocol, the CLI's --json and the store."""
+        return {
+            "columns": [c.to_dict() for c in self.columns],
+            "n_drifted": len(self.drifted_columns),
+            "share_drifted": self.share_drifted,
+            "drift_share": self.drift_share,
+            "dataset_drifted": self.dataset_drifted,
+        }
+
+
+# --------------------------------------------------------------------------- cleaning
+
+
+def infer_kind(values: np.ndarray) -> Kind:
+    """Numbers (not booleans) are numeric; everything else is categorical."""
+    dtype = np.asarray(values).dtype
+    if dtype.kind in "iuf":
+        return "numeric"
+    return "categorical"
+
+
+def _clean(values: np.ndarray, kind: Kind) -> np.ndarray:
+    """Drop what no test can use: NaN/±inf for numbers, None/NaN for categories."""
+    arr = np.asarray(values)
+    if kind == "numeric":
+        arr = arr.astype(np.float64, copy=False)
+        finite = np.isfinite(arr)
+        return arr if finite.all() else arr[finite]
+    if arr.dtype.kind in "biuUS":
+        return arr
+    if arr.dtype.kind == "f":
+        return arr[~np.isnan(arr)]
+    keep = np.fromiter((v is not None and v == v for v in arr.tolist()), bool, arr.size)
+    return arr if keep.all() else arr[keep]
+
+
+def _counts(values: np.ndarray) -> dict[Hashable, int]:
+    """Category → count, keyed by plain Python values so SQL results compare equal."""
+    if values.dtype.kind in "biufUS":
+        uniq, cnt = np.unique(values, return_counts=True)
+        return dict(zip(uniq.tolist(), cnt.tolist(), strict=True))
+    return dict(Counter(values.tolist()))
+
+
+# --------------------------------------------------------------------------- column access
+
+
+class _Column(Protocol):
+    """What the tests need from a column, whether it lives in numpy or in DuckDB."""
+
+    def size(self) -> int: ...
+    def sorted(self) -> np.ndarray: ...
+    def counts(self) -> dict[Hashable, int]: ...
+    def distinct_upto(self, limit: int) -> set[Hashable]: ...
+    def bounds(self) -> tuple[float, float]: ...
+    def bin_counts(self, interior_edges: np.ndarray) -> np.ndarray: ...
+
+
+class _ArrayColumn:
+    """A cleaned numpy column with its sort and counts computed once, when first needed."""
+
+    def __init__(self, values: np.ndarray, kind: Kind) -> None:
+        self.values = _clean(values, kind)
+        self._sorted: np.ndarray | None = None
+        self._counts: dict[Hashable, int] | None = None
+
+    def size(self) -> int:
+        return int(self.values.size)
+
+    def sorted(self) -> np.ndarray:
+        if self._sorted is None:
+            self._sorted = np.sort(self.values)
+        return self._sorted
+
+    def counts(self) -> dict[Hashable, int]:
+        if self._counts is None:
+            self._counts = _counts(self.values)
+        return self._counts
+
+    def distinct_upto(self, limit: int) -> set[Hashable]:
+        if self._counts is None and self.values.dtype.kind == "f":
+            s = self.sorted()
+            starts = np.flatnonzero(np.r_[True, s[1:] != s[:-1]])
+            return set(s[starts[:limit]].tolist())
+        return set(list(self.counts())[:limit])
+
+    def bounds(self) -> tuple[float, float]:
+        s = self.sorted()
+        return float(s[0]), float(s[-1])
+
+    def bin_counts(self, interior_edges: np.ndarray) -> np.ndarray:
+        idx = np.searchsorted(interior_edges, self.values, side="right")
+        return np.bincount(idx, minlength=interior_edges.size + 1)
+
+
+def _quote(name: str) -> str:
+    """A SQL identifier, quoted so any column name is safe."""
+    return '"' + name.replace('"', '""') + '"'
+
+
+class _SqlColumn:
+    """A column of a DuckDB table or query: counts, bounds and histograms are computed in SQL."""
+
+    def __init__(self, con: duckdb.DuckDBPyConnection, source: str, column: str, kind: Kind):
+        self._con = con
+        col = _quote(column)
+        if kind == "numeric":
+            self._rel = f"(SELECT {col}::DOUBLE AS v FROM {source}) WHERE isfinite(v)"
+        else:
+            self._rel = f"(SELECT {col} AS v FROM {source}) WHERE v IS NOT NULL"
+        self._stats: tuple[int, float, float] | None = None
+        self._counts: dict[Hashable, int] | None = None
+
+    def _summary(self) -> tuple[int, float, float]:
+        if self._stats is None:
+            row = self._con.execute(f"SELECT count(*), min(v), max(v) FROM {self._rel}").fetchone()
+            assert row is not None
+            self._stats = (int(row[0]), row[1], row[2])
+        return self._stats
+
+    def size(self) -> int:
+        return self._summary()[0]
+
+    def sorted(self) -> np.ndarray:
+        values = self._con.execute(f"SELECT v FROM {self._rel}").fetchnumpy()["v"]
+        return np.sort(np.asarray(values, dtype=np.float64))
+
+    def counts(self) -> dict[Hashable, int]:
+        if self._counts is None:
+            rows = self._con.execute(f"SELECT v, count(*) FROM {self._rel} GROUP BY v").fetchall()
+            self._counts = {v: int(c) for v, c in rows}
+        return self._counts
+
+    def distinct_upto(self, limit: int) -> set[Hashable]:
+        rows = self._con.execute(f"SELECT DISTINCT v FROM {self._rel} LIMIT {int(limit)}")
+        return {r[0] for r in rows.fetchall()}
+
+    def bounds(self) -> tuple[float, float]:
+        _, lo, hi = self._summary()
+        return float(lo), float(hi)
+
+    def bin_counts(self, interior_edges: np.ndarray) -> np.ndarray:
+        # count(v >= edge) for each edge is exact, and matches searchsorted(side='right').
+        edges = [float(e) for e in interior_edges]
+        select = ", ".join(["count(*)"] + ["count(*) FILTER (WHERE v >= ?)"] * len(edges))
+        row = self._con.execute(f"SELECT {select} FROM {self._rel}", edges).fetchone()
+        assert row is not None
+        at_least = np.asarray((*row, 0), dtype=np.int64)
+        return at_least[:-1] - at_least[1:]
+
+
+# --------------------------------------------------------------------------- statistics
+
+
+def _merged_ecdf_counts(ref: np.ndarray, cur: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Both sorted samples merged: values and, at each position, how many of each are <= it.
+
+    Inside a run of equal values the counts are partial; only a run's last position holds
+    the right-continuous ECDF, and the gaps inside a run are zero-width.
+    """
+    total = ref.size + cur.size
+    pos_ref = np.arange(ref.size) + np.searchsorted(cur, ref, side="left")
+    is_ref = np.zeros(total, dtype=bool)
+    is_ref[pos_ref] = True
+    merged = np.empty(total, dtype=np.float64)
+    merged[pos_ref] = ref
+    merged[~is_ref] = cur
+    n_ref = np.cumsum(is_ref)
+    n_cur = np.arange(1, total + 1) - n_ref
+    return merged, n_ref, n_cur
+
+
+def _ks_sorted(ref: np.ndarray, cur: np.ndarray) -> tuple[float, float]:
+    """KS D and p for sorted, finite samples; the large-sample path avoids scipy's 2 full searches."""
+    n, m = ref.size, cur.size
+    if max(n, m) <= EXACT_KS_MAX_N:
+        # Exact p-value: Hodges' (1958) lattice-path count, which scipy implements in compiled code.
+        result = stats.ks_2samp(ref, cur)
+        return float(result.statistic), float(result.pvalue)
+    merged, n_ref, n_cur = _merged_ecdf_counts(ref, cur)
+    run_end = np.empty(merged.size, dtype=bool)
+    run_end[:-1] = merged[1:] != merged[:-1]
+    run_end[-1] = True
+    d = float(np.max(np.abs(n_ref[run_end] / n - n_cur[run_end] / m)))
+    big, small = float(max(n, m)), float(min(n, m))
+    en = big * small / (big + small)
+    p = float(np.clip(stats.kstwo.sf(d, np.round(en)), 0.0, 1.0))
+    return d, p
+
+
+@functools.lru_cache(maxsize=4)
+def _quantile_pairing(m: int, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """How the m steps of one quantile function overlap the n steps of another (m >= n).
+
+    On t in (j/m, (j+1)/m] the larger sample's quantile is a[j] and the smaller's b[i],
+    i = floor(j·n/m), except that it moves to b[i+1] at t = (i+1)/n when that point falls
+    inside, which happens for at most n values of j. Returns every i, and for those split
+    steps j and the length of their second piece times n·m (an integer, so exact). Cached:
+    the columns of a report share their sizes.
+    """
+    j = np.arange(m, dtype=np.int64)
+    lo = j * n // m
+    second = (j + 1) * n - (lo + 1) * m
+    split = np.flatnonzero((second > 0) & (lo + 1 < n))
+    arrays = (lo, split, second[split].astype(np.float64))
+    for a in arrays:
+        a.flags.writeable = False
+    return arrays
+
+
+def _wasserstein_sorted(x: np.ndarray, y: np.ndarray) -> float:
+    """W1 = ∫₀¹ |Q_x(t) − Q_y(t)| dt, the L1 distance between the sorted samples' quantile functions."""
+    a, b = (x, y) if x.size >= y.size else (y, x)
+    m, n = a.size, b.size
+    lo, split, second = _quantile_pairing(m, n)
+    gap = np.subtract(a, b[lo])
+    np.abs(gap, out=gap)
+    # Each step weighs n/(n·m); a split step moves its second piece from b[i] to b[i+1].
+    moved = np.abs(a[split] - b[lo[split] + 1]) - gap[split]
+    return float((n * np.sum(gap) + np.sum(moved * second)) / (float(n) * float(m)))
+
+
+def _wasserstein_norm_sorted(ref: np.ndarray, cur: np.ndarray) -> float:
+    """W1 in units of the reference's standard deviation, so one threshold fits every column."""
+    return _wasserstein_sorted(ref, cur) / max(float(np.std(ref)), WASSERSTEIN_MIN_STD)
+
+
+def _align(ref: Mapping[Hashable, int], cur: Mapping[Hashable, int]) -> tuple[np.ndarray, np.ndarray]:
+    """Count vectors over the union of categories (reference order first)."""
+    keys = list(dict.fromkeys([*ref, *cur]))
+    return (
+        np.array([ref.get(k, 0) for k in keys], dtype=np.float64),
+        np.array([cur.get(k, 0) for k in keys], dtype=np.float64),
+    )
+
+
+def _chisquare_counts(ref: Mapping[Hashable, int], cur: Mapping[Hashable, int]) -> tuple[float, float]:
+    """Pearson's χ² of current counts against the reference's proportions, k−1 dof."""
+    ref_n, cur_n = _align(ref, cur)
+    expected = ref_n / ref_n.sum() * cur_n.sum()
+    if np.any((expected == 0) & (cur_n > 0)):
+        return math.inf, 0.0
+    if ref_n.size < 2:
+        return 0.0, 1.0
+    statistic = float(np.sum((cur_n - expected) ** 2 / expected))
+    return statistic, float(stats.chi2.sf(statistic, ref_n.size - 1))
+
+
+def _z_counts(ref: Mapping[Hashable, int], cur: Mapping[Hashable, int]) -> tuple[float, float]:
+    """Two-proportion Z-test with pooled variance on a binary column."""
+    keys = sorted(set(ref) | set(cur), key=lambda k: (str(type(k)), k))
+    if len(keys) > 2:
+        raise ValueError(f"the z-test needs a binary column, got {len(keys)} categories")
+    if len(keys) < 2:
+        return 0.0, 1.0
+    n1, n2 = sum(ref.values()), sum(cur.values())
+    p1, p2 = ref.get(keys[1], 0) / n1, cur.get(keys[1], 0) / n2
+    pooled = (p1 * n1 + p2 * n2) / (n1 + n2)
+    z = (p1 - p2) / math.sqrt(pooled * (1 - pooled) * (1 / n1 + 1 / n2))
+    return z, float(2 * stats.norm.sf(abs(z)))
+
+
+def _js_counts(ref: np.ndarray, cur: np.ndarray) -> float:
+    """JS distance (natural log) between two count vectors over the same bins."""
+    return float(distance.jensenshannon(ref / ref.sum(), cur / cur.sum()))
+
+
+def _psi_counts(ref: np.ndarray, cur: np.ndarray, eps: float = PSI_EPSILON) -> float:
+    """PSI = Σ (p_ref − p_cur)·ln(p_ref / p_cur), empty bins counted as eps."""
+    p_ref = ref / ref.sum()
+    p_cur = cur / cur.sum()
+    p_ref = np.where(p_ref == 0, eps, p_ref)
+    p_cur = np.where(p_cur == 0, eps, p_cur)
+    return float(np.sum((p_ref - p_cur) * np.log(p_ref / p_cur)))
+
+
+def sturges_edges(lo: float, hi: float, n: int) -> np.ndarray:
+    """np.histogram_bin_edges(x, 'sturges') from x's min, max and size alone (for SQL)."""
+    width = (hi - lo) / (np.log2(n) + 1.0)
+    bins = int(np.ceil((hi - lo) / width)) if width else 1
+    if lo == hi:
+        lo, hi = lo - 0.5, hi + 0.5
+    return np.linspace(lo, hi, bins + 1)
+
+
+def _js_columns(ref: _Column, cur: _Column, kind: Kind) -> float:
+    """Evidently's binning: Sturges over both samples for many-valued numbers, else categories."""
+    if kind == "numeric" and len(ref.distinct_upto(HISTOGRAM_MIN_VALUES + 1)) > HISTOGRAM_MIN_VALUES:
+        (rlo, rhi), (clo, chi) = ref.bounds(), cur.bounds()
+        edges = sturges_edges(min(rlo, clo), max(rhi, chi), ref.size() + cur.size())
+        return _js_counts(ref.bin_counts(edges[1:-1]), cur.bin_counts(edges[1:-1]))
+    return _js_counts(*_align(ref.counts(), cur.counts()))
+
+
+def psi_edges(reference_sorted: np.ndarray, bins: int = 10) -> np.ndarray:
+    """Interior bin edges at the reference's quantiles; repeated quantiles collapse."""
+    levels = np.linspace(0.0, 1.0, bins + 1)[1:-1]
+    return np.unique(np.quantile(reference_sorted, levels))
+
+
+def _psi_columns(ref: _Column, cur: _Column, kind: Kind, bins: int = 10) -> float:
+    """PSI on reference-quantile bins for numbers, on categories otherwise."""
+    if kind == "numeric":
+        edges = psi_edges(ref.sorted(), bins)
+        return _psi_counts(ref.bin_counts(edges).astype(np.float64), cur.bin_counts(edges).astype(np.float64))
+    return _psi_counts(*_align(ref.counts(), cur.counts()))
+
+
+def _pair(
+    reference: np.ndarray, current: np.ndarray, kind: Kind | None
+) -> tuple[_ArrayColumn, _ArrayColumn, Kind]:
+    """Wrap two arrays as cleaned columns of one kind."""
+    kind = kind or infer_kind(reference)
+    ref, cur = _ArrayColumn(reference, kind), _ArrayColumn(current, kind)
+    if ref.size() == 0 or cur.size() == 0:
+        raise ValueError("both samples need at least one non-missing value")
+    return ref, cur, kind
+
+
+def ks_2samp(reference: np.ndarray, current: np.ndarray) -> tuple[float, float]:
+    """Two-sided two-sample Kolmogorov–Smirnov (D, p), equal to scipy.stats.ks_2samp."""
+    ref, cur, _ = _pair(reference, current, "numeric")
+    return _ks_sorted(ref.sorted(), cur.sorted())
+
+
+def wasserstein_distance(reference: np.ndarray, current: np.ndarray) -> float:
+    """Earth mover's distance W1, equal to scipy.stats.wasserstein_distance, from sorted samples."""
+    ref, cur, _ = _pair(reference, current, "numeric")
+    return _wasserstein_sorted(ref.sorted(), cur.sorted())
+
+
+def wasserstein_norm(reference: np.ndarray, current: np.ndarray) -> float:
+    """W1 divided by the reference's standard deviation (floored at 0.001), as Evidently."""
+    ref, cur, _ = _pair(reference, current, "numeric")
+    return _wasserstein_norm_sorted(ref.sorted(), cur.sorted())
+
+
+def chisquare_test(reference: np.ndarray, current: np.ndarray) -> tuple[float, float]:
+    """χ² goodness of fit (statistic, p) of current categories to the reference's proportions."""
+    ref, cur, _ = _pair(reference, current, "categorical")
+    return _chisquare_counts(ref.counts(), cur.counts())
+
+
+def proportion_z_test(reference: np.ndarray, current: np.ndarray) -> tuple[float, float]:
+    """Two-proportion Z-test (z, two-sided p) for a binary column."""
+    ref, cur, _ = _pair(reference, current, "categorical")
+    return _z_counts(ref.counts(), cur.counts())
+
+
+def jensenshannon_distance(reference: np.ndarray, current: np.ndarray, kind: Kind | None = None) -> float:
+    """Jensen–Shannon distance (natural log) between the binned distributions, as Evidently."""
+    ref, cur, kind = _pair(reference, current, kind)
+    return _js_columns(ref, cur, kind)
+
+
+def psi(reference: np.ndarray, current: np.ndarray, bins: int = 10, kind: Kind | None = None) -> float:
+    """Population stability index on reference-quantile bins (or categories)."""
+    ref, cur, kind = _pair(reference, current, kind)
+    return _psi_columns(ref, cur, kind, bins)
+
+
+def psi_level(value: float) -> str:
+    """The usual reading of a PSI: below 0.1 "none", up to 0.25 "minor", above "major"."""
+    if value < 0.1:
+        return "none"
+    return "minor" if value <= 0.25 else "major"
+
+
+def expected_calibration_error(probs: np.ndarray, labels: np.ndarray, n_bins: int = 15) -> float:
+    """ECE (L1) over equal-width confidence bins, as torchmetrics' calibration_error.
+
+    probs 1-D: binary, as torchmetrics' binary task (confidence = P(label 1), accuracy =
+    label). probs 2-D (n, classes): confidence = max probability, accuracy = argmax == label.
+    Bin b holds confidences in [b/n_bins, (b+1)/n_bins); 1.0 falls in the last bin.
+    """
+    p = np.asarray(probs, dtype=np.float64)
+    y = np.asarray(labels)
+    if p.ndim == 1:
+        confidence, correct = p, (y == 1).astype(np.float64)
+    else:
+        confidence, correct = p.max(axis=1), (p.argmax(axis=1) == y).astype(np.float64)
+    if confidence.size == 0:
+        raise ValueError("expected_calibration_error needs at least one prediction")
+    edges = np.linspace(0.0, 1.0, n_bins + 1)
+    bin_of = np.clip(np.searchsorted(edges, confidence, side="right") - 1, 0, n_bins - 1)
+    conf_sum = np.bincount(bin_of, weights=confidence, minlength=n_bins)
+    acc_sum = np.bincount(bin_of, weights=correct, minlength=n_bins)
+    # Σ_b (n_b/N)·|acc_b − conf_b| = Σ_b |Σacc_b − Σconf_b| / N
+    return float(np.sum(np.abs(acc_sum - conf_sum)) / confidence.size)
+
+
+# --------------------------------------------------------------------------- test selection
+
+
+def default_method(kind: Kind, n_reference: int, n_values: int) -> str:
+    """Evidently's default test from the column kind, reference rows and distinct values.
+
+    n_values counts distinct values in reference and current together. Numbers with more
+    than 5 values: KS up to 1,000 reference rows, else normalized Wasserstein. Categories
+    (and numbers with at most 5 values): χ² up to 1,000 rows (Z-test when binary), else
+    Jensen–Shannon.
+    """
+    if kind == "numeric" and n_values > FEW_VALUES:
+        return "ks" if n_reference <= SMALL_REFERENCE_ROWS else "wasserstein"
+    if n_reference <= SMALL_REFERENCE_ROWS:
+        return "chisquare" if n_values > 2 else "z"
+    return "jensenshannon"
+
+
+def _distinct_count(ref: _Column, cur: _Column, kind: Kind) -> int:
+    """Distinct values of both samples together, counted only as far as the choice needs."""
+    if kind == "categorical":
+        return len(set(ref.counts()) | set(cur.counts()))
+    ref_values = ref.distinct_upto(FEW_VALUES + 1)
+    if len(ref_values) > FEW_VALUES:
+        return len(ref_values)
+    return len(ref_values | cur.distinct_upto(FEW_VALUES + 1))
+
+
+def _test_column(
+    name: str, kind: Kind, ref: _ArrayColumn, cur: _Column, override: ColumnTest | None
+) -> ColumnDrift:
+    """Choose the column's test, run it, and judge it against its threshold."""
+    if ref.size() == 0:
+        raise ValueError(f"column {name!r} has no usable values in the reference")
+    if cur.size() == 0:
+        raise ValueError(f"column {name!r} has no usable values in the current data")
+    method = override.method if override and override.method else None
+    if method is None:
+        method = default_method(kind, ref.size(), _distinct_count(ref, cur, kind))
+    if method not in DEFAULT_THRESHOLDS:
+        raise ValueError(
+            f"unknown drift method {method!r} for column {name!r}; use one of {sorted(DEFAULT_THRESHOLDS)}"
+        )
+    if kind == "categorical" and method in NUMERIC_ONLY_METHODS:
+        raise ValueError(f"{method} needs a numeric column; {name!r} is categorical")
+    threshold = DEFAULT_THRESHOLDS[method]
+    if override and override.threshold is not None:
+        threshold = override.threshold
+    p_value: float | None = None
+    if method == "ks":
+        statistic, p_value = _ks_sorted(ref.sorted(), cur.sorted())
+    elif method == "wasserstein":
+        statistic = _wasserstein_norm_sorted(ref.sorted(), cur.sorted())
+    elif method == "chisquare":
+        statistic, p_value = _chisquare_counts(ref.counts(), cur.counts())
+    elif method == "z":
+        statistic, p_value = _z_counts(ref.counts(), cur.counts())
+    elif method == "jensenshannon":
+        statistic = _js_columns(ref, cur, kind)
+    else:
+        statistic = _psi_columns(ref, cur, kind)
+    drifted = p_value < threshold if p_value is not None else statistic >= threshold
+    return ColumnDrift(name, kind, method, float(statistic), p_value, threshold, bool(drifted))
+
+
+# --------------------------------------------------------------------------- reference profile
+
+
+class ColumnProfile(msgspec.Struct, frozen=True):
+    """Summary of one reference column over all its rows (not just the sample)."""
+
+    kind: str
+    n: int
+    mean: float | None = None
+    std: float | None = None
+    quantiles: list[float] = msgspec.field(default_factory=list)
+    categories: list[Any] = msgspec.field(default_factory=list)
+    counts: list[int] = msgspec.field(default_factory=list)
+
+
+class ReferenceProfile:
+    """A model version's training-data profile: per-column summaries plus a ≤10k-row sample."""
+
+    JSON_NAME = "reference.json"
+    PARQUET_NAME = "reference.parquet"
+
+    def __init__(self, columns: dict[str, ColumnProfile], n_rows: int, sample: dict[str, np.ndarray]):
+        self.columns = columns
+        self.n_rows = n_rows
+        self.sample = sample
+
+    @property
+    def kinds(self) -> dict[str, Kind]:
+        """Column → kind, as recorded when the profile was built."""
+        return {name: "numeric" if c.kind == "numeric" else "categorical" for name, c in self.columns.items()}
+
+    @classmethod
+    def build(
+        cls,
+        frame: Mapping[str, np.ndarray],
+        *,
+        kinds: Mapping[str, Kind] | None = None,
+        sample_rows: int = SAMPLE_ROWS,
+        seed: int = 0,
+    ) -> ReferenceProfile:
+        """Summarize every column and keep the same random rows of each as the test sample."""
+        lengths = {len(v) for v in frame.values()}
+        if len(lengths) > 1:
+            raise ValueError(f"reference columns differ in length: {sorted(lengths)}")
+        n_rows = lengths.pop() if lengths else 0
+        rows = np.arange(n_rows)
+        if n_rows > sample_rows:
+            rows = np.sort(np.random.default_rng(seed).choice(n_rows, sample_rows, replace=False))
+        columns: dict[str, ColumnProfile] = {}
+        sample: dict[str, np.ndarray] = {}
+        for name, raw in frame.items():
+            values = np.asarray(raw)
+            kind = (kinds or {}).get(name) or infer_kind(values)
+            clean = _clean(values, kind)
+            if kind == "numeric":
+                columns[name] = ColumnProfile(
+                    kind=kind,
+                    n=int(clean.size),
+                    mean=float(clean.mean()) if clean.size else None,
+                    std=float(clean.std()) if clean.size else None,
+                    quantiles=np.quantile(clean, QUANTILE_LEVELS).tolist() if clean.size else [],
+                )
+            else:
+                counts = _counts(clean)
+                columns[name] = ColumnProfile(
+                    kind=kind,
+                    n=int(clean.size),
+                    categories=list(counts),
+                    counts=list(counts.values()),
+                )
+            sample[name] = values[rows]
+        return cls(columns, n_rows, sample)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able summaries; the sample itself goes to Parquet (see save)."""
+        return {
+            "n_rows": self.n_rows,
+            "sample_rows": len(next(iter(self.sample.values()), ())),
+            "columns": {name: msgspec.to_builtins(c) for name, c in self.columns.items()},
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], sample: Mapping[str, np.ndarray]) -> ReferenceProfile:
+        """Rebuild a profile from to_dict()'s output and the sample read back from Parquet."""
+        columns = {name: msgspec.convert(c, ColumnProfile) for name, c in data["columns"].items()}
+        missing = set(columns) - set(sample)
+        if missing:
+            raise ValueError(f"reference sample lacks columns {sorted(missing)}")
+        return cls(columns, int(data["n_rows"]), {name: np.asarray(sample[name]) for name in columns})
+
+    def save(self, folder: str | Path) -> None:
+        """Write reference.json and reference.parquet into folder, each atomically."""
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        json_tmp = folder / (self.JSON_NAME + ".tmp")
+        json_tmp.write_text(json.dumps(self.to_dict(), indent=1))
+        parquet_tmp = folder / (self.PARQUET_NAME + ".tmp")
+        pq.write_table(pa.table({k: pa.array(v) for k, v in self.sample.items()}), parquet_tmp)
+        os.replace(parquet_tmp, folder / self.PARQUET_NAME)
+        os.replace(json_tmp, folder / self.JSON_NAME)
+
+    @classmethod
+    def load(cls, folder: str | Path) -> ReferenceProfile:
+        """Read a profile written by save()."""
+        folder = Path(folder)
+        data = json.loads((folder / cls.JSON_NAME).read_text())
+        table = pq.read_table(folder / cls.PARQUET_NAME)
+        sample = {name: table.column(name).to_numpy(zero_copy_only=False) for name in table.column_names}
+        return cls.from_dict(data, sample)
+
+
+# --------------------------------------------------------------------------- reports
+
+
+def _reference_columns(
+    reference: ReferenceProfile | Mapping[str, np.ndarray],
+    columns: Sequence[str] | None,
+    kinds: Mapping[str, Kind] | None,
+) -> tuple[list[str], dict[str, Kind], Mapping[str, np.ndarray]]:
+    """The columns to test, their kinds, and the reference arrays the tests compare against."""
+    if isinstance(reference, ReferenceProfile):
+        arrays: Mapping[str, np.ndarray] = reference.sample
+        known: dict[str, Kind] = reference.kinds
+    else:
+        arrays = reference
+        known = {name: infer_kind(np.asarray(v)) for name, v in reference.items()}
+    known.update(kinds or {})
+    names = list(columns) if columns is not None else list(arrays)
+    missing = [n for n in names if n not in arrays]
+    if missing:
+        raise ValueError(f"the reference has no columns {missing}")
+    return names, known, arrays
+
+
+def _assemble(results: list[ColumnDrift], drift_share: float) -> DriftReport:
+    """The dataset verdict: drifted when at least drift_share of the columns drifted."""
+    share = sum(r.drifted for r in results) / len(results) if results else 0.0
+    return DriftReport(results, share, drift_share, bool(results) and share >= drift_share)
+
+
+def _run_columns(names: list[str], task: Callable[[str], ColumnDrift]) -> list[ColumnDrift]:
+    """Columns in parallel threads: numpy's sorts and searches release the GIL."""
+    workers = min(len(names), os.cpu_count() or 1)
+    if workers <= 1:
+        return [task(n) for n in names]
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        return list(pool.map(task, names))
+
+
+def drift_report(
+    reference: ReferenceProfile | Mapping[str, np.ndarray],
+    current: Mapping[str, np.ndarray],
+    *,
+    columns: Sequence[str] | None = None,
+    overrides: Mapping[str, ColumnTest] | None = None,
+    kinds: Mapping[str, Kind] | None = None,
+    drift_share: float = 0.5,
+) -> DriftReport:
+    """Test each column of current against the reference (a profile's sample or full arrays)."""
+    names, known, arrays = _reference_columns(reference, columns, kinds)
+    missing = [n for n in names if n not in current]
+    if missing:
+        raise ValueError(f"the current data has no columns {missing}")
+    overrides = overrides or {}
+
+    def task(name: str) -> ColumnDrift:
+        kind = known[name]
+        ref = _ArrayColumn(arrays[name], kind)
+        return _test_column(name, kind, ref, _ArrayColumn(current[name], kind), overrides.get(name))
+
+    return _assemble(_run_columns(names, task), drift_share)
+
+
+def drift_report_duckdb(
+    con: duckdb.DuckDBPyConnection,
+    source: str,
+    reference: ReferenceProfile | Mapping[str, np.ndarray],
+    *,
+    columns: Sequence[str] | None = None,
+    overrides: Mapping[str, ColumnTest] | None = None,
+    kinds: Mapping[str, Kind] | None = None,
+    drift_share: float = 0.5,
+) -> DriftReport:
+    """drift_report with current data in DuckDB: counts and histograms run in SQL.
+
+    source is a table name or a parenthesized query (trusted SQL, e.g. a window of the
+    predictions table). Category counts, bounds, distinct values and bin counts are
+    computed in SQL, exactly; KS and Wasserstein need the sorted sample, so those columns
+    are fetched and tested in numpy. The results equal drift_report's on the same data.
+    """
+    names, known, arrays = _reference_columns(reference, columns, kinds)
+    overrides = overrides or {}
+
+    def task(name: str) -> ColumnDrift:
+        kind = known[name]
+        ref = _ArrayColumn(arrays[name], kind)
+        cursor = con.cursor()
+        try:
+            cur = _SqlColumn(cursor, source, name, kind)
+            return _test_column(name, kind, ref, cur, overrides.get(name))
+        finally:
+            cursor.close()
+
+    return _assemble(_run_columns(names, task), drift_share)
