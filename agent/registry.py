@@ -109,9 +109,9 @@ def build_profile(folder: Path) -> dict[str, Any] | None:
         table = pq.read_table(parquet)
         frame = {name: table.column(name).to_numpy(zero_copy_only=False) for name in table.column_names}
         profile = ReferenceProfile.build(frame)
+        profile.save(folder)
     except (OSError, ValueError) as exc:
-        raise registry.RegistryError(f"{REFERENCE_FILE} next to the model cannot be read: {exc}") from None
-    profile.save(folder)
+        raise registry.RegistryError(f"{REFERENCE_FILE} next to the model cannot be used: {exc}") from None
     summary = profile.to_dict()
     return {"n_rows": summary["n_rows"], "sample_rows": summary["sample_rows"],
             "columns": list(summary["columns"])}
@@ -165,7 +165,10 @@ def register(agent: Agent) -> None:
         models_dir = agent.layout.models
         staged = models_dir / name / f".incoming-{secrets.token_hex(4)}"
         try:
-            await asyncio.to_thread(shutil.copytree, source, staged)
+            try:
+                await asyncio.to_thread(shutil.copytree, source, staged)
+            except OSError as exc:
+                raise registry.RegistryError(f"could not copy {source} into the registry: {exc}") from None
             profile = await asyncio.to_thread(build_profile, staged)
             details = {"source": str(source), "reference": profile}
             row = await agent.db(
