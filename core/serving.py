@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 
 from core.protocol import Params
-from core.store import Store, rows_as_dicts
+
+if TYPE_CHECKING:  # the server process reads the manifest without loading the store's DuckDB
+    from core.store import Store
 
 MANIFEST_FILE = "manifest.json"
 ALERTS_FILE = "alerts.jsonl"
@@ -127,19 +129,19 @@ class StatsParams(Params):
 # queries (run on the agent) ------------------------------------------------------
 
 
-def served_aliases(store: Store) -> list[dict[str, Any]]:
-    """Every alias of a non-archived version, with the folder it lives in."""
-    cur = store.cur().execute(
+def served_aliases(store: Store) -> list[tuple[str, str, int, str]]:
+    """Every alias of a non-archived version: (name, alias, version, artifact folder)."""
+    return store.cur().execute(
         "SELECT a.name, a.alias, a.version, v.artifact FROM aliases a "
         "JOIN model_versions v ON v.name = a.name AND v.version = a.version "
         "WHERE NOT coalesce(v.archived, false) ORDER BY a.name, a.alias"
-    )
-    return rows_as_dicts(cur)
+    ).fetchall()
 
 
-def traffic(store: Store) -> dict[str, dict[str, Any]]:
-    cur = store.cur().execute("SELECT name, shadow, canary FROM serving_traffic")
-    return {r["name"]: r for r in rows_as_dicts(cur)}
+def traffic(store: Store) -> dict[str, tuple[bool, float]]:
+    """Each model's stored split: name → (shadow, canary percent)."""
+    rows = store.cur().execute("SELECT name, shadow, canary FROM serving_traffic").fetchall()
+    return {name: (bool(shadow), float(canary or 0.0)) for name, shadow, canary in rows}
 
 
 def set_traffic(store: Store, name: str, shadow: bool | None, canary: float | None) -> dict[str, Any]:
@@ -170,14 +172,13 @@ def model_known(store: Store, name: str) -> bool:
 def build_manifest(store: Store, home: Path) -> Manifest:
     """The manifest the store implies: aliases with absolute folders, plus each model's split."""
     models: dict[str, ServedModel] = {}
-    for row in served_aliases(store):
-        artifact = Path(row["artifact"] or "")
+    for name, alias, version, folder in served_aliases(store):
+        artifact = Path(folder or "")
         if not artifact.is_absolute():
             artifact = home / artifact
-        served = models.setdefault(row["name"], ServedModel())
-        served.aliases[row["alias"]] = ServedVersion(int(row["version"]), str(artifact))
-    for name, split in traffic(store).items():
+        models.setdefault(name, ServedModel()).aliases[alias] = ServedVersion(int(version), str(artifact))
+    for name, (shadow, canary) in traffic(store).items():
         if name in models:
-            models[name].shadow = bool(split["shadow"])
-            models[name].canary = float(split["canary"] or 0.0)
+            models[name].shadow = shadow
+            models[name].canary = canary
     return Manifest(written_at=time.time(), models=models)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import json
 import os
 import subprocess
@@ -49,7 +50,7 @@ def make_models(root: Path) -> dict[str, Path]:
     def mlp(sizes: list[int], seed: int) -> torch.nn.Module:
         torch.manual_seed(seed)
         layers: list[torch.nn.Module] = []
-        for a, b in zip(sizes, sizes[1:], strict=False):
+        for a, b in itertools.pairwise(sizes):
             layers += [torch.nn.Linear(a, b), torch.nn.ReLU()]
         return torch.nn.Sequential(*layers[:-1]).eval()
 
@@ -179,13 +180,14 @@ def free_port() -> int:
 class Mldeck:
     """The real server process on a home whose manifest this benchmark writes."""
 
-    def __init__(self, home: Path, *extra: str) -> None:
+    def __init__(self, home: Path, device: str, *extra: str) -> None:
         self.home = home
         self.port = free_port()
         (home / "serving").mkdir(parents=True, exist_ok=True)
         self.log = open(home / "server.log", "ab")  # noqa: SIM115
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "agent.serving", "--home", str(home), "--port", str(self.port), *extra],
+            [sys.executable, "-m", "agent.serving", "--home", str(home), "--port", str(self.port),
+             "--device", device, *extra],
             cwd=REPO, stdout=self.log, stderr=self.log,
         )
         self.url = f"http://127.0.0.1:{self.port}"
@@ -244,6 +246,7 @@ def main() -> int:
     p.add_argument("--seconds", type=float, default=10.0)
     p.add_argument("--swap-seconds", type=float, default=30.0)
     p.add_argument("--mlflow-python", help="python of a venv with mlflow (and torch) installed")
+    p.add_argument("--device", default="cpu", help="where mldeck runs the models (cpu, like the baselines)")
     p.add_argument("--naive-server", nargs=2, metavar=("FOLDER", "PORT"))
     p.add_argument("--load", metavar="URL")
     p.add_argument("--body")
@@ -258,15 +261,17 @@ def main() -> int:
         return 0
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-serving-"))
-    print(f"# serving benchmark, {time.strftime('%Y-%m-%d %H:%M')}, {os.cpu_count()} CPUs, "
+    print(f"# serving benchmark, {time.strftime('%Y-%m-%d %H:%M')}, {len(os.sched_getaffinity(0))} CPUs, "
+          f"mldeck on {args.device}, "
           f"{CLIENTS} closed-loop clients, {args.seconds:.0f}s measured after {WARMUP_S:.0f}s warm-up\n")
     models = make_models(tmp / "models")
     results: dict[str, dict[str, Any]] = {}
     body32 = v2_body(32)
 
-    server = Mldeck(tmp / "home")
+    server = Mldeck(tmp / "home", args.device)
     server.serve(models["small1"], 1)
-    results["mldeck (dynamic batching)"] = drive(server.url + "/v2/models/mlp/infer", body32, args.seconds, tmp)
+    url = server.url + "/v2/models/mlp/infer"
+    results["mldeck (dynamic batching)"] = drive(url, body32, args.seconds, tmp)
     small_hist = batch_histogram(server.metrics())
 
     port = free_port()
@@ -311,7 +316,7 @@ def main() -> int:
     on = drive(server.url + "/v2/models/mlp/infer", heavy, args.seconds, tmp)
     heavy_hist = {k: v for k, v in batch_histogram(server.metrics()).items()}
     server.stop()
-    off_server = Mldeck(tmp / "home-off", "--max-batch-size", "1")
+    off_server = Mldeck(tmp / "home-off", args.device, "--max-batch-size", "1")
     off_server.serve(models["heavy"], 3)
     off = drive(off_server.url + "/v2/models/mlp/infer", heavy, args.seconds, tmp)
     off_server.stop()
@@ -322,7 +327,7 @@ def main() -> int:
     print(f"\nbatching on / off: {on['rps'] / off['rps']:.1f}x; batch sizes with batching on, "
           f"cumulative over the small and heavy runs (le → executions): {heavy_hist}\n")
 
-    swap = Mldeck(tmp / "home-swap")
+    swap = Mldeck(tmp / "home-swap", args.device)
     swap.serve(models["small1"], 1)
     done = {"swaps": 0}
 

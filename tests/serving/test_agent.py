@@ -28,7 +28,7 @@ def agent(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AgentProc]:
     """An agent serving on a free port, with two registered versions of `tiny` (8 inputs, 2 logits)."""
     home = tmp_path_factory.mktemp("agent") / "home"
     proc = start_agent(home, config=f"[serving]\nport = {free_port()}\nmax_queue_delay_ms = 2\n")
-    trained = proc.python("tests/registry/tiny_train.py", "--val-acc", "0.9", "0.95", "--name", "tiny")
+    trained = proc.python("tests/serving/train_tiny.py", "tiny", "1", "2")
     assert trained.returncode == 0, trained.stderr
     wait_for(lambda: len(rpc(home, "models.versions", {"name": "tiny"}).get("result") or []) == 2,
              timeout=120, what="two registered versions")
@@ -52,7 +52,8 @@ def infer(url: str, rows: np.ndarray, request_id: str, route: str = "/v2/models/
 
 
 def count(agent: AgentProc, sql: str) -> int:
-    return agent.cli("query", sql, "--json", check=True).json()["rows"][0][0]
+    (row,) = agent.cli("query", sql, "--json", check=True).json()
+    return next(iter(row.values()))
 
 
 def test_promotion_starts_serving_and_logs_reach_the_store(agent: AgentProc) -> None:
@@ -74,11 +75,11 @@ def test_promotion_starts_serving_and_logs_reach_the_store(agent: AgentProc) -> 
              timeout=30, what="predictions in the store")
     wait_for(lambda: count(agent, "SELECT count(*) FROM feedback WHERE request_id = 'req-3'") == 1,
              timeout=30, what="feedback in the store")
-    row = agent.cli("query", "SELECT version, variant, inputs, outputs FROM predictions "
-                    "WHERE request_id = 'req-0'", "--json", check=True).json()["rows"][0]
-    assert row[0] == 1 and row[1] == "production"
-    assert np.allclose(json.loads(row[2])["input__0"], rows)
-    assert len(json.loads(row[3])["logits"][0]) == 2
+    (row,) = agent.cli("query", "SELECT version, variant, inputs, outputs FROM predictions "
+                       "WHERE request_id = 'req-0'", "--json", check=True).json()
+    assert row["version"] == 1 and row["variant"] == "production"
+    assert np.allclose(json.loads(row["inputs"])["input__0"], rows)
+    assert len(json.loads(row["outputs"])["logits"][0]) == 2
     stats = rpc(agent.home, "serving.stats", {"window_s": 60})["result"]
     assert stats["models"]["tiny"]["variants"]["production"]["requests"] >= 20
 
@@ -115,14 +116,25 @@ def test_traffic_settings_persist_and_bad_ones_are_refused(agent: AgentProc) -> 
     assert off["canary"] == 0 and not off["shadow"]
 
 
-def test_a_dead_server_is_restarted(agent: AgentProc) -> None:
+def test_a_dead_server_is_restarted_and_a_broken_version_raises_an_alert(agent: AgentProc) -> None:
     before = status(agent)
-    os.kill(before["pid"], signal.SIGKILL)
-    after = wait_for(lambda: (s := status(agent))["running"] and s["pid"] != before["pid"] and s,
-                     timeout=30, what="restart")
-    assert after["restarts"] == before["restarts"] + 1 and "exit code" in after["last_exit"]["message"]
-    agent.cli("serve", "start", timeout=180, check=True)
-    assert infer(after["url"], np.ones((1, 8), np.float32), "back")["model_version"] == "2"
+    model_file = agent.home / "models" / "tiny" / "1" / "model.pt2"
+    intact = model_file.read_bytes()
+    model_file.write_bytes(b"corrupted on disk")  # the challenger (v1) will fail to load after the restart
+    try:
+        os.kill(before["pid"], signal.SIGKILL)
+        after = wait_for(lambda: (s := status(agent))["running"] and s["pid"] != before["pid"] and s,
+                         timeout=30, what="restart")
+        assert after["restarts"] == before["restarts"] + 1 and "exit code" in after["last_exit"]["message"]
+        agent.cli("serve", "start", timeout=180, check=True)
+        assert infer(after["url"], np.ones((1, 8), np.float32), "back")["model_version"] == "2"
+        sql = "SELECT model, version, kind, message, status FROM alerts"
+        alert = wait_for(lambda: agent.cli("query", sql, "--json", check=True).json(), timeout=30,
+                         what="alert in the store")
+        assert alert[0]["model"] == "tiny" and alert[0]["version"] == 1 and alert[0]["status"] == "open"
+        assert alert[0]["kind"] == "serving.load_failed" and "failed to load" in alert[0]["message"]
+    finally:
+        model_file.write_bytes(intact)
 
 
 def test_batch_predict_matches_the_model(agent: AgentProc, tmp_path: Path) -> None:
