@@ -28,10 +28,14 @@ def agent(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AgentProc]:
     """An agent serving on a free port, with two registered versions of `tiny` (8 inputs, 2 logits)."""
     home = tmp_path_factory.mktemp("agent") / "home"
     proc = start_agent(home, config=f"[serving]\nport = {free_port()}\nmax_queue_delay_ms = 2\n")
-    trained = proc.python("tests/serving/train_tiny.py", "tiny", "1", "2")
-    assert trained.returncode == 0, trained.stderr
-    wait_for(lambda: len(rpc(home, "models.versions", {"name": "tiny"}).get("result") or []) == 2,
-             timeout=120, what="two registered versions")
+    try:
+        trained = proc.python("tests/serving/train_tiny.py", "tiny", "1", "2")
+        assert trained.returncode == 0, trained.stderr
+        wait_for(lambda: len(rpc(home, "models.versions", {"name": "tiny"}).get("result") or []) == 2,
+                 timeout=120, what="two registered versions")
+    except BaseException:
+        proc.stop()
+        raise
     yield proc
     pid = (rpc(home, "serving.status").get("result") or {}).get("pid")
     proc.stop()

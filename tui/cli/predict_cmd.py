@@ -134,7 +134,7 @@ async def predict(args: argparse.Namespace) -> int:
     folder = Path(version["artifact"])
     model = load_model(folder, device=args.device)
     con = duckdb.connect()
-    total = con.sql(f"SELECT count(*) FROM {reader}({_quote(source)})").fetchone()[0]  # type: ignore[index]
+    total = con.sql(f"SELECT count(*) FROM {reader}({_quote(source)})").fetchall()[0][0]
     stream = con.sql(f"SELECT * FROM {reader}({_quote(source)})").to_arrow_reader(args.batch_size)
     feeder = Feeder(model.signature, stream.schema, folder)
     started = time.perf_counter()
