@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import importlib
+from collections.abc import Callable
 from typing import Any, ClassVar
 
 from textual.app import App
@@ -53,15 +54,18 @@ class MldeckApp(App[None]):
         Binding("q", "quit", "quit"),
     ]
 
-    def __init__(self, fleet: Any, live: bool = True) -> None:
+    def __init__(self, make_fleet: Callable[[], Any], live: bool = True) -> None:
+        """make_fleet builds the Fleet inside the app's event loop (its links need one)."""
         super().__init__()
-        self.fleet = fleet
+        self.make_fleet = make_fleet
+        self.fleet: Any = None
         self.live = live
         self.compare_set: list[tuple[str, str]] = []
 
     MODES: ClassVar[dict[str, Any]] = {name: functools.partial(screen_for, name) for name in SCREENS_BY_KEY}
 
     def on_mount(self) -> None:
+        self.fleet = self.make_fleet()
         self.fleet.start()
         self.switch_mode("fleet")
 
@@ -106,5 +110,5 @@ class MldeckApp(App[None]):
 
 def run_tui() -> int:
     """`mldeck` with no arguments: this machine's agent (started if none runs) and the hosts file's."""
-    MldeckApp(Fleet.from_config(start_local=True)).run()
+    MldeckApp(lambda: Fleet.from_config(start_local=True)).run()
     return 0

@@ -28,7 +28,7 @@ pytestmark = pytest.mark.timeout(120)
 
 
 def app_for(deck: Deck) -> MldeckApp:
-    return MldeckApp(Fleet({"local": None}, local_home=deck.home))
+    return MldeckApp(lambda: Fleet({"local": None}, local_home=deck.home))
 
 
 def run(coro: Any) -> None:

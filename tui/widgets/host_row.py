@@ -51,7 +51,7 @@ class HostRow(Vertical, can_focus=True):
         self.dirty = False
         s, x = self.snapshot, self.extras
         state = state_text(self.state)
-        line = Text(f"{self.host:<14}", "bold") + state + Text(" " * max(2, 16 - len(state)))
+        line = Text(f"{self.host:<14}", "bold") + state + Text("\u00a0" * max(2, 16 - len(state)))
         if s:
             ram = f"{gib(s.get('ram_used'))}/{gib(s.get('ram_total'))}"
             line += Text(f" CPU {pct(s.get('cpu_pct')):>4}  RAM {ram}")
