@@ -81,12 +81,71 @@ class CostSection(Section):
     prices: dict[str, float] = msgspec.field(default_factory=dict)
 
 
+
+class ColumnOverride(Section):
+    """One column's drift test and/or threshold instead of the default (see core.drift)."""
+
+    method: str | None = None
+    threshold: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.method is not None:
+            from core.drift import DEFAULT_THRESHOLDS
+
+            if self.method not in DEFAULT_THRESHOLDS:
+                raise ValueError(f"drift method {self.method!r} is not one of {sorted(DEFAULT_THRESHOLDS)}")
+
+
+class ModelPolicy(Section):
+    """`[monitor.models.NAME]` (NAME `*` for every model): what drift is, and what to do about it."""
+
+    drift_share: float = 0.5
+    drift_windows: int = 3
+    accuracy_floor: float | None = None
+    min_labels: int = 20
+    metric: str = "val_acc"
+    outputs: bool = True
+    retrain: str | None = None
+    rollback: bool = False
+    rollback_margin: float = 0.02
+    columns: dict[str, ColumnOverride] = msgspec.field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not 0 < self.drift_share <= 1:
+            raise ValueError(f"drift_share is a share of columns in (0, 1], got {self.drift_share}")
+        if self.drift_windows < 0 or self.min_labels < 1:
+            raise ValueError("drift_windows must be 0 (never alert) or more, and min_labels at least 1")
+
+
+class MonitorSection(Section):
+    """The drift monitor: tumbling windows (`5m`, `30s`, `500rows`) of each model's production traffic."""
+
+    enabled: bool = True
+    window: str = "5m"
+    interval_s: float = 5.0
+    grace_s: float = 2.0
+    min_rows: int = 30
+    models: dict[str, ModelPolicy] = msgspec.field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        from core.monitor import parse_window
+
+        parse_window(self.window)
+        if self.interval_s <= 0 or self.grace_s < 0 or self.min_rows < 1:
+            raise ValueError("interval_s must be positive, grace_s 0 or more, min_rows at least 1")
+
+    def policy(self, name: str) -> ModelPolicy:
+        """The model's own policy, else `*`'s, else the defaults."""
+        return self.models.get(name) or self.models.get("*") or ModelPolicy()
+
+
 class AgentConfig(Section):
     agent: AgentSection = msgspec.field(default_factory=AgentSection)
     registry: RegistrySection = msgspec.field(default_factory=RegistrySection)
     serving: ServingSection = msgspec.field(default_factory=ServingSection)
     jobs: JobsSection = msgspec.field(default_factory=JobsSection)
     cost: CostSection = msgspec.field(default_factory=CostSection)
+    monitor: MonitorSection = msgspec.field(default_factory=MonitorSection)
 
 
 class ConfigError(ValueError):

@@ -81,6 +81,26 @@ MIGRATIONS: list[str] = [
     ALTER TABLE runs ADD COLUMN held_gpu_mem BIGINT;
     ALTER TABLE runs ADD COLUMN price_per_hour DOUBLE;
     """,
+    # monitoring and pipelines: what each drift row is about, one summary row per monitored window
+    # (accuracy and ECE from feedback), and the pipeline runs with their steps and gate
+    """
+    ALTER TABLE drift_reports ADD COLUMN role VARCHAR;
+    ALTER TABLE drift_reports ADD COLUMN kind VARCHAR;
+    ALTER TABLE drift_reports ADD COLUMN threshold DOUBLE;
+    ALTER TABLE drift_reports ADD COLUMN n_rows BIGINT;
+    CREATE TABLE monitor_windows (
+        model VARCHAR, version INTEGER, window_start DOUBLE, window_end DOUBLE, ts DOUBLE,
+        n_rows BIGINT, n_requests BIGINT, n_columns INTEGER, n_drifted INTEGER, share_drifted DOUBLE,
+        drift_share DOUBLE, dataset_drifted BOOLEAN, drifted_columns JSON, output_drifted BOOLEAN,
+        n_labeled BIGINT, accuracy DOUBLE, ece DOUBLE, baseline_metric VARCHAR, baseline DOUBLE
+    );
+    CREATE TABLE pipelines (
+        pipeline_id VARCHAR PRIMARY KEY, name VARCHAR, file VARCHAR, spec JSON, "trigger" JSON,
+        actor VARCHAR, status VARCHAR, steps JSON, gate VARCHAR, gate_failed JSON, model VARCHAR,
+        registered_version INTEGER, promoted_alias VARCHAR, message VARCHAR,
+        created_at DOUBLE, ended_at DOUBLE
+    );
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)
