@@ -272,7 +272,7 @@ class Fleet:
     async def gather(self, method: str, /, *, hosts: Iterable[str] | None = None,
                      timeout_s: float | None = None, **params: Any) -> dict[str, Outcome]:
         """The same call on many hosts at once; each has its own timeout, so a slow one delays none."""
-        names = list(hosts or self.names)
+        names = list(self.names if hosts is None else hosts)
 
         async def one(name: str) -> Outcome:
             try:

@@ -151,7 +151,8 @@ def remote_agent(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AgentProc
     """The agent the tests reach over SSH (2 simulated GPUs), with one finished run in its store."""
     agent = start_agent(tmp_path_factory.mktemp("remote") / "home",
                         config="[agent]\ncollector_interval_s = 0.2\n")
-    script = ("from core import track\nr = track.init(name='over-ssh', experiment='fleet', params={'lr': 0.1})\n"
+    script = ("from core import track\n"
+              "r = track.init(name='over-ssh', experiment='fleet', params={'lr': 0.1})\n"
               "r.log({'loss': 0.5}, step=1)\nr.finish('succeeded')\n")
     done = agent.python("-c", script)
     assert done.returncode == 0, done.stderr

@@ -49,7 +49,8 @@ def test_exec_bridge_when_sshd_refuses_streamlocal(ssh_world, remote_agent):
     client, _, closed_sshd = ssh_world
 
     async def go():
-        async with Fleet({"gpu2": host(closed_sshd, remote_agent)}, ssh_options=client.ssh_options()) as fleet:
+        hosts = {"gpu2": host(closed_sshd, remote_agent)}
+        async with Fleet(hosts, ssh_options=client.ssh_options()) as fleet:
             got = await _calls(fleet, "gpu2")
             assert fleet.status("gpu2").mode == "bridge"
             return got

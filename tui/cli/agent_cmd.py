@@ -11,18 +11,19 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
-
-import asyncssh
+from typing import TYPE_CHECKING, Any
 
 from core.client import connect_unix
 from core.paths import Layout
 from core.protocol import RpcError
-from tui import ssh
 from tui.cli.connect import agent_client, local_layout, remote_host
 from tui.cli.output import CliError, duration, print_json
-from tui.fleet import Fleet, HostDown
 from tui.hosts import Host, load_hosts, parse_target, update_host
+
+if TYPE_CHECKING:
+    import asyncssh
+
+    from tui.fleet import Fleet
 
 START_TIMEOUT_S = 30.0
 
@@ -116,6 +117,8 @@ async def stop(args: argparse.Namespace) -> int:
 async def status_cmd(args: argparse.Namespace) -> int:
     name, host = remote_host(args)
     if host is not None:
+        from tui.fleet import Fleet
+
         async with Fleet({name: host}) as fleet:
             status, where, why = await _remote_status(fleet, name), name, fleet.status(name).why
     else:
@@ -140,6 +143,8 @@ def print_status(status: dict[str, Any]) -> None:
 
 
 async def _remote_status(fleet: Fleet, name: str, timeout_s: float | None = None) -> dict[str, Any] | None:
+    from tui.fleet import HostDown
+
     try:
         return await fleet.call(name, "agent.status", timeout_s=timeout_s)
     except HostDown:
@@ -158,6 +163,10 @@ async def _wait_remote(fleet: Fleet, name: str, running: bool, timeout_s: float)
 
 
 async def _ssh(host: Host) -> asyncssh.SSHClientConnection:
+    import asyncssh
+
+    from tui import ssh
+
     target = parse_target(host.target)
     try:
         return await ssh.connect(target, host.timeout_s)
@@ -167,6 +176,9 @@ async def _ssh(host: Host) -> asyncssh.SSHClientConnection:
 
 async def start_remote(args: argparse.Namespace, name: str, host: Host) -> int:
     """`python -m agent run` on the host, detached by setsid, its output in agent.log there."""
+    from tui import ssh
+    from tui.fleet import Fleet
+
     async with Fleet({name: host}) as fleet:
         already = await _remote_status(fleet, name)
         if not already:
@@ -193,6 +205,8 @@ async def start_remote(args: argparse.Namespace, name: str, host: Host) -> int:
 
 
 async def stop_remote(args: argparse.Namespace, name: str, host: Host) -> int:
+    from tui.fleet import Fleet
+
     async with Fleet({name: host}) as fleet:
         status = await _remote_status(fleet, name)
         if status:
@@ -226,6 +240,8 @@ def build_wheel(out: Path) -> Path:
 
 async def install(args: argparse.Namespace) -> int:
     """Wheel over SFTP into a venv on the host; the host's entry then points at that venv's Python."""
+    from tui import ssh
+
     name, host = remote_host(args)
     if host is None:
         raise CliError("`agent install` needs --host NAME (locally, `pip install .` does it)")

@@ -9,7 +9,6 @@ from collections.abc import AsyncIterator
 from core.client import Client, connect_unix
 from core.paths import Layout, mldeck_home
 from tui.cli.output import CliError
-from tui.fleet import Fleet, HostDown
 from tui.hosts import LOCAL, Host, HostsError, resolve
 
 
@@ -40,6 +39,8 @@ async def agent_client(args: argparse.Namespace) -> AsyncIterator[Client]:
         finally:
             await client.close()
         return
+    from tui.fleet import Fleet, HostDown  # asyncssh loads only for remote hosts
+
     async with Fleet({name: host}) as fleet:
         try:
             client = await fleet.client(name)

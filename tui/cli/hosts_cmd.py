@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tui.cli.output import CliError, print_json, print_table
-from tui.fleet import Fleet, Outcome
 from tui.hosts import LOCAL, Host, HostsError, add_host, hosts_path, load_hosts, remove_host
+
+if TYPE_CHECKING:
+    from tui.fleet import Fleet, Outcome
 
 COST_METHOD = "cost.now"
 COST_KEYS = ("cost_per_hour", "per_hour", "usd_per_hour", "rate_per_hour")
@@ -125,6 +127,8 @@ async def status(args: argparse.Namespace) -> int:
         if missing:
             raise CliError(f"unknown host(s): {', '.join(missing)}; `mldeck hosts ls` lists them")
         hosts = {n: hosts[n] for n in args.only}
+    from tui.fleet import Fleet  # asyncssh loads only when a command needs it
+
     async with Fleet(hosts, local_home=args.home) as fleet:
         rows = await fleet_status(fleet, args.timeout)
     if args.json:
