@@ -85,7 +85,8 @@ class PanelScreen(DeckScreen):
             table.add_row(*(cell(r.get(c)) for c in columns))
         if rows:
             table.move_cursor(row=min(keep, len(rows) - 1))
-        self.say("  ·  ".join(notes) or f"{len(rows)} rows from {self.METHOD}")
+        self.say("  ·  ".join(notes) or (f"{len(rows)} rows from {self.METHOD}" if rows
+                                         else f"{self.METHOD}: nothing to show yet on any host"))
 
     def current(self) -> dict[str, Any] | None:
         row = self.query_one("#panel", DataTable).cursor_row
