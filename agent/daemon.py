@@ -14,7 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-from agent import api, jobs, registry, servingctl, sweeps
+from agent import api, jobs, monitor, pipelines, registry, servingctl, sweeps
 from agent.collector import Collector
 from agent.ingest import Ingest
 from agent.nvml import Nvml
@@ -29,6 +29,7 @@ T = TypeVar("T")
 
 FEATURES: list[Callable[[Agent], None]] = [
     api.register, registry.register, jobs.register, sweeps.register, servingctl.register,
+    pipelines.register, monitor.register,
 ]
 
 

@@ -12,9 +12,12 @@ from typing import Any
 from core.protocol import RpcError
 from tui.cli import (
     agent_cmd,
+    alerts_cmd,
     cost_cmd,
+    drift_cmd,
     hosts_cmd,
     models_cmd,
+    pipeline_cmd,
     predict_cmd,
     query_cmd,
     run_cmd,
@@ -35,6 +38,9 @@ COMMANDS: list[Callable[[Any, argparse.ArgumentParser], None]] = [
     run_cmd.register,
     sweep_cmd.register,
     cost_cmd.register,
+    drift_cmd.register,
+    alerts_cmd.register,
+    pipeline_cmd.register,
 ]
 
 

@@ -1,0 +1,110 @@
+"""`mldeck drift report|history|check NAME`: each column's test against the reference, window by window."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from tui.cli.connect import agent_client
+from tui.cli.output import print_json, print_table, when
+
+
+def _pct(value: Any) -> str:
+    return "-" if value is None else f"{value:.0%}"
+
+
+def _measure(col: dict[str, Any]) -> tuple[str, Any]:
+    """p-value tests show their p; distances show the statistic itself."""
+    return ("p", col["p_value"]) if col.get("p_value") is not None else ("distance", col["statistic"])
+
+
+def print_report(rep: dict[str, Any]) -> None:
+    verdict = "DRIFTED" if rep.get("dataset_drifted") else "no drift"
+    print(f"{rep['name']} v{rep['version']}  window {when(rep['window_start'])} → {when(rep['window_end'])}"
+          f"  ({rep.get('n_rows')} rows, {rep.get('source')})")
+    print(f"{verdict}: {rep.get('n_drifted')} of {rep.get('n_columns')} input columns drifted "
+          f"({_pct(rep.get('share_drifted'))}; the model drifts at {_pct(rep.get('drift_share'))})")
+    if rep.get("accuracy") is not None:
+        base = f" (validation {rep['baseline_metric']} {rep['baseline']:.4g})" if rep.get("baseline") else ""
+        print(f"accuracy {rep['accuracy']:.4g} on {rep['n_labeled']} labels{base}, ECE {rep['ece']:.4g}")
+    rows = []
+    for col in rep["columns"]:
+        kind, value = _measure(col)
+        rows.append([col["column"], col.get("role"), col["method"], col["statistic"],
+                     value if kind == "p" else None, value if kind == "distance" else None, col["threshold"],
+                     "DRIFT" if col["drifted"] else "-"])
+    headers = ["column", "role", "method", "statistic", "p-value", "distance", "threshold", "drifted"]
+    print_table(headers, rows)
+
+
+async def report(args: argparse.Namespace) -> int:
+    params: dict[str, Any] = {"name": args.name}
+    if args.window:
+        params["window"] = args.window
+    if args.version is not None:
+        params["version"] = args.version
+    async with agent_client(args) as client:
+        rep = await client.call("drift.report", **params)
+    if args.json:
+        print_json(rep)
+    else:
+        print_report(rep)
+    return 0
+
+
+async def history(args: argparse.Namespace) -> int:
+    async with agent_client(args) as client:
+        hist = await client.call("drift.history", name=args.name, limit=args.limit)
+    if args.json:
+        print_json(hist)
+        return 0
+    windows = hist["windows"]
+    if not windows:
+        print(f"no judged windows of {args.name} yet (window {hist['window']})")
+        return 0
+    print_table(
+        ["version", "window start", "window end", "rows", "drifted", "share", "columns", "accuracy", "ece"],
+        [[w["version"], when(w["window_start"]), when(w["window_end"]), w["n_rows"],
+          "-" if not w["n_columns"] else ("DRIFT" if w["dataset_drifted"] else "no"),
+          _pct(w.get("share_drifted")), ",".join(w.get("drifted_columns") or [])[:40] or "-",
+          w.get("accuracy"), w.get("ece")] for w in windows],
+    )
+    return 0
+
+
+async def check(args: argparse.Namespace) -> int:
+    async with agent_client(args) as client:
+        done = await client.call("drift.check", name=args.name)
+    if args.json:
+        print_json(done)
+        return 0
+    print(f"{len(done['windows'])} window(s) judged")
+    for w in done["windows"]:
+        print(f"  {w['model']} v{w['version']} {when(w['window_start'])} → {when(w['window_end'])}: "
+              f"{w['n_requests']} requests, {'DRIFT' if w.get('dataset_drifted') else 'no drift'}")
+    return 0
+
+
+def _positive(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number from 1 up, got {text!r}")
+    return int(text)
+
+
+def register(sub: Any, common: argparse.ArgumentParser) -> None:
+    drift = sub.add_parser("drift", help="drift of served models against their reference data")
+    cmds = drift.add_subparsers(dest="drift_command", metavar="COMMAND", required=True)
+    p = cmds.add_parser("report", parents=[common], help="per column: method, statistic, p, drifted")
+    p.add_argument("name", help="model name")
+    p.add_argument("--window", help="test the latest 5m, 30s, 200rows now (default: last judged window)")
+    p.add_argument("--version", type=_positive, help="a version other than production")
+    p.set_defaults(func=report)
+    p = cmds.add_parser("history", parents=[common], help="every judged window: drifted share, accuracy, ECE")
+    p.add_argument("name", help="model name")
+    p.add_argument("--limit", type=_positive, default=200, help="newest windows to show")
+    p.set_defaults(func=history)
+    p = cmds.add_parser("check", parents=[common], help="judge the windows that have closed, now")
+    p.add_argument("name", nargs="?", help="one model (default: all served)")
+    p.set_defaults(func=check)
+
+
