@@ -222,11 +222,11 @@ def v2_body(features: int) -> bytes:
                                    "data": x.ravel().tolist()}]}).encode()
 
 
-def batch_histogram(text: str) -> dict[str, int]:
-    """mldeck_batch_size buckets as non-cumulative counts, for printing."""
+def batch_histogram(text: str, version: int) -> dict[str, int]:
+    """One version's mldeck_batch_size buckets as non-cumulative counts (le → executions)."""
     counts, prev = {}, 0
     for line in text.splitlines():
-        if line.startswith("mldeck_batch_size_bucket"):
+        if line.startswith("mldeck_batch_size_bucket") and f'version="{version}"' in line:
             le = line.split('le="')[1].split('"')[0]
             total = int(float(line.rsplit(" ", 1)[1]))
             if total - prev:
@@ -272,7 +272,7 @@ def main() -> int:
     server.serve(models["small1"], 1)
     url = server.url + "/v2/models/mlp/infer"
     results["mldeck (dynamic batching)"] = drive(url, body32, args.seconds, tmp)
-    small_hist = batch_histogram(server.metrics())
+    small_hist = batch_histogram(server.metrics(), 1)
 
     port = free_port()
     naive = subprocess.Popen([sys.executable, __file__, "--naive-server", str(models["small1"]), str(port)],
@@ -314,7 +314,7 @@ def main() -> int:
     heavy = v2_body(512)
     server.serve(models["heavy"], 3)
     on = drive(server.url + "/v2/models/mlp/infer", heavy, args.seconds, tmp)
-    heavy_hist = {k: v for k, v in batch_histogram(server.metrics()).items()}
+    heavy_hist = batch_histogram(server.metrics(), 3)
     server.stop()
     off_server = Mldeck(tmp / "home-off", args.device, "--max-batch-size", "1")
     off_server.serve(models["heavy"], 3)
@@ -324,8 +324,8 @@ def main() -> int:
     print("| server | req/s | p50 ms | p99 ms | errors | |\n| --- | ---: | ---: | ---: | ---: | --- |")
     print(row("mldeck, batching on (max_batch_size 64)", on))
     print(row("mldeck, batching off (max_batch_size 1)", off))
-    print(f"\nbatching on / off: {on['rps'] / off['rps']:.1f}x; batch sizes with batching on, "
-          f"cumulative over the small and heavy runs (le → executions): {heavy_hist}\n")
+    print(f"\nbatching on / off: {on['rps'] / off['rps']:.1f}x; batch sizes with batching on "
+          f"(le → executions): {heavy_hist}\n")
 
     swap = Mldeck(tmp / "home-swap", args.device)
     swap.serve(models["small1"], 1)
