@@ -7,8 +7,6 @@ import asyncio
 import logging
 import sys
 
-from agent.daemon import AlreadyRunning, run_agent
-from core.config import ConfigError
 from core.paths import mldeck_home
 
 
@@ -25,6 +23,9 @@ def main(argv: list[str] | None = None) -> int:
         from agent.bridge import run_bridge
 
         return asyncio.run(run_bridge(home))
+    from agent.daemon import AlreadyRunning, run_agent
+    from core.config import ConfigError
+
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )

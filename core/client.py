@@ -64,6 +64,7 @@ class Client:
         self._ids = itertools.count(1)
         self._pending: dict[int, asyncio.Future[Any]] = {}
         self._subs: dict[int, Subscription] = {}
+        self._early: dict[int, list[Any]] = {}
         self._closed: Exception | None = None
         self._pump = asyncio.get_running_loop().create_task(self._read_loop())
 
@@ -85,6 +86,8 @@ class Client:
         result = await self.call("subscribe", topic=topic, filter=filters)
         sub = Subscription(self, result["subscription"], topic)
         self._subs[sub.id] = sub
+        for data in self._early.pop(sub.id, []):
+            sub.queue.put_nowait(data)
         return sub
 
     async def _read_loop(self) -> None:
@@ -100,10 +103,15 @@ class Client:
     def _dispatch(self, msg: dict[str, Any]) -> None:
         if msg.get("method") == "event":
             params = msg["params"]
-            sub = self._subs.get(params.get("subscription"))
+            sub_id = params.get("subscription")
+            sub = self._subs.get(sub_id)
             if sub is not None:
                 with contextlib.suppress(asyncio.QueueFull):
                     sub.queue.put_nowait(params["data"])
+            elif any(not f.done() for f in self._pending.values()):
+                early = self._early.setdefault(sub_id, [])
+                if len(early) < SUBSCRIPTION_QUEUE:
+                    early.append(params["data"])
             return
         fut = self._pending.get(msg.get("id"))  # type: ignore[arg-type]
         if fut is None or fut.done():
