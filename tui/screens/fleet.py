@@ -14,7 +14,7 @@ from core.protocol import RpcError
 from tui.screens.base import DeckScreen, NotAvailable
 from tui.widgets.host_row import HostRow
 
-PAINT_S = 0.25
+PAINT_S = 0.5
 EXTRAS_S = 5.0
 HISTORY_S = 60
 

@@ -20,7 +20,6 @@ from tui.screens import run_filter
 from tui.screens.base import DeckScreen, NotAvailable, why
 from tui.screens.dialogs import Confirm
 from tui.widgets.runs_table import RunsTable
-from tui.widgets.units import duration
 
 RUNS_LIMIT = 5000
 POLL_S = 5.0
@@ -65,6 +64,23 @@ def with_duration(table: pa.Table, now: float) -> pa.Table:
     return table.append_column("duration", pc.subtract(end, table["started_at"]))
 
 
+def durations(seconds: pa.ChunkedArray) -> pa.Array:
+    """Seconds as 1h02m, 3m05s or 42s, computed columnar (a Python loop costs ~0.5 s at 100k rows)."""
+    secs = pc.cast(pc.floor(pc.fill_null(seconds, 0)), pa.int64())
+    h, rest = pc.divide(secs, 3600), pc.subtract(secs, pc.multiply(pc.divide(secs, 3600), 3600))
+    m, s = pc.divide(rest, 60), pc.subtract(rest, pc.multiply(pc.divide(rest, 60), 60))
+
+    def two(x: pa.Array) -> pa.Array:
+        return pc.utf8_lpad(pc.cast(x, pa.string()), 2, "0")
+
+    join = pc.binary_join_element_wise
+    hours = join(pc.cast(h, pa.string()), "h", two(m), "m", "")
+    minutes = join(pc.cast(m, pa.string()), "m", two(s), "s", "")
+    text = pc.if_else(pc.greater(h, 0), hours,
+                      pc.if_else(pc.greater(m, 0), minutes, join(pc.cast(s, pa.string()), "s", "")))
+    return pc.if_else(pc.is_null(seconds), "-", text)
+
+
 def mark_column(table: pa.Table, marks: set[str]) -> pa.Array:
     keys = pc.binary_join_element_wise(table["host"], table["run_id"], "/")
     return pc.if_else(pc.is_in(keys, pa.array(sorted(marks), pa.string())), "✓", "")
@@ -78,7 +94,7 @@ def display(table: pa.Table, metrics: list[str], marks: set[str]) -> pa.Table:
     }
     for m in metrics:
         cols[m[2:]] = pc.round(table[m], 4)
-    cols["duration"] = pa.array([duration(d) for d in table["duration"].to_pylist()], pa.string())
+    cols["duration"] = durations(table["duration"])
     cols["cost"] = pc.round(table["cost"], 2)
     cols["run"] = table["run_id"]
     return pa.table(cols)
