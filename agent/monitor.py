@@ -332,6 +332,10 @@ class Monitor:
                 "rows": [{"model": name, "version": row["version"], **c} for c in cols]}
 
     async def report(self, p: DriftReportParams) -> dict[str, Any]:
+        try:
+            spec = mon.parse_window(p.window) if p.window is not None else self.spec
+        except ValueError as exc:
+            raise protocol.invalid(str(exc)) from None
         await self.require_model(p.name)
         row = await self.production(p.name)
         if p.version is not None:
@@ -350,10 +354,6 @@ class Monitor:
             cols = await self.agent.read(mon.window_columns, self.agent.store, p.name, version,
                                          last["window_end"])
             return {"name": p.name, "source": "stored", **last, "columns": cols}
-        try:
-            spec = mon.parse_window(p.window)
-        except ValueError as exc:
-            raise protocol.invalid(str(exc)) from None
         ref = await self.reference(row)
         if ref is None:
             raise RpcError(protocol.CONFLICT, f"{p.name} v{version} has no reference profile to compare with")

@@ -103,10 +103,9 @@ def _line_of(text: str, table: str, key: str | None) -> int | None:
 
 def _where(source: str, text: str, table: str, path: str) -> str:
     """`file, line N (field a.b.c)` for a msgspec error path like `$.command[0]`."""
-    rel = path.removeprefix("$").lstrip(".")
-    key = re.split(r"[.\[]", rel)[0] if rel else None
-    field = ".".join(filter(None, [table, rel]))
-    line = _line_of(text, table, key)
+    field = ".".join(filter(None, [table, path.removeprefix("$").lstrip(".")]))
+    parts = re.sub(r"\[[^]]*\]", "", field).split(".")
+    line = _line_of(text, ".".join(parts[:-1]), parts[-1]) if field else None
     return f"{source}, line {line} ({field})" if line else f"{source} ({field or 'top level'})"
 
 
@@ -115,7 +114,11 @@ def _convert(obj: Any, kind: type[Any], source: str, text: str, table: str) -> A
         return msgspec.convert(obj, kind)
     except msgspec.ValidationError as exc:
         message, _, path = str(exc).partition(" - at `")
-        raise PipelineError(f"{_where(source, text, table, path.rstrip('`'))}: {message}") from None
+        path = path.rstrip("`")
+        unknown = re.search(r"unknown field `([^`]+)`", message)
+        if unknown:
+            path = f"{path}.{unknown[1]}"
+        raise PipelineError(f"{_where(source, text, table, path)}: {message}") from None
 
 
 def parse_gate(text: str) -> list[registry.MetricRule]:

@@ -1,0 +1,132 @@
+"""The whole loop on a real agent: a pipeline trains and registers, production is served, simulated
+traffic drifts on chosen columns, the monitor sees exactly those, alerts, retrains through the
+pipeline's gate into challenger, and a person promotes it with the CLI; every step audited."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import REPO, AgentProc, agent_env, start_agent, wait_for
+from tests.serving.conftest import free_port
+
+pytestmark = pytest.mark.timeout(420)
+
+MODEL = "demo"
+SHIFTED = ["mean_radius", "worst_texture", "mean_concavity"]
+WINDOW_ROWS = 200
+
+
+def pipeline_file(folder: Path, name: str, epochs: int, promote: str, gate: str = "val_acc >= 0.9") -> Path:
+    path = folder / f"{name}.toml"
+    path.write_text(
+        f'name = "{name}"\nmodel = "{MODEL}"\n\n[steps.train]\n'
+        f'command = ["python", "-m", "agent.demo.train", "--epochs", "{epochs}", "--hidden", "16"]\n\n'
+        f'[register]\ngate = "{gate}"\npromote = "{promote}"\n'
+    )
+    return path
+
+
+@pytest.fixture(scope="module")
+def agent(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AgentProc]:
+    root = tmp_path_factory.mktemp("loop")
+    retrain = pipeline_file(root, "retrain", 3, "challenger")
+    config = (
+        f"[serving]\nport = {free_port()}\nmax_queue_delay_ms = 1\n\n"
+        f'[monitor]\nwindow = "{WINDOW_ROWS}rows"\ninterval_s = 0.5\nmin_rows = 30\n\n'
+        f"[monitor.models.{MODEL}]\ndrift_share = 0.05\ndrift_windows = 2\naccuracy_floor = 0.5\n"
+        f'retrain = "{retrain}"\n'
+    )
+    proc = start_agent(root / "home", config=config)
+    yield proc
+    proc.stop()
+
+
+def cli_json(agent: AgentProc, *args: str, timeout: float = 120) -> Any:
+    return agent.cli(*args, "--json", check=True, timeout=timeout).json()
+
+
+def traffic(agent: AgentProc, url: str, *args: str) -> dict[str, Any]:
+    done = subprocess.run(
+        [sys.executable, "-m", "agent.demo.traffic", "--url", url, "--model", MODEL, *args],
+        capture_output=True, text=True, env=agent_env(agent.home), cwd=REPO, timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def test_shift_alert_retrain_gate_challenger_promotion(agent: AgentProc, tmp_path: Path) -> None:
+    first = pipeline_file(tmp_path, "initial", 4, "staging")
+    row = cli_json(agent, "pipeline", "run", str(first), timeout=300)
+    assert row["status"] == "succeeded", row
+    assert row["registered_version"] == 1 and row["promoted_alias"] == "staging"
+    agent.cli("models", "promote", MODEL, "1", "--to", "production", "--yes", check=True)
+    url = agent.cli("serve", "start", "--json", check=True, timeout=240).json()["url"]
+
+    # 400 clean requests (two windows), then 400 with three columns shifted by 2 std
+    sent = traffic(agent, url, "--rps", "80", "--duration", "10", "--shift-at", "5",
+                   "--shift-columns", ",".join(SHIFTED), "--shift-std", "2", "--feedback-share", "0.6")
+    assert sent["errors"] == 0 and sent["sent"] == 800 and sent["shifted"] == 400
+
+    hist = wait_for(lambda: (h := cli_json(agent, "drift", "history", MODEL))["windows"][3:] and h,
+                    timeout=90, interval=1, what="four judged windows")
+    windows = hist["windows"][:4]
+    assert [w["n_requests"] for w in windows] == [WINDOW_ROWS] * 4
+    assert [bool(w["dataset_drifted"]) for w in windows] == [False, False, True, True]
+    for w in windows[2:]:
+        assert sorted(w["drifted_columns"]) == sorted(SHIFTED)  # the shifted columns and no others
+    for w in windows:
+        assert w["n_labeled"] > 50 and 0 <= w["ece"] <= 1 and w["baseline_metric"] == "val_acc"
+    assert windows[0]["accuracy"] > 0.85  # clean traffic: training rows, their true labels
+
+    report = cli_json(agent, "drift", "report", MODEL)
+    inputs = [c for c in report["columns"] if c["role"] == "input"]
+    assert len(inputs) == 30 and {c["method"] for c in inputs} == {"ks"}
+    assert sorted(c["column"] for c in inputs if c["drifted"]) == sorted(SHIFTED)
+    assert any(c["role"] == "output" for c in report["columns"])
+    text = agent.cli("drift", "report", MODEL, check=True).out
+    assert "mean_radius" in text and "DRIFT" in text and "p-value" in text.lower()
+
+    alerts = wait_for(lambda: cli_json(agent, "alerts"), timeout=30, what="the drift alert")
+    (alert,) = [a for a in alerts if a["kind"] == "drift"]
+    assert alert["details"]["consecutive_windows"] == 2 and alert["version"] == 1
+    assert alert["details"]["window_ends"] == [w["window_end"] for w in windows[2:4]]  # K = 2: at the 4th
+
+    def retrained() -> dict[str, Any] | None:
+        rows = [r for r in cli_json(agent, "pipeline", "ls")
+                if r["trigger"].get("alert_id") == alert["alert_id"]]
+        return rows[0] if rows and rows[0]["status"] != "running" else None
+
+    pipe = wait_for(retrained, timeout=240, interval=1, what="the retraining pipeline")
+    assert pipe["status"] == "succeeded", pipe
+    assert pipe["registered_version"] == 2 and pipe["promoted_alias"] == "challenger"
+    lineage = cli_json(agent, "models", "lineage", f"{MODEL}/2")
+    assert lineage["run"]["parent_run_id"] == pipe["pipeline_id"]
+    assert lineage["parents"][0]["run_id"] == pipe["pipeline_id"]
+    (run,) = cli_json(agent, "query", f"SELECT tags FROM runs WHERE run_id = '{lineage['run']['run_id']}'")
+    tags = json.loads(run["tags"]) if isinstance(run["tags"], str) else run["tags"]
+    assert tags["alert_id"] == alert["alert_id"] and tags["pipeline"] == pipe["pipeline_id"]
+
+    agent.cli("models", "promote", MODEL, "2", "--to", "production", "--yes", "--reason", "retrained",
+              check=True)
+    audit = cli_json(agent, "models", "audit", MODEL)
+    steps = [(a["actor"], a["action"], a.get("alias"), a["version"]) for a in audit]
+    monitor = [s for s in steps if s[0] == "mldeck-monitor"]
+    assert ("mldeck-monitor", "alert", None, 1) in monitor
+    assert ("mldeck-monitor", "retrain", None, 1) in monitor
+    assert ("mldeck-monitor", "register", None, 2) in monitor
+    assert ("mldeck-monitor", "promote", "challenger", 2) in monitor
+    assert steps[-1][1:] == ("promote", "production", 2)
+    retrain_row = next(a for a in audit if a["action"] == "retrain")
+    assert retrain_row["details"]["pipeline_id"] == pipe["pipeline_id"]
+    alert_row = next(a for a in audit if a["action"] == "alert")
+    assert alert_row["details"]["drifted_columns"] and alert_row["details"]["share_drifted"]
+
+    agent.cli("alerts", "resolve", alert["alert_id"], "--reason", "retrained", check=True)
+    assert [a for a in cli_json(agent, "alerts") if a["alert_id"] == alert["alert_id"]] == []
