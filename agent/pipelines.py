@@ -3,12 +3,14 @@
 A pipeline run is also a row in `runs` (experiment `pipelines`), the parent of its steps'
 runs, so `models lineage` of the registered version walks from the model to its training
 run to the pipeline and the alert that triggered it (the runs carry `pipeline` and
-`alert_id` tags). Registration and promotion go through the registry's own methods, so
-their gates, audit rows and `models` events are the same as from the CLI.
+`alert_id` tags). Registration goes through the registry's `register_model` run event (as if
+the training job had called `run.register_model`), promotion through `models.promote`, so
+their checks, gates, audit rows and `models` events are the registry's own.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import secrets
 import time
@@ -17,11 +19,11 @@ from typing import TYPE_CHECKING, Any
 
 from agent.ingest import parse_run_metrics
 from core import pipeline as pl
-from core import protocol
+from core import protocol, registry
 from core.jobs import LaunchParams
 from core.pipeline import PipelineError, PipelineListParams, PipelineRef, PipelineRunParams
 from core.protocol import RpcError
-from core.registry import PromoteParams, RegisterParams
+from core.registry import PromoteParams
 
 if TYPE_CHECKING:
     from agent.daemon import Agent
@@ -29,6 +31,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("mldeck.pipelines")
 TOPIC = "pipelines"
+REGISTER_TIMEOUT_S = 600.0
 
 
 class StepFailed(Exception):
@@ -41,6 +44,8 @@ class Pipelines:
     def __init__(self, agent: Agent) -> None:
         self.agent = agent
         self.running: dict[str, str] = {}
+        self._waiting: dict[str, list[asyncio.Future[dict[str, Any]]]] = {}
+        agent.hub.on("models", self._on_models)
 
     def running_for(self, model: str) -> str | None:
         """The id of a pipeline still running for this model, if any."""
@@ -137,6 +142,31 @@ class Pipelines:
         self.publish(pid, spec.name, final["status"], message=final.get("message"),
                      version=final.get("registered_version"), alias=final.get("promoted_alias"))
 
+    def _on_models(self, event: dict[str, Any]) -> None:
+        for fut in self._waiting.pop(str(event.get("name")), []):
+            if not fut.done():
+                fut.set_result(event)
+
+    async def register_run(self, run_id: str, model: str, artifact: str, actor: str) -> dict[str, Any]:
+        """Register the step's model as the SDK's `run.register_model` does: the job that exported it
+        has already compared the saved model's outputs with the live one's, so it is not re-loaded."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + REGISTER_TIMEOUT_S
+        self.agent.hub.publish("run.event", {"run_id": run_id, "event": "register_model", "t": time.time(),
+                                             "data": {"name": model, "artifact": artifact, "actor": actor}})
+        while True:
+            fut: asyncio.Future[dict[str, Any]] = loop.create_future()
+            self._waiting.setdefault(model, []).append(fut)
+            version = await self.agent.read(registry.version_of_run, self.agent.store, model, run_id)
+            if version is not None:
+                return await self.agent.read(registry.get_version, self.agent.store, model, version)
+            try:
+                event = await asyncio.wait_for(fut, max(0.0, deadline - loop.time()))
+            except TimeoutError:
+                raise StepFailed(f"registering run {run_id} took over {REGISTER_TIMEOUT_S:.0f}s") from None
+            if event.get("action") == "register_failed" and event.get("run_id") == run_id:
+                raise StepFailed(f"registration failed: {event.get('message')}")
+
     async def _register(self, pid: str, spec: pl.PipelineSpec, rows: list[dict[str, Any]],
                         actor: str) -> dict[str, Any]:
         reg, model = spec.register, str(spec.model)
@@ -152,11 +182,7 @@ class Pipelines:
                 await self._update(pid, gate_failed=failed)
                 return {"status": "gated", "message": f"gate {reg.gate!r} refused registration: "
                         + "; ".join(failed)}
-        try:
-            version = await self._call("models.register", RegisterParams(
-                run_id=by_step[reg.step], name=model, artifact=reg.artifact, actor=actor))
-        except RpcError as exc:
-            raise StepFailed(f"registration failed: {exc.message}") from None
+        version = await self.register_run(by_step[reg.step], model, reg.artifact, actor)
         out["registered_version"] = version["version"]
         await self._update(pid, registered_version=version["version"])
         if reg.promote:
