@@ -26,7 +26,6 @@ from agent.registry import as_rpc_error
 from core import drift, protocol, registry
 from core import monitor as mon
 from core.config import ModelPolicy
-from core.modelfile import SAMPLE_FILE
 from core.monitor import (
     ACTOR,
     AlertResolveParams,
@@ -48,6 +47,7 @@ log = logging.getLogger("mldeck.monitor")
 TOPIC = "drift"
 ALERTS = "alerts"
 COLUMNS_FILE = "columns.json"
+SAMPLE_FILE = "sample.npz"  # core.modelfile.SAMPLE_FILE; that module reaches torch, the agent must not
 POLICY_WINDOWS = 50
 
 
