@@ -88,8 +88,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
             choices=list(AMP_DTYPES) if name == "amp" else None,
             help=f"(env {env}, default {default})",
         )
-    parser.add_argument("--name", default="demo-mlp", help="run name")
-    parser.add_argument("--experiment", default="demo", help="experiment the run belongs to")
+    parser.add_argument("--name", default=None, help="run name (default: the launcher's, else demo-mlp)")
+    parser.add_argument("--experiment", default=None, help="experiment (default: the launcher's, else demo)")
     parser.add_argument("--slow-ms", type=int, default=0, help="sleep this long every epoch")
     parser.add_argument("--fail-at-epoch", type=int, default=None, help="raise at this epoch")
     return parser.parse_args(argv)
@@ -165,7 +165,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         torch.set_num_threads(1)
     params = {name: getattr(args, name) for name in HYPERPARAMS}
     with track.init(
-        name=args.name, experiment=args.experiment, params=params, data_files=[data.data_file()]
+        name=args.name or ("demo-mlp" if not os.environ.get(track.RUN_DIR_ENV) else None),
+        experiment=args.experiment or ("demo" if not os.environ.get(track.RUN_DIR_ENV) else None),
+        params=params, data_files=[data.data_file()]
     ) as run:
         mean, std = split.x_train.mean(axis=0), split.x_train.std(axis=0)
         model = MLP(mean, std, args.hidden).to(device)

@@ -14,6 +14,7 @@ from tui.cli import (
     agent_cmd,
     alerts_cmd,
     cost_cmd,
+    demo_cmd,
     drift_cmd,
     hosts_cmd,
     models_cmd,
@@ -28,6 +29,7 @@ from tui.cli import (
 from tui.cli.output import CliError
 
 COMMANDS: list[Callable[[Any, argparse.ArgumentParser], None]] = [
+    demo_cmd.register,
     agent_cmd.register,
     runs_cmd.register,
     query_cmd.register,
