@@ -7,6 +7,7 @@ The same coroutine drives `mldeck demo --headless` (printing each step) and the 
 from __future__ import annotations
 
 import asyncio
+import random
 import socket
 import time
 from collections.abc import Callable
@@ -29,9 +30,17 @@ class DemoFailed(RuntimeError):
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A free loopback port below Linux's ephemeral range, so outgoing connections will not take it."""
+    rng = random.Random()
+    for _ in range(200):
+        port = rng.randrange(20000, 32000)
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise DemoFailed("no free port for the model server between 20000 and 32000")
 
 
 def demo_config(port: int, retrain: Path) -> str:

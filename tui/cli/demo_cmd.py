@@ -68,8 +68,9 @@ async def headless(args: argparse.Namespace, gpus: int) -> int:
 def demo_cmd(args: argparse.Namespace) -> int:
     """Start (or reuse) the demo agent, then tell the story headless or under the TUI."""
     gpus = 2
-    throwaway = not args.home
-    if remote_host(args)[1] is None:
+    local = remote_host(args)[1] is None
+    throwaway = local and not args.home
+    if local:
         layout = prepare_home(args)
         args.home = str(layout.home)
         if not has_gpu():
@@ -92,7 +93,7 @@ def demo_cmd(args: argparse.Namespace) -> int:
         if throwaway:
             with contextlib.redirect_stdout(io.StringIO()):
                 asyncio.run(stop(args))
-        elif not args.json and remote_host(args)[1] is None:
+        elif local and not args.json:
             print(f"the agent keeps running for {args.home}: `mldeck runs ls --home {args.home}`; "
                   f"`mldeck agent stop --home {args.home}` stops it")
 
