@@ -15,7 +15,6 @@ from core.protocol import Params
 from core.store import Store, rows_as_dicts
 
 STATUSES = ("queued", "running", "succeeded", "failed", "stopped", "preempted")
-TERMINAL = frozenset({"succeeded", "failed", "stopped"})
 PREEMPTED_EXIT = 143
 AMP = ("bf16", "fp16")
 _PARAM = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]*$")

@@ -6,6 +6,9 @@ from typing import Any
 
 import msgspec
 
+TERMINAL = frozenset({"succeeded", "failed", "stopped"})
+"""Run statuses after which nothing more happens to a run (queued, running and preempted move on)."""
+
 
 class Line(msgspec.Struct, omit_defaults=True):
     """One line: a metrics point (m at step s) or a lifecycle event (e with data d)."""

@@ -16,9 +16,9 @@ from typing import Any
 
 from core.client import Client
 from core.protocol import RpcError
+from core.runlog import TERMINAL
 
 MODEL = "demo"
-TERMINAL = {"succeeded", "failed", "stopped"}
 SHIFTED = ["mean_radius", "worst_texture", "mean_concavity"]
 WINDOW_ROWS = 200
 

@@ -16,14 +16,14 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
-
-import duckdb
-import numpy as np
-import pyarrow as pa
+from typing import TYPE_CHECKING, Any
 
 from tui.cli.connect import agent_client, remote_host
 from tui.cli.output import CliError, print_json
+
+if TYPE_CHECKING:
+    import numpy as np
+    import pyarrow as pa
 
 READERS = {".parquet": "read_parquet", ".csv": "read_csv_auto"}
 WRITERS = {".parquet": "(FORMAT parquet)", ".csv": "(FORMAT csv, HEADER true)"}
@@ -57,6 +57,8 @@ class Feeder:
     """How file columns become model inputs: by input name, or all feature columns as one matrix."""
 
     def __init__(self, signature: Any, schema: pa.Schema, folder: Path) -> None:
+        import pyarrow as pa
+
         from core.modelfile import numpy_dtype
 
         self.specs = signature.inputs
@@ -88,6 +90,9 @@ class Feeder:
             )
 
     def inputs(self, batch: pa.RecordBatch) -> dict[str, np.ndarray]:
+        import numpy as np
+        import pyarrow as pa
+
         if self.by_name:
             out = {}
             for spec in self.specs:
@@ -104,6 +109,8 @@ class Feeder:
 
 
 def _with_outputs(batch: pa.RecordBatch, outputs: dict[str, np.ndarray]) -> pa.RecordBatch:
+    import pyarrow as pa
+
     arrays, names = list(batch.columns), list(batch.schema.names)
     for name, values in outputs.items():
         flat = values.reshape(len(values), -1)
@@ -118,6 +125,9 @@ def _with_outputs(batch: pa.RecordBatch, outputs: dict[str, np.ndarray]) -> pa.R
 
 
 async def predict(args: argparse.Namespace) -> int:
+    import duckdb
+    import pyarrow as pa
+
     from core.modelfile import InvalidInput, load_model
 
     if args.batch_size < 1:

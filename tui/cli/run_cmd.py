@@ -8,8 +8,8 @@ import os
 from pathlib import Path
 from typing import Any
 
-from core.jobs import TERMINAL
 from core.protocol import RpcError
+from core.runlog import TERMINAL
 from core.sweep import parse_value
 from tui.cli.connect import agent_client, remote_host
 from tui.cli.output import CliError, print_json
