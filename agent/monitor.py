@@ -38,6 +38,7 @@ from core.monitor import (
 from core.pipeline import PipelineError
 from core.protocol import RpcError
 from core.registry import RollbackParams
+from core.signature import SAMPLE_FILE
 
 if TYPE_CHECKING:
     from agent.daemon import Agent
@@ -47,7 +48,6 @@ log = logging.getLogger("mldeck.monitor")
 TOPIC = "drift"
 ALERTS = "alerts"
 COLUMNS_FILE = "columns.json"
-SAMPLE_FILE = "sample.npz"  # core.modelfile.SAMPLE_FILE; that module reaches torch, the agent must not
 POLICY_WINDOWS = 50
 
 

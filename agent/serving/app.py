@@ -26,8 +26,8 @@ from agent.serving.batcher import Done
 from agent.serving.codec import BadRequest, InferRequest, check_outputs, encode_response, parse_infer
 from agent.serving.metrics import Metrics
 from agent.serving.pool import Pool, Served, Version
-from core.modelfile import InvalidInput, check_request
 from core.serving import CHALLENGER, STATS_PATH, FeedbackLine, PredictionLine
+from core.signature import InvalidInput, check_request
 
 log = logging.getLogger("mldeck.serving.http")
 

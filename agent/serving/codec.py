@@ -8,7 +8,7 @@ from typing import Any
 import msgspec
 import numpy as np
 
-from core.modelfile import InvalidInput, Signature, numpy_dtype
+from core.signature import InvalidInput, Signature, numpy_dtype
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
 JSON_TYPE = "application/json"

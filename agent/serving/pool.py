@@ -28,8 +28,9 @@ import watchfiles
 from agent.serving.batcher import Batcher
 from agent.serving.metrics import Metrics
 from agent.serving.predlog import PredictionLog
-from core.modelfile import SAMPLE_FILE, LoadedModel, Signature, load_model, numpy_dtype
+from core.modelfile import LoadedModel, load_model
 from core.serving import CHALLENGER, MANIFEST_FILE, PRODUCTION, AlertLine, Manifest, read_manifest
+from core.signature import SAMPLE_FILE, Signature, numpy_dtype
 
 log = logging.getLogger("mldeck.serving.pool")
 

@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 import torch
 
-from core import modelfile
-from core.modelfile import InvalidInput, ModelMismatch, Signature
+from core import modelfile, signature
+from core.modelfile import ModelMismatch
+from core.signature import InvalidInput, Signature
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -168,7 +169,7 @@ def item(name: str = "features", datatype: str = "FP32", shape=(2, 2), data=(1, 
 
 
 def test_check_request_accepts_a_good_request() -> None:
-    arrays = modelfile.check_request(SIG, [item(), item("ids", "INT64", [2], [7, 8])])
+    arrays = signature.check_request(SIG, [item(), item("ids", "INT64", [2], [7, 8])])
     assert arrays["features"].dtype == np.float32 and arrays["features"].shape == (2, 2)
     assert arrays["ids"].tolist() == [7, 8]
 
@@ -191,13 +192,13 @@ def test_check_request_accepts_a_good_request() -> None:
 )
 def test_check_request_says_what_is_wrong(inputs: list[dict], message: str) -> None:
     with pytest.raises(InvalidInput) as info:
-        modelfile.check_request(SIG, inputs)
+        signature.check_request(SIG, inputs)
     assert message in str(info.value)
 
 
 def test_nan_passes_when_the_signature_allows_it() -> None:
     allowing = Signature.from_dict({**SIG.to_dict(), "allow_nan": True})
-    got = modelfile.check_inputs(
+    got = signature.check_inputs(
         allowing, {"features": np.array([[np.nan, 1]], np.float32), "ids": np.array([1])}
     )
     assert np.isnan(got["features"][0, 0])

@@ -59,7 +59,7 @@ class Feeder:
     def __init__(self, signature: Any, schema: pa.Schema, folder: Path) -> None:
         import pyarrow as pa
 
-        from core.modelfile import numpy_dtype
+        from core.signature import numpy_dtype
 
         self.specs = signature.inputs
         self.dtypes = {s.name: numpy_dtype(s.datatype) for s in self.specs}
@@ -128,7 +128,8 @@ async def predict(args: argparse.Namespace) -> int:
     import duckdb
     import pyarrow as pa
 
-    from core.modelfile import InvalidInput, load_model
+    from core.modelfile import load_model
+    from core.signature import InvalidInput
 
     if args.batch_size < 1:
         raise CliError("--batch-size must be at least 1")
