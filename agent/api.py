@@ -23,6 +23,7 @@ from core.protocol import (
     RunRef,
     RunsListParams,
     RunsMetricsParams,
+    RunsTableParams,
     SubscribeParams,
     UnsubscribeParams,
 )
@@ -34,6 +35,8 @@ if TYPE_CHECKING:
 
 AGENT_VERSION = "0.1.0"
 MAX_POINTS = 100_000
+MAX_TABLE_PAGE = 25_000  # ~4 MiB of JSON with a dozen columns: well under the message limit
+MAX_TABLE_METRICS = 32
 
 
 def host_facts(agent: Agent) -> dict[str, Any]:
@@ -105,6 +108,20 @@ def register(agent: Agent) -> None:
             r["metrics"] = latest.get(r["run_id"], {})
         return runs
 
+    async def runs_table(p: RunsTableParams, conn: Connection) -> dict[str, Any]:
+        if not 1 <= p.limit <= MAX_TABLE_PAGE:
+            raise protocol.invalid(f"limit must be between 1 and {MAX_TABLE_PAGE} (page with offset)")
+        if p.offset < 0:
+            raise protocol.invalid("offset must be 0 or more")
+        if p.metrics is not None and len(p.metrics) > MAX_TABLE_METRICS:
+            raise protocol.invalid(f"ask for at most {MAX_TABLE_METRICS} metrics per page")
+        try:
+            table, total, keys = await agent.read(store.runs_table, p.offset, p.limit, p.status, p.experiment,
+                                                  p.columns, p.metrics)
+        except ValueError as exc:
+            raise protocol.invalid(str(exc)) from None
+        return {"columns": table.to_pydict(), "total": total, "offset": p.offset, "metrics": keys}
+
     async def runs_get(p: RunRef, conn: Connection) -> dict[str, Any]:
         run = await agent.read(store.get_run, p.run_id)
         if run is None:
@@ -163,6 +180,7 @@ def register(agent: Agent) -> None:
     d.add("host.info", NoParams, host_info)
     d.add("host.metrics", HostMetricsParams, host_metrics)
     d.add("runs.list", RunsListParams, runs_list)
+    d.add("runs.table", RunsTableParams, runs_table)
     d.add("runs.get", RunRef, runs_get)
     d.add("runs.metrics", RunsMetricsParams, runs_metrics)
     d.add("query", QueryParams, query)

@@ -202,6 +202,8 @@ def register(agent: Agent) -> None:
 
     async def models_promote(p: PromoteParams, conn: Connection) -> dict[str, Any]:
         gate = registry.gate_for(agent.config.registry, p.name, p.alias)
+        if p.dry_run:
+            return await call(registry.preview_promotion, p.name, p.version, p.alias, gate)
         result = await call(
             registry.promote, p.name, p.version, p.alias, p.actor or agent_user, gate, p.reason, p.force,
             write=True,

@@ -111,6 +111,17 @@ class RunsListParams(Params):
     limit: int = 1000
 
 
+class RunsTableParams(Params):
+    """runs.table: a page of runs as columns (the TUI's Runs screen at 100,000 runs)."""
+
+    offset: int = 0
+    limit: int = 20_000
+    status: str | None = None
+    experiment: str | None = None
+    columns: list[str] | None = None
+    metrics: list[str] | None = None
+
+
 class RunRef(Params):
     run_id: str
 

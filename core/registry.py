@@ -98,6 +98,7 @@ class PromoteParams(Params):
     reason: str | None = None
     force: bool = False
     actor: str | None = None
+    dry_run: bool = False
 
 
 class RollbackParams(Params):
@@ -503,6 +504,44 @@ def register_version(
     return _require_version(store.cur(), name, version)
 
 
+def _judge(
+    cur: duckdb.DuckDBPyConnection, name: str, version: int, alias: str, gate: GateSection | None
+) -> tuple[dict[str, Any], int | None, dict[str, Any] | None, list[str]]:
+    """The candidate, the version the alias holds, that version, and every gate that fails."""
+    candidate = _require_version(cur, name, version)
+    if candidate["archived"]:
+        raise Conflict(f"{name} v{version} is archived and can hold no alias; register a new version")
+    holder = alias_version(cur, name, alias)
+    current = _version(cur, name, holder) if holder is not None else None
+    if holder == version:
+        return candidate, holder, current, []
+    failed = evaluate_gate(
+        gate, alias, candidate, current, _aliases_ever_held(cur, name, version), open_alerts(cur, name)
+    )
+    return candidate, holder, current, failed
+
+
+def preview_promotion(store: Store, name: str, version: int, alias: str,
+                      gate: GateSection | None) -> dict[str, Any]:
+    """What `promote` would do, changing nothing and auditing nothing: the TUI shows it before Enter."""
+    check_model_name(name)
+    check_alias(alias)
+    check_version(version)
+    cur = store.cur()
+    candidate, holder, current, failed = _judge(cur, name, version, alias, gate)
+    mine, theirs = candidate.get("metrics") or {}, (current or {}).get("metrics") or {}
+    deltas = {
+        k: {"candidate": mine.get(k), "current": theirs.get(k),
+            "delta": mine[k] - theirs[k] if isinstance(mine.get(k), (int, float))
+            and isinstance(theirs.get(k), (int, float)) else None}
+        for k in sorted(set(mine) | set(theirs))
+    }
+    return {"name": name, "alias": alias, "version": version, "from_version": holder, "action": "promote",
+            "dry_run": True, "changed": False, "would_change": holder != version and not failed,
+            "failed_gates": failed, "gated": gate is not None, "deltas": deltas,
+            "open_alerts": len(open_alerts(cur, name))}
+
+
 def promote(
     store: Store,
     name: str,
@@ -520,17 +559,10 @@ def promote(
     if force and not (reason and reason.strip()):
         raise RegistryError("--force needs a --reason that says why the gates are overridden")
     with store.transaction() as cur:
-        candidate = _require_version(cur, name, version)
-        if candidate["archived"]:
-            raise Conflict(f"{name} v{version} is archived and can hold no alias; register a new version")
-        holder = alias_version(cur, name, alias)
+        _, holder, _, failed = _judge(cur, name, version, alias, gate)
         if holder == version:
             return {"name": name, "alias": alias, "version": version, "from_version": holder,
                     "action": "promote", "changed": False, "forced": False, "failed_gates": []}
-        current = _version(cur, name, holder) if holder is not None else None
-        failed = evaluate_gate(
-            gate, alias, candidate, current, _aliases_ever_held(cur, name, version), open_alerts(cur, name)
-        )
         if failed and not force:
             raise GateRefused(
                 f"promotion of {name} v{version} to {alias} refused by its gates: " + "; ".join(failed)

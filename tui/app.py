@@ -5,18 +5,24 @@ from __future__ import annotations
 import contextlib
 import functools
 import importlib
-from collections.abc import Callable
+import threading
+from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any, ClassVar
 
 from textual.app import App
 from textual.binding import Binding, BindingType
 from textual.command import Hit, Hits, Provider
 
-from tui.fleet import Fleet
+from core.client import Client
+from tui.fleet import LOCAL, Fleet
 from tui.screens.base import DeckScreen
-from tui.screens.dialogs import CommandLine, HelpScreen
+from tui.screens.dialogs import CommandLine, DemoLog, HelpScreen
 
+PREWARM = ["tui.screens.runs", "tui.screens.registry", "tui.widgets.metric_chart"]
 SCREENS_BY_KEY = ["fleet", "runs", "compare", "launch", "registry", "serving", "drift", "cost"]
+Say = Callable[[str], None]
+Story = Callable[[Client, Say], Awaitable[dict[str, Any]]]
 COMMAND_ALIASES = {"models": "registry", "model": "registry", "hosts": "fleet", "run": "runs"}
 
 
@@ -24,6 +30,16 @@ def screen_for(name: str) -> DeckScreen:
     """Screens are imported when first shown, so a cold start loads only the Fleet."""
     module = importlib.import_module(f"tui.screens.{name}")
     return getattr(module, f"{name.capitalize()}Screen")()
+
+
+def prewarm() -> None:
+    """After the first frame, a thread imports the heavy screens (pyarrow, plotext), so 2 opens at once."""
+
+    def load() -> None:
+        for name in PREWARM:
+            importlib.import_module(name)
+
+    threading.Thread(target=load, name="mldeck-prewarm", daemon=True).start()
 
 
 class ScreenCommands(Provider):
@@ -54,13 +70,17 @@ class MldeckApp(App[None]):
         Binding("q", "quit", "quit"),
     ]
 
-    def __init__(self, make_fleet: Callable[[], Any], live: bool = True) -> None:
+    def __init__(self, make_fleet: Callable[[], Any], live: bool = True, story: Story | None = None) -> None:
         """make_fleet builds the Fleet inside the app's event loop (its links need one)."""
         super().__init__()
         self.make_fleet = make_fleet
         self.fleet: Any = None
         self.live = live
         self.compare_set: list[tuple[str, str]] = []
+        self.story = story
+        self.story_lines: list[str] = []
+        self.story_result: dict[str, Any] | None = None
+        self.story_error: BaseException | None = None
 
     MODES: ClassVar[dict[str, Any]] = {name: functools.partial(screen_for, name) for name in SCREENS_BY_KEY}
 
@@ -68,6 +88,27 @@ class MldeckApp(App[None]):
         self.fleet = self.make_fleet()
         self.fleet.start()
         self.switch_mode("fleet")
+        self.set_timer(0.3, prewarm)
+        if self.story is not None:
+            self.call_after_refresh(self.run_worker, self.tell_story(self.story), group="story")
+
+    def say(self, text: str) -> None:
+        """A line of the demo story: a notification, the header's subtitle, and the `:demo` log."""
+        self.story_lines.append(text)
+        self.sub_title = f"demo: {text.strip()}"
+        self.notify(text, title="demo", timeout=6)
+
+    async def tell_story(self, story: Story) -> None:
+        """The demo runs against the local agent while every screen stays live; a failure is shown, kept."""
+        try:
+            client = await self.fleet.client(LOCAL)
+            self.story_result = await story(client, self.say)
+        except Exception as exc:  # the story is someone else's code: any failure is the demo's result
+            self.story_error = exc
+            self.say(f"the demo failed: {exc}")
+            self.notify(str(exc), title="demo failed", severity="error", timeout=30)
+            return
+        self.say("the demo is done; keep exploring, q quits")
 
     def action_jump(self, name: str) -> None:
         self.switch_mode(name)
@@ -89,6 +130,8 @@ class MldeckApp(App[None]):
         word = COMMAND_ALIASES.get(word, word)
         if word in ("q", "quit"):
             self.exit()
+        elif word == "demo":
+            self.push_screen(DemoLog(self.story_lines))
         elif word == "host" and arg:
             from tui.screens.host import HostScreen
 
@@ -108,7 +151,12 @@ class MldeckApp(App[None]):
             await self.fleet.close()
 
 
-def run_tui() -> int:
-    """`mldeck` with no arguments: this machine's agent (started if none runs) and the hosts file's."""
-    MldeckApp(lambda: Fleet.from_config(start_local=True)).run()
-    return 0
+def run_tui(local_home: Path | None = None, story: Story | None = None) -> int:
+    """`mldeck` with no arguments: this machine's agent (started if none runs) and the hosts file's.
+
+    local_home: where the local agent lives (the demo's throwaway home); story: a coroutine that runs
+    against it after the first frame, saying what it does. 1 when the story raised, else 0.
+    """
+    app = MldeckApp(lambda: Fleet.from_config(local_home=local_home, start_local=True), story=story)
+    app.run()
+    return 1 if app.story_error is not None else 0

@@ -8,16 +8,16 @@ import time
 from collections.abc import AsyncIterator, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-
-import asyncssh
+from typing import TYPE_CHECKING, Any
 
 from core import protocol
 from core.client import Client
 from core.paths import Layout, mldeck_home
 from core.protocol import RpcError
-from tui import ssh
 from tui.hosts import LOCAL, Host, load_hosts, parse_target
+
+if TYPE_CHECKING:
+    import asyncssh
 
 BACKOFF_START_S = 0.25
 BACKOFF_MAX_S = 15.0
@@ -348,6 +348,8 @@ class Fleet:
             return exc.message if isinstance(exc, RpcError) else f"{sock}: {exc}"
         if isinstance(exc, RpcError):
             return exc.message
+        from tui import ssh
+
         return ssh.describe(exc, parse_target(link.host.target), link.timeout_s)
 
     async def _open(self, link: _Link, lost: asyncio.Event) -> None:
@@ -362,6 +364,8 @@ class Fleet:
             link.status.mode = "unix"
             link.client = Client(_WatchedReader(reader, lost), writer)
         else:
+            from tui import ssh  # asyncssh costs ~0.5 s to import: only when a remote host is used
+
             host = link.host
             python = host.python or ssh.DEFAULT_PYTHON
             link.ssh = await ssh.connect(parse_target(host.target), link.timeout_s, self._ssh_options)

@@ -1,7 +1,10 @@
 """TUI benchmarks: cold start to first frame, Runs with 100,000 runs, idle CPU watching 10 live hosts.
 
 `python tests/bench/bench_tui.py [--hosts 10] [--runs 100000]`; prints a table with targets and peers.
-Agents are real (`python -m agent run`, simulated 2-GPU hosts, each in its own home).
+Agents are real (`python -m agent run`, simulated 2-GPU hosts, each in its own home); the 100,000 runs
+sit in a real store (written before its agent starts) and reach the TUI through `runs.table`.
+"Next frame" is the moment the app hands a rendered update to its driver (headless: the write is
+skipped), hooked on `App._display`; Pilot's own waits (≥ 2 × 20 ms per key) are not counted.
 """
 
 from __future__ import annotations
@@ -18,9 +21,13 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
+
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
+from core.paths import Layout  # noqa: E402
+from core.store import Store  # noqa: E402
 from tests.conftest import start_agent  # noqa: E402
 from tui.app import MldeckApp  # noqa: E402
 from tui.fleet import Fleet, Outcome  # noqa: E402
@@ -33,11 +40,41 @@ from tui.app import MldeckApp
 from tui.fleet import Fleet
 async def main():
     app = MldeckApp(lambda: Fleet({"local": None}, local_home=Path(os.environ["HOME_DIR"])))
-    async with app.run_test(size=(140, 40)) as pilot:
-        await pilot.pause()
-        print(time.time() - t0)
+    shown = asyncio.Event()
+    display = app._display
+    def first(screen, update):
+        display(screen, update)
+        if update is not None and not shown.is_set():
+            print(time.time() - t0, flush=True)
+            shown.set()
+    app._display = first
+    async with app.run_test(size=(140, 40)):
+        await shown.wait()
 asyncio.run(main())
 """
+
+
+class Frames:
+    """Counts the frames the app renders; `await frames.after(n)` waits for the first one after n."""
+
+    def __init__(self, app: MldeckApp) -> None:
+        self.count = 0
+        self.changed = asyncio.Event()
+        display = app._display
+
+        def hooked(screen: Any, update: Any) -> None:
+            display(screen, update)
+            if update is not None:
+                self.count += 1
+                self.changed.set()
+
+        app._display = hooked  # type: ignore[method-assign]
+
+    async def after(self, n: int, timeout: float = 10) -> None:
+        deadline = time.monotonic() + timeout
+        while self.count <= n:
+            self.changed.clear()
+            await asyncio.wait_for(self.changed.wait(), max(0.01, deadline - time.monotonic()))
 
 
 class ManyHomes:
@@ -75,49 +112,76 @@ def cold_start(home: Path, repeats: int = 3) -> float:
         env = {**os.environ, "T0": repr(time.time()), "HOME_DIR": str(home), "PYTHONPATH": str(REPO)}
         out = subprocess.run([sys.executable, "-c", COLD], env=env, capture_output=True, text=True, cwd=REPO,
                              timeout=120)
-        times.append(float(out.stdout.strip().splitlines()[-1]))
+        times.append(float(out.stdout.strip().splitlines()[0]))
     return min(times)
 
 
-def fake_runs(n: int) -> list[dict[str, Any]]:
+def fill_store(home: Path, n: int, steps: int = 3) -> None:
+    """n finished runs with loss and val_acc (steps points each), written before the agent opens the file."""
     rnd = random.Random(0)
     now = time.time()
-    statuses = ["succeeded"] * 8 + ["failed", "running"]
-    return [{
-        "run_id": f"r{i:06d}", "experiment": f"exp-{i % 40}", "name": f"mlp-{i % 997}",
-        "status": rnd.choice(statuses), "created_at": now - i, "started_at": now - i,
-        "ended_at": now - i + 60,
-        "cost_usd": rnd.random(), "metrics": {"loss": rnd.random(), "val_acc": rnd.random()},
-    } for i in range(n)]
+    ids = [f"r{i:06d}" for i in range(n)]
+    statuses = ["succeeded"] * 8 + ["failed", "stopped"]
+    runs = pa.table({
+        "run_id": ids, "experiment": [f"exp-{i % 40}" for i in range(n)],
+        "name": [f"mlp-{i % 997}" for i in range(n)], "status": [rnd.choice(statuses) for _ in range(n)],
+        "created_at": [now - i for i in range(n)], "started_at": [now - i for i in range(n)],
+        "ended_at": [now - i + rnd.uniform(5, 9000) for i in range(n)],
+        "cost_usd": [rnd.random() for _ in range(n)],
+    })
+    keys = ["loss", "val_acc"]
+    metrics = pa.table({
+        "run_id": [r for r in ids for _ in range(len(keys) * steps)],
+        "key": [k for _ in ids for k in keys for _ in range(steps)],
+        "step": [s for _ in ids for _ in keys for s in range(steps)],
+        "ts": [now] * (n * len(keys) * steps),
+        "value": [rnd.random() for _ in range(n * len(keys) * steps)],
+    })
+    layout = Layout(home)
+    home.mkdir(parents=True, exist_ok=True)
+    store = Store(layout.db)
+    store.append("runs", runs)
+    store.append("metrics", metrics)
+    store.close()
 
 
 async def runs_at_scale(home: Path, n: int) -> dict[str, float]:
-    from tui.screens.runs import runs_table
+    from textual import events
 
-    rows = fake_runs(n)
-    t = time.perf_counter()
-    table = runs_table({"local": rows})
-    build = time.perf_counter() - t
-    app = MldeckApp(lambda: Fleet({"local": None}, local_home=home), live=False)
+    app = MldeckApp(lambda: Fleet({"local": None}, local_home=home))
+    frames = Frames(app)
     async with app.run_test(size=(140, 40)) as pilot:
-        await pilot.press("2")
+        await pilot.pause(2.0)
+        t = time.perf_counter()
+        app._driver.send_message(events.Key("2", "2"))
+        while not (app.current_mode == "runs" and app.screen.view.num_rows):
+            await frames.after(frames.count)
+        first = time.perf_counter() - t
         screen = app.screen
-        t = time.perf_counter()
-        screen.load(table)
-        await pilot.pause()
-        paint = time.perf_counter() - t
+        while screen.data.num_rows < n:
+            await frames.after(frames.count, timeout=60)
+        loaded = time.perf_counter() - t
+        await pilot.pause(0.5)
         presses = []
-        for _ in range(20):
+        for _ in range(30):
+            seen = frames.count
             t = time.perf_counter()
-            await pilot.press("down")
+            app._driver.send_message(events.Key("down", None))
+            await frames.after(seen)
             presses.append(time.perf_counter() - t)
+            await asyncio.sleep(0.05)
         t = time.perf_counter()
-        await pilot.press("slash", *"status:running")
-        filt = (time.perf_counter() - t) / len("status:running ")
-        assert screen.view.num_rows < n
+        screen.load(screen.data)
+        seen = frames.count
+        await frames.after(seen)
+        repaint = time.perf_counter() - t
+        t = time.perf_counter()
+        await pilot.press("slash", *"status:failed")
+        filt = (time.perf_counter() - t) / len("status:failed ")
+        assert 0 < screen.view.num_rows < n
     presses.sort()
-    return {"build": build, "paint": paint, "key_p50": presses[len(presses) // 2], "key_max": presses[-1],
-            "filter_key": filt}
+    return {"first": first, "loaded": loaded, "repaint": repaint, "key_p50": presses[len(presses) // 2],
+            "key_p95": presses[int(len(presses) * 0.95)], "filter_key": filt}
 
 
 async def idle_cpu(homes: dict[str, Path], settle_s: float, window_s: float) -> float:
@@ -139,26 +203,36 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=100_000)
     ap.add_argument("--window", type=float, default=20.0)
     args = ap.parse_args()
+    load = os.getloadavg()
     with tempfile.TemporaryDirectory() as tmp:
+        fill_store(Path(tmp) / "h0", args.runs)
         agents = [start_agent(Path(tmp) / f"h{i}") for i in range(args.hosts)]
         try:
-            cold = cold_start(agents[0].home)
+            cold = cold_start(agents[1].home)
             scale = asyncio.run(runs_at_scale(agents[0].home, args.runs))
             cpu = asyncio.run(idle_cpu({f"gpu-{i}": a.home for i, a in enumerate(agents)}, 5, args.window))
         finally:
             for a in agents:
                 a.stop()
+    n = f"{args.runs:,}"
+
+    def ms(seconds: float) -> str:
+        return f"{seconds * 1000:.0f} ms"
+
     rows = [
         ("cold start → first frame (best of 3)", f"{cold * 1000:.0f} ms", "< 1000 ms", "-"),
-        (f"Runs: {args.runs:,} runs → Arrow table", f"{scale['build'] * 1000:.0f} ms", "-", "-"),
-        (f"Runs: {args.runs:,} runs, first paint", f"{scale['paint'] * 1000:.0f} ms", "< 300 ms",
+        (f"Runs ({n}): open → first frame with runs", ms(scale["first"]), "< 300 ms",
          "Textual DataTable 12.7 s (NOTES)"),
-        ("Runs: key press → next frame, p50", f"{scale['key_p50'] * 1000:.1f} ms", "< 50 ms", "-"),
-        ("Runs: key press → next frame, max of 20", f"{scale['key_max'] * 1000:.1f} ms", "< 50 ms", "-"),
-        ("Runs: live filter, per typed key", f"{scale['filter_key'] * 1000:.0f} ms", "-", "-"),
+        (f"Runs: all {n} fetched (runs.table pages) and shown", ms(scale["loaded"]), "-", "-"),
+        (f"Runs: {n} rows loaded → next frame", ms(scale["repaint"]), "< 300 ms", "-"),
+        ("Runs: key press → next frame, p50 of 30", f"{scale['key_p50'] * 1000:.1f} ms", "< 50 ms", "-"),
+        ("Runs: key press → next frame, p95 of 30", f"{scale['key_p95'] * 1000:.1f} ms", "< 50 ms", "-"),
+        ("Runs: live filter, per typed key (Pilot)", f"{scale['filter_key'] * 1000:.0f} ms", "-", "-"),
         (f"idle CPU watching {args.hosts} live hosts", f"{cpu:.1f} % of a core", "< 5 %", "-"),
     ]
     w = max(len(r[0]) for r in rows)
+    print(f"load average before: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}; after: "
+          f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     print(f"{'what':<{w}}  {'mldeck':>16}  {'target':>10}  peer")
     for r in rows:
         print(f"{r[0]:<{w}}  {r[1]:>16}  {r[2]:>10}  {r[3]}")

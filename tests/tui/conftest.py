@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -18,6 +19,10 @@ from tests.conftest import REPO, AgentProc, agent_env, rpc, start_agent, wait_fo
 CONFIG = """
 [agent]
 collector_interval_s = 0.5
+
+[serving]
+port = {port}
+max_queue_delay_ms = 2.0
 
 [registry.gates."*".production]
 metrics = ["val_acc >= 0.92"]
@@ -57,9 +62,15 @@ def make_models(agent: AgentProc, plan: list[str]) -> None:
     assert done.returncode == 0, done.stderr[-2000:]
 
 
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
 @pytest.fixture(scope="session")
 def deck(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deck]:
-    agent = start_agent(tmp_path_factory.mktemp("tui") / "home", config=CONFIG)
+    agent = start_agent(tmp_path_factory.mktemp("tui") / "home", config=CONFIG.format(port=free_port()))
     d = Deck(agent)
     try:
         make_runs(agent)

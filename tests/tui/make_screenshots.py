@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 from tests.conftest import REPO, start_agent
-from tests.tui.conftest import CONFIG, make_models, make_runs, until
+from tests.tui.conftest import CONFIG, free_port, make_models, make_runs, until
 from tui.app import MldeckApp
 from tui.fleet import Fleet
 from tui.screens.promote import AliasPicker, PromoteDialog
@@ -75,7 +75,7 @@ def main() -> None:
         raise SystemExit("rsvg-convert is missing: apt-get install -y librsvg2-bin")
     OUT.mkdir(exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
-        agent = start_agent(Path(tmp) / "home", config=CONFIG)
+        agent = start_agent(Path(tmp) / "home", config=CONFIG.format(port=free_port()))
         try:
             make_runs(agent)
             make_models(agent, ["churn:0.91", "churn:0.95"])

@@ -118,6 +118,8 @@ def test_promote_in_few_keys_gates_fail_and_rollback(deck: Deck) -> None:
             dialog = await until(pilot, lambda: isinstance(app.screen, PromoteDialog) and app.screen,
                                  what="promote dialog")
             assert "val_acc" in text_of(dialog.query_one("#deltas"))
+            await until(pilot, lambda: "all passed" in text_of(dialog.query_one("#gates")),
+                        what="gates passed before enter")
             await pilot.press(keys[4])
             await until(pilot, lambda: isinstance(app.screen, RegistryScreen), what="dialog closed")
             assert len(keys) < 10
@@ -125,15 +127,19 @@ def test_promote_in_few_keys_gates_fail_and_rollback(deck: Deck) -> None:
             await until(pilot, lambda: "production → v2" in text_of(reg.query_one("#status")),
                         what="promotion reported")
 
-            # v1 (val_acc 0.90) fails the production gate: the dialog says why and nothing moves
+            # v1 (val_acc 0.90) fails the production gate: the dialog says why before Enter (a dry run),
+            # Enter then refuses, and nothing moves
+            audited = len(deck.rpc("models.audit", name="promo"))
             await pilot.press("down", "p")
             await until(pilot, lambda: isinstance(app.screen, AliasPicker), what="alias picker")
             await pilot.press("enter")
             dialog = await until(pilot, lambda: isinstance(app.screen, PromoteDialog) and app.screen,
                                  what="promote dialog")
-            await pilot.press("enter")
-            await until(pilot, lambda: dialog.failed, what="failed gates shown")
+            await until(pilot, lambda: dialog.failed, what="failed gates shown before enter")
             assert "val_acc" in text_of(dialog.query_one("#gates"))
+            assert "force" in text_of(dialog.query_one("#promote-keys"))
+            await pilot.press("enter")
+            assert len(deck.rpc("models.audit", name="promo")) == audited
             await pilot.press("escape")
             assert deck.rpc("models.get", name="promo", alias="production")["version"] == 2
 
@@ -179,5 +185,35 @@ def test_launch_validates_then_opens_the_new_run(deck: Deck) -> None:
                                  timeout=30, what="the launched run")
             await until(pilot, lambda: deck.rpc("runs.get", run_id=detail.run_id)["status"] == "succeeded",
                         timeout=60, what="the launched run to finish")
+
+    run(go())
+
+
+def test_demo_story_runs_after_the_first_frame_and_says_each_step(deck: Deck) -> None:
+    async def story(client: Any, say: Any) -> dict[str, Any]:
+        hello = await client.call("hello")
+        say(f"step 1: the agent speaks protocol {hello['protocol']}")
+        runs = await client.call("runs.list")
+        say(f"step 2: {len(runs)} runs")
+        return {"runs": len(runs)}
+
+    async def broken(client: Any, say: Any) -> dict[str, Any]:
+        say("step 1")
+        raise RuntimeError("step 2 went wrong")
+
+    async def go() -> None:
+        app = MldeckApp(lambda: Fleet({"local": None}, local_home=deck.home), story=story)
+        async with app.run_test(size=SIZE) as pilot:
+            await until(pilot, lambda: app.story_result, what="the story's result")
+            assert app.story_result == {"runs": len(deck.rpc("runs.list"))}
+            assert app.story_lines[0].startswith("step 1: the agent speaks protocol")
+            assert app.story_lines[1] == f"step 2: {app.story_result['runs']} runs"
+            assert app.story_error is None and "keep exploring" in app.sub_title
+            await pilot.press("colon", *"demo", "enter")
+            assert "step 2" in text_of(app.screen.query("Static")[1])
+        app = MldeckApp(lambda: Fleet({"local": None}, local_home=deck.home), story=broken)
+        async with app.run_test(size=SIZE) as pilot:
+            await until(pilot, lambda: app.story_error, what="the story's failure")
+            assert "step 2 went wrong" in app.sub_title and app.story_lines[0] == "step 1"
 
     run(go())

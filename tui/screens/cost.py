@@ -1,18 +1,132 @@
-"""Cost: each host's burn rate, spend over the last day, and idle GPUs as waste."""
+"""Cost: per host, per run and per model over a chosen period; idle GPUs as waste; oversized runs."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any, ClassVar
 
-from tui.screens.panel import PanelScreen
+from rich.text import Text
+from textual import work
+from textual.app import ComposeResult
+from textual.binding import Binding, BindingType
+from textual.containers import Vertical
+from textual.widgets import DataTable, Static
+
+from tui.screens.base import DeckScreen
+from tui.screens.panel import fill, one, per_host
+from tui.widgets.units import money
+
+PERIODS = [("1 h", 3600.0), ("24 h", 86400.0), ("7 days", 7 * 86400.0), ("30 days", 30 * 86400.0)]
+POLL_S = 10.0
+RUNS_LIMIT = 200
+OVERSIZED = 0.5  # a run that peaked under half the GPU memory it held could have used a smaller GPU
+HOST_COLUMNS = ["host", "gpu_count", "running_jobs", "burn_per_hour", "host_per_hour", "runs",
+                "runs_cost_usd", "live_cost_usd", "idle_gpu_hours", "idle_cost_usd"]
+RUN_COLUMNS = ["host", "run_id", "name", "status", "gpus", "cost_usd", "gpu_hours", "peak_gib", "held_gib",
+               "mem_used_pct", "right_size"]
+MODEL_COLUMNS = ["host", "model", "versions", "runs", "cost_usd"]
 
 
-class CostScreen(PanelScreen):
+def run_row(host: str, r: dict[str, Any]) -> dict[str, Any]:
+    frac = r.get("mem_used_frac")
+    gib = 2**30
+    return {
+        "host": host, **{k: r.get(k) for k in ("run_id", "name", "status", "gpus", "cost_usd")},
+        "gpu_hours": (r.get("gpu_seconds") or 0) / 3600,
+        "peak_gib": None if r.get("peak_gpu_mem") is None else r["peak_gpu_mem"] / gib,
+        "held_gib": None if r.get("held_gpu_mem") is None else r["held_gpu_mem"] / gib,
+        "mem_used_pct": None if frac is None else 100 * frac,
+        "right_size": "oversized: a smaller GPU would do" if frac is not None and frac < OVERSIZED else "",
+    }
+
+
+def model_rows(host: str, versions: dict[str, list[dict[str, Any]]], runs: list[dict[str, Any]]
+               ) -> list[dict[str, Any]]:
+    """Each model's cost in the period: the runs its versions came from."""
+    cost = {r["run_id"]: r.get("cost_usd") or 0.0 for r in runs}
+    out = []
+    for name, vs in versions.items():
+        ids = {v.get("run_id") for v in vs if v.get("run_id") in cost}
+        out.append({"host": host, "model": name, "versions": len(vs), "runs": len(ids),
+                    "cost_usd": sum(cost[i] for i in ids)})
+    return out
+
+
+class CostScreen(DeckScreen):
     TITLE = "Cost"
-    HELP = "Per host over the last 24 h: price, burn per hour now, runs' cost, idle GPU time as waste."
-    METHOD = "cost.host"
-    PARAMS: ClassVar[dict[str, Any]] = {"since_s": 86400.0}
-    COLUMNS: ClassVar[list[str] | None] = [
-        "host", "gpu_count", "running_jobs", "burn_per_hour", "host_per_hour", "runs", "runs_cost_usd",
-        "live_cost_usd", "idle_gpu_seconds", "idle_cost_usd",
+    HELP = ("Spend per host, per run and per model over a period (p changes it); idle GPU time as waste; "
+            "runs whose peak GPU memory was far below what they held (right-sizing).")
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("p", "period", "period"),
+        Binding("tab", "switch", "next table"),
+        Binding("ctrl+r", "reload", "reload", show=False),
     ]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.period = 1
+
+    def compose(self) -> ComposeResult:
+        yield self.header()
+        with Vertical():
+            yield Static(id="cost-summary", classes="section")
+            yield DataTable(id="cost-hosts", cursor_type="row")
+            yield DataTable(id="cost-runs", cursor_type="row", zebra_stripes=True)
+            yield DataTable(id="cost-models", cursor_type="row")
+        yield self.status_line()
+        yield self.footer()
+
+    def on_mount(self) -> None:
+        self.query_one("#cost-runs", DataTable).focus()
+        self.poll()
+
+    @work(exclusive=True, group="cost-poll")
+    async def poll(self) -> None:
+        while True:
+            await self.refresh_once()
+            if not self.deck.live:
+                return
+            await asyncio.sleep(POLL_S)
+
+    async def refresh_once(self) -> None:
+        label, since = PERIODS[self.period]
+        notes: list[str] = []
+        hosts = await per_host(self, "cost.host", notes, since_s=since)
+        runs = await per_host(self, "cost.runs", notes, since_s=since, limit=RUNS_LIMIT)
+        host_rows = [{"host": h, **c, "idle_gpu_hours": (c.get("idle_gpu_seconds") or 0) / 3600}
+                     for h, c in hosts.items()]
+        run_rows = [run_row(h, r) for h, rs in runs.items() for r in rs]
+        models: list[dict[str, Any]] = []
+        for host, rs in runs.items():
+            listed = await one(self, host, "models.list", notes) or []
+            versions = {}
+            for m in listed:
+                versions[m["name"]] = await one(self, host, "models.versions", notes, name=m["name"]) or []
+            models += model_rows(host, versions, rs)
+        fill(self.query_one("#cost-hosts", DataTable), HOST_COLUMNS, host_rows)
+        fill(self.query_one("#cost-runs", DataTable), RUN_COLUMNS, run_rows)
+        fill(self.query_one("#cost-models", DataTable), MODEL_COLUMNS, models)
+        spent = sum(r.get("runs_cost_usd") or 0 for r in host_rows)
+        waste = sum(r.get("idle_cost_usd") or 0 for r in host_rows)
+        burn = sum(r.get("burn_per_hour") or 0 for r in host_rows)
+        oversized = sum(1 for r in run_rows if r["right_size"])
+        summary = Text.assemble(
+            (f"last {label}", "bold"), f"  spent {money(spent)} on runs  ·  burning {money(burn)}/h now  ·  ",
+            (f"idle GPUs wasted {money(waste)}", "red" if waste else ""), "  ·  ",
+            (f"{oversized} run(s) held far more GPU memory than they used", "yellow" if oversized else ""),
+            ("   (p: period)", "dim"),
+        )
+        self.query_one("#cost-summary", Static).update(summary)
+        self.say("  ·  ".join(notes) or f"{len(run_rows)} runs over {len(host_rows)} hosts")
+
+    def action_period(self) -> None:
+        self.period = (self.period + 1) % len(PERIODS)
+        self.poll()
+
+    def action_switch(self) -> None:
+        ids = ["#cost-hosts", "#cost-runs", "#cost-models"]
+        at = next((i for i, x in enumerate(ids) if self.query_one(x).has_focus), -1)
+        self.query_one(ids[(at + 1) % len(ids)], DataTable).focus()
+
+    def action_reload(self) -> None:
+        self.poll()

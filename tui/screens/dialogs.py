@@ -16,6 +16,7 @@ GLOBAL_KEYS = [
     ("1-8", "jump: fleet, runs, compare, launch, registry, serving, drift, cost"),
     (":", "command mode (:runs, :models, :host NAME, :q)"),
     ("ctrl+p", "command palette"),
+    (":demo", "what the demo story said so far (when one runs)"),
     ("?", "this help"),
     ("esc", "back"),
     ("q", "quit"),
@@ -111,3 +112,19 @@ class Prompt(ModalScreen[str | None]):
 
     def action_cancel(self) -> None:
         self.dismiss(None)
+
+
+class DemoLog(ModalScreen[None]):
+    """Every line the demo story said, oldest first."""
+
+    BINDINGS: ClassVar[list[BindingType]] = [Binding("escape,q", "dismiss", "close")]
+
+    def __init__(self, lines: list[str]) -> None:
+        super().__init__()
+        self.lines = lines
+
+    def compose(self) -> ComposeResult:
+        with Vertical(classes="dialog", id="demo-log"):
+            yield Static("[b]demo[/b]")
+            yield Static("\n".join(self.lines) or "no demo story is running", markup=False)
+            yield Static("[dim]esc closes[/dim]")

@@ -1,11 +1,153 @@
-"""Drift: per model, each column's test, statistic and drifted flag, from the agent's monitor."""
+"""Drift: per served model, each column's test, statistic and verdict, drift over time, and open alerts."""
 
 from __future__ import annotations
 
-from tui.screens.panel import PanelScreen
+import asyncio
+from typing import Any, ClassVar
+
+from rich.text import Text
+from textual import on, work
+from textual.app import ComposeResult
+from textual.binding import Binding, BindingType
+from textual.containers import Horizontal, Vertical
+from textual.widgets import DataTable, Static
+
+from tui.screens.base import DeckScreen
+from tui.screens.panel import fill, one, per_host
+from tui.widgets.metric_chart import MetricChart, Series
+from tui.widgets.units import number
+
+POLL_S = 5.0
+HISTORY = 200
+MODEL_COLUMNS = ["host", "name", "version", "drifted", "share_drifted", "open_alerts", "n_rows", "accuracy"]
+COLUMN_COLUMNS = ["column", "role", "method", "statistic", "p_value", "threshold", "drifted", "n_rows"]
+ALERT_COLUMNS = ["host", "model", "version", "kind", "message", "ts", "alert_id"]
 
 
-class DriftScreen(PanelScreen):
+def drift_series(windows: list[dict[str, Any]], column: str | None) -> Series:
+    """Per judged window: the share of drifted columns, and whether the selected column drifted (0/1)."""
+    judged = [w for w in windows if w.get("n_columns")]
+    if not judged:
+        return {}
+    t_end = judged[-1]["window_end"]
+    xs = [(w["window_end"] - t_end) / 60 for w in judged]
+    out = {"share of columns drifted": (xs, [w.get("share_drifted") for w in judged])}
+    if column:
+        out[f"{column} drifted"] = (xs, [1.0 if column in (w.get("drifted_columns") or []) else 0.0
+                                         for w in judged])
+    return out
+
+
+class DriftScreen(DeckScreen):
     TITLE = "Drift"
-    HELP = "Each served model's input columns against its reference: test, statistic, drifted."
-    METHOD = "drift.status"
+    HELP = ("Each production model's latest judged window against its reference: per column the test, "
+            "statistic and verdict; drift over the last windows (chart, follows the selected column); "
+            "open alerts. tab moves between models and columns.")
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("tab", "switch", "models/columns"),
+        Binding("ctrl+r", "reload", "reload", show=False),
+    ]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.models: list[dict[str, Any]] = []
+        self.columns: list[dict[str, Any]] = []
+        self.windows: list[dict[str, Any]] = []
+
+    def compose(self) -> ComposeResult:
+        yield self.header()
+        with Vertical():
+            with Horizontal(id="drift-top"):
+                yield DataTable(id="drift-models", cursor_type="row")
+                yield DataTable(id="drift-columns", cursor_type="row", zebra_stripes=True)
+            with Horizontal(id="drift-bottom"):
+                yield MetricChart("drift over time", xlabel="minutes (0 = latest window)", ylim=(0, 1),
+                                  id="drift-chart")
+                yield Static(id="drift-distribution", classes="section")
+            yield DataTable(id="drift-alerts", cursor_type="row")
+        yield self.status_line()
+        yield self.footer()
+
+    def on_mount(self) -> None:
+        self.query_one("#drift-models", DataTable).focus()
+        self.poll()
+
+    @work(exclusive=True, group="drift-poll")
+    async def poll(self) -> None:
+        while True:
+            await self.refresh_once()
+            if not self.deck.live:
+                return
+            await asyncio.sleep(POLL_S)
+
+    async def refresh_once(self) -> None:
+        notes: list[str] = []
+        status = await per_host(self, "drift.status", notes)
+        alerts = await per_host(self, "alerts.list", notes)
+        self.models = [{"host": h, **m} for h, s in status.items() for m in s.get("models") or []]
+        fill(self.query_one("#drift-models", DataTable), MODEL_COLUMNS, self.models)
+        open_alerts = [{"host": h, **a} for h, got in alerts.items() for a in got.get("alerts") or []]
+        fill(self.query_one("#drift-alerts", DataTable), ALERT_COLUMNS, open_alerts)
+        await self.show_model(notes)
+        if not self.models and not notes:
+            notes.append("no production model is monitored yet (promote one and serve it)")
+        self.say("  ·  ".join(notes) or f"{len(self.models)} models · {len(open_alerts)} open alerts")
+
+    def model(self) -> dict[str, Any] | None:
+        row = self.query_one("#drift-models", DataTable).cursor_row
+        return self.models[row] if 0 <= row < len(self.models) else None
+
+    async def show_model(self, notes: list[str]) -> None:
+        m = self.model()
+        if m is None:
+            return
+        status = await one(self, m["host"], "drift.status", notes, name=m["name"])
+        history = await one(self, m["host"], "drift.history", notes, name=m["name"], limit=HISTORY)
+        self.columns = (status or {}).get("rows") or []
+        self.windows = (history or {}).get("windows") or []
+        fill(self.query_one("#drift-columns", DataTable), COLUMN_COLUMNS, self.columns)
+        self.show_column()
+
+    def column(self) -> dict[str, Any] | None:
+        row = self.query_one("#drift-columns", DataTable).cursor_row
+        return self.columns[row] if 0 <= row < len(self.columns) else None
+
+    def show_column(self) -> None:
+        col = self.column()
+        name = col["column"] if col else None
+        self.query_one("#drift-chart", MetricChart).show(drift_series(self.windows, name))
+        text = Text("reference vs current\n", "bold")
+        if col is None:
+            text.append("select a column")
+        else:
+            text.append(f"{name} ({col.get('role')}): {col.get('method')} = {number(col.get('statistic'))} "
+                        f"(threshold {number(col.get('threshold'))}, p {number(col.get('p_value'))}) → ")
+            bad = bool(col.get("drifted"))
+            text.append("drifted" if bad else "no drift", "red" if bad else "green")
+            text.append("\nthe agent reports each column's test and statistic; the distributions themselves "
+                        "are not sent over RPC yet", "dim")
+        self.query_one("#drift-distribution", Static).update(text)
+
+    @on(DataTable.RowSelected, "#drift-models")
+    @on(DataTable.RowHighlighted, "#drift-models")
+    def model_selected(self) -> None:
+        self.reload_model()
+
+    @on(DataTable.RowHighlighted, "#drift-columns")
+    def column_highlighted(self) -> None:
+        self.show_column()
+
+    @work(exclusive=True, group="drift-model")
+    async def reload_model(self) -> None:
+        notes: list[str] = []
+        await self.show_model(notes)
+        if notes:
+            self.say("  ·  ".join(notes))
+
+    def action_switch(self) -> None:
+        ids = ["#drift-models", "#drift-columns"]
+        at = next((i for i, x in enumerate(ids) if self.query_one(x).has_focus), -1)
+        self.query_one(ids[(at + 1) % len(ids)], DataTable).focus()
+
+    def action_reload(self) -> None:
+        self.poll()

@@ -14,7 +14,7 @@ from core.protocol import RpcError
 from tui.screens.base import DeckScreen, NotAvailable
 from tui.widgets.host_row import HostRow
 
-PAINT_S = 0.5
+PAINT_S = 1.0  # the collector samples at 1 Hz: one batched repaint per sample
 EXTRAS_S = 5.0
 HISTORY_S = 60
 
@@ -69,7 +69,9 @@ class FleetScreen(DeckScreen):
         yield self.footer()
 
     def rows(self) -> list[HostRow]:
-        return list(self.query(HostRow))
+        if not getattr(self, "_rows", None):
+            self._rows = list(self.query(HostRow))
+        return self._rows
 
     def on_mount(self) -> None:
         rows = self.rows()

@@ -79,10 +79,10 @@ class HostScreen(DeckScreen):
         try:
             facts = await self.call(self.host, "host.info")
             metrics = await self.call(self.host, "host.metrics", window_s=window, max_points=300)
-            running = await self.call(self.host, "runs.list", status="running", limit=1000)
         except RpcError as exc:
             self.say(why(exc))
             return
+        running = await self.running_jobs()
         gpus = ", ".join(f"{g['index']}: {g['name']}" for g in facts.get("gpus", [])) or "no GPUs"
         self.query_one("#host-facts", Static).update(Text.assemble(
             (f"{self.host}", "bold"), f"  {facts.get('hostname')}  {facts.get('cpu_count')} CPUs  ",
@@ -101,13 +101,26 @@ class HostScreen(DeckScreen):
             chart.show(series)
         self.show_processes((metrics.get("latest") or {}).get("gpus") or [], running)
 
+    async def running_jobs(self) -> list[dict[str, Any]]:
+        """The agent's running jobs with their pids and GPUs (`jobs.queue`)."""
+        try:
+            queue = await self.call(self.host, "jobs.queue")
+        except RpcError as exc:
+            self.say(f"processes without their runs: {why(exc)}")
+            return []
+        jobs = queue.get("running") or []
+        return [{**j, "status": "stopping" if j.get("stopping") else "running"} for j in jobs]
+
     def show_processes(self, gpus: list[dict[str, Any]], running: list[dict[str, Any]]) -> None:
+        """A process is its job's when the pids match, else the job's that holds its GPU (the agent gives a
+        GPU to one run at a time; torchrun's workers are children of the job's pid)."""
         by_pid = {r.get("pid"): r for r in running if r.get("pid")}
+        by_gpu = {i: r for r in running for i in r.get("gpus") or []}
         table = self.query_one("#procs", DataTable)
         table.clear()
         for g in gpus:
             for pid, mem in g.get("processes") or []:
-                run = by_pid.get(pid, {})
+                run = by_pid.get(pid) or by_gpu.get(g["index"]) or {}
                 table.add_row(g["index"], pid, gib(mem), run.get("run_id", "-"), run.get("name", "-"),
                               run.get("status", "-"))
         if not table.row_count:

@@ -1,94 +1,55 @@
-"""A screen that shows one RPC per host as a table, refreshed when the previous call is done."""
+"""What the Serving, Drift and Cost screens share: filling a table from records, each host asked alone."""
 
 from __future__ import annotations
 
-import asyncio
 import json
-from typing import Any, ClassVar
+from typing import Any
 
-from textual import work
-from textual.app import ComposeResult
 from textual.widgets import DataTable
 
 from core.protocol import RpcError
 from tui.screens.base import DeckScreen, NotAvailable, why
 from tui.widgets.units import number
 
-REFRESH_S = 2.0
-
-
-def rows_of(result: Any) -> list[dict[str, Any]]:
-    """Lists of records stay; a dict of records becomes rows keyed by name; a flat dict is one row."""
-    if isinstance(result, list):
-        return [r if isinstance(r, dict) else {"value": r} for r in result]
-    if isinstance(result, dict):
-        for key in ("rows", "items", "models", "runs", "columns", "alerts"):
-            if isinstance(result.get(key), list):
-                return rows_of(result[key])
-            if isinstance(result.get(key), dict) and all(isinstance(v, dict) for v in result[key].values()):
-                return [{"name": k, **v} for k, v in result[key].items()]
-        return [result]
-    return [{"value": result}]
-
 
 def cell(value: Any) -> str:
     if isinstance(value, (dict, list)):
         return json.dumps(value)[:60]
+    if isinstance(value, bool):
+        return "yes" if value else "no"
     return number(value)
 
 
-class PanelScreen(DeckScreen):
-    """Subclasses name METHOD and PARAMS; a host without the method says so in its own rows."""
+def fill(table: DataTable, columns: list[str], rows: list[dict[str, Any]]) -> None:
+    """Replace a table's rows keeping the cursor row; columns are keys of the records."""
+    keep = table.cursor_row
+    table.clear(columns=True)
+    table.add_columns(*columns)
+    for r in rows:
+        table.add_row(*(cell(r.get(c)) for c in columns))
+    if rows:
+        table.move_cursor(row=min(max(keep, 0), len(rows) - 1))
 
-    METHOD: ClassVar[str] = ""
-    PARAMS: ClassVar[dict[str, Any]] = {}
-    COLUMNS: ClassVar[list[str] | None] = None
 
-    def compose(self) -> ComposeResult:
-        yield self.header()
-        yield DataTable(id="panel", cursor_type="row", zebra_stripes=True)
-        yield self.status_line()
-        yield self.footer()
+async def per_host(screen: DeckScreen, method: str, notes: list[str], **params: Any) -> dict[str, Any]:
+    """The same call on every host; a host without the method, or failing, becomes a note, not an error."""
+    out: dict[str, Any] = {}
+    outcomes = await screen.deck.fleet.gather(method, **params)
+    for host, got in outcomes.items():
+        if got.ok:
+            out[host] = got.value
+        elif (got.error or "").startswith("unknown method"):
+            notes.append(f"{host}: {method} is not available on this agent")
+        else:
+            notes.append(f"{host}: {got.error}")
+    return out
 
-    def on_mount(self) -> None:
-        self.query_one("#panel", DataTable).focus()
-        self.poll()
 
-    @work(exclusive=True, group="panel")
-    async def poll(self) -> None:
-        while True:
-            await self.refresh_once()
-            if not self.deck.live:
-                return
-            await asyncio.sleep(REFRESH_S)
-
-    async def refresh_once(self) -> None:
-        rows: list[dict[str, Any]] = []
-        notes = []
-        for host in self.deck.fleet.names:
-            try:
-                result = await self.call(host, self.METHOD, **self.PARAMS)
-            except NotAvailable:
-                notes.append(f"{host}: {self.METHOD} is not available on this agent")
-                continue
-            except RpcError as exc:
-                notes.append(f"{host}: {why(exc)}")
-                continue
-            rows += [{"host": host, **r} for r in rows_of(result)]
-        self.rows = rows
-        table = self.query_one("#panel", DataTable)
-        columns = self.COLUMNS or list(dict.fromkeys(k for r in rows for k in r))
-        keep = table.cursor_row
-        table.clear(columns=True)
-        table.add_columns(*columns)
-        for r in rows:
-            table.add_row(*(cell(r.get(c)) for c in columns))
-        if rows:
-            table.move_cursor(row=min(keep, len(rows) - 1))
-        self.say("  ·  ".join(notes) or (f"{len(rows)} rows from {self.METHOD}" if rows
-                                         else f"{self.METHOD}: nothing to show yet on any host"))
-
-    def current(self) -> dict[str, Any] | None:
-        row = self.query_one("#panel", DataTable).cursor_row
-        rows = getattr(self, "rows", [])
-        return rows[row] if 0 <= row < len(rows) else None
+async def one(screen: DeckScreen, host: str, method: str, notes: list[str], **params: Any) -> Any:
+    try:
+        return await screen.call(host, method, **params)
+    except NotAvailable as exc:
+        notes.append(str(exc))
+    except RpcError as exc:
+        notes.append(f"{host}: {why(exc)}")
+    return None

@@ -108,7 +108,7 @@ class PromoteDialog(ModalScreen[dict[str, Any] | None]):
         try:
             res = await rpc(self.app, self.host, "models.promote", name=self.name_,  # type: ignore[arg-type]
                             version=self.candidate["version"], alias=self.alias, dry_run=True)
-            self.show_gates(res.get("failed_gates") or [])
+            self.show_gates(res.get("failed_gates") or [], gated=res.get("gated", True))
         except RpcError as exc:
             if exc.code == protocol.INVALID_PARAMS and "dry_run" in exc.message:
                 gates.update("gates: the agent checks them when you press enter")
@@ -125,14 +125,20 @@ class PromoteDialog(ModalScreen[dict[str, Any] | None]):
             return Text("drift: not available on this agent", "dim")
         except RpcError as exc:
             return Text(f"drift: {why(exc)}", "dim")
-        drifted = status.get("drifted") if isinstance(status, dict) else None
-        return Text(f"drift: {'DRIFTED' if drifted else 'no drift'}", "red" if drifted else "green")
+        if not isinstance(status, dict):
+            return Text("drift: -", "dim")
+        alerts = status.get("open_alerts") or 0
+        tail = f", {alerts} open alert(s)" if alerts else ""
+        if status.get("drifted") is None:
+            return Text(f"drift: {status.get('note') or 'not judged yet'}{tail}", "red" if alerts else "dim")
+        bad = bool(status["drifted"])
+        return Text(f"drift: {'DRIFTED' if bad else 'no drift'}{tail}", "red" if bad or alerts else "green")
 
-    def show_gates(self, failed: list[str]) -> None:
+    def show_gates(self, failed: list[str], gated: bool = True) -> None:
         self.failed = failed
         text = Text("gates: ")
         if not failed:
-            text.append("all passed ✓", "green")
+            text.append("all passed ✓" if gated else f"none configured for {self.alias} ✓", "green")
         for f in failed:
             text.append(f"\n  ✗ {f}", "red")
         self.query_one("#gates", Static).update(text)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import time
 from typing import Any, ClassVar
 
@@ -68,7 +67,6 @@ class RunDetailScreen(DeckScreen):
         self.run_id = run_id
         self.charts: dict[str, MetricChart] = {}
         self.pending: dict[str, tuple[list[float], list[float]]] = {}
-        self.checkpoints: list[str] = []
 
     def compose(self) -> ComposeResult:
         yield self.header()
@@ -153,15 +151,13 @@ class RunDetailScreen(DeckScreen):
 
     @work(group="run-events")
     async def follow_events(self) -> None:
-        async for ev in self.deck.fleet.subscribe(self.host, "run.event", run_id=self.run_id):
-            if ev.get("event") == "checkpoint":
-                d = ev.get("data") or {}
-                self.checkpoints.append(f"step {d.get('step')}: {d.get('file')}")
-                self.query_one("#run-checkpoints", Static).update(
-                    "[b]checkpoints[/b]\n" + "\n".join(self.checkpoints[-10:]))
-            if ev.get("event") == "finish":
-                await asyncio.sleep(0.5)
-                self.say(f"run finished: {(ev.get('data') or {}).get('status')}")
+        """The run's status changes (topic `runs`): say when it ends and reload what it left."""
+        try:
+            async for ev in self.deck.fleet.subscribe(self.host, "runs", run_id=self.run_id):
+                if ev.get("run_id") == self.run_id and ev.get("status") not in (None, "running", "queued"):
+                    self.say(f"run finished: {ev.get('status')}")
+        except RpcError as exc:
+            self.say(why(exc))
 
     async def apply_pending(self) -> None:
         """Live points arrive in bursts; charts redraw a few times a second at most."""

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from collections import deque
+from itertools import groupby
 from typing import Any
 
-from rich.text import Text
+from textual.content import Content
 from textual.widget import Widget
 
 from tui.widgets.units import gib
@@ -13,30 +14,37 @@ from tui.widgets.units import gib
 BLOCKS = "▁▂▃▄▅▆▇█"
 HISTORY = 40
 BAR = 12
+Part = tuple[str, str]
 
 
 def level_style(pct: float) -> str:
-    return "red" if pct >= 90 else "yellow" if pct >= 60 else "green"
+    """Theme colours, so the sparkline reads the same in every theme."""
+    return "$error" if pct >= 90 else "$warning" if pct >= 60 else "$success"
 
 
-def sparkline(values: list[float | None], width: int) -> Text:
+def runs_of(cells: list[Part]) -> list[Part]:
+    """Neighbouring cells of one style as one span: a line costs per span when it is drawn."""
+    return [("".join(t for t, _ in group), style) for style, group in groupby(cells, key=lambda c: c[1])]
+
+
+def sparkline(values: list[float | None], width: int) -> list[Part]:
     """Newest on the right; gaps (no reading) as a dot."""
-    text = Text()
-    for v in list(values)[-width:]:
+    cells: list[Part] = [(" ", "")] * max(0, width - len(values[-width:]))
+    for v in values[-width:]:
         if v is None:
-            text.append("·", "dim")
+            cells.append(("·", "dim"))
             continue
         v = max(0.0, min(100.0, v))
-        text.append(BLOCKS[round(v / 100 * (len(BLOCKS) - 1))], level_style(v))
-    return Text(" " * max(0, width - len(text))) + text
+        cells.append((BLOCKS[round(v / 100 * (len(BLOCKS) - 1))], level_style(v)))
+    return runs_of(cells)
 
 
-def bar(used: float | None, total: float | None, width: int = BAR) -> Text:
+def bar(used: float | None, total: float | None, width: int = BAR) -> list[Part]:
     if not used or not total:
-        return Text("░" * width, "dim")
+        return [("░" * width, "dim")]
     share = max(0.0, min(1.0, used / total))
     full = round(share * width)
-    return Text("█" * full, level_style(share * 100)) + Text("░" * (width - full), "dim")
+    return [("█" * full, level_style(share * 100)), ("░" * (width - full), "dim")]
 
 
 class GpuSpark(Widget):
@@ -49,20 +57,28 @@ class GpuSpark(Widget):
         self.index = index
         self.util: deque[float | None] = deque(maxlen=history)
         self.sample: dict[str, Any] = {}
+        self.fresh = False
 
     def push(self, gpu: dict[str, Any]) -> None:
         self.sample = gpu
         self.util.append(gpu.get("util_pct"))
+        self.fresh = True
 
-    def render(self) -> Text:
+    def paint(self) -> None:
+        """Repaint if a sample came since the last paint."""
+        if self.fresh:
+            self.fresh = False
+            self.refresh()
+
+    def render(self) -> Content:
         g = self.sample
-        util = g.get("util_pct")
-        line = Text(f" GPU{self.index} ", "bold")
-        line += sparkline(list(self.util), self.util.maxlen or HISTORY)
-        line += Text(f" {util:>3.0f}% " if util is not None else "   - ")
-        line += Text("mem ") + bar(g.get("mem_used"), g.get("mem_total"))
-        line += Text(f" {gib(g.get('mem_used'))}/{gib(g.get('mem_total'))}")
-        temp, power = g.get("temp_c"), g.get("power_w")
-        line += Text(f"  {temp:.0f}°C" if temp is not None else "  -°C")
-        line += Text(f"  {power:.0f}W" if power is not None else "  -W")
-        return line
+        util, temp, power = g.get("util_pct"), g.get("temp_c"), g.get("power_w")
+        return Content.assemble(
+            (f" GPU{self.index} ", "bold"),
+            *sparkline(list(self.util), self.util.maxlen or HISTORY),
+            f" {util:>3.0f}% " if util is not None else "   - ",
+            "mem ", *bar(g.get("mem_used"), g.get("mem_total")),
+            f" {gib(g.get('mem_used'))}/{gib(g.get('mem_total'))}",
+            f"  {temp:.0f}°C" if temp is not None else "  -°C",
+            f"  {power:.0f}W" if power is not None else "  -W",
+        )

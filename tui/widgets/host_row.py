@@ -4,18 +4,37 @@ from __future__ import annotations
 
 from typing import Any
 
-from rich.text import Text
 from textual.app import ComposeResult
 from textual.containers import Vertical
-from textual.widgets import Static
+from textual.content import Content
+from textual.widget import Widget
 
 from tui.widgets.gpu_spark import GpuSpark
 from tui.widgets.units import gib, money, pct
 
 
-def state_text(state: str) -> Text:
-    style = "green" if state == "up" else "yellow" if state in ("reconnecting", "connecting") else "red"
-    return Text("● ", style) + Text(state, style)
+def state_style(state: str) -> str:
+    if state == "up":
+        return "$success"
+    return "$warning" if state in ("reconnecting", "connecting") else "$error"
+
+
+class HostLine(Widget):
+    """One line of facts; a fixed height, so a repaint never reflows the screen."""
+
+    DEFAULT_CSS = "HostLine { height: 1; }"
+
+    def __init__(self, **kw: Any) -> None:
+        super().__init__(**kw)
+        self.content = Content("")
+
+    def show(self, content: Content) -> None:
+        if content.plain != self.content.plain or content.spans != self.content.spans:
+            self.content = content
+            self.refresh()
+
+    def render(self) -> Content:
+        return self.content
 
 
 class HostRow(Vertical, can_focus=True):
@@ -31,7 +50,7 @@ class HostRow(Vertical, can_focus=True):
         self.dirty = True
 
     def compose(self) -> ComposeResult:
-        yield Static(id="host-line", markup=False)
+        yield HostLine(id="host-line")
         yield Vertical(id="gpus")
 
     def feed(self, snapshot: dict[str, Any]) -> None:
@@ -45,21 +64,26 @@ class HostRow(Vertical, can_focus=True):
             spark.push(gpu)
         self.dirty = True
 
+    def line(self) -> Content:
+        s, x = self.snapshot, self.extras
+        style = state_style(self.state)
+        state = f"● {self.state}"
+        parts: list[str | tuple[str, str]] = [(f"{self.host:<14}", "bold"), (state, style),
+                                              "\u00a0" * max(2, 16 - len(state))]
+        if s:
+            ram = f"{gib(s.get('ram_used'))}/{gib(s.get('ram_total'))}"
+            parts.append(f" CPU {pct(s.get('cpu_pct')):>4}  RAM {ram}")
+            if not s.get("gpus"):
+                parts.append(("  no GPUs", "dim"))
+        parts.append(f"  jobs {x.get('jobs', '-')}")
+        parts.append(f"  {money(x['cost_h'])}/h" if x.get("cost_h") is not None else "  $-/h")
+        parts.append(f"  serving {x['rps']:.0f} rps" if x.get("rps") is not None else "  serving -")
+        return Content.assemble(*parts)
+
     def paint(self) -> None:
         if not self.dirty:
             return
         self.dirty = False
-        s, x = self.snapshot, self.extras
-        state = state_text(self.state)
-        line = Text(f"{self.host:<14}", "bold") + state + Text("\u00a0" * max(2, 16 - len(state)))
-        if s:
-            ram = f"{gib(s.get('ram_used'))}/{gib(s.get('ram_total'))}"
-            line += Text(f" CPU {pct(s.get('cpu_pct')):>4}  RAM {ram}")
-            if not s.get("gpus"):
-                line += Text("  no GPUs", "dim")
-        line += Text(f"  jobs {x.get('jobs', '-')}")
-        line += Text(f"  {money(x['cost_h'])}/h" if x.get("cost_h") is not None else "  $-/h")
-        line += Text(f"  serving {x['rps']:.0f} rps" if x.get("rps") is not None else "  serving -")
-        self.query_one("#host-line", Static).update(line)
+        self.query_one(HostLine).show(self.line())
         for spark in self.sparks.values():
-            spark.refresh()
+            spark.paint()

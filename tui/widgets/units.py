@@ -5,8 +5,6 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from tui.cli.output import duration
-
 
 def gib(n: float | None) -> str:
     return "-" if n is None else f"{n / 2**30:.1f}G"
@@ -26,6 +24,15 @@ def number(x: Any) -> str:
     if isinstance(x, float):
         return f"{x:.4g}"
     return str(x)
+
+
+def duration(seconds: float | None) -> str:
+    """1h02m, 3m05s or 42s (the CLI's wording; importing tui.cli would load every command module)."""
+    if seconds is None or seconds != seconds:
+        return "-"
+    h, rest = divmod(int(seconds), 3600)
+    m, s = divmod(rest, 60)
+    return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s" if m else f"{s}s"
 
 
 def age(ts: float | None, now: float | None = None) -> str:

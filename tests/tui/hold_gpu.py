@@ -1,0 +1,25 @@
+"""A job for the TUI tests that holds its GPU until told: `STOP_FILE=... python tests/tui/hold_gpu.py`."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+from core import track
+
+
+def main() -> None:
+    run = track.init(name="gpu-holder", experiment="tui-tests", params={"hold": True})
+    stop = Path(os.environ["STOP_FILE"])
+    step = 0
+    deadline = time.monotonic() + 90
+    while not stop.exists() and time.monotonic() < deadline:
+        run.log({"loss": 1.0 / (step + 1)}, step=step)
+        step += 1
+        time.sleep(0.2)
+    run.finish()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,51 @@
+"""`runs.table`: the Runs screen's columnar, paged read of a real agent's store, and its bad input."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.conftest import rpc
+from tests.tui.conftest import Deck
+from tui.screens.runs import columns_table
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def test_pages_match_runs_list_with_latest_metrics_pivoted(deck: Deck) -> None:
+    runs = deck.rpc("runs.list")
+    page = deck.rpc("runs.table")
+    cols = page["columns"]
+    assert page["total"] == len(runs) and page["offset"] == 0
+    assert cols["run_id"] == [r["run_id"] for r in runs]  # newest first, like runs.list
+    assert set(page["metrics"]) == {k for r in runs for k in r["metrics"]}
+    for i, r in enumerate(runs):
+        for key in page["metrics"]:
+            assert cols[f"m:{key}"][i] == r["metrics"].get(key)
+        assert (cols["status"][i], cols["name"][i]) == (r["status"], r["name"])
+
+    first = deck.rpc("runs.table", offset=0, limit=2, metrics=["loss"])
+    rest = deck.rpc("runs.table", offset=2, limit=1000, metrics=["loss"])
+    assert first["columns"]["run_id"] + rest["columns"]["run_id"] == cols["run_id"]
+    assert list(first["columns"]) == list(rest["columns"]) and "m:val_acc" not in first["columns"]
+
+    done = deck.rpc("runs.table", status="succeeded", columns=["name", "status"], metrics=[])
+    assert set(done["columns"]) == {"run_id", "name", "status"}
+    assert done["total"] == sum(r["status"] == "succeeded" for r in runs)
+
+    table = columns_table("local", page)
+    assert table.num_rows == len(runs) and table["host"].to_pylist() == ["local"] * len(runs)
+    assert table["created"].to_pylist() == [r["created_at"] for r in runs]
+
+
+@pytest.mark.parametrize(("params", "says"), [
+    ({"limit": 0}, "limit must be between 1 and 25000"),
+    ({"limit": 10**6}, "limit must be between 1 and 25000"),
+    ({"offset": -1}, "offset must be 0 or more"),
+    ({"columns": ["name; drop table runs"]}, "unknown run column"),
+    ({"metrics": [f"k{i}" for i in range(40)]}, "at most 32 metrics"),
+    ({"limit": "ten"}, "limit"),
+])
+def test_bad_input_gets_one_clear_message(deck: Deck, params: dict, says: str) -> None:
+    reply = rpc(deck.home, "runs.table", params)
+    assert says in reply["error"]["message"]
+    assert rpc(deck.home, "hello")["result"]
