@@ -75,6 +75,38 @@ def decode_lines(
     return out
 
 
+def _cell(value: Any) -> Any:
+    """A decoded field as a table cell: raw JSON stays text, nested values become JSON text."""
+    if isinstance(value, msgspec.Raw):
+        return bytes(value).decode()
+    if isinstance(value, dict | list):
+        return msgspec.json.encode(value).decode()
+    return value
+
+
+def rows_parser(
+    kind: type[msgspec.Struct],
+    table: str,
+    columns: dict[str, pa.DataType],
+    events: Callable[[list[Any]], list[tuple[str, Any]]] | None = None,
+) -> Parser:
+    """A parser for files whose lines are rows of one table, decoded as one struct type."""
+    decoder = msgspec.json.Decoder(kind)
+
+    def parse(path: Path, chunk: bytes, first_line: int) -> Parsed:
+        parsed = Parsed()
+        rows = decode_lines(path, chunk, first_line, decoder, parsed)
+        if rows:
+            batch = pa.table({
+                col: pa.array([_cell(getattr(r, col)) for r in rows], kind_) for col, kind_ in columns.items()
+            })
+            parsed.actions.append(lambda store: store.append(table, batch))
+            parsed.events.extend(events(rows) if events else [])
+        return parsed
+
+    return parse
+
+
 # An event line as the SDK writes it: {"t":...,"e":...}; everything else is a metrics point.
 _EVENT_LINE = re.compile(rb'^\{"t":[^,\n]*,"e":[^\n]*\n', re.MULTILINE)
 _NUMERIC = (pa.types.is_integer, pa.types.is_floating, pa.types.is_null)

@@ -24,7 +24,7 @@ import msgspec
 import psutil
 import pyarrow as pa
 
-from agent.ingest import Parsed, Source, decode_lines
+from agent.ingest import Source, rows_parser
 from core import protocol
 from core import serving as sv
 from core.atomic import write_atomic
@@ -47,67 +47,25 @@ LOG_FILE = "server.log"
 PID_FILE = "server.pid"
 _PACKAGE_ROOT = str(Path(sv.__file__).resolve().parent.parent)
 
-_prediction_decoder = msgspec.json.Decoder(sv.PredictionRow)
-_feedback_decoder = msgspec.json.Decoder(sv.FeedbackRow)
-_alert_decoder = msgspec.json.Decoder(sv.AlertLine)
+_INT = pa.int32()
+_STR = pa.string()
+_FLOAT = pa.float64()
 
-
-def _raw(value: msgspec.Raw) -> str:
-    return bytes(value).decode()
-
-
-def parse_predictions(path: Path, chunk: bytes, first_line: int) -> Parsed:
-    """predictions-<n>.jsonl → predictions rows; tensors go in as the JSON text they came as."""
-    parsed = Parsed()
-    rows = decode_lines(path, chunk, first_line, _prediction_decoder, parsed)
-    if rows:
-        batch = pa.table({
-            "ts": pa.array([r.ts for r in rows], pa.float64()),
-            "model": pa.array([r.model for r in rows], pa.string()),
-            "version": pa.array([r.version for r in rows], pa.int32()),
-            "variant": pa.array([r.variant for r in rows], pa.string()),
-            "request_id": pa.array([r.request_id for r in rows], pa.string()),
-            "inputs": pa.array([_raw(r.inputs) for r in rows], pa.string()),
-            "outputs": pa.array([_raw(r.outputs) for r in rows], pa.string()),
-            "latency_ms": pa.array([r.latency_ms for r in rows], pa.float64()),
-        })
-        parsed.actions.append(lambda store: store.append("predictions", batch))
-        parsed.events.append(("serving.predictions", {"model": rows[0].model, "rows": len(rows)}))
-    return parsed
-
-
-def parse_feedback(path: Path, chunk: bytes, first_line: int) -> Parsed:
-    """feedback-<n>.jsonl → feedback rows (request id, label as JSON, model)."""
-    parsed = Parsed()
-    rows = decode_lines(path, chunk, first_line, _feedback_decoder, parsed)
-    if rows:
-        batch = pa.table({
-            "request_id": pa.array([r.request_id for r in rows], pa.string()),
-            "label": pa.array([_raw(r.label) for r in rows], pa.string()),
-            "ts": pa.array([r.ts for r in rows], pa.float64()),
-            "model": pa.array([r.model for r in rows], pa.string()),
-        })
-        parsed.actions.append(lambda store: store.append("feedback", batch))
-    return parsed
-
-
-def parse_alerts(path: Path, chunk: bytes, first_line: int) -> Parsed:
-    """The server's alerts.jsonl → alerts rows (a version that failed to load), published on `alerts`."""
-    parsed = Parsed()
-    rows = decode_lines(path, chunk, first_line, _alert_decoder, parsed)
-    if rows:
-        batch = pa.table({
-            "alert_id": pa.array([r.alert_id for r in rows], pa.string()),
-            "ts": pa.array([r.ts for r in rows], pa.float64()),
-            "model": pa.array([r.model for r in rows], pa.string()),
-            "version": pa.array([r.version for r in rows], pa.int32()),
-            "kind": pa.array([r.kind for r in rows], pa.string()),
-            "message": pa.array([r.message for r in rows], pa.string()),
-            "details": pa.array([msgspec.json.encode(r.details).decode() for r in rows], pa.string()),
-        })
-        parsed.actions.append(lambda store: store.append("alerts", batch))
-        parsed.events.extend(("alerts", msgspec.to_builtins(r)) for r in rows)
-    return parsed
+parse_predictions = rows_parser(
+    sv.PredictionRow, "predictions",
+    {"ts": _FLOAT, "model": _STR, "version": _INT, "variant": _STR, "request_id": _STR, "inputs": _STR,
+     "outputs": _STR, "latency_ms": _FLOAT},
+    lambda rows: [("serving.predictions", {"model": rows[0].model, "rows": len(rows)})],
+)
+parse_feedback = rows_parser(
+    sv.FeedbackRow, "feedback", {"request_id": _STR, "label": _STR, "ts": _FLOAT, "model": _STR}
+)
+parse_alerts = rows_parser(
+    sv.AlertLine, "alerts",
+    {"alert_id": _STR, "ts": _FLOAT, "model": _STR, "version": _INT, "kind": _STR, "message": _STR,
+     "details": _STR},
+    lambda rows: [("alerts", msgspec.to_builtins(r)) for r in rows],
+)
 
 
 class ServingControl:
