@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import functools
 import importlib
@@ -19,6 +20,7 @@ from tui.fleet import LOCAL, Fleet
 from tui.screens.base import DeckScreen
 from tui.screens.dialogs import CommandLine, DemoLog, HelpScreen
 
+RUNS_FIRST_PAGE = 1000  # the newest runs of each host, fetched after the first frame so Runs opens full
 PREWARM = ["tui.screens.runs", "tui.screens.registry", "tui.widgets.metric_chart"]
 SCREENS_BY_KEY = ["fleet", "runs", "compare", "launch", "registry", "serving", "drift", "cost"]
 Say = Callable[[str], None]
@@ -81,6 +83,7 @@ class MldeckApp(App[None]):
         self.story_lines: list[str] = []
         self.story_result: dict[str, Any] | None = None
         self.story_error: BaseException | None = None
+        self.early_runs: dict[str, asyncio.Task[Any]] = {}
 
     MODES: ClassVar[dict[str, Any]] = {name: functools.partial(screen_for, name) for name in SCREENS_BY_KEY}
 
@@ -89,8 +92,18 @@ class MldeckApp(App[None]):
         self.fleet.start()
         self.switch_mode("fleet")
         self.set_timer(0.3, prewarm)
+        if self.live:
+            self.set_timer(0.5, self.prefetch_runs)
         if self.story is not None:
             self.call_after_refresh(self.run_worker, self.tell_story(self.story), group="story")
+
+    def prefetch_runs(self) -> None:
+        """Each host's newest runs page while the person looks at the Fleet; Runs takes it when opened."""
+        for host in self.fleet.names:
+            task = asyncio.get_running_loop().create_task(
+                self.fleet.call(host, "runs.table", offset=0, limit=RUNS_FIRST_PAGE))
+            task.add_done_callback(lambda t: t.cancelled() or t.exception())  # read, so never "unretrieved"
+            self.early_runs[host] = task
 
     def say(self, text: str) -> None:
         """A line of the demo story: a notification, the header's subtitle, and the `:demo` log."""

@@ -208,7 +208,7 @@ def main() -> None:
         fill_store(Path(tmp) / "h0", args.runs)
         agents = [start_agent(Path(tmp) / f"h{i}") for i in range(args.hosts)]
         try:
-            cold = cold_start(agents[1].home)
+            cold = cold_start(agents[-1].home)
             scale = asyncio.run(runs_at_scale(agents[0].home, args.runs))
             cpu = asyncio.run(idle_cpu({f"gpu-{i}": a.home for i, a in enumerate(agents)}, 5, args.window))
         finally:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections import Counter
 from typing import Any, ClassVar
@@ -13,9 +14,9 @@ from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.widgets import Input
-from textual_fastdatatable import DataTable
 
 from core.protocol import RpcError
+from tui.app import RUNS_FIRST_PAGE
 from tui.screens import run_filter
 from tui.screens.base import DeckScreen, NotAvailable, why
 from tui.screens.dialogs import Confirm
@@ -23,7 +24,7 @@ from tui.widgets.runs_table import RunsTable
 from tui.widgets.units import duration
 
 RUNS_LIMIT = 5000  # runs.list fallback, for agents without runs.table
-FIRST_PAGE = 1000  # newest runs first: the table paints before the rest arrives
+FIRST_PAGE = RUNS_FIRST_PAGE  # newest runs first: the table paints before the rest arrives
 PAGE = 25_000
 MAX_RUNS_PER_HOST = 500_000
 POLL_S = 5.0
@@ -199,7 +200,13 @@ class RunsScreen(DeckScreen):
                 pass
 
     async def fetch_page(self, host: str, offset: int, limit: int) -> pa.Table:
-        page = await self.call(host, "runs.table", offset=offset, limit=limit, **self.page_args(host))
+        early = self.deck.early_runs.pop(host, None)
+        page = None
+        if early is not None and (offset, limit) == (0, FIRST_PAGE) and not self.page_args(host):
+            with contextlib.suppress(Exception):  # a failed prefetch is simply asked again
+                page = await early
+        if page is None:
+            page = await self.call(host, "runs.table", offset=offset, limit=limit, **self.page_args(host))
         self.totals[host] = page["total"]
         self.metric_keys[host] = page["metrics"]
         return columns_table(host, page)
@@ -216,6 +223,9 @@ class RunsScreen(DeckScreen):
         if host not in self.tables:
             self.tables[host] = first
             self.combine()
+            painted = asyncio.Event()
+            self.call_after_refresh(painted.set)
+            await painted.wait()  # the newest runs on screen before the rest's decoding competes with it
         pages = [first]
         offset = first.num_rows
         while offset < min(self.totals[host], MAX_RUNS_PER_HOST):
@@ -340,12 +350,12 @@ class RunsScreen(DeckScreen):
         if cur:
             self.app.push_screen(RunDetailScreen(*cur))
 
-    @on(DataTable.RowSelected)
+    @on(RunsTable.RowSelected)
     def row_selected(self) -> None:
         self.action_open()
 
-    @on(DataTable.HeaderSelected)
-    def header_selected(self, event: DataTable.HeaderSelected) -> None:
+    @on(RunsTable.HeaderSelected)
+    def header_selected(self, event: RunsTable.HeaderSelected) -> None:
         label = str(event.label)
         key = f"m:{label}" if f"m:{label}" in self.data.column_names else label
         if key == "run":
