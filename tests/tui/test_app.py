@@ -43,7 +43,9 @@ def test_fleet_live_host_detail_help_and_commands(deck: Deck) -> None:
             await until(pilot, lambda: len(row.sparks) == 2 and row.state == "up", what="2 live GPUs")
             first = row.snapshot["ts"]
             await until(pilot, lambda: row.snapshot["ts"] > first, what="a live update")
-            assert "CPU" in text_of(app.screen.query_one("#host-line"))
+            line = lambda: text_of(app.screen.query_one("#host-line"))  # noqa: E731
+            await until(pilot, lambda: "simulated GPUs" in line(), what="the simulated GPUs labelled")
+            assert "CPU" in line()
             await pilot.press("question_mark")
             assert isinstance(app.screen, HelpScreen)
             await pilot.press("escape", "enter")

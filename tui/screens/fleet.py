@@ -35,6 +35,13 @@ async def host_extras(screen: DeckScreen, host: str, missing: set[str]) -> dict[
     return out
 
 
+def simulated(fleet: Any, host: str) -> bool:
+    """Whether the host's GPUs are the agent's simulation (the demo on a machine without GPUs)."""
+    status = getattr(fleet, "status", None)
+    hello = status(host).hello if status else None
+    return bool(((hello or {}).get("host") or {}).get("gpu_simulated"))
+
+
 def _cost_per_hour(result: Any) -> dict[str, Any]:
     if isinstance(result, dict):
         for key in ("burn_per_hour", "cost_per_hour"):
@@ -88,6 +95,7 @@ class FleetScreen(DeckScreen):
             state = self.deck.fleet.state(row.host)
             if state != row.state:
                 row.state, row.dirty = state, True
+                row.simulated = simulated(self.deck.fleet, row.host)
             row.paint()
 
     @work(group="metrics")

@@ -48,6 +48,7 @@ class HostRow(Vertical, can_focus=True):
         self.extras: dict[str, Any] = {}
         self.sparks: dict[int, GpuSpark] = {}
         self.dirty = True
+        self.simulated = False
 
     def compose(self) -> ComposeResult:
         yield HostLine(id="host-line")
@@ -75,6 +76,8 @@ class HostRow(Vertical, can_focus=True):
             parts.append(f" CPU {pct(s.get('cpu_pct')):>4}  RAM {ram}")
             if not s.get("gpus"):
                 parts.append(("  no GPUs", "dim"))
+            elif self.simulated:
+                parts.append(("  simulated GPUs", "$warning"))
         parts.append(f"  jobs {x.get('jobs', '-')}")
         parts.append(f"  {money(x['cost_h'])}/h" if x.get("cost_h") is not None else "  $-/h")
         parts.append(f"  serving {x['rps']:.0f} rps" if x.get("rps") is not None else "  serving -")
