@@ -185,8 +185,10 @@ class RunsScreen(DeckScreen):
                     full_at = time.monotonic()
                 else:
                     fresh = await self.fetch_page(host, 0, FIRST_PAGE)
-                    self.tables[host] = merge(self.tables.get(host), fresh)
-                    self.combine()
+                    old = self.tables.get(host)
+                    if old is None or not fresh.equals(old.slice(0, fresh.num_rows)):
+                        self.tables[host] = merge(old, fresh)
+                        self.combine()  # refilters every run: only when the newest ones changed
                 self.errors.pop(host, None)
             except NotAvailable:
                 await self.fetch_list(host)
