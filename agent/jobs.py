@@ -36,6 +36,7 @@ from core.jobs import CostParams, LaunchParams, LogsParams, QueueParams, StopPar
 from core.paths import BadName, check_name, new_run_id
 from core.protocol import RpcError, RunRef
 from core.provenance import git_state
+from core.runlog import TERMINAL
 
 if TYPE_CHECKING:
     from agent.daemon import Agent
@@ -504,7 +505,7 @@ class Jobs:
             self._waiters[run_id].remove(fut)
             raise protocol.not_found(f"no run {run_id!r} on this host")
         pending = run_id in self.active or any(r["run_id"] == run_id for r in self.queue)
-        if not pending and run["status"] in q.TERMINAL:
+        if not pending and run["status"] in TERMINAL:
             self._waiters[run_id].remove(fut)
             return run
         return await fut

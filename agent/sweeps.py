@@ -21,6 +21,7 @@ from core import protocol
 from core import sweep as sw
 from core.jobs import LaunchParams, SweepCreateParams, SweepListParams, SweepRef
 from core.paths import new_run_id
+from core.runlog import TERMINAL
 
 if TYPE_CHECKING:
     from agent.daemon import Agent
@@ -165,13 +166,13 @@ class Sweeps:
         if state is None or not data.get("managed"):
             return
         state.status[data["run_id"]] = data["status"]
-        if data["status"] in q.TERMINAL:
+        if data["status"] in TERMINAL:
             task = asyncio.get_running_loop().create_task(self._maybe_done(state))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
     async def _maybe_done(self, state: SweepState) -> None:
-        if state.sweep_id not in self.active or not all(s in q.TERMINAL for s in state.status.values()):
+        if state.sweep_id not in self.active or not all(s in TERMINAL for s in state.status.values()):
             return
         del self.active[state.sweep_id]
         await self.agent.db(q.finish_sweep, self.agent.store, state.sweep_id, time.time())

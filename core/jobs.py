@@ -30,7 +30,9 @@ class Distributed(Params, kw_only=True):
     rdzv_host: str | None = None
 
 
-class LaunchParams(Params, kw_only=True):
+class JobSpec(Params, kw_only=True):
+    """What to run and how: shared by a single launch and every trial of a sweep."""
+
     script: str | None = None
     module: str | None = None
     args: list[str] = msgspec.field(default_factory=list)
@@ -41,6 +43,9 @@ class LaunchParams(Params, kw_only=True):
     amp: str | None = None
     cwd: str | None = None
     env: dict[str, str] = msgspec.field(default_factory=dict)
+
+
+class LaunchParams(JobSpec, kw_only=True):
     priority: int = 0
     sweep_id: str | None = None
     run_id: str | None = None
@@ -63,13 +68,7 @@ class QueueParams(Params, kw_only=True):
     pass
 
 
-class SweepCreateParams(Params, kw_only=True):
-    script: str | None = None
-    module: str | None = None
-    args: list[str] = msgspec.field(default_factory=list)
-    name: str | None = None
-    experiment: str | None = None
-    params: dict[str, Any] = msgspec.field(default_factory=dict)
+class SweepCreateParams(JobSpec, kw_only=True):
     grid: list[str] = msgspec.field(default_factory=list)
     random: list[str] = msgspec.field(default_factory=list)
     trials: int | None = None
@@ -82,10 +81,6 @@ class SweepCreateParams(Params, kw_only=True):
     min_steps: int = 1
     reduction_factor: int = 3
     max_steps: int = 100
-    gpus: int = 0
-    amp: str | None = None
-    cwd: str | None = None
-    env: dict[str, str] = msgspec.field(default_factory=dict)
 
 
 class SweepRef(Params, kw_only=True):

@@ -224,7 +224,7 @@ def test_sweep_early_stopping(agent: AgentProc, scripts: Path) -> None:
     sweep_id = created["sweep_id"]
     assert len(created["run_ids"]) == 4
     wait_for(lambda: rpc(agent, "sweeps.show", sweep_id=sweep_id)["status"] == "done",
-             timeout=60, interval=0.3, what="sweep to finish")
+             timeout=150, interval=0.3, what="sweep to finish")
     sweep = agent.cli("sweep", "show", sweep_id, "--json", check=True).json()
     trials = sweep["trials"]
     assert trials[0]["params"]["x"] == 0 and trials[0]["status"] == "succeeded"
