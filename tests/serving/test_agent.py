@@ -6,6 +6,7 @@ import json
 import os
 import signal
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -97,8 +98,14 @@ def test_alias_move_swaps_the_served_version(agent: AgentProc) -> None:
              what="version 2 answering")
     print(f"alias move to served: {time.monotonic() - moved:.2f}s")
     agent.cli("models", "promote", "tiny", "1", "--to", "challenger", "--yes", check=True)
-    wait_for(lambda: infer(url, rows, "c", "/v2/models/tiny@challenger/infer")["model_version"] == "1",
-             timeout=30, what="challenger served")
+    def challenger_answers() -> bool:
+        try:
+            return infer(url, rows, "c", "/v2/models/tiny@challenger/infer")["model_version"] == "1"
+        except urllib.error.HTTPError as exc:
+            assert exc.code == 404, exc  # the alias is not in the served manifest yet
+            return False
+
+    wait_for(challenger_answers, timeout=30, what="challenger served")
 
 
 def test_traffic_settings_persist_and_bad_ones_are_refused(agent: AgentProc) -> None:
