@@ -7,13 +7,17 @@ scripted session visits every screen and saves each as SVG and PNG.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import shutil
 import subprocess
 import tempfile
+import threading
 import time
+import urllib.request
 from pathlib import Path
 
-from tests.conftest import REPO, start_agent
+from tests.conftest import REPO, rpc, start_agent, wait_for
 from tests.tui.conftest import CONFIG, free_port, make_models, make_runs, until
 from tui.app import MldeckApp
 from tui.fleet import Fleet
@@ -23,6 +27,25 @@ from tui.widgets.metric_chart import MetricChart
 
 OUT = REPO / "screenshots"
 SIZE = (140, 42)
+
+
+def traffic(url: str, stop: threading.Event) -> None:
+    """Requests to the served model while the session runs, so Serving shows live figures."""
+    body = json.dumps({"inputs": [{"name": "input__0", "datatype": "FP32", "shape": [4, 8],
+                                   "data": [0.1 * i for i in range(32)]}]}).encode()
+    while not stop.is_set():
+        req = urllib.request.Request(url + "/v2/models/churn/infer", data=body, method="POST")
+        with contextlib.suppress(OSError):  # a request lost while the server swaps is fine here
+            urllib.request.urlopen(req, timeout=5).read()
+        time.sleep(0.02)
+
+
+def serve(home: Path) -> str:
+    """churn v2 to production (its gate passes), served; its URL once it answers."""
+    rpc(home, "models.promote", {"name": "churn", "version": 2, "alias": "production"})
+    status = wait_for(lambda: (s := rpc(home, "serving.status").get("result") or {}).get("running")
+                      and "churn" in s["manifest"]["models"] and s, timeout=120, what="churn served")
+    return str(status["url"])
 
 
 async def session(home: Path) -> list[str]:
@@ -56,7 +79,7 @@ async def session(home: Path) -> list[str]:
         await pilot.press("5")
         await until(pilot, lambda: getattr(app.screen, "versions", None))
         await shot("registry", 1)
-        await pilot.press("enter", "p")
+        await pilot.press("enter", "down", "p")  # v1 to production: its gate fails, and says why
         await until(pilot, lambda: isinstance(app.screen, AliasPicker))
         await pilot.press("enter")
         await until(pilot, lambda: isinstance(app.screen, PromoteDialog))
@@ -64,7 +87,7 @@ async def session(home: Path) -> list[str]:
         await pilot.press("escape")
         for key, name in (("6", "serving"), ("7", "drift"), ("8", "cost")):
             await pilot.press(key)
-            await shot(name, 1.5)
+            await shot(name, 6 if name == "serving" else 2)
         await pilot.press("2", "question_mark")
         await shot("help")
     return shots
@@ -79,8 +102,17 @@ def main() -> None:
         try:
             make_runs(agent)
             make_models(agent, ["churn:0.91", "churn:0.95"])
+            launched = rpc(agent.home, "runs.launch", {"script": str(REPO / "tests/tui/make_runs.py"),
+                                                       "args": ["mlp-launched", "0.2"], "gpus": 1})
+            wait_for(lambda: rpc(agent.home, "runs.get", {"run_id": launched["result"]["run_id"]})
+                     ["result"]["status"] == "succeeded", timeout=60, what="the launched run")
+            stop = threading.Event()
+            threading.Thread(target=traffic, args=(serve(agent.home), stop), daemon=True).start()
             time.sleep(2)
-            shots = asyncio.run(session(agent.home))
+            try:
+                shots = asyncio.run(session(agent.home))
+            finally:
+                stop.set()
         finally:
             agent.stop()
     for name in shots:

@@ -36,7 +36,7 @@ def run_row(host: str, r: dict[str, Any]) -> dict[str, Any]:
         "peak_gib": None if r.get("peak_gpu_mem") is None else r["peak_gpu_mem"] / gib,
         "held_gib": None if r.get("held_gpu_mem") is None else r["held_gpu_mem"] / gib,
         "mem_used_pct": None if frac is None else 100 * frac,
-        "right_size": "oversized: a smaller GPU would do" if frac is not None and frac < OVERSIZED else "",
+        "right_size": "oversized" if frac is not None and frac < OVERSIZED else "",
     }
 
 
