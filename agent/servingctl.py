@@ -83,6 +83,7 @@ class ServingControl:
         self.manifest = sv.Manifest()
         self._dirty = asyncio.Event()
         self._lock = asyncio.Lock()
+        self._launching = asyncio.Lock()
         self._session: aiohttp.ClientSession | None = None
 
     @property
@@ -171,14 +172,18 @@ class ServingControl:
         self.agent.hub.publish(TOPIC, {"kind": "state", "state": "starting", "pid": self.proc.pid})
 
     async def launch(self) -> None:
-        """Start the process under supervision, without waiting for it to answer."""
-        if self.running:
-            return
-        await self.write_manifest()
-        self.wanted = True
-        self.last_exit = None
-        await self._spawn()
-        self.agent.spawn(self.supervise(self.proc), "serving-supervisor")
+        """Start the process under supervision, without waiting for it to answer.
+
+        Autostart and `serving.start` may ask at the same moment: one process, never two on one port.
+        """
+        async with self._launching:
+            if self.running:
+                return
+            await self.write_manifest()
+            self.wanted = True
+            self.last_exit = None
+            await self._spawn()
+            self.agent.spawn(self.supervise(self.proc), "serving-supervisor")
 
     async def start(self) -> dict[str, Any]:
         await self.launch()

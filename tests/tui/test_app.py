@@ -176,17 +176,19 @@ def test_launch_validates_then_opens_the_new_run(deck: Deck) -> None:
             await pilot.press("4")
             launch = app.screen
             await pilot.press("ctrl+s")
-            assert "not sent: script" in text_of(launch.query_one("#status"))
+            await until(pilot, lambda: "not sent: script" in text_of(launch.query_one("#status")),
+                        what="the missing script refused")
             launch.query_one("#script").value = str(REPO / "tests/tui/make_runs.py")
             launch.query_one("#params").value = "lr=0.3 =oops"
             await pilot.press("ctrl+s")
-            assert "not sent" in text_of(launch.query_one("#status"))
+            await until(pilot, lambda: "must look like name=value" in text_of(launch.query_one("#status")),
+                        what="the bad param refused")
             launch.query_one("#params").value = "lr=0.3"
             await pilot.press("ctrl+s")
             detail = await until(pilot, lambda: isinstance(app.screen, RunDetailScreen) and app.screen,
-                                 timeout=30, what="the launched run")
+                                 timeout=90, what="the launched run")
             await until(pilot, lambda: deck.rpc("runs.get", run_id=detail.run_id)["status"] == "succeeded",
-                        timeout=60, what="the launched run to finish")
+                        timeout=120, what="the launched run to finish")
 
     run(go())
 

@@ -17,8 +17,9 @@ from core.client import connect_unix
 from core.paths import Layout
 from core.protocol import RpcError
 from tui.cli.connect import agent_client, local_layout, remote_host
-from tui.cli.output import CliError, duration, print_json
+from tui.cli.output import CliError, print_json
 from tui.hosts import Host, load_hosts, parse_target, update_host
+from tui.units import duration
 
 if TYPE_CHECKING:
     import asyncssh

@@ -6,7 +6,8 @@ import argparse
 from typing import Any
 
 from tui.cli.connect import agent_client
-from tui.cli.output import duration, print_json, print_table
+from tui.cli.output import print_json, print_table
+from tui.units import duration
 
 UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 

@@ -11,7 +11,8 @@ from typing import Any
 
 from core.protocol import NOT_FOUND, RpcError
 from tui.cli.connect import agent_client
-from tui.cli.output import CliError, cell, print_json, print_table, when
+from tui.cli.output import CliError, print_json, print_table, when
+from tui.units import number
 
 MAX_METRIC_COLUMNS = 6
 _REF = re.compile(r"^(?P<name>[^@/]+)(?:@(?P<alias>[^@/]+)|/v?(?P<version>\d+))?$")
@@ -100,7 +101,7 @@ async def promote_cmd(args: argparse.Namespace) -> int:
             candidate = await client.call("models.get", name=args.name, version=version)
             current = await _current(client, args.name, args.to)
             now = f"replacing v{current['version']}" if current else "a new alias"
-            metrics = ", ".join(f"{k} {cell(v)}" for k, v in sorted(candidate["metrics"].items()))
+            metrics = ", ".join(f"{k} {number(v)}" for k, v in sorted(candidate["metrics"].items()))
             if not confirm(f"promote {args.name} v{version} ({metrics}) to {args.to}, {now}?"):
                 raise CliError("not promoted", code=1)
         result = await client.call(
@@ -189,8 +190,8 @@ async def show_cmd(args: argparse.Namespace) -> int:
     print(f"{'model:':<12}{v['name']} v{v['version']}" + (" (archived)" if v["archived"] else ""))
     print(f"{'aliases:':<12}{', '.join(v['aliases']) or '-'}")
     for key in ("run_id", "artifact", "git_sha", "data_hash"):
-        print(f"{key + ':':<12}{cell(v.get(key))}")
-    print(f"{'dirty:':<12}{cell(v.get('git_dirty'))}")
+        print(f"{key + ':':<12}{number(v.get(key))}")
+    print(f"{'dirty:':<12}{number(v.get('git_dirty'))}")
     print(f"{'created:':<12}{when(v['created_at'])}")
     sig = v.get("signature") or {}
     print(f"{'format:':<12}{sig.get('format', '-')}")
@@ -199,7 +200,7 @@ async def show_cmd(args: argparse.Namespace) -> int:
             print(f"{side[:-1] + ':':<12}{t['name']} {t['datatype']} {t['shape']}")
     print("metrics:")
     for k, value in sorted((v.get("metrics") or {}).items()):
-        print(f"  {k} = {cell(value)}")
+        print(f"  {k} = {number(value)}")
     return 0
 
 

@@ -9,6 +9,8 @@ from typing import Any
 
 import msgspec
 
+from tui.units import number
+
 
 class CliError(Exception):
     """One line for stderr that says what to do; the exit code goes with it."""
@@ -28,25 +30,8 @@ def when(ts: float | None) -> str:
     return dt.datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M:%S")
 
 
-def duration(seconds: float | None) -> str:
-    if seconds is None:
-        return "-"
-    seconds = int(seconds)
-    h, rest = divmod(seconds, 3600)
-    m, s = divmod(rest, 60)
-    return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s" if m else f"{s}s"
-
-
-def cell(value: Any) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    return str(value)
-
-
 def print_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
-    text = [[cell(v) for v in row] for row in rows]
+    text = [[number(v) for v in row] for row in rows]
     widths = [max([len(h), *(len(r[i]) for r in text)]) for i, h in enumerate(headers)]
     print("  ".join(h.upper().ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip())
     for row in text:

@@ -10,7 +10,8 @@ from pathlib import Path
 from typing import Any
 
 from tui.cli.connect import agent_client, remote_host
-from tui.cli.output import CliError, duration, print_json, print_table, when
+from tui.cli.output import CliError, print_json, print_table, when
+from tui.units import duration
 
 POLL_S = 1.0
 

@@ -9,7 +9,8 @@ import time
 from typing import Any
 
 from tui.cli.connect import agent_client
-from tui.cli.output import duration, print_json, print_table, when
+from tui.cli.output import print_json, print_table, when
+from tui.units import duration
 
 FOLLOW_POLL_S = 0.3
 

@@ -6,7 +6,8 @@ import argparse
 from typing import Any
 
 from tui.cli.connect import agent_client
-from tui.cli.output import CliError, duration, print_json, print_table, when
+from tui.cli.output import CliError, print_json, print_table, when
+from tui.units import duration
 
 
 def _print_status(status: dict[str, Any]) -> None:

@@ -15,8 +15,8 @@ from textual.widgets import Static
 
 from core.protocol import RpcError
 from tui.screens.base import DeckScreen, why
+from tui.units import number
 from tui.widgets.metric_chart import MetricChart
-from tui.widgets.units import number
 
 MAX_CHARTS = 6
 LOWER_IS_BETTER = ("loss", "err", "mse", "mae", "rmse", "perplexity")

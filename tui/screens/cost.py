@@ -14,7 +14,7 @@ from textual.widgets import DataTable, Static
 
 from tui.screens.base import DeckScreen
 from tui.screens.panel import fill, one, per_host
-from tui.widgets.units import money
+from tui.units import money
 
 PERIODS = [("1 h", 3600.0), ("24 h", 86400.0), ("7 days", 7 * 86400.0), ("30 days", 30 * 86400.0)]
 POLL_S = 10.0

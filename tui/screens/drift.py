@@ -14,8 +14,8 @@ from textual.widgets import DataTable, Static
 
 from tui.screens.base import DeckScreen
 from tui.screens.panel import fill, one, per_host
+from tui.units import number
 from tui.widgets.metric_chart import MetricChart, Series
-from tui.widgets.units import number
 
 POLL_S = 5.0
 HISTORY = 200

@@ -14,8 +14,8 @@ from textual.widgets import DataTable, Static
 
 from core.protocol import RpcError
 from tui.screens.base import DeckScreen, why
+from tui.units import gib
 from tui.widgets.metric_chart import MetricChart, Series
-from tui.widgets.units import gib
 
 WINDOWS_S = [300, 1800, 3 * 3600, 24 * 3600]
 

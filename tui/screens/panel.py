@@ -9,7 +9,7 @@ from textual.widgets import DataTable
 
 from core.protocol import RpcError
 from tui.screens.base import DeckScreen, NotAvailable, why
-from tui.widgets.units import number
+from tui.units import number
 
 
 def cell(value: Any) -> str:

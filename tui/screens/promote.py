@@ -17,7 +17,7 @@ from core import protocol
 from core.protocol import RpcError
 from tui.screens.base import NotAvailable, rpc, why
 from tui.screens.dialogs import Prompt
-from tui.widgets.units import number
+from tui.units import number
 
 DEFAULT_ALIASES = ["production", "staging", "challenger"]
 

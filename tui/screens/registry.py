@@ -16,7 +16,7 @@ from core.protocol import RpcError
 from tui.screens.base import DeckScreen, NotAvailable, why
 from tui.screens.dialogs import Confirm, Prompt
 from tui.screens.promote import AliasPicker, PromoteDialog, alias_choices
-from tui.widgets.units import age, number
+from tui.units import age, number
 
 SHOWN_METRICS = 4
 

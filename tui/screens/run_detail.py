@@ -15,8 +15,8 @@ from textual.widgets import Static
 from core.protocol import RpcError
 from tui.screens.base import DeckScreen, NotAvailable, why
 from tui.screens.host import per_gpu
+from tui.units import gib, money, number, span
 from tui.widgets.metric_chart import MetricChart
-from tui.widgets.units import gib, money, number, span
 
 APPLY_S = 0.3
 MAX_CHARTS = 6

@@ -20,8 +20,8 @@ from tui.app import RUNS_FIRST_PAGE
 from tui.screens import run_filter
 from tui.screens.base import DeckScreen, NotAvailable, why
 from tui.screens.dialogs import Confirm
+from tui.units import duration
 from tui.widgets.runs_table import RunsTable
-from tui.widgets.units import duration
 
 RUNS_LIMIT = 5000  # runs.list fallback, for agents without runs.table
 FIRST_PAGE = RUNS_FIRST_PAGE  # newest runs first: the table paints before the rest arrives

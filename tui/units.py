@@ -27,7 +27,7 @@ def number(x: Any) -> str:
 
 
 def duration(seconds: float | None) -> str:
-    """1h02m, 3m05s or 42s (the CLI's wording; importing tui.cli would load every command module)."""
+    """1h02m, 3m05s or 42s."""
     if seconds is None or seconds != seconds:
         return "-"
     h, rest = divmod(int(seconds), 3600)
