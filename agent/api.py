@@ -96,7 +96,9 @@ def register(agent: Agent) -> None:
         if p.window_s is not None:
             if p.window_s <= 0:
                 raise protocol.invalid("window_s must be a positive number of seconds")
-            history = await agent.read(store.host_metrics, time.time() - p.window_s, p.max_points)
+            since = time.time() - p.window_s
+            history = await agent.read(store.host_metrics, since, p.max_points)
+            history += agent.collector.unwritten(since)
         return {"latest": agent.collector.latest, "history": history}
 
     async def runs_list(p: RunsListParams, conn: Connection) -> list[dict[str, Any]]:

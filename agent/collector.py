@@ -17,6 +17,8 @@ from core.store import Store
 
 log = logging.getLogger("mldeck.collector")
 
+WRITE_EVERY_S = 5.0
+
 
 class Collector:
     """Samples every interval; the next tick is scheduled when this one is done, so none pile up."""
@@ -35,6 +37,7 @@ class Collector:
         self.publish = publish
         self.interval_s = interval_s
         self.latest: dict[str, Any] = {}
+        self._pending: list[tuple[pa.Table, pa.Table]] = []
         psutil.cpu_percent(None)
 
     def sample(self) -> dict[str, Any]:
@@ -85,14 +88,28 @@ class Collector:
         })
         return metrics, processes
 
-    def _write(self, metrics: pa.Table, processes: pa.Table) -> None:
+    def _write(self, batches: list[tuple[pa.Table, pa.Table]]) -> None:
         with self.store.transaction():
-            self.store.append("system_metrics", metrics)
-            self.store.append("gpu_processes", processes)
+            self.store.append("system_metrics", pa.concat_tables([m for m, _ in batches]))
+            self.store.append("gpu_processes", pa.concat_tables([p for _, p in batches]))
+
+    def unwritten(self, since: float) -> list[dict[str, Any]]:
+        """Samples not in the store yet, as system_metrics rows: a history query adds them."""
+        rows = [r for m, _ in self._pending for r in m.to_pylist()]
+        return [r for r in rows if r["ts"] >= since]
+
+    async def flush(self) -> None:
+        """Write the samples held since the last flush in one transaction."""
+        batches, self._pending = self._pending, []
+        if batches:
+            await self.db(self._write, batches)
 
     async def tick(self) -> dict[str, Any]:
+        """Sample now and publish; samples reach the store every WRITE_EVERY_S, in one commit."""
         snapshot = await asyncio.to_thread(self.sample)
-        await self.db(self._write, *self.rows(snapshot))
+        self._pending.append(self.rows(snapshot))
+        if snapshot["ts"] - self._pending[0][0]["ts"][0].as_py() >= WRITE_EVERY_S:
+            await self.flush()
         self.latest = snapshot
         self.publish("host.metrics", snapshot)
         return snapshot

@@ -121,6 +121,7 @@ class Agent:
                 await result
         self.ingest.stop()
         await self.rpc.stop()
+        await self.collector.flush()
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:

@@ -23,8 +23,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from agent.registry import as_rpc_error
-from core import drift, protocol, registry
 from core import monitor as mon
+from core import protocol, registry
 from core.config import ModelPolicy
 from core.monitor import (
     ACTOR,
@@ -43,6 +43,7 @@ from core.signature import SAMPLE_FILE
 if TYPE_CHECKING:
     from agent.daemon import Agent
     from agent.rpc import Connection
+    from core import drift
 
 log = logging.getLogger("mldeck.monitor")
 TOPIC = "drift"
@@ -64,6 +65,8 @@ class Reference:
 
 def load_reference(row: dict[str, Any]) -> Reference | None:
     """The version's reference.json/parquet, columns.json and sample.npz outputs; None without a profile."""
+    from core import drift  # scipy loads only once a model is watched
+
     folder = Path(row["artifact"])
     if not (folder / drift.ReferenceProfile.JSON_NAME).is_file():
         return None
@@ -98,6 +101,8 @@ def judge_window(
     ref: Reference, policy: ModelPolicy, rows: list[tuple[str | None, str | None, str | None]],
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """One window's verdict: per-column results (inputs then outputs) and the summary numbers."""
+    from core import drift  # scipy loads only once a model is watched
+
     overrides = {c: drift.ColumnTest(o.method, o.threshold) for c, o in policy.columns.items()}
     current = mon.decode_tensors([r[0] for r in rows], ref.input_layout)
     columns = [c for cols in ref.input_layout.values() for c in cols]

@@ -53,7 +53,7 @@ def test_unsupported_readings_are_none_not_exceptions() -> None:
     assert gpu.util_pct == 0
 
 
-def test_collector_writes_host_and_gpu_rows(tmp_path: Path) -> None:
+def test_collector_writes_host_and_gpu_rows_in_batches(tmp_path: Path) -> None:
     import asyncio
 
     sim = SimulatedNvml(2)
@@ -67,7 +67,17 @@ def test_collector_writes_host_and_gpu_rows(tmp_path: Path) -> None:
         return fn(*args)
 
     collector = Collector(nvml, store, db, lambda topic, data: events.append((topic, data)))
-    asyncio.run(collector.tick())
+
+    async def tick_then_flush() -> list[dict[str, Any]]:
+        await collector.tick()
+        held = collector.unwritten(0)
+        assert store.cur().execute("SELECT count(*) FROM system_metrics").fetchone() == (0,)
+        await collector.flush()
+        return held
+
+    held = asyncio.run(tick_then_flush())
+    assert [r["gpu_index"] for r in held] == [None, 0, 1], "a history query sees samples not yet written"
+    assert collector.unwritten(0) == []
     rows = store.cur().execute(
         "SELECT gpu_index, util_pct, cpu_pct, ram_total FROM system_metrics ORDER BY gpu_index NULLS FIRST"
     ).fetchall()
