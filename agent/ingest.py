@@ -17,7 +17,9 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.json as pa_json
 import watchfiles
 
@@ -139,10 +141,10 @@ def _points(run_id: str, path: Path, segment: bytes, first_line: int, parsed: Pa
     if table is None:
         _slow_lines(run_id, path, segment, first_line, parsed)
         return
-    keys = [f.name for f in table.schema.field("m").type]
-    if not keys:
+    points = long_points(run_id, table)
+    if points.num_rows == 0:
         return
-    parsed.actions.append(lambda store: store.insert_metric_points(run_id, table, keys))
+    parsed.actions.append(lambda store: store.append("metrics", points))
     tail = table.slice(max(0, table.num_rows - EVENT_TAIL_ROWS)).to_pylist()
     event: dict[str, Any] = {"run_id": run_id, "key": [], "step": [], "value": []}
     for row in tail:
@@ -152,6 +154,27 @@ def _points(run_id: str, path: Path, segment: bytes, first_line: int, parsed: Pa
                 event["step"].append(row["s"])
                 event["value"].append(float(value))
     parsed.events.append(("run.metrics", event))
+
+
+def long_points(run_id: str, table: pa.Table) -> pa.Table:
+    """Wide (t, s, m{key: value}) rows as metrics rows, one per present value, built column-wise."""
+    m = table.column("m").combine_chunks()
+    keys = [f.name for f in m.type]
+    n, k = len(m), len(keys)
+    if not k:
+        return pa.table({"run_id": [], "key": [], "step": [], "ts": [], "value": []})
+    values = pa.concat_arrays([pc.cast(m.field(i), pa.float64()) for i in range(k)])
+    step = table.column("s").combine_chunks()
+    ts = pc.cast(table.column("t").combine_chunks(), pa.float64())
+    points = pa.table({
+        "run_id": pa.DictionaryArray.from_arrays(pa.array(np.zeros(n * k, np.int32)), pa.array([run_id])),
+        "key": pa.DictionaryArray.from_arrays(pa.array(np.repeat(np.arange(k, dtype=np.int32), n)),
+                                              pa.array(keys)),
+        "step": pa.concat_arrays([step] * k),
+        "ts": pa.concat_arrays([ts] * k),
+        "value": values,
+    })
+    return points.filter(pc.is_valid(values))
 
 
 def _arrow_points(segment: bytes) -> pa.Table | None:

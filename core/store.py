@@ -235,21 +235,6 @@ class Store:
             [status, ended_at, reason, run_id],
         )
 
-    def insert_metric_points(self, run_id: str, batch: pa.Table, keys: list[str]) -> None:
-        """Insert wide (t, s, m{key: value}) rows as long metric points; absent values are skipped."""
-        cur = self.cur()
-        cols = ", ".join(f'm."{_ident(k)}"::DOUBLE AS "{_ident(k)}"' for k in keys)
-        cur.register("_points", batch)
-        try:
-            cur.execute(
-                f"INSERT INTO metrics SELECT ?, key, s, t, value FROM (UNPIVOT "
-                f"(SELECT s, t, {cols} FROM _points) ON COLUMNS(* EXCLUDE (s, t)) "
-                f"INTO NAME key VALUE value)",
-                [run_id],
-            )
-        finally:
-            cur.unregister("_points")
-
     def delete_metrics_after(self, run_id: str, step: int) -> None:
         """A resumed run replays from its checkpoint: points past it are superseded."""
         self.cur().execute("DELETE FROM metrics WHERE run_id = ? AND step > ?", [run_id, step])
