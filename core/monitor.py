@@ -23,7 +23,7 @@ import pyarrow as pa
 
 from core import registry
 from core.protocol import Params
-from core.store import Store, rows_as_dicts
+from core.store import Store, decode_json_fields, rows_as_dicts
 
 ACTOR = "mldeck-monitor"
 PRODUCTION = "production"
@@ -223,7 +223,7 @@ def labelled_outputs(
 def production_versions(store: Store) -> list[dict[str, Any]]:
     """Every model's production version with what the monitor needs: artifact, signature, metrics."""
     return [
-        registry._decode(r, ("signature", "metrics")) for r in rows_as_dicts(store.cur().execute(
+        decode_json_fields(r, ("signature", "metrics")) for r in rows_as_dicts(store.cur().execute(
             "SELECT a.name, a.version, v.artifact, v.signature, v.metrics FROM aliases a "
             "JOIN model_versions v USING (name, version) WHERE a.alias = ? ORDER BY a.name",
             [PRODUCTION],
@@ -330,7 +330,7 @@ def history(store: Store, name: str, limit: int) -> list[dict[str, Any]]:
         "SELECT * FROM (SELECT * FROM monitor_windows WHERE model = ? ORDER BY window_end DESC LIMIT ?) "
         "ORDER BY window_end", [name, limit],
     ))
-    return [registry._decode(r, _WINDOW_JSON) for r in rows]
+    return [decode_json_fields(r, _WINDOW_JSON) for r in rows]
 
 
 def recent_windows(store: Store, name: str, version: int, limit: int) -> list[dict[str, Any]]:
@@ -339,7 +339,7 @@ def recent_windows(store: Store, name: str, version: int, limit: int) -> list[di
         "SELECT * FROM (SELECT * FROM monitor_windows WHERE model = ? AND version = ? "
         "ORDER BY window_end DESC LIMIT ?) ORDER BY window_end", [name, version, limit],
     ))
-    return [registry._decode(r, _WINDOW_JSON) for r in rows]
+    return [decode_json_fields(r, _WINDOW_JSON) for r in rows]
 
 
 def window_columns(store: Store, name: str, version: int, window_end: float) -> list[dict[str, Any]]:
@@ -398,7 +398,7 @@ def raise_alert(
             "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
             [*list(alert.values())[:6], json.dumps(details), "open"],
         )
-        registry._audit(cur, ACTOR, "alert", name, version, comment=message,
+        registry.append_audit(cur, ACTOR, "alert", name, version, comment=message,
                         details={"alert_id": alert["alert_id"], "kind": kind, **details})
     return alert
 
@@ -407,7 +407,7 @@ def audit(store: Store, actor: str, action: str, name: str, version: int | None,
           details: dict[str, Any]) -> None:
     """An automatic action's audit row (retrain started, rollback decided) with its numbers."""
     with store.transaction() as cur:
-        registry._audit(cur, actor, action, name, version, comment=comment, details=details)
+        registry.append_audit(cur, actor, action, name, version, comment=comment, details=details)
 
 
 def list_alerts(store: Store, include_resolved: bool, name: str | None, limit: int) -> list[dict[str, Any]]:
@@ -422,7 +422,7 @@ def list_alerts(store: Store, include_resolved: bool, name: str | None, limit: i
     rows = rows_as_dicts(store.cur().execute(
         f"SELECT * FROM alerts {clause} ORDER BY ts DESC LIMIT ?", [*args, limit]
     ))
-    return [registry._decode(r, ("details",)) for r in rows]
+    return [decode_json_fields(r, ("details",)) for r in rows]
 
 
 def resolve_alert(store: Store, alert_id: str, actor: str, reason: str | None) -> dict[str, Any]:
@@ -438,6 +438,6 @@ def resolve_alert(store: Store, alert_id: str, actor: str, reason: str | None) -
         cur.execute(
             "UPDATE alerts SET status = 'resolved', resolved_at = ? WHERE alert_id = ?", [now, alert_id]
         )
-        registry._audit(cur, actor, "resolve_alert", alert["model"], alert["version"], comment=reason,
+        registry.append_audit(cur, actor, "resolve_alert", alert["model"], alert["version"], comment=reason,
                         details={"alert_id": alert_id, "kind": alert["kind"]})
-    return {**registry._decode(alert, ("details",)), "status": "resolved", "resolved_at": now}
+    return {**decode_json_fields(alert, ("details",)), "status": "resolved", "resolved_at": now}

@@ -33,7 +33,7 @@ import msgspec
 
 from core import registry
 from core.protocol import Params
-from core.store import Store, rows_as_dicts
+from core.store import Store, decode_json_fields, rows_as_dicts
 
 STEP_ORDER = ("data", "preprocess", "train", "evaluate")
 PROMOTABLE = ("staging", "challenger")
@@ -267,14 +267,14 @@ def update_pipeline(store: Store, pipeline_id: str, **fields: Any) -> None:
 
 def get_pipeline(store: Store, pipeline_id: str) -> dict[str, Any] | None:
     rows = rows_as_dicts(store.cur().execute("SELECT * FROM pipelines WHERE pipeline_id = ?", [pipeline_id]))
-    return registry._decode(rows[0], _JSON) if rows else None
+    return decode_json_fields(rows[0], _JSON) if rows else None
 
 
 def list_pipelines(store: Store, limit: int) -> list[dict[str, Any]]:
     rows = rows_as_dicts(store.cur().execute(
         "SELECT * EXCLUDE (spec) FROM pipelines ORDER BY created_at DESC LIMIT ?", [limit]
     ))
-    return [registry._decode(r, _JSON) for r in rows]
+    return [decode_json_fields(r, _JSON) for r in rows]
 
 
 def set_lineage(store: Store, run_id: str, parent_run_id: str, tags: dict[str, str]) -> None:

@@ -23,7 +23,7 @@ import duckdb
 
 from core.paths import BadName, check_name
 from core.protocol import Params
-from core.store import Store, rows_as_dicts
+from core.store import Store, decode_json_fields, rows_as_dicts
 
 if TYPE_CHECKING:
     from core.config import GateSection, RegistrySection
@@ -240,13 +240,6 @@ def evaluate_gate(
 _VERSION_JSON = ("signature", "metrics")
 
 
-def _decode(row: dict[str, Any], fields: tuple[str, ...]) -> dict[str, Any]:
-    for key in fields:
-        if isinstance(row.get(key), str):
-            row[key] = json.loads(row[key])
-    return row
-
-
 def _aliases_of(cur: duckdb.DuckDBPyConnection, name: str) -> dict[int, list[str]]:
     out: dict[int, list[str]] = {}
     for alias, version in cur.execute(
@@ -262,7 +255,7 @@ def _version(cur: duckdb.DuckDBPyConnection, name: str, version: int) -> dict[st
     ))
     if not rows:
         return None
-    row = _decode(rows[0], _VERSION_JSON)
+    row = decode_json_fields(rows[0], _VERSION_JSON)
     row["aliases"] = _aliases_of(cur, name).get(version, [])
     return row
 
@@ -304,7 +297,7 @@ def list_versions(store: Store, name: str) -> list[dict[str, Any]]:
     """A model's versions, newest first, each with its metrics and the aliases it holds."""
     check_model_name(name)
     cur = store.cur()
-    rows = [_decode(r, _VERSION_JSON) for r in rows_as_dicts(cur.execute(
+    rows = [decode_json_fields(r, _VERSION_JSON) for r in rows_as_dicts(cur.execute(
         "SELECT * FROM model_versions WHERE name = ? ORDER BY version DESC", [name]
     ))]
     if not rows:
@@ -349,7 +342,7 @@ def audit_rows(store: Store, name: str | None = None, limit: int = 1000) -> list
         "ORDER BY seq NULLS FIRST, ts",
         [*args, limit],
     ))
-    return [_decode(r, ("details",)) for r in rows]
+    return [decode_json_fields(r, ("details",)) for r in rows]
 
 
 def _alias_history(cur: duckdb.DuckDBPyConnection, name: str, alias: str) -> list[int]:
@@ -425,7 +418,7 @@ def lineage(store: Store, name: str, version: int) -> dict[str, Any]:
 # writing (each one transaction, on the agent's writer thread) --------------------------
 
 
-def _audit(
+def append_audit(
     cur: duckdb.DuckDBPyConnection,
     actor: str,
     action: str,
@@ -497,7 +490,7 @@ def register_version(
                 [name, version, run_id, str(target), json.dumps(signature), json.dumps(metrics),
                  run.get("data_hash"), run.get("git_sha"), run.get("git_dirty"), False, now],
             )
-            _audit(cur, actor, "register", name, version, comment=f"from run {run_id}", details=details)
+            append_audit(cur, actor, "register", name, version, comment=f"from run {run_id}", details=details)
         except BaseException:
             os.rename(target, staged)
             raise
@@ -575,7 +568,7 @@ def promote(
             [name, alias, version],
         )
         details = {"forced": bool(force and failed), "failed_gates": failed, "gated": gate is not None}
-        _audit(cur, actor, "promote", name, version, holder, alias, reason, details)
+        append_audit(cur, actor, "promote", name, version, holder, alias, reason, details)
     return {"name": name, "alias": alias, "version": version, "from_version": holder,
             "action": "promote", "changed": True, "forced": details["forced"], "failed_gates": failed}
 
@@ -603,7 +596,7 @@ def rollback(store: Store, name: str, alias: str, actor: str, reason: str | None
         if target is None:
             raise Conflict(f"{alias} of {name} has no earlier version to roll back to (it holds v{holder})")
         cur.execute("UPDATE aliases SET version = ? WHERE name = ? AND alias = ?", [target, name, alias])
-        _audit(cur, actor, "rollback", name, target, holder, alias, reason, {})
+        append_audit(cur, actor, "rollback", name, target, holder, alias, reason, {})
     return {"name": name, "alias": alias, "version": target, "from_version": holder,
             "action": "rollback", "changed": True}
 
@@ -625,6 +618,6 @@ def archive(store: Store, name: str, version: int, actor: str, reason: str | Non
         cur.execute(
             "UPDATE model_versions SET archived = true WHERE name = ? AND version = ?", [name, version]
         )
-        _audit(cur, actor, "archive", name, version, comment=reason)
+        append_audit(cur, actor, "archive", name, version, comment=reason)
     return {"name": name, "alias": None, "version": version, "from_version": None, "action": "archive",
             "changed": True}

@@ -46,11 +46,16 @@ def rows_as_dicts(cur: duckdb.DuckDBPyConnection) -> list[dict[str, Any]]:
     return [dict(zip(cols, row, strict=True)) for row in cur.fetchall()]
 
 
-def _decode_run(row: dict[str, Any]) -> dict[str, Any]:
-    for key in _JSON_FIELDS:
+def decode_json_fields(row: dict[str, Any], fields: tuple[str, ...]) -> dict[str, Any]:
+    """DuckDB returns JSON columns as text; callers want the values."""
+    for key in fields:
         if isinstance(row.get(key), str):
             row[key] = json.loads(row[key])
     return row
+
+
+def _decode_run(row: dict[str, Any]) -> dict[str, Any]:
+    return decode_json_fields(row, tuple(_JSON_FIELDS))
 
 
 class Store:
