@@ -154,6 +154,8 @@ class Run:
         check_name(name, "model name")
         folder = self.dir / "artifacts" / check_name(artifact, "artifact name")
         extra = {} if reference is None else {"reference.parquet": _parquet_bytes(reference)}
+        if folder.exists():  # an earlier attempt of this run (before a preemption) exported here
+            shutil.rmtree(folder)
         modelfile.export_model(
             model, sample, folder, input_names, output_names, allow_nan=allow_nan, extra_files=extra
         )
