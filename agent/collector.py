@@ -38,6 +38,7 @@ class Collector:
         self.interval_s = interval_s
         self.latest: dict[str, Any] = {}
         self._pending: list[tuple[pa.Table, pa.Table]] = []
+        self._recorded = False  # the first sample is written at once: it marks when recording began
         psutil.cpu_percent(None)
 
     def sample(self) -> dict[str, Any]:
@@ -105,11 +106,13 @@ class Collector:
             await self.db(self._write, batches)
 
     async def tick(self) -> dict[str, Any]:
-        """Sample now and publish; samples reach the store every WRITE_EVERY_S, in one commit."""
+        """Sample and publish now; the store gets samples every WRITE_EVERY_S (the first at once)."""
         snapshot = await asyncio.to_thread(self.sample)
         self._pending.append(self.rows(snapshot))
-        if snapshot["ts"] - self._pending[0][0]["ts"][0].as_py() >= WRITE_EVERY_S:
+        first = self._pending[0][0]["ts"][0].as_py()
+        if not self._recorded or snapshot["ts"] - first >= WRITE_EVERY_S:
             await self.flush()
+            self._recorded = True
         self.latest = snapshot
         self.publish("host.metrics", snapshot)
         return snapshot

@@ -70,8 +70,11 @@ def test_collector_writes_host_and_gpu_rows_in_batches(tmp_path: Path) -> None:
 
     async def tick_then_flush() -> list[dict[str, Any]]:
         await collector.tick()
+        assert store.cur().execute("SELECT count(*) FROM system_metrics").fetchone() == (3,), \
+            "the first sample is written at once: it marks when recording began"
+        await collector.tick()
         held = collector.unwritten(0)
-        assert store.cur().execute("SELECT count(*) FROM system_metrics").fetchone() == (0,)
+        assert store.cur().execute("SELECT count(*) FROM system_metrics").fetchone() == (3,)
         await collector.flush()
         return held
 
@@ -79,11 +82,12 @@ def test_collector_writes_host_and_gpu_rows_in_batches(tmp_path: Path) -> None:
     assert [r["gpu_index"] for r in held] == [None, 0, 1], "a history query sees samples not yet written"
     assert collector.unwritten(0) == []
     rows = store.cur().execute(
-        "SELECT gpu_index, util_pct, cpu_pct, ram_total FROM system_metrics ORDER BY gpu_index NULLS FIRST"
+        "SELECT gpu_index, util_pct, cpu_pct, ram_total FROM system_metrics "
+        "WHERE ts = (SELECT max(ts) FROM system_metrics) ORDER BY gpu_index NULLS FIRST"
     ).fetchall()
     assert [r[0] for r in rows] == [None, 0, 1]
     assert rows[0][2] is not None and rows[0][3] > 0, "the host row carries CPU and RAM"
     assert rows[1][1] > 0 and rows[2][1] == 0
-    assert store.cur().execute("SELECT gpu_index, pid FROM gpu_processes").fetchall() == [(0, 99)]
+    assert store.cur().execute("SELECT DISTINCT gpu_index, pid FROM gpu_processes").fetchall() == [(0, 99)]
     assert events[0][0] == "host.metrics" and len(events[0][1]["gpus"]) == 2
     store.close()

@@ -2,22 +2,18 @@
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any, ClassVar
 
 from rich.text import Text
-from textual import work
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import Vertical
 from textual.widgets import DataTable, Static
 
-from tui.screens.base import DeckScreen
-from tui.screens.panel import fill, one, per_host
+from tui.screens.panel import PolledScreen, fill, one, per_host
 from tui.units import money
 
 PERIODS = [("1 h", 3600.0), ("24 h", 86400.0), ("7 days", 7 * 86400.0), ("30 days", 30 * 86400.0)]
-POLL_S = 10.0
 RUNS_LIMIT = 200
 OVERSIZED = 0.5  # a run that peaked under half the GPU memory it held could have used a smaller GPU
 HOST_COLUMNS = ["host", "gpu_count", "running_jobs", "burn_per_hour", "host_per_hour", "runs",
@@ -52,7 +48,9 @@ def model_rows(host: str, versions: dict[str, list[dict[str, Any]]], runs: list[
     return out
 
 
-class CostScreen(DeckScreen):
+class CostScreen(PolledScreen):
+    POLL_S = 10.0
+    FOCUS = "#cost-runs"
     TITLE = "Cost"
     HELP = ("Spend per host, per run and per model over a period (p changes it); idle GPU time as waste; "
             "runs whose peak GPU memory was far below what they held (right-sizing).")
@@ -75,18 +73,6 @@ class CostScreen(DeckScreen):
             yield DataTable(id="cost-models", cursor_type="row")
         yield self.status_line()
         yield self.footer()
-
-    def on_mount(self) -> None:
-        self.query_one("#cost-runs", DataTable).focus()
-        self.poll()
-
-    @work(exclusive=True, group="cost-poll")
-    async def poll(self) -> None:
-        while True:
-            await self.refresh_once()
-            if not self.deck.live:
-                return
-            await asyncio.sleep(POLL_S)
 
     async def refresh_once(self) -> None:
         label, since = PERIODS[self.period]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any, ClassVar
 
 from rich.text import Text
@@ -12,12 +11,10 @@ from textual.binding import Binding, BindingType
 from textual.containers import Horizontal, Vertical
 from textual.widgets import DataTable, Static
 
-from tui.screens.base import DeckScreen
-from tui.screens.panel import fill, one, per_host
+from tui.screens.panel import PolledScreen, fill, one, per_host
 from tui.units import number
 from tui.widgets.metric_chart import MetricChart, Series
 
-POLL_S = 5.0
 HISTORY = 200
 MODEL_COLUMNS = ["host", "name", "version", "drifted", "share_drifted", "open_alerts", "n_rows", "accuracy"]
 COLUMN_COLUMNS = ["column", "role", "method", "statistic", "p_value", "threshold", "drifted", "n_rows"]
@@ -38,7 +35,9 @@ def drift_series(windows: list[dict[str, Any]], column: str | None) -> Series:
     return out
 
 
-class DriftScreen(DeckScreen):
+class DriftScreen(PolledScreen):
+    POLL_S = 5.0
+    FOCUS = "#drift-models"
     TITLE = "Drift"
     HELP = ("Each production model's latest judged window against its reference: per column the test, "
             "statistic and verdict; drift over the last windows (chart, follows the selected column); "
@@ -67,18 +66,6 @@ class DriftScreen(DeckScreen):
             yield DataTable(id="drift-alerts", cursor_type="row")
         yield self.status_line()
         yield self.footer()
-
-    def on_mount(self) -> None:
-        self.query_one("#drift-models", DataTable).focus()
-        self.poll()
-
-    @work(exclusive=True, group="drift-poll")
-    async def poll(self) -> None:
-        while True:
-            await self.refresh_once()
-            if not self.deck.live:
-                return
-            await asyncio.sleep(POLL_S)
 
     async def refresh_once(self) -> None:
         notes: list[str] = []

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
-from typing import Any
+from typing import Any, ClassVar
 
+from textual import work
 from textual.widgets import DataTable
 
 from core.protocol import RpcError
@@ -53,3 +55,25 @@ async def one(screen: DeckScreen, host: str, method: str, notes: list[str], **pa
     except RpcError as exc:
         notes.append(f"{host}: {why(exc)}")
     return None
+
+
+class PolledScreen(DeckScreen):
+    """A screen that asks its hosts every POLL_S; the next poll starts when this one is done."""
+
+    POLL_S: ClassVar[float] = 5.0
+    FOCUS: ClassVar[str] = ""
+
+    def on_mount(self) -> None:
+        self.query_one(self.FOCUS, DataTable).focus()
+        self.poll()
+
+    @work(exclusive=True, group="poll")
+    async def poll(self) -> None:
+        while True:
+            await self.refresh_once()
+            if not self.deck.live:
+                return
+            await asyncio.sleep(self.POLL_S)
+
+    async def refresh_once(self) -> None:
+        raise NotImplementedError

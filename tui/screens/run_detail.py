@@ -107,6 +107,8 @@ class RunDetailScreen(DeckScreen):
             pass
         except RpcError as exc:
             self.say(why(exc))
+        if not self.is_attached:  # the screen was closed while the agent answered
+            return
         self.query_one("#run-facts", Static).update(facts_table(run, cost))
         params = params_table(run.get("params") or {}, run.get("metrics") or {})
         self.query_one("#run-params", Static).update(params)

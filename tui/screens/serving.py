@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections import deque
 from typing import Any, ClassVar
@@ -14,12 +13,11 @@ from textual.containers import Grid, Vertical
 from textual.widgets import DataTable
 
 from core.protocol import RpcError
-from tui.screens.base import DeckScreen, why
+from tui.screens.base import why
 from tui.screens.dialogs import Prompt
-from tui.screens.panel import fill, per_host
+from tui.screens.panel import PolledScreen, fill, per_host
 from tui.widgets.metric_chart import MetricChart
 
-POLL_S = 2.0
 WINDOW_S = 10.0
 KEEP = 150  # points per series: five minutes at one poll every two seconds
 COLUMNS = ["host", "model", "variant", "versions", "rps", "p50_ms", "p95_ms", "p99_ms", "error_pct",
@@ -51,7 +49,9 @@ def serving_rows(host: str, stats: dict[str, Any]) -> list[dict[str, Any]]:
     return rows
 
 
-class ServingScreen(DeckScreen):
+class ServingScreen(PolledScreen):
+    POLL_S = 2.0
+    FOCUS = "#serving"
     TITLE = "Serving"
     HELP = ("Live serving per model and variant (production, challenger shadow or canary): requests/s, "
             "p50/p95/p99 latency, error rate, batch sizes, traffic split; charts follow the selected model.")
@@ -78,18 +78,6 @@ class ServingScreen(DeckScreen):
                                       classes="serving-chart")
         yield self.status_line()
         yield self.footer()
-
-    def on_mount(self) -> None:
-        self.query_one("#serving", DataTable).focus()
-        self.poll()
-
-    @work(exclusive=True, group="serving-poll")
-    async def poll(self) -> None:
-        while True:
-            await self.refresh_once()
-            if not self.deck.live:
-                return
-            await asyncio.sleep(POLL_S)
 
     async def refresh_once(self) -> None:
         notes: list[str] = []
