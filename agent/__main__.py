@@ -29,6 +29,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    logging.getLogger("watchfiles").setLevel(logging.WARNING)  # it logs every batch of changes at INFO
     try:
         asyncio.run(run_agent(home))
     except (AlreadyRunning, ConfigError) as exc:
