@@ -108,11 +108,16 @@ def main() -> None:
                      ["result"]["status"] == "succeeded", timeout=60, what="the launched run")
             stop = threading.Event()
             threading.Thread(target=traffic, args=(serve(agent.home), stop), daemon=True).start()
-            time.sleep(2)
+            release = Path(tmp) / "release-gpus"
+            for _ in range(2):  # two jobs hold the simulated GPUs, so the Fleet shows them busy
+                rpc(agent.home, "runs.launch", {"script": str(REPO / "tests/tui/hold_gpu.py"), "gpus": 1,
+                                                "env": {"STOP_FILE": str(release)}})
+            time.sleep(15)
             try:
                 shots = asyncio.run(session(agent.home))
             finally:
                 stop.set()
+                release.touch()
         finally:
             agent.stop()
     for name in shots:
