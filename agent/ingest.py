@@ -8,6 +8,7 @@ for its newline; a bad line is skipped, counted and logged with its file and lin
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import io
 import logging
 import re
@@ -267,6 +268,24 @@ def _init_run(store: Store, fields: dict[str, Any]) -> None:
     store.upsert_run(fields)
 
 
+def _read_and_parse(
+    path: Path, parse: Parser, offset: int, lines: int
+) -> tuple[Parsed, int, int, bool] | None:
+    """The whole lines after offset (up to READ_CHUNK), parsed; with the offset and line count after them."""
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(offset)
+            data = fh.read(READ_CHUNK)
+    except FileNotFoundError:
+        return None
+    end = data.rfind(b"\n")
+    if end < 0:
+        return None
+    chunk = data[: end + 1]
+    parsed = parse(path, chunk, lines + 1)
+    return parsed, offset + len(chunk), lines + chunk.count(b"\n"), len(data) == READ_CHUNK
+
+
 class Ingest:
     """Watches the home's sources and commits new lines; all store work goes through `db`."""
 
@@ -347,29 +366,25 @@ class Ingest:
             self.publish(topic, data)
 
     def _ingest_file_sync(self, path: Path, parse: Parser) -> list[tuple[str, Any]]:
+        """Commit whole lines chunk by chunk; the next chunk is parsed while this one is inserted."""
         key = str(path)
         events: list[tuple[str, Any]] = []
-        while True:
-            offset, lines = self.offsets.get(key, (0, 0))
-            try:
-                with open(path, "rb") as fh:
-                    fh.seek(offset)
-                    data = fh.read(READ_CHUNK)
-            except FileNotFoundError:
-                return events
-            end = data.rfind(b"\n")
-            if end < 0:
-                return events
-            chunk = data[: end + 1]
-            parsed = parse(path, chunk, lines + 1)
-            new_offset, new_lines = offset + len(chunk), lines + chunk.count(b"\n")
-            with self.store.transaction():
-                for action in parsed.actions:
-                    action(self.store)
-                self.store.set_offset(key, new_offset, new_lines)
-            self.offsets[key] = (new_offset, new_lines)
-            self.bad_lines += parsed.bad
-            self.rows_committed += new_lines - lines
-            events.extend(parsed.events)
-            if len(data) < READ_CHUNK:
-                return events
+        offset, lines = self.offsets.get(key, (0, 0))
+        with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="ingest-parse") as parser:
+            pending = parser.submit(_read_and_parse, path, parse, offset, lines)
+            while (chunk := pending.result()) is not None:
+                parsed, offset, lines, more = chunk
+                if more:
+                    pending = parser.submit(_read_and_parse, path, parse, offset, lines)
+                before = self.offsets.get(key, (0, 0))[1]
+                with self.store.transaction():
+                    for action in parsed.actions:
+                        action(self.store)
+                    self.store.set_offset(key, offset, lines)
+                self.offsets[key] = (offset, lines)
+                self.bad_lines += parsed.bad
+                self.rows_committed += lines - before
+                events.extend(parsed.events)
+                if not more:
+                    break
+        return events
