@@ -148,7 +148,7 @@ def test_install_start_status_stop_over_ssh(laptop, tmp_path):
         assert client.cli("agent", "start", "--host", "fresh", "--json").json()["already_running"]
         status = client.cli("agent", "status", "--host", "fresh")
         assert status.code == 0 and f"home: {rhome}" in status.out
-        stopped = client.cli("agent", "stop", "--host", "fresh")
+        stopped = client.cli("agent", "stop", "--host", "fresh", timeout=180)
         assert stopped.code == 0 and "agent stopped on fresh" in stopped.out
         assert client.cli("agent", "status", "--host", "fresh").code == 3
     finally:

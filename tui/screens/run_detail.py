@@ -136,6 +136,8 @@ class RunDetailScreen(DeckScreen):
             self.say(why(exc))
             return
         rows = [r for r in hist.get("history") or [] if start <= r["ts"] <= end + 1]
+        if not self.is_attached:  # the screen was closed while the agent answered
+            return
         grid = self.query_one("#run-usage", Grid)
         for idx, s in sorted(per_gpu(rows, end).items()):
             chart = MetricChart(f"GPU{idx}", xlabel="minutes before the end", ylim=(0, 100),
