@@ -1,17 +1,24 @@
-"""`mldeck demo --headless` end to end on a local agent, then the store checked through the CLI."""
+"""`mldeck demo --headless` end to end, on a local agent and over a real sshd, then the store checked.
+
+Both stories live in one file so that they run one after the other on one test worker.
+"""
 
 from __future__ import annotations
 
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import msgspec
 import pytest
 
-from tests.conftest import REPO, agent_env
+from tests.conftest import REPO, AgentProc, agent_env, start_agent
 from tests.e2e.story import check_story
+from tests.ssh.conftest import free_port, ssh_world  # noqa: F401 (the sshd fixture, used by name)
+from tui.cli.demo_cmd import RETRAIN_PIPELINE
+from tui.demo import demo_config
 
 
 @pytest.mark.timeout(600)
@@ -40,3 +47,32 @@ def test_demo_headless_tells_the_whole_story(tmp_path: Path) -> None:
         assert status["nvml"] == "simulated" and status["ingest"]["bad_lines"] == 0
     finally:
         mldeck("agent", "stop")
+
+
+@pytest.fixture
+def demo_agent(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AgentProc]:
+    agent = start_agent(tmp_path_factory.mktemp("remote-demo") / "home",
+                        config=demo_config(free_port(), RETRAIN_PIPELINE))
+    yield agent
+    agent.stop()
+
+
+@pytest.mark.timeout(600)
+def test_demo_over_ssh(ssh_world: Any, demo_agent: AgentProc) -> None:  # noqa: F811 (the imported fixture)
+    client, sshd, _ = ssh_world
+    added = client.cli("hosts", "add", "demo-host", f"ssh://root@127.0.0.1:{sshd.port}",
+                       "--home", str(demo_agent.home), "--python", sys.executable)
+    assert added.code == 0, added.err
+    try:
+        done = client.cli("demo", "--headless", "--json", "--host", "demo-host", timeout=540)
+        assert done.code == 0, done.err[-3000:]
+        figures = done.json()
+
+        def cli(*args: str) -> Any:
+            result = client.cli(*args, "--json", "--host", "demo-host", timeout=120)
+            assert result.code == 0, result.err
+            return result.json()
+
+        check_story(cli, figures)
+    finally:
+        client.cli("hosts", "rm", "demo-host")
