@@ -28,14 +28,19 @@ def _print_status(status: dict[str, Any]) -> None:
     )
 
 
-async def start(args: argparse.Namespace) -> int:
+async def _status_after(args: argparse.Namespace, method: str) -> int:
+    """serving.start and serving.status both answer with the server's status."""
     async with agent_client(args) as client:
-        status = await client.call("serving.start")
+        status = await client.call(method)
     if args.json:
         print_json(status)
     else:
         _print_status(status)
     return 0
+
+
+async def start(args: argparse.Namespace) -> int:
+    return await _status_after(args, "serving.start")
 
 
 async def stop(args: argparse.Namespace) -> int:
@@ -49,13 +54,7 @@ async def stop(args: argparse.Namespace) -> int:
 
 
 async def status_cmd(args: argparse.Namespace) -> int:
-    async with agent_client(args) as client:
-        status = await client.call("serving.status")
-    if args.json:
-        print_json(status)
-    else:
-        _print_status(status)
-    return 0
+    return await _status_after(args, "serving.status")
 
 
 async def stats(args: argparse.Namespace) -> int:
