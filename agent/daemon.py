@@ -124,9 +124,8 @@ class Agent:
         await self.collector.flush()
         for task in self._tasks:
             task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        if self._tasks:
+            await asyncio.wait(self._tasks)
         await self.db(self.store.close)
         self._writer.shutdown()
         self._readers.shutdown()

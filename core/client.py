@@ -138,8 +138,7 @@ class Client:
     async def close(self) -> None:
         self._writer.close()
         self._pump.cancel()
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await self._pump
+        await asyncio.wait([self._pump])  # unlike awaiting it, keeps a cancel of the caller
 
 
 async def connect_unix(path: Path | str) -> Client:

@@ -284,14 +284,15 @@ class Fleet:
         return dict(zip(names, results, strict=True))
 
     async def close(self) -> None:
+        """Stop every supervisor; each also ends on its own at _closing, as a cancel can get lost."""
         self._closing = True
         for link in self._links.values():
             for sub in list(link.subs):
                 await sub.close()
-            if link.task:
+            while link.task and not link.task.done():
                 link.task.cancel()
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await link.task
+                link.wake.set()
+                await asyncio.wait([link.task], timeout=1.0)
             await self._drop(link)
 
     def _link(self, name: str) -> _Link:
@@ -311,7 +312,7 @@ class Fleet:
         """Connect, serve until the stream ends, reconnect with backoff; restore subscriptions each time."""
         backoff = BACKOFF_START_S
         was_up = False
-        while True:
+        while not self._closing:
             link.set_state("reconnecting" if was_up else "connecting", link.status.why)
             link.status.attempts += 1
             lost = asyncio.Event()

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import concurrent.futures
-import contextlib
 import ipaddress
 import logging
 import signal
@@ -92,8 +91,7 @@ async def serve(args: argparse.Namespace) -> int:
     log.info("stopping: finishing requests in flight")
     await runner.cleanup()
     watcher.cancel()
-    with contextlib.suppress(asyncio.CancelledError, Exception):
-        await watcher
+    await asyncio.wait([watcher])
     await pool.close()
     executor.shutdown()
     predlog.close()

@@ -97,6 +97,26 @@ def test_hello_and_host_facts(agent_home: AgentProc) -> None:
     assert {"host.metrics", "runs", "run.metrics"} <= set(hello["topics"])
 
 
+def test_closing_a_client_keeps_the_callers_cancel(agent_home: AgentProc) -> None:
+    """A task cancelled while it closes its client ends; the fleet's supervisors once hung on this."""
+
+    async def scenario() -> bool:
+        client = await connect_unix(agent_home.layout.socket)
+        await client.call("hello", client="test")
+
+        async def close_then_linger() -> None:
+            await client.close()
+            await asyncio.sleep(30)
+
+        task = asyncio.create_task(close_then_linger())
+        await asyncio.sleep(0)  # the task is now inside close(), waiting for the reader to stop
+        task.cancel()
+        await asyncio.wait([task], timeout=5)
+        return task.cancelled()
+
+    assert asyncio.run(scenario())
+
+
 def test_host_metrics_latest_and_history(agent_home: AgentProc) -> None:
     async def scenario() -> dict[str, Any]:
         client = await connect_unix(agent_home.layout.socket)

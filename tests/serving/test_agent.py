@@ -30,7 +30,7 @@ def agent(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AgentProc]:
     home = tmp_path_factory.mktemp("agent") / "home"
     proc = start_agent(home, config=f"[serving]\nport = {free_port()}\nmax_queue_delay_ms = 2\n")
     try:
-        trained = proc.python("tests/serving/train_tiny.py", "tiny", "1", "2")
+        trained = proc.python("tests/registry/tiny_train.py", "tiny:0.9", "tiny:0.92")
         assert trained.returncode == 0, trained.stderr
         wait_for(lambda: len(rpc(home, "models.versions", {"name": "tiny"}).get("result") or []) == 2,
                  timeout=120, what="two registered versions")
