@@ -129,6 +129,12 @@ class Connection:
             data = await self.outbox.get()
             self.writer.write(data)
             await self.writer.drain()
+            self.outbox.task_done()
+
+    async def flush(self, timeout_s: float) -> None:
+        """Let the replies already queued (agent.stop's own, say) reach the client before closing."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.outbox.join(), timeout_s)
 
 
 class RpcServer:
@@ -155,7 +161,9 @@ class RpcServer:
     async def stop(self) -> None:
         if self.server:
             self.server.close()
-            for conn in list(self.connections):
+            conns = list(self.connections)
+            await asyncio.gather(*(conn.flush(1.0) for conn in conns))
+            for conn in conns:
                 conn.writer.close()
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self.server.wait_closed(), 2)

@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import shlex
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Awaitable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from core.client import connect_unix
+from core.client import ConnectionLost, connect_unix
 from core.paths import Layout
 from core.protocol import RpcError
 from tui.cli.connect import agent_client, local_layout, remote_host
@@ -90,6 +92,12 @@ async def start(args: argparse.Namespace) -> int:
     return 0
 
 
+async def stop_call(call: Awaitable[Any]) -> None:
+    """agent.stop; a connection that closes before its reply also means the agent is stopping."""
+    with contextlib.suppress(ConnectionLost):
+        await call
+
+
 async def stop(args: argparse.Namespace) -> int:
     name, host = remote_host(args)
     if host is not None:
@@ -103,7 +111,7 @@ async def stop(args: argparse.Namespace) -> int:
             print(f"no agent running for {layout.home}")
         return 0
     async with agent_client(args) as client:
-        await client.call("agent.stop")
+        await stop_call(client.call("agent.stop"))
     for _ in range(100):
         if not layout.socket.exists():
             break
@@ -148,7 +156,7 @@ async def _remote_status(fleet: Fleet, name: str, timeout_s: float | None = None
 
     try:
         return await fleet.call(name, "agent.status", timeout_s=timeout_s)
-    except HostDown:
+    except (HostDown, ConnectionLost):
         return None
 
 
@@ -211,7 +219,7 @@ async def stop_remote(args: argparse.Namespace, name: str, host: Host) -> int:
     async with Fleet({name: host}) as fleet:
         status = await _remote_status(fleet, name)
         if status:
-            await fleet.call(name, "agent.stop")
+            await stop_call(fleet.call(name, "agent.stop"))
             await _wait_remote(fleet, name, False, START_TIMEOUT_S)
     if args.json:
         print_json({"stopped": bool(status), "pid": status and status["pid"], "host": name})
