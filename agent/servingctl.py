@@ -28,7 +28,10 @@ from agent.ingest import Source, rows_parser
 from core import protocol
 from core import serving as sv
 from core.atomic import write_atomic
+from core.monitor import tensor_columns
 from core.protocol import NoParams
+from core.registry import get_version
+from core.signature import column_names
 
 if TYPE_CHECKING:
     from agent.daemon import Agent
@@ -341,7 +344,21 @@ def register(agent: Agent) -> None:
             )
         return split
 
+    async def labelled(p: sv.LabelledParams, conn: Connection) -> dict[str, Any]:
+        if not 1 <= p.limit <= sv.LABELLED_MAX:
+            raise protocol.invalid(f"limit is a number of requests, 1 to {sv.LABELLED_MAX}; got {p.limit}")
+        if not await agent.read(sv.model_known, agent.store, p.name):
+            raise protocol.not_found(f"no model {p.name!r} on this host (`mldeck models ls` lists them)")
+        rows = await agent.read(sv.labelled_requests, agent.store, p.name, p.since, p.limit)
+        newest = await agent.read(get_version, agent.store, p.name, max((r[1] for r in rows), default=None))
+        layout = tensor_columns((newest.get("signature") or {}).get("inputs") or [],
+                                column_names(Path(newest["artifact"])))
+        columns = await asyncio.get_running_loop().run_in_executor(None, sv.labelled_columns, rows, layout)
+        return {"name": p.name, "version": newest["version"], "n_requests": len(rows),
+                "n_rows": len(columns["label"]), "columns": columns}
+
     d = agent.dispatcher
+    d.add("serving.labelled", sv.LabelledParams, labelled)
     d.add("serving.status", NoParams, status)
     d.add("serving.start", NoParams, start)
     d.add("serving.stop", NoParams, stop)

@@ -126,6 +126,15 @@ class StatsParams(Params):
     window_s: float = 60.0
 
 
+class LabelledParams(Params):
+    name: str
+    since: float | None = None
+    limit: int = 10_000
+
+
+LABELLED_MAX = 100_000
+
+
 # queries (run on the agent) ------------------------------------------------------
 
 
@@ -182,3 +191,47 @@ def build_manifest(store: Store, home: Path) -> Manifest:
             models[name].shadow = shadow
             models[name].canary = canary
     return Manifest(written_at=time.time(), models=models)
+
+
+def labelled_requests(
+    store: Store, name: str, since: float | None, limit: int
+) -> list[tuple[float, int, str, str | None, str | None]]:
+    """(ts, version, request_id, inputs, latest label) of live requests that got a label, newest first."""
+    return [tuple(r) for r in store.cur().execute(  # type: ignore[misc]
+        "SELECT p.ts, p.version, p.request_id, p.inputs, f.label FROM predictions p JOIN ("
+        "  SELECT request_id, arg_max(label, ts) AS label FROM feedback WHERE model = ? OR model IS NULL "
+        "  GROUP BY request_id) f USING (request_id) "
+        "WHERE p.model = ? AND p.variant <> 'shadow' AND p.ts >= ? ORDER BY p.ts DESC LIMIT ?",
+        [name, name, since if since is not None else -1.0, limit],
+    ).fetchall()]
+
+
+def labelled_columns(
+    rows: list[tuple[float, int, str, str | None, str | None]], layout: dict[str, list[str]]
+) -> dict[str, list[Any]]:
+    """Labelled requests as one row per example, oldest first: a retraining job's newer data.
+
+    A request of several rows takes a label list of the same length, or one label for all;
+    requests whose inputs or label do not fit the layout are left out.
+    """
+    import numpy as np
+
+    from core.monitor import decode_tensors
+
+    columns = [c for cols in layout.values() for c in cols]
+    out: dict[str, list[Any]] = {c: [] for c in ["ts", "version", "request_id", *columns, "label"]}
+    for ts, version, request_id, inputs, label_text in reversed(rows):
+        if inputs is None or label_text is None:
+            continue
+        values = decode_tensors([inputs], layout)
+        n = len(values[columns[0]]) if columns else 0
+        label = np.asarray(msgspec.json.decode(label_text)).reshape(-1)
+        if n == 0 or any(len(values[c]) != n for c in columns) or label.size not in (1, n):
+            continue
+        out["ts"] += [ts] * n
+        out["version"] += [version] * n
+        out["request_id"] += [request_id] * n
+        for c in columns:
+            out[c] += values[c].tolist()
+        out["label"] += np.broadcast_to(label, (n,)).tolist()
+    return out

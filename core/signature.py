@@ -18,6 +18,7 @@ import numpy as np
 
 SIGNATURE_FILE = "signature.json"
 SAMPLE_FILE = "sample.npz"
+COLUMNS_FILE = "columns.json"
 
 # KServe v2 (Open Inference Protocol) tensor datatypes, by numpy dtype name.
 _DATATYPES = {
@@ -197,3 +198,14 @@ def _check_complete(signature: Signature, arrays: Mapping[str, np.ndarray]) -> N
     batch = {len(a) for a in arrays.values()}
     if len(batch) > 1:
         raise InvalidInput(f"all inputs must have the same batch size, got {sorted(batch)}")
+
+
+def column_names(folder: Path) -> dict[str, list[str]]:
+    """Tensor → the names of its columns, from the columns.json an export wrote (none: {})."""
+    try:
+        names = json.loads((Path(folder) / COLUMNS_FILE).read_text())
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(names, dict):
+        return {}
+    return {k: [str(c) for c in v] for k, v in names.items() if isinstance(v, list)}

@@ -53,6 +53,29 @@ def load_split(val_fraction: float = 0.2, seed: int = 0) -> Split:
     return Split(x_train, y_train, x_val, y_val, [column_name(f) for f in bunch.feature_names])
 
 
+def labelled_rows(path: Path, columns: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Features and labels of labelled served traffic (the parquet agent.demo.labelled writes)."""
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(path)
+    missing = [c for c in [*columns, "label"] if c not in table.column_names]
+    if missing:
+        raise ValueError(f"{path} lacks the columns {missing}")
+    x = np.column_stack([table.column(c).to_numpy() for c in columns]).astype(np.float32)
+    return x, table.column("label").to_numpy().astype(np.int64)
+
+
+def add_rows(split: Split, x: np.ndarray, y: np.ndarray, val_fraction: float = 0.2, seed: int = 0) -> Split:
+    """The split with rows added to both sides, so a retrain learns, and is judged on, the newer inputs."""
+    order = np.random.default_rng(seed).permutation(len(x))
+    n_val = round(len(x) * val_fraction)
+    val, train = order[:n_val], order[n_val:]
+    return Split(
+        np.concatenate([split.x_train, x[train]]), np.concatenate([split.y_train, y[train]]),
+        np.concatenate([split.x_val, x[val]]), np.concatenate([split.y_val, y[val]]), split.columns,
+    )
+
+
 def to_table(x: np.ndarray, columns: Sequence[str]) -> pa.Table:
     """A feature matrix as a table with one named column per feature (reference data, traffic)."""
     return pa.table({name: x[:, i] for i, name in enumerate(columns)})

@@ -92,7 +92,17 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--experiment", default=None, help="experiment (default: the launcher's, else demo)")
     parser.add_argument("--slow-ms", type=int, default=0, help="sleep this long every epoch")
     parser.add_argument("--fail-at-epoch", type=int, default=None, help="raise at this epoch")
+    parser.add_argument("--labelled", type=Path, default=_data_step_file(),
+                        help="labelled served traffic (parquet) to learn from too; default: the "
+                             "pipeline's data step's labelled.parquet, when there is one")
     return parser.parse_args(argv)
+
+
+def _data_step_file() -> Path | None:
+    """In a pipeline, the data step's labelled traffic (agent.demo.labelled), if it wrote any."""
+    folder = os.environ.get("MLDECK_STEP_DATA_DIR")
+    path = Path(folder) / "artifacts" / "labelled.parquet" if folder else None
+    return path if path and path.is_file() else None
 
 
 def _on_sigterm(signum: int, frame: object) -> None:
@@ -135,9 +145,8 @@ def evaluate(model: MLP, x: torch.Tensor, y: torch.Tensor) -> tuple[float, float
     return loss, acc
 
 
-def export(model: MLP, split: data.Split, run: track.Run) -> Path:
+def export(model: MLP, split: data.Split, reference: np.ndarray, run: track.Run) -> Path:
     """Export the trained model with its column names and reference data into the run's artifacts."""
-    reference = split.x_train[:REFERENCE_ROWS]
     sink = pa.BufferOutputStream()
     pq.write_table(data.to_table(reference, split.columns), sink)
     with tempfile.TemporaryDirectory(dir=run.dir, prefix=".export-") as tmp:
@@ -160,14 +169,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     torch.manual_seed(args.seed)
     split = data.load_split(seed=args.seed)
+    reference = split.x_train[:REFERENCE_ROWS]
+    if args.labelled:
+        x_new, y_new = data.labelled_rows(args.labelled, split.columns)
+        split = data.add_rows(split, x_new, y_new, seed=args.seed)
+        reference = x_new[:REFERENCE_ROWS]  # what the retrained model will see: drift is judged against it
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device.type == "cpu":  # a model this small loses far more to thread hand-offs than it gains
         torch.set_num_threads(1)
     params = {name: getattr(args, name) for name in HYPERPARAMS}
+    if args.labelled:
+        params["labelled_rows"] = len(x_new)
     with track.init(
         name=args.name or ("demo-mlp" if not os.environ.get(track.RUN_DIR_ENV) else None),
         experiment=args.experiment or ("demo" if not os.environ.get(track.RUN_DIR_ENV) else None),
-        params=params, data_files=[data.data_file()]
+        params=params, data_files=[data.data_file(), *([args.labelled] if args.labelled else [])]
     ) as run:
         mean, std = split.x_train.mean(axis=0), split.x_train.std(axis=0)
         model = MLP(mean, std, args.hidden).to(device)
@@ -209,7 +225,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         finally:
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
         val_acc = evaluate(model, x_val, y_val)[1]
-        artifact = export(model, split, run)
+        artifact = export(model, split, reference, run)
     print(json.dumps({"run_id": run.id, "val_acc": val_acc, "artifact": str(artifact)}), flush=True)
     return 0
 

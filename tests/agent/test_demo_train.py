@@ -20,6 +20,7 @@ import torch
 from agent.demo import data
 from agent.demo.train import main, parse_args
 from core import modelfile
+from core.provenance import fingerprint
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -152,3 +153,27 @@ def test_shift_moves_only_the_named_columns() -> None:
     assert moved == pytest.approx(2.0 * pc.stddev(frame["mean_radius"]).as_py(), rel=1e-4)
     assert shifted["mean_texture"].equals(frame["mean_texture"])
     assert shifted.schema == frame.schema
+
+
+def test_a_pipelines_labelled_traffic_joins_the_training_and_becomes_the_reference(
+    home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    split = data.load_split()
+    shifted = data.shift(data.to_table(split.x_train, split.columns), ["mean_radius", "mean_texture"], 2.0)
+    step_dir = tmp_path / "data-step"
+    (step_dir / "artifacts").mkdir(parents=True)
+    pq.write_table(shifted.append_column("label", [split.y_train]), step_dir / "artifacts" / "labelled.parquet")
+    monkeypatch.setenv("MLDECK_STEP_DATA_DIR", str(step_dir))
+    assert main(["--epochs", "3"]) == 0
+    run_dir = next(p for p in (home / "runs").iterdir() if p.is_dir())
+    meta = json.loads((run_dir / "run.json").read_text())
+    assert meta["params"]["labelled_rows"] == len(split.x_train)
+    reference = pq.read_table(run_dir / "artifacts" / "model" / "reference.parquet")
+    assert reference.num_rows == len(split.x_train)
+    assert reference["mean_radius"].equals(shifted["mean_radius"])
+    assert meta["data_hash"] != fingerprint([data.data_file()])  # the traffic is part of the run's data
+
+    (step_dir / "artifacts" / "labelled.parquet").write_bytes(b"")
+    pq.write_table(shifted, step_dir / "artifacts" / "labelled.parquet")
+    with pytest.raises(ValueError, match="lacks the columns \\['label'\\]"):
+        main(["--epochs", "1"])

@@ -100,8 +100,9 @@ promote = "challenger"
 
 def test_demo_pipeline_file_parses() -> None:
     spec, steps, _ = read_pipeline(REPO / "agent" / "demo" / "retrain.toml")
-    assert list(steps) == ["train"] and spec.model == "demo"
+    assert list(steps) == ["data", "train"] and spec.model == "demo"
     assert spec.register is not None and spec.register.promote == "challenger"
+    assert launch_target(steps["data"].command)["module"] == "agent.demo.labelled"
     assert launch_target(steps["train"].command)["module"] == "agent.demo.train"
 
 

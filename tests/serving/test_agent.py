@@ -89,6 +89,29 @@ def test_promotion_starts_serving_and_logs_reach_the_store(agent: AgentProc) -> 
     assert stats["models"]["tiny"]["variants"]["production"]["requests"] >= 20
 
 
+def test_labelled_traffic_comes_back_one_row_per_example(agent: AgentProc) -> None:
+    """serving.labelled: what a retraining job learns from; rows of a request share or split its label."""
+    url = status(agent)["url"]
+    pair = np.arange(16, dtype=np.float32).reshape(2, 8)
+    infer(url, pair, "pair-1")
+    req = urllib.request.Request(url + "/v2/models/tiny/feedback", method="POST",
+                                 data=json.dumps({"request_id": "pair-1", "label": [0, 1]}).encode())
+    with urllib.request.urlopen(req, timeout=10) as resp:
+        assert resp.status == 200
+    wait_for(lambda: count(agent, "SELECT count(*) FROM feedback WHERE request_id = 'pair-1'") == 1,
+             timeout=30, what="feedback in the store")
+    got = rpc(agent.home, "serving.labelled", {"name": "tiny"})["result"]
+    cols = got["columns"]
+    assert got["n_requests"] == 2 and got["n_rows"] == 3
+    assert cols["request_id"] == ["req-3", "pair-1", "pair-1"] and cols["label"] == [1, 0, 1]
+    assert [cols[f"input__0[{i}]"][1:] for i in (0, 7)] == [[0.0, 8.0], [7.0, 15.0]]
+    only = rpc(agent.home, "serving.labelled", {"name": "tiny", "limit": 1})["result"]
+    assert only["columns"]["request_id"] == ["pair-1", "pair-1"]
+    assert "no model 'nope'" in rpc(agent.home, "serving.labelled", {"name": "nope"})["error"]["message"]
+    assert "1 to 100000" in rpc(agent.home, "serving.labelled", {"name": "tiny", "limit": 0})["error"]["message"]
+    assert rpc(agent.home, "serving.labelled", {"name": "tiny", "since": "x"})["error"]["code"] < 0
+
+
 def test_alias_move_swaps_the_served_version(agent: AgentProc) -> None:
     url = status(agent)["url"]
     rows = np.ones((1, 8), np.float32)

@@ -10,7 +10,6 @@ output value (`name`, or `name_0`, `name_1`, ... for vector outputs).
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
 import time
@@ -27,7 +26,6 @@ if TYPE_CHECKING:
 
 READERS = {".parquet": "read_parquet", ".csv": "read_csv_auto"}
 WRITERS = {".parquet": "(FORMAT parquet)", ".csv": "(FORMAT csv, HEADER true)"}
-COLUMNS_FILE = "columns.json"
 
 
 def parse_ref(ref: str) -> dict[str, Any]:
@@ -59,7 +57,7 @@ class Feeder:
     def __init__(self, signature: Any, schema: pa.Schema, folder: Path) -> None:
         import pyarrow as pa
 
-        from core.signature import numpy_dtype
+        from core.signature import column_names, numpy_dtype
 
         self.specs = signature.inputs
         self.dtypes = {s.name: numpy_dtype(s.datatype) for s in self.specs}
@@ -74,9 +72,9 @@ class Feeder:
                 "column named after each input"
             )
         width = self.specs[0].shape[1]
-        listed = folder / COLUMNS_FILE
-        if listed.is_file():
-            self.features = list(json.loads(listed.read_text()))
+        listed = column_names(folder).get(self.specs[0].name)
+        if listed:
+            self.features = listed
         else:
             numeric = (pa.types.is_integer, pa.types.is_floating)
             self.features = [f.name for f in schema if any(test(f.type) for test in numeric)]

@@ -1,0 +1,67 @@
+"""The demo pipeline's data step: the served model's newest labelled traffic, for the retrain.
+
+`python -m agent.demo.labelled --model demo --last 2000` asks this host's agent
+(`serving.labelled`) for the newest requests that got a label on the feedback route and
+saves them, one row per example with the feature columns and `label`, as the run's
+artifact `labelled.parquet`. The train step of the same pipeline finds it through
+MLDECK_STEP_DATA_DIR and learns from it: that is how a retrain sees the drifted inputs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from core import track
+from core.client import connect_unix
+from core.paths import Layout, mldeck_home
+from core.protocol import RpcError
+
+ARTIFACT = "labelled.parquet"
+
+
+async def fetch(model: str, last: int) -> dict[str, Any]:
+    """The newest labelled requests of a model, from the agent that serves it."""
+    client = await connect_unix(Layout(mldeck_home()).socket)
+    try:
+        return await client.call("serving.labelled", name=model, limit=last)
+    finally:
+        await client.close()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m agent.demo.labelled", description=__doc__)
+    parser.add_argument("--model", required=True, help="the served model whose traffic to take")
+    parser.add_argument("--last", type=int, default=2000, help="how many of the newest labelled requests")
+    parser.add_argument("--min-rows", type=int, default=1, help="fail with fewer labelled rows than this")
+    args = parser.parse_args(argv)
+    try:
+        got = asyncio.run(fetch(args.model, args.last))
+    except (OSError, RpcError) as exc:
+        print(f"labelled traffic of {args.model}: {exc}", file=sys.stderr)
+        return 1
+    table = pa.table(got["columns"])
+    if table.num_rows < args.min_rows:
+        print(f"{args.model} has {table.num_rows} labelled rows, fewer than --min-rows {args.min_rows}: "
+              "send feedback on /v2/models/<name>/feedback first", file=sys.stderr)
+        return 1
+    with track.init(params={"model": args.model, "last": args.last}) as run:
+        run.log({"labelled_rows": table.num_rows, "labelled_requests": got["n_requests"]}, step=0)
+        with tempfile.TemporaryDirectory(dir=run.dir, prefix=".labelled-") as tmp:
+            pq.write_table(table, Path(tmp) / ARTIFACT)
+            artifact = run.log_artifact(Path(tmp) / ARTIFACT)
+    print(json.dumps({"rows": table.num_rows, "requests": got["n_requests"], "artifact": str(artifact)}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
