@@ -230,7 +230,8 @@ class Monitor:
                 f"{', '.join(last['drifted_columns'])})"
             ), {"consecutive_windows": streak, "required_windows": policy.drift_windows,
                 "drift_share": policy.drift_share, "share_drifted": [w["share_drifted"] for w in recent],
-                "window_ends": [w["window_end"] for w in recent], "drifted_columns": last["drifted_columns"]})
+                "window_ends": [w["window_end"] for w in recent], "drifted_columns": last["drifted_columns"],
+                "since": recent[0]["window_start"]})
         accuracy = last.get("accuracy")
         if (policy.accuracy_floor is not None and accuracy is not None
                 and last["n_labeled"] >= policy.min_labels and accuracy < policy.accuracy_floor):
@@ -241,6 +242,38 @@ class Monitor:
                 "ece": last.get("ece"), "baseline": last.get("baseline"), "window_end": last["window_end"]})
         if policy.rollback:
             await self.maybe_rollback(name, version, policy)
+        await self.resolve_cleared(name, version, policy, windows, last)
+
+    async def resolve_cleared(self, name: str, version: int, policy: ModelPolicy,
+                              windows: list[dict[str, Any]], last: dict[str, Any]) -> None:
+        """Close the model's alerts whose condition has cleared on its production version."""
+        reasons: dict[str, str] = {}
+        clean = mon.trailing_true([not w["dataset_drifted"] for w in windows])
+        if policy.drift_windows and clean >= policy.drift_windows:
+            reasons["drift"] = (
+                f"inputs of {name} v{version} matched its reference in {clean} consecutive windows "
+                f"(last: {last['share_drifted']:.0%} of columns drifted; alert at {policy.drift_share:.0%})"
+            )
+        accuracy = last.get("accuracy")
+        if (policy.accuracy_floor is not None and accuracy is not None
+                and last["n_labeled"] >= policy.min_labels and accuracy >= policy.accuracy_floor):
+            reasons["accuracy"] = (
+                f"live accuracy of {name} v{version} is {accuracy:.3f} on {last['n_labeled']} labelled "
+                f"rows, at or above the floor {policy.accuracy_floor:g}"
+            )
+        if not reasons:
+            return
+        store = self.agent.store
+        for alert in await self.agent.read(mon.open_alerts, store, name):
+            reason = reasons.get(alert["kind"])
+            if reason is None:
+                continue
+            try:
+                done = await self.agent.db(mon.resolve_alert, store, alert["alert_id"], ACTOR, reason)
+            except registry.Conflict:
+                continue  # resolved by hand meanwhile
+            log.info("alert %s resolved: %s", alert["alert_id"], reason)
+            self.agent.hub.publish(ALERTS, done)
 
     async def alert(self, name: str, version: int, kind: str, policy: ModelPolicy | None, message: str,
                     details: dict[str, Any]) -> dict[str, Any] | None:

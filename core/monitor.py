@@ -383,6 +383,11 @@ def open_alert(store: Store, name: str, version: int, kind: str) -> dict[str, An
     return rows[0] if rows else None
 
 
+def open_alerts(store: Store, name: str) -> list[dict[str, Any]]:
+    """A model's open alerts, of every version and kind, oldest first."""
+    return registry.open_alerts(store.cur(), name)
+
+
 def raise_alert(
     store: Store, name: str, version: int, kind: str, message: str, details: dict[str, Any]
 ) -> dict[str, Any]:

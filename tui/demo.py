@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from core.client import Client
-from core.protocol import RpcError
+from core.protocol import CONFLICT, RpcError
 from core.runlog import TERMINAL
 
 MODEL = "demo"
@@ -175,8 +175,13 @@ async def drift_step(client: Client, say: Say, url: str, auto: bool) -> dict[str
         return got["version"] == challenger
 
     await until("the challenger's promotion", promoted, timeout=60 if auto else 1800)
-    await client.call("alerts.resolve", alert_id=alert["alert_id"], actor="mldeck-demo",
-                      reason=f"v{challenger} retrained on the drift and promoted")
+    try:
+        await client.call("alerts.resolve", alert_id=alert["alert_id"], actor="mldeck-demo",
+                          reason=f"v{challenger} retrained on the drift and promoted")
+    except RpcError as exc:
+        if exc.code != CONFLICT:
+            raise
+        say(f"    the monitor had resolved {alert['alert_id']}: v{challenger}'s inputs match its reference")
     await client.call("runs.stop", run_id=traffic["run_id"])
     served = await client.call("query", sql=f"SELECT count(*) FROM predictions WHERE model = '{MODEL}'")
     say(f"    {MODEL} v{challenger} is production; {served['rows'][0][0]} predictions logged")

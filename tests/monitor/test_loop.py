@@ -1,6 +1,7 @@
 """The whole loop on a real agent: a pipeline trains and registers, production is served, simulated
 traffic drifts on chosen columns, the monitor sees exactly those, alerts, retrains through the
-pipeline's gate into challenger, and a person promotes it with the CLI; every step audited."""
+pipeline's gate into challenger, and a person promotes it with the CLI; every step audited. Clean
+traffic then closes the alert by itself, and a worse version promoted after it is rolled back."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ import pytest
 from tests.conftest import REPO, AgentProc, agent_env, start_agent, wait_for
 from tests.serving.conftest import free_port
 
-pytestmark = pytest.mark.timeout(420)
+pytestmark = pytest.mark.timeout(600)
 
 MODEL = "demo"
 SHIFTED = ["mean_radius", "worst_texture", "mean_concavity"]
@@ -41,6 +42,7 @@ def agent(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AgentProc]:
         f"[serving]\nport = {free_port()}\nmax_queue_delay_ms = 1\n\n"
         f'[monitor]\nwindow = "{WINDOW_ROWS}rows"\ninterval_s = 0.5\nmin_rows = 30\n\n'
         f"[monitor.models.{MODEL}]\ndrift_share = 0.05\ndrift_windows = 2\naccuracy_floor = 0.5\n"
+        "rollback = true\n"
         f'retrain = "{retrain}"\n'
     )
     proc = start_agent(root / "home", config=config)
@@ -128,5 +130,37 @@ def test_shift_alert_retrain_gate_challenger_promotion(agent: AgentProc, tmp_pat
     alert_row = next(a for a in audit if a["action"] == "alert")
     assert alert_row["details"]["drifted_columns"] and alert_row["details"]["share_drifted"]
 
-    agent.cli("alerts", "resolve", alert["alert_id"], "--reason", "retrained", check=True)
-    assert [a for a in cli_json(agent, "alerts") if a["alert_id"] == alert["alert_id"]] == []
+    # v2 in production sees clean traffic: two clean windows close the drift alert by themselves
+    assert traffic(agent, url, "--rps", "80", "--duration", "5", "--feedback-share", "0.6")["errors"] == 0
+
+    def resolved(alert_id: str) -> dict[str, Any] | None:
+        got = [a for a in cli_json(agent, "alerts", "--all") if a["alert_id"] == alert_id]
+        return got[0] if got and got[0]["status"] == "resolved" else None
+
+    wait_for(lambda: resolved(alert["alert_id"]), timeout=60, interval=1, what="the alert closing itself")
+    closing = next(a for a in cli_json(agent, "models", "audit", MODEL) if a["action"] == "resolve_alert")
+    assert closing["actor"] == "mldeck-monitor" and closing["version"] == 1
+    assert "v2 matched its reference in 2 consecutive windows" in closing["comment"]
+    done = agent.cli("alerts", "resolve", alert["alert_id"])
+    assert done.code != 0 and "already resolved" in done.err
+
+    # an untrained v3 promoted over v2 does worse on live labels: the policy rolls production back
+    trained = subprocess.run(
+        [sys.executable, "-m", "agent.demo.train", "--epochs", "0", "--hidden", "4", "--name", "untrained"],
+        capture_output=True, text=True, env=agent_env(agent.home), cwd=REPO, timeout=180,
+    )
+    assert trained.returncode == 0, trained.stderr
+    run_id = json.loads(trained.stdout.strip().splitlines()[-1])["run_id"]
+    wait_for(lambda: agent.cli("runs", "show", run_id).code == 0, timeout=30, what="the untrained run")
+    assert cli_json(agent, "models", "register", run_id, "--name", MODEL)["version"] == 3
+    agent.cli("models", "promote", MODEL, "3", "--to", "production", "--yes", check=True)
+    assert traffic(agent, url, "--rps", "80", "--duration", "5", "--feedback-share", "0.6")["errors"] == 0
+    back = wait_for(lambda: (a := cli_json(agent, "alerts", "--model", MODEL)) and
+                    [x for x in a if x["kind"] == "rollback"], timeout=60, interval=1, what="the rollback")
+    numbers = back[0]["details"]
+    assert (numbers["new_version"], numbers["old_version"]) == (3, 2)
+    assert numbers["new_accuracy"] < numbers["old_accuracy"] - numbers["margin"]
+    assert cli_json(agent, "models", "show", f"{MODEL}@production")["version"] == 2
+    undo = [a for a in cli_json(agent, "models", "audit", MODEL) if a["action"] == "rollback"]
+    assert [(a["actor"], a["version"]) for a in undo] == [("mldeck-monitor", 2)]
+    assert "live accuracy" in undo[0]["comment"]
