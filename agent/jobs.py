@@ -128,7 +128,10 @@ class Jobs:
             job.gpu_seconds = max(job.gpu_seconds, len(job.gpus) * max(0.0, end - job.create_time))
             job.last_tick = end
             if alive:
-                log.info("re-adopted job %s (pid %d)", job.run_id, job.pid)
+                log.info("re-adopted job %s (pid %d)%s", job.run_id, job.pid,
+                         f", stopping ({job.stop} asked before the restart)" if job.stop else "")
+                if job.stop:  # the grace period starts again; SIGKILL follows if it is not enough
+                    job.deadline = time.monotonic() + self.cfg.grace_s
                 self._hold(job)
             else:
                 await self._finish(job, self._exit_file(job))
@@ -143,6 +146,7 @@ class Jobs:
             create_time=row.get("pid_create_time") or 0.0, attempt=row.get("attempts") or 1,
             gpu_seconds=run.get("gpu_seconds") or 0.0, cpu_base=run.get("cpu_seconds") or 0.0,
             peak_gpu_mem=run.get("peak_gpu_mem") or 0, held_gpu_mem=self._held_mem(gpus),
+            stop=row.get("stop_requested"), reason=row.get("stop_reason"),
         )
 
     def _held_mem(self, gpus: list[int]) -> int:
@@ -326,6 +330,7 @@ class Jobs:
             run_id, spec, gpus, proc.pid, create_time, attempt, proc=proc,
             gpu_seconds=run.get("gpu_seconds") or 0.0, cpu_base=run.get("cpu_seconds") or 0.0,
             peak_gpu_mem=run.get("peak_gpu_mem") or 0, held_gpu_mem=self._held_mem(gpus),
+            stop=row.get("stop_requested"), reason=row.get("stop_reason"),
         )
         self._hold(job)
         await self.agent.db(q.mark_started, self.store, run_id, gpus, proc.pid, create_time, attempt,
@@ -462,6 +467,7 @@ class Jobs:
             job.stop = "requeue" if requeue else "stop"
             job.reason = reason
             job.deadline = time.monotonic() + (self.cfg.grace_s if grace_s is None else grace_s)
+            await self.agent.db(q.mark_stop_requested, self.store, run_id, job.stop, reason)
             self._signal(job, signal.SIGTERM)
             return {"run_id": run_id, "status": "stopping", "requeue": requeue}
         row = next((r for r in self.queue if r["run_id"] == run_id), None)

@@ -193,7 +193,7 @@ def mark_started(
     with store.transaction() as cur:
         cur.execute(
             "UPDATE jobs SET state = 'running', gpus_assigned = ?, pid = ?, pgid = ?, "
-            "pid_create_time = ?, attempts = ? WHERE run_id = ?",
+            "pid_create_time = ?, attempts = ?, stop_requested = NULL, stop_reason = NULL WHERE run_id = ?",
             [json.dumps(gpus), pid, pid, create_time, attempt, run_id],
         )
         cur.execute(
@@ -223,6 +223,13 @@ def mark_ended(
             )
         else:
             cur.execute("UPDATE jobs SET state = 'done', pid = NULL, pgid = NULL WHERE run_id = ?", [run_id])
+
+
+def mark_stop_requested(store: Store, run_id: str, how: str, reason: str | None) -> None:
+    """Remember a stop sent to a running job, so an agent restarted meanwhile still knows it was asked."""
+    with store.transaction() as cur:
+        cur.execute("UPDATE jobs SET stop_requested = ?, stop_reason = ? WHERE run_id = ?",
+                    [how, reason, run_id])
 
 
 def requeue_job(store: Store, run_id: str, reason: str, at: float) -> None:

@@ -101,6 +101,11 @@ MIGRATIONS: list[str] = [
         created_at DOUBLE, ended_at DOUBLE
     );
     """,
+    # a stop asked of a running job survives an agent restart (stop, or requeue, and why)
+    """
+    ALTER TABLE jobs ADD COLUMN stop_requested VARCHAR;
+    ALTER TABLE jobs ADD COLUMN stop_reason VARCHAR;
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -162,7 +162,8 @@ def test_a_pipelines_labelled_traffic_joins_the_training_and_becomes_the_referen
     shifted = data.shift(data.to_table(split.x_train, split.columns), ["mean_radius", "mean_texture"], 2.0)
     step_dir = tmp_path / "data-step"
     (step_dir / "artifacts").mkdir(parents=True)
-    pq.write_table(shifted.append_column("label", [split.y_train]), step_dir / "artifacts" / "labelled.parquet")
+    labelled = step_dir / "artifacts" / "labelled.parquet"
+    pq.write_table(shifted.append_column("label", [split.y_train]), labelled)
     monkeypatch.setenv("MLDECK_STEP_DATA_DIR", str(step_dir))
     assert main(["--epochs", "3"]) == 0
     run_dir = next(p for p in (home / "runs").iterdir() if p.is_dir())
@@ -173,7 +174,6 @@ def test_a_pipelines_labelled_traffic_joins_the_training_and_becomes_the_referen
     assert reference["mean_radius"].equals(shifted["mean_radius"])
     assert meta["data_hash"] != fingerprint([data.data_file()])  # the traffic is part of the run's data
 
-    (step_dir / "artifacts" / "labelled.parquet").write_bytes(b"")
-    pq.write_table(shifted, step_dir / "artifacts" / "labelled.parquet")
+    pq.write_table(shifted, labelled)
     with pytest.raises(ValueError, match="lacks the columns \\['label'\\]"):
         main(["--epochs", "1"])

@@ -289,6 +289,33 @@ def test_restart_readopts_running_job(tmp_path: Path, scripts: Path) -> None:
         first.stop()
 
 
+@pytest.mark.timeout(120)
+def test_a_stop_asked_before_an_agent_restart_still_ends_stopped(tmp_path: Path, scripts: Path) -> None:
+    """The job checkpoints for a while after SIGTERM; the agent dies meanwhile; the new one knows."""
+    (scripts / "slow_exit.py").write_text(
+        "import signal, sys, time\n"
+        "def term(*a):\n    print('saving', flush=True)\n    time.sleep(3)\n    sys.exit(143)\n"
+        "signal.signal(signal.SIGTERM, term)\nprint('up', flush=True)\ntime.sleep(60)\n"
+    )
+    home = tmp_path / "home"
+    first = start_agent(home, config=CONFIG)
+    try:
+        run_id = launch(first, scripts / "slow_exit.py")
+        wait_for(lambda: "up" in rpc(first, "runs.logs", run_id=run_id)["data"], what="job up")
+        first.cli("runs", "stop", run_id, "--grace", "30", check=True)
+        first.kill(signal.SIGKILL)
+        second = start_agent(home, config=CONFIG)
+        try:
+            run = wait_status(second, run_id, "stopped", "failed", "preempted", timeout=30)
+            assert (run["status"], run["status_reason"]) == ("stopped", "stopped on request")
+            assert "saving" in rpc(second, "runs.logs", run_id=run_id)["data"]
+            assert rpc(second, "jobs.queue")["queued"] == []
+        finally:
+            second.stop()
+    finally:
+        first.stop()
+
+
 def _job_pid(agent: AgentProc, run_id: str) -> int:
     return int(sql(agent, f"select pid from jobs where run_id = '{run_id}'")[0]["pid"])
 

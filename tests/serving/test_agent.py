@@ -107,9 +107,12 @@ def test_labelled_traffic_comes_back_one_row_per_example(agent: AgentProc) -> No
     assert [cols[f"input__0[{i}]"][1:] for i in (0, 7)] == [[0.0, 8.0], [7.0, 15.0]]
     only = rpc(agent.home, "serving.labelled", {"name": "tiny", "limit": 1})["result"]
     assert only["columns"]["request_id"] == ["pair-1", "pair-1"]
-    assert "no model 'nope'" in rpc(agent.home, "serving.labelled", {"name": "nope"})["error"]["message"]
-    assert "1 to 100000" in rpc(agent.home, "serving.labelled", {"name": "tiny", "limit": 0})["error"]["message"]
-    assert rpc(agent.home, "serving.labelled", {"name": "tiny", "since": "x"})["error"]["code"] < 0
+    def error(params: dict[str, Any]) -> dict[str, Any]:
+        return rpc(agent.home, "serving.labelled", params)["error"]
+
+    assert "no model 'nope'" in error({"name": "nope"})["message"]
+    assert "1 to 100000" in error({"name": "tiny", "limit": 0})["message"]
+    assert error({"name": "tiny", "since": "x"})["code"] < 0
 
 
 def test_alias_move_swaps_the_served_version(agent: AgentProc) -> None:
