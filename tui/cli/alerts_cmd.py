@@ -6,37 +6,33 @@ import argparse
 import getpass
 from typing import Any
 
-from tui.cli.connect import agent_client
-from tui.cli.output import print_json, print_table, when
+from tui.cli.connect import call_agent
+from tui.cli.output import print_table, show, when
+
+
+def _print_alerts(alerts: list[dict[str, Any]], resolved_too: bool) -> None:
+    if not alerts:
+        print("no open alerts" if not resolved_too else "no alerts")
+        return
+    print_table(["id", "time", "model", "version", "kind", "status", "message"],
+                [[a["alert_id"], when(a["ts"]), a["model"], a["version"], a["kind"], a["status"],
+                  a["message"]] for a in alerts])
 
 
 async def list_alerts(args: argparse.Namespace) -> int:
     params: dict[str, Any] = {"all": args.all}
     if args.model:
         params["name"] = args.model
-    async with agent_client(args) as client:
-        alerts = (await client.call("alerts.list", **params))["alerts"]
-    if args.json:
-        print_json(alerts)
-        return 0
-    if not alerts:
-        print("no open alerts" if not args.all else "no alerts")
-        return 0
-    print_table(["id", "time", "model", "version", "kind", "status", "message"],
-                [[a["alert_id"], when(a["ts"]), a["model"], a["version"], a["kind"], a["status"],
-                  a["message"]] for a in alerts])
-    return 0
+    alerts = (await call_agent(args, "alerts.list", **params))["alerts"]
+    return show(args, alerts, lambda a: _print_alerts(a, args.all))
 
 
 async def resolve(args: argparse.Namespace) -> int:
-    async with agent_client(args) as client:
-        alert = await client.call("alerts.resolve", alert_id=args.id, reason=args.reason,
-                                  actor=getpass.getuser())
-    if args.json:
-        print_json(alert)
-    else:
-        print(f"resolved {alert['alert_id']} ({alert['kind']} on {alert['model']} v{alert['version']})")
-    return 0
+    alert = await call_agent(args, "alerts.resolve", alert_id=args.id, reason=args.reason,
+                             actor=getpass.getuser())
+    return show(args, alert, lambda a: print(
+        f"resolved {a['alert_id']} ({a['kind']} on {a['model']} v{a['version']})"
+    ))
 
 
 def register(sub: Any, common: argparse.ArgumentParser) -> None:

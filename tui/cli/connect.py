@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 from collections.abc import AsyncIterator
+from typing import Any
 
 from core.client import Client, connect_unix
 from core.paths import Layout, mldeck_home
@@ -47,6 +48,12 @@ async def agent_client(args: argparse.Namespace) -> AsyncIterator[Client]:
         except HostDown as exc:
             raise CliError(f"host {exc.message}") from None
         yield client
+
+
+async def call_agent(args: argparse.Namespace, method: str, /, **params: Any) -> Any:
+    """Most commands ask their agent one thing: connecting and closing need not be spelled out in each."""
+    async with agent_client(args) as client:
+        return await client.call(method, **params)
 
 
 def remote_host(args: argparse.Namespace) -> tuple[str, Host | None]:

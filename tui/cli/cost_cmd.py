@@ -6,7 +6,7 @@ import argparse
 from typing import Any
 
 from tui.cli.connect import agent_client
-from tui.cli.output import print_json, print_table
+from tui.cli.output import print_table, show
 from tui.units import duration
 
 UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -28,13 +28,8 @@ def _gib(n: Any) -> str:
     return "-" if not n else f"{n / 2**30:.1f}G"
 
 
-async def cost(args: argparse.Namespace) -> int:
-    async with agent_client(args) as client:
-        host = await client.call("cost.host", since_s=args.since)
-        runs = await client.call("cost.runs", since_s=args.since, limit=args.limit)
-    if args.json:
-        print_json({"host": host, "runs": runs})
-        return 0
+def _print_cost(data: dict[str, Any]) -> None:
+    host, runs = data["host"], data["runs"]
     kind = "spot" if host["spot"] else "on-demand"
     print(f"GPUs: {host['gpu_count']} × {host['gpu_model'] or '-'} at ${host['gpu_price_per_hour']:.2f}/h "
           f"({kind}; {host['source']}); CPU core ${host['cpu_core_price_per_hour']:.3f}/h")
@@ -49,7 +44,13 @@ async def cost(args: argparse.Namespace) -> int:
             [[r["run_id"], r["name"], r["status"], len(r["gpus"] or []), (r["gpu_seconds"] or 0) / 3600,
               r["cost_usd"], _gib(r["peak_gpu_mem"]), _gib(r["held_gpu_mem"])] for r in runs],
         )
-    return 0
+
+
+async def cost(args: argparse.Namespace) -> int:
+    async with agent_client(args) as client:
+        host = await client.call("cost.host", since_s=args.since)
+        runs = await client.call("cost.runs", since_s=args.since, limit=args.limit)
+    return show(args, {"host": host, "runs": runs}, _print_cost)
 
 
 def register(sub: Any, common: argparse.ArgumentParser) -> None:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from tui.cli.connect import agent_client
-from tui.cli.output import print_json, print_table, when
+from tui.cli.connect import call_agent
+from tui.cli.output import print_table, show, when
 
 
 def _pct(value: Any) -> str:
@@ -43,25 +43,14 @@ async def report(args: argparse.Namespace) -> int:
         params["window"] = args.window
     if args.version is not None:
         params["version"] = args.version
-    async with agent_client(args) as client:
-        rep = await client.call("drift.report", **params)
-    if args.json:
-        print_json(rep)
-    else:
-        print_report(rep)
-    return 0
+    return show(args, await call_agent(args, "drift.report", **params), print_report)
 
 
-async def history(args: argparse.Namespace) -> int:
-    async with agent_client(args) as client:
-        hist = await client.call("drift.history", name=args.name, limit=args.limit)
-    if args.json:
-        print_json(hist)
-        return 0
+def _print_history(name: str, hist: dict[str, Any]) -> None:
     windows = hist["windows"]
     if not windows:
-        print(f"no judged windows of {args.name} yet (window {hist['window']})")
-        return 0
+        print(f"no judged windows of {name} yet (window {hist['window']})")
+        return
     print_table(
         ["version", "window start", "window end", "rows", "drifted", "share", "columns", "accuracy", "ece"],
         [[w["version"], when(w["window_start"]), when(w["window_end"]), w["n_rows"],
@@ -69,20 +58,22 @@ async def history(args: argparse.Namespace) -> int:
           _pct(w.get("share_drifted")), ",".join(w.get("drifted_columns") or [])[:40] or "-",
           w.get("accuracy"), w.get("ece")] for w in windows],
     )
-    return 0
 
 
-async def check(args: argparse.Namespace) -> int:
-    async with agent_client(args) as client:
-        done = await client.call("drift.check", name=args.name)
-    if args.json:
-        print_json(done)
-        return 0
+async def history(args: argparse.Namespace) -> int:
+    hist = await call_agent(args, "drift.history", name=args.name, limit=args.limit)
+    return show(args, hist, lambda h: _print_history(args.name, h))
+
+
+def _print_judged(done: dict[str, Any]) -> None:
     print(f"{len(done['windows'])} window(s) judged")
     for w in done["windows"]:
         print(f"  {w['model']} v{w['version']} {when(w['window_start'])} → {when(w['window_end'])}: "
               f"{w['n_requests']} requests, {'DRIFT' if w.get('dataset_drifted') else 'no drift'}")
-    return 0
+
+
+async def check(args: argparse.Namespace) -> int:
+    return show(args, await call_agent(args, "drift.check", name=args.name), _print_judged)
 
 
 def _positive(text: str) -> int:

@@ -6,7 +6,7 @@ import argparse
 import asyncio
 from typing import TYPE_CHECKING, Any
 
-from tui.cli.output import CliError, print_json, print_table
+from tui.cli.output import CliError, print_json, print_table, show
 from tui.hosts import LOCAL, Host, HostsError, add_host, hosts_path, load_hosts, remove_host
 
 if TYPE_CHECKING:
@@ -29,29 +29,27 @@ def add(args: argparse.Namespace) -> int:
                         replace=args.replace)
     except HostsError as exc:
         raise CliError(str(exc)) from None
-    if args.json:
-        print_json({"name": args.name, **_entry(host)})
-    else:
-        print(f"added {args.name} -> {host.target} (in {hosts_path()}); "
-              f"try `mldeck hosts status` or `mldeck agent install --host {args.name}`")
-    return 0
+    return show(args, {"name": args.name, **_entry(host)}, lambda _: print(
+        f"added {args.name} -> {host.target} (in {hosts_path()}); "
+        f"try `mldeck hosts status` or `mldeck agent install --host {args.name}`"
+    ))
 
 
 def _entry(host: Host) -> dict[str, Any]:
     return {"target": host.target, "home": host.home, "python": host.python, "timeout_s": host.timeout_s}
 
 
-def ls(args: argparse.Namespace) -> int:
-    hosts = _hosts()
-    if args.json:
-        print_json([{"name": name, **_entry(h)} for name, h in sorted(hosts.items())])
-        return 0
-    if not hosts:
+def _print_hosts(rows: list[dict[str, Any]]) -> None:
+    if not rows:
         print(f"no hosts yet ({hosts_path()}); add one with `mldeck hosts add NAME ssh://user@host`")
-        return 0
+        return
     print_table(["name", "target", "home", "python"],
-                [[name, h.target, h.home, h.python] for name, h in sorted(hosts.items())])
-    return 0
+                [[r["name"], r["target"], r["home"], r["python"]] for r in rows])
+
+
+def ls(args: argparse.Namespace) -> int:
+    rows = [{"name": name, **_entry(h)} for name, h in sorted(_hosts().items())]
+    return show(args, rows, _print_hosts)
 
 
 def rm(args: argparse.Namespace) -> int:
@@ -59,11 +57,7 @@ def rm(args: argparse.Namespace) -> int:
         remove_host(args.name)
     except HostsError as exc:
         raise CliError(str(exc)) from None
-    if args.json:
-        print_json({"removed": args.name})
-    else:
-        print(f"removed {args.name}")
-    return 0
+    return show(args, {"removed": args.name}, lambda _: print(f"removed {args.name}"))
 
 
 def _gpus(metrics: Outcome | None) -> list[dict[str, Any]]:

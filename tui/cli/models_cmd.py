@@ -10,8 +10,8 @@ from pathlib import Path
 from typing import Any
 
 from core.protocol import NOT_FOUND, RpcError
-from tui.cli.connect import agent_client
-from tui.cli.output import CliError, print_json, print_table, when
+from tui.cli.connect import agent_client, call_agent
+from tui.cli.output import CliError, print_json, print_table, show, when
 from tui.units import number
 
 MAX_METRIC_COLUMNS = 6
@@ -56,22 +56,21 @@ def metric_keys(versions: list[dict[str, Any]]) -> list[str]:
     return preferred[:MAX_METRIC_COLUMNS]
 
 
-async def register_cmd(args: argparse.Namespace) -> int:
-    artifact = args.artifact
-    if artifact and _is_local(args):
-        artifact = str(Path(artifact).expanduser().resolve())
-    async with agent_client(args) as client:
-        row = await client.call(
-            "models.register", run_id=args.run, name=args.name, artifact=artifact, actor=actor()
-        )
-    if args.json:
-        print_json(row)
-        return 0
+def _print_registered(row: dict[str, Any]) -> None:
     print(f"registered {row['name']} v{row['version']} from run {row['run_id']}")
     print(f"artifact: {row['artifact']} ({row['signature'].get('format')})")
     for note in row.get("notes") or []:
         print(f"note: {note}")
-    return 0
+
+
+async def register_cmd(args: argparse.Namespace) -> int:
+    artifact = args.artifact
+    if artifact and _is_local(args):
+        artifact = str(Path(artifact).expanduser().resolve())
+    row = await call_agent(
+        args, "models.register", run_id=args.run, name=args.name, artifact=artifact, actor=actor()
+    )
+    return show(args, row, _print_registered)
 
 
 async def _current(client: Any, name: str, alias: str) -> dict[str, Any] | None:
@@ -122,54 +121,39 @@ async def promote_cmd(args: argparse.Namespace) -> int:
 
 
 async def rollback_cmd(args: argparse.Namespace) -> int:
-    async with agent_client(args) as client:
-        result = await client.call(
-            "models.rollback", name=args.name, alias=args.alias, reason=args.reason, actor=actor()
-        )
-    if args.json:
-        print_json(result)
-    else:
-        print(f"{args.name} {args.alias} rolled back to v{result['version']} (was v{result['from_version']})")
-    return 0
+    result = await call_agent(
+        args, "models.rollback", name=args.name, alias=args.alias, reason=args.reason, actor=actor()
+    )
+    return show(args, result, lambda r: print(
+        f"{args.name} {args.alias} rolled back to v{r['version']} (was v{r['from_version']})"
+    ))
 
 
 async def archive_cmd(args: argparse.Namespace) -> int:
     version = parse_version(args.version)
-    async with agent_client(args) as client:
-        result = await client.call(
-            "models.archive", name=args.name, version=version, reason=args.reason, actor=actor()
-        )
-    if args.json:
-        print_json(result)
-    else:
-        print(f"{args.name} v{version} archived")
-    return 0
+    result = await call_agent(
+        args, "models.archive", name=args.name, version=version, reason=args.reason, actor=actor()
+    )
+    return show(args, result, lambda _: print(f"{args.name} v{version} archived"))
 
 
-async def ls_cmd(args: argparse.Namespace) -> int:
-    async with agent_client(args) as client:
-        models = await client.call("models.list")
-    if args.json:
-        print_json(models)
-        return 0
+def _print_models(models: list[dict[str, Any]]) -> None:
     if not models:
         print("no models registered yet (`mldeck models register RUN --name NAME`)")
-        return 0
+        return
     print_table(
         ["model", "versions", "latest", "aliases", "updated"],
         [[m["name"], m["versions"], f"v{m['latest']}",
           ", ".join(f"{a}=v{v}" for a, v in m["aliases"].items()) or "-", when(m["updated_at"])]
          for m in models],
     )
-    return 0
 
 
-async def versions_cmd(args: argparse.Namespace) -> int:
-    async with agent_client(args) as client:
-        versions = await client.call("models.versions", name=args.name)
-    if args.json:
-        print_json(versions)
-        return 0
+async def ls_cmd(args: argparse.Namespace) -> int:
+    return show(args, await call_agent(args, "models.list"), _print_models)
+
+
+def _print_versions(versions: list[dict[str, Any]]) -> None:
     keys = metric_keys(versions)
     print_table(
         ["version", "aliases", *keys, "run", "created", "state"],
@@ -177,16 +161,14 @@ async def versions_cmd(args: argparse.Namespace) -> int:
           v["run_id"], when(v["created_at"]), "archived" if v["archived"] else "-"]
          for v in versions],
     )
-    return 0
 
 
-async def show_cmd(args: argparse.Namespace) -> int:
-    ref = parse_ref(args.ref)
-    async with agent_client(args) as client:
-        v = await client.call("models.get", **ref)
-    if args.json:
-        print_json(v)
-        return 0
+async def versions_cmd(args: argparse.Namespace) -> int:
+    versions = await call_agent(args, "models.versions", name=args.name)
+    return show(args, versions, _print_versions)
+
+
+def _print_version(v: dict[str, Any]) -> None:
     print(f"{'model:':<12}{v['name']} v{v['version']}" + (" (archived)" if v["archived"] else ""))
     print(f"{'aliases:':<12}{', '.join(v['aliases']) or '-'}")
     for key in ("run_id", "artifact", "git_sha", "data_hash"):
@@ -201,7 +183,11 @@ async def show_cmd(args: argparse.Namespace) -> int:
     print("metrics:")
     for k, value in sorted((v.get("metrics") or {}).items()):
         print(f"  {k} = {number(value)}")
-    return 0
+
+
+async def show_cmd(args: argparse.Namespace) -> int:
+    version = await call_agent(args, "models.get", **parse_ref(args.ref))
+    return show(args, version, _print_version)
 
 
 def _moved(row: dict[str, Any]) -> str:
@@ -210,12 +196,7 @@ def _moved(row: dict[str, Any]) -> str:
     return f"v{row['from_version']} -> v{row['version']}"
 
 
-async def audit_cmd(args: argparse.Namespace) -> int:
-    async with agent_client(args) as client:
-        rows = await client.call("models.audit", name=args.name, limit=args.limit)
-    if args.json:
-        print_json(rows)
-        return 0
+def _print_audit(rows: list[dict[str, Any]]) -> None:
     print_table(
         ["time", "actor", "action", "model", "alias", "version", "reason", "note"],
         [[when(r["ts"]), r["actor"], r["action"], r["name"], r["alias"], _moved(r), r["comment"],
@@ -223,20 +204,18 @@ async def audit_cmd(args: argparse.Namespace) -> int:
           if (r.get("details") or {}).get("forced") else None]
          for r in rows],
     )
-    return 0
+
+
+async def audit_cmd(args: argparse.Namespace) -> int:
+    rows = await call_agent(args, "models.audit", name=args.name, limit=args.limit)
+    return show(args, rows, _print_audit)
 
 
 def _by(row: dict[str, Any]) -> str:
     return f"{row['action']} by {row['actor']}, {when(row['ts'])}"
 
 
-async def lineage_cmd(args: argparse.Namespace) -> int:
-    ref = parse_ref(args.ref, need_version=True)
-    async with agent_client(args) as client:
-        info = await client.call("models.lineage", name=ref["name"], version=ref["version"])
-    if args.json:
-        print_json(info)
-        return 0
+def _print_lineage(info: dict[str, Any]) -> None:
     v, run = info["version"], info["run"]
     print(f"{v['name']} v{v['version']}" + (f"  [{', '.join(v['aliases'])}]" if v["aliases"] else ""))
     if run is None:
@@ -256,7 +235,12 @@ async def lineage_cmd(args: argparse.Namespace) -> int:
         print(f"replaced v{r['replaced_version']} in {r['alias']} ({_by(r)})")
     for r in info["replaced_by"]:
         print(f"replaced by v{r['by_version']} in {r['alias']} ({_by(r)})")
-    return 0
+
+
+async def lineage_cmd(args: argparse.Namespace) -> int:
+    ref = parse_ref(args.ref, need_version=True)
+    info = await call_agent(args, "models.lineage", name=ref["name"], version=ref["version"])
+    return show(args, info, _print_lineage)
 
 
 def register(sub: Any, common: argparse.ArgumentParser) -> None:

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import argparse
 import datetime as dt
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import msgspec
@@ -22,6 +23,15 @@ class CliError(Exception):
 
 def print_json(data: Any) -> None:
     sys.stdout.write(msgspec.json.format(msgspec.json.encode(data), indent=2).decode() + "\n")
+
+
+def show(args: argparse.Namespace, result: Any, render: Callable[[Any], object]) -> int:
+    """--json prints the result as it is, for scripts; otherwise `render` prints it for people."""
+    if args.json:
+        print_json(result)
+    else:
+        render(result)
+    return 0
 
 
 def when(ts: float | None) -> str:

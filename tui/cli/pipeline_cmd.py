@@ -9,8 +9,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from tui.cli.connect import agent_client, remote_host
-from tui.cli.output import CliError, print_json, print_table, when
+from tui.cli.connect import agent_client, call_agent, remote_host
+from tui.cli.output import CliError, print_json, print_table, show, when
 from tui.units import duration
 
 POLL_S = 1.0
@@ -70,28 +70,20 @@ async def run(args: argparse.Namespace) -> int:
     return 0 if row["status"] == "succeeded" else 1
 
 
-async def show(args: argparse.Namespace) -> int:
-    async with agent_client(args) as client:
-        row = await client.call("pipelines.get", pipeline_id=args.id)
-    if args.json:
-        print_json(row)
-    else:
-        print_pipeline(row)
-    return 0
+async def show_cmd(args: argparse.Namespace) -> int:
+    return show(args, await call_agent(args, "pipelines.get", pipeline_id=args.id), print_pipeline)
 
 
-async def ls(args: argparse.Namespace) -> int:
-    async with agent_client(args) as client:
-        rows = await client.call("pipelines.list", limit=args.limit)
-    if args.json:
-        print_json(rows)
-        return 0
+def _print_pipelines(rows: list[dict[str, Any]]) -> None:
     print_table(["id", "name", "status", "started", "took", "steps", "model", "version", "alias", "trigger"],
                 [[r["pipeline_id"], r["name"], r["status"], when(r["created_at"]),
                   duration((r["ended_at"] or r["created_at"]) - r["created_at"]), _steps(r), r["model"],
                   r["registered_version"], r["promoted_alias"], (r.get("trigger") or {}).get("alert_id")]
                  for r in rows])
-    return 0
+
+
+async def ls(args: argparse.Namespace) -> int:
+    return show(args, await call_agent(args, "pipelines.list", limit=args.limit), _print_pipelines)
 
 
 def register(sub: Any, common: argparse.ArgumentParser) -> None:
@@ -106,4 +98,4 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     p.set_defaults(func=ls)
     p = cmds.add_parser("show", parents=[common], help="one pipeline run: steps, gate, version")
     p.add_argument("id", help="pipeline id (from `mldeck pipeline ls`)")
-    p.set_defaults(func=show)
+    p.set_defaults(func=show_cmd)

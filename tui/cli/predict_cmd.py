@@ -17,8 +17,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from tui.cli.connect import agent_client, remote_host
-from tui.cli.output import CliError, print_json
+from tui.cli.connect import call_agent, remote_host
+from tui.cli.output import CliError, show
 
 if TYPE_CHECKING:
     import numpy as np
@@ -138,8 +138,7 @@ async def predict(args: argparse.Namespace) -> int:
         raise CliError(f"no input file {source}")
     if remote_host(args)[1] is not None:
         raise CliError("predict runs the model on this machine: run it on the host that has the model")
-    async with agent_client(args) as client:
-        version = await client.call("models.get", **parse_ref(args.model))
+    version = await call_agent(args, "models.get", **parse_ref(args.model))
     folder = Path(version["artifact"])
     model = load_model(folder, device=args.device)
     con = duckdb.connect()
@@ -193,12 +192,10 @@ async def predict(args: argparse.Namespace) -> int:
         "model": version["name"], "version": version["version"], "rows": done, "output": str(target),
         "seconds": elapsed, "rows_per_s": done / elapsed if elapsed else math.inf,
     }
-    if args.json:
-        print_json(result)
-    else:
-        print(f"{done} rows → {target} with {version['name']} v{version['version']} in {elapsed:.2f}s "
-              f"({result['rows_per_s']:,.0f} rows/s)")
-    return 0
+    return show(args, result, lambda r: print(
+        f"{done} rows → {target} with {version['name']} v{version['version']} in {elapsed:.2f}s "
+        f"({r['rows_per_s']:,.0f} rows/s)"
+    ))
 
 
 def _progress(total: int, args: argparse.Namespace) -> Any:

@@ -11,7 +11,7 @@ from typing import Any
 from core.protocol import RpcError
 from core.runlog import TERMINAL
 from core.sweep import parse_value
-from tui.cli.connect import agent_client, remote_host
+from tui.cli.connect import agent_client, call_agent, remote_host
 from tui.cli.output import CliError, print_json
 
 WAIT_POLL_S = 0.3
@@ -105,13 +105,11 @@ async def launch_on_nodes(args: argparse.Namespace, nodes: list[str]) -> list[di
             else:
                 dist["endpoint"] = done[0][1]["dist"]["endpoint"]
                 extra["run_id"] = done[0][1]["run_id"]
-            async with agent_client(target) as client:
-                result = await client.call("runs.launch", **base, **extra, dist=dist)
+            result = await call_agent(target, "runs.launch", **base, **extra, dist=dist)
             done.append((target, {**result, "node": nodes[rank]}))
     except (RpcError, CliError):
         for target, result in done:
-            async with agent_client(target) as client:
-                await client.call("runs.stop", run_id=result["run_id"])
+            await call_agent(target, "runs.stop", run_id=result["run_id"])
         raise
     return [r for _, r in done]
 
@@ -134,8 +132,7 @@ async def run(args: argparse.Namespace) -> int:
         else:
             print(run_id)
         return 0 if not args.wait or all(r["status"] == "succeeded" for r in results) else 1
-    async with agent_client(args) as client:
-        result = await client.call("runs.launch", **launch_params(args, is_local(args)))
+    result = await call_agent(args, "runs.launch", **launch_params(args, is_local(args)))
     if args.wait:
         result["status"] = (await wait_for_end(args, result["run_id"]))["status"]
     if args.json:

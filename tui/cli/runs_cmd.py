@@ -8,8 +8,8 @@ import sys
 import time
 from typing import Any
 
-from tui.cli.connect import agent_client
-from tui.cli.output import print_json, print_table, when
+from tui.cli.connect import agent_client, call_agent
+from tui.cli.output import print_table, show, when
 from tui.units import duration
 
 FOLLOW_POLL_S = 0.3
@@ -21,14 +21,7 @@ def _duration(run: dict[str, Any]) -> float | None:
     return (run.get("ended_at") or time.time()) - run["started_at"]
 
 
-async def ls(args: argparse.Namespace) -> int:
-    async with agent_client(args) as client:
-        runs = await client.call(
-            "runs.list", status=args.status, experiment=args.experiment, limit=args.limit
-        )
-    if args.json:
-        print_json(runs)
-        return 0
+def _print_runs(runs: list[dict[str, Any]]) -> None:
     keys = sorted({k for r in runs for k in r["metrics"]})[:4]
     print_table(
         ["run", "experiment", "name", "status", "created", "duration", *keys],
@@ -38,15 +31,16 @@ async def ls(args: argparse.Namespace) -> int:
             for r in runs
         ],
     )
-    return 0
 
 
-async def show(args: argparse.Namespace) -> int:
-    async with agent_client(args) as client:
-        run = await client.call("runs.get", run_id=args.run)
-    if args.json:
-        print_json(run)
-        return 0
+async def ls(args: argparse.Namespace) -> int:
+    runs = await call_agent(
+        args, "runs.list", status=args.status, experiment=args.experiment, limit=args.limit
+    )
+    return show(args, runs, _print_runs)
+
+
+def _print_run(run: dict[str, Any]) -> None:
     for key in ("run_id", "name", "experiment", "status", "status_reason", "host", "git_sha",
                 "data_hash", "dir"):
         print(f"{key + ':':<15}{run.get(key) if run.get(key) is not None else '-'}")
@@ -59,7 +53,10 @@ async def show(args: argparse.Namespace) -> int:
     print("metrics (last value):")
     for k, v in sorted(run["metrics"].items()):
         print(f"  {k} = {v:.6g}")
-    return 0
+
+
+async def show_cmd(args: argparse.Namespace) -> int:
+    return show(args, await call_agent(args, "runs.get", run_id=args.run), _print_run)
 
 
 async def logs(args: argparse.Namespace) -> int:
@@ -79,27 +76,22 @@ async def logs(args: argparse.Namespace) -> int:
             await asyncio.sleep(FOLLOW_POLL_S)
 
 
-async def stop(args: argparse.Namespace) -> int:
-    async with agent_client(args) as client:
-        result = await client.call("runs.stop", run_id=args.run, requeue=args.requeue, grace_s=args.grace)
-    if args.json:
-        print_json(result)
-    elif result["status"] == "stopping":
+def _print_stopped(args: argparse.Namespace, result: dict[str, Any]) -> None:
+    if result["status"] == "stopping":
         then = "requeued to resume" if args.requeue else "stopped"
         print(f"{args.run}: SIGTERM sent; it will be {then} once it exits")
     else:
         print(f"{args.run}: {result['status']}")
-    return 0
+
+
+async def stop(args: argparse.Namespace) -> int:
+    result = await call_agent(args, "runs.stop", run_id=args.run, requeue=args.requeue, grace_s=args.grace)
+    return show(args, result, lambda r: _print_stopped(args, r))
 
 
 async def resume(args: argparse.Namespace) -> int:
-    async with agent_client(args) as client:
-        result = await client.call("runs.resume", run_id=args.run)
-    if args.json:
-        print_json(result)
-    else:
-        print(f"{args.run}: queued to resume from its last checkpoint")
-    return 0
+    result = await call_agent(args, "runs.resume", run_id=args.run)
+    return show(args, result, lambda _: print(f"{args.run}: queued to resume from its last checkpoint"))
 
 
 def register(sub: Any, common: argparse.ArgumentParser) -> None:
@@ -112,7 +104,7 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     p.set_defaults(func=ls)
     p = cmds.add_parser("show", parents=[common], help="one run's details")
     p.add_argument("run", help="run id")
-    p.set_defaults(func=show)
+    p.set_defaults(func=show_cmd)
     p = cmds.add_parser("logs", parents=[common], help="a job's stdout and stderr")
     p.add_argument("run", help="run id")
     p.add_argument("-f", "--follow", action="store_true", help="keep following until the run ends")

@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from tui.cli.connect import agent_client
-from tui.cli.output import CliError, print_json, print_table, when
+from tui.cli.connect import call_agent
+from tui.cli.output import CliError, print_table, show, when
 from tui.units import duration
 
 
@@ -30,13 +30,7 @@ def _print_status(status: dict[str, Any]) -> None:
 
 async def _status_after(args: argparse.Namespace, method: str) -> int:
     """serving.start and serving.status both answer with the server's status."""
-    async with agent_client(args) as client:
-        status = await client.call(method)
-    if args.json:
-        print_json(status)
-    else:
-        _print_status(status)
-    return 0
+    return show(args, await call_agent(args, method), _print_status)
 
 
 async def start(args: argparse.Namespace) -> int:
@@ -44,28 +38,17 @@ async def start(args: argparse.Namespace) -> int:
 
 
 async def stop(args: argparse.Namespace) -> int:
-    async with agent_client(args) as client:
-        status = await client.call("serving.stop")
-    if args.json:
-        print_json(status)
-    else:
-        print("model server stopped")
-    return 0
+    return show(args, await call_agent(args, "serving.stop"), lambda _: print("model server stopped"))
 
 
 async def status_cmd(args: argparse.Namespace) -> int:
     return await _status_after(args, "serving.status")
 
 
-async def stats(args: argparse.Namespace) -> int:
-    async with agent_client(args) as client:
-        data = await client.call("serving.stats", window_s=args.window)
-    if args.json:
-        print_json(data)
-        return 0
+def _print_stats(data: dict[str, Any]) -> None:
     if not data.get("running"):
         print("model server: not running (`mldeck serve start`)")
-        return 0
+        return
     print(f"up {duration(data.get('uptime_s'))}, swaps {data.get('swaps', 0)}, "
           f"manifest of {when(data.get('manifest_at'))}")
     rows = []
@@ -76,7 +59,18 @@ async def stats(args: argparse.Namespace) -> int:
     print_table(["model", "variant", "version", "req/s", "p50 ms", "p95 ms", "p99 ms", "errors"], rows)
     for failure in data.get("load_failures", []):
         print(f"load failure: {failure}")
-    return 0
+
+
+async def stats(args: argparse.Namespace) -> int:
+    return show(args, await call_agent(args, "serving.stats", window_s=args.window), _print_stats)
+
+
+def _print_split(split: dict[str, Any]) -> None:
+    challenger = split["challenger"] if split["challenger"] is not None else "none"
+    print(f"{split['name']}: shadow {'on' if split['shadow'] else 'off'}, canary {split['canary']:g}% "
+          f"(challenger: {challenger})")
+    if split.get("warning"):
+        print(f"note: {split['warning']}")
 
 
 async def traffic(args: argparse.Namespace) -> int:
@@ -87,17 +81,7 @@ async def traffic(args: argparse.Namespace) -> int:
         params["canary"] = args.canary
     if args.shadow is not None:
         params["shadow"] = args.shadow == "on"
-    async with agent_client(args) as client:
-        split = await client.call("serving.traffic", **params)
-    if args.json:
-        print_json(split)
-        return 0
-    challenger = split["challenger"] if split["challenger"] is not None else "none"
-    print(f"{split['name']}: shadow {'on' if split['shadow'] else 'off'}, canary {split['canary']:g}% "
-          f"(challenger: {challenger})")
-    if split.get("warning"):
-        print(f"note: {split['warning']}")
-    return 0
+    return show(args, await call_agent(args, "serving.traffic", **params), _print_split)
 
 
 def _percent(text: str) -> float:

@@ -6,11 +6,16 @@ import argparse
 from typing import Any
 
 from core import sweep as sw
-from tui.cli.connect import agent_client
-from tui.cli.output import CliError, print_json, print_table
+from tui.cli.connect import call_agent
+from tui.cli.output import CliError, print_table, show
 from tui.cli.run_cmd import add_launch_options, is_local, launch_params
 
 ACTIONS = ("show", "ls", "stop")
+
+
+def _print_queued(result: dict[str, Any], count: int) -> None:
+    print(result["sweep_id"])
+    print(f"{count} trials queued", flush=True)
 
 
 async def create(args: argparse.Namespace) -> int:
@@ -30,22 +35,11 @@ async def create(args: argparse.Namespace) -> int:
         "early_stop": args.early_stop, "warmup_steps": args.warmup_steps, "min_trials": args.min_trials,
         "min_steps": args.min_steps, "reduction_factor": args.reduction_factor, "max_steps": args.max_steps,
     }
-    async with agent_client(args) as client:
-        result = await client.call("sweeps.create", **params)
-    if args.json:
-        print_json(result)
-    else:
-        print(result["sweep_id"])
-        print(f"{count} trials queued", flush=True)
-    return 0
+    result = await call_agent(args, "sweeps.create", **params)
+    return show(args, result, lambda r: _print_queued(r, count))
 
 
-async def show(args: argparse.Namespace, sweep_id: str) -> int:
-    async with agent_client(args) as client:
-        sweep = await client.call("sweeps.show", sweep_id=sweep_id)
-    if args.json:
-        print_json(sweep)
-        return 0
+def _print_sweep(sweep: dict[str, Any]) -> None:
     stop = sweep["early_stop"] or "none"
     print(f"sweep {sweep['sweep_id']} ({sweep['status']}): {sweep['mode']} {sweep['metric']}, "
           f"early stopping: {stop}")
@@ -55,29 +49,25 @@ async def show(args: argparse.Namespace, sweep_id: str) -> int:
         [[t["rank"], t["run_id"], t["status"], t["best"], t["last_step"],
           *((t["params"] or {}).get(k) for k in keys), t["status_reason"]] for t in sweep["trials"]],
     )
-    return 0
 
 
-async def ls(args: argparse.Namespace) -> int:
-    async with agent_client(args) as client:
-        sweeps = await client.call("sweeps.list")
-    if args.json:
-        print_json(sweeps)
-        return 0
+async def show_cmd(args: argparse.Namespace, sweep_id: str) -> int:
+    return show(args, await call_agent(args, "sweeps.show", sweep_id=sweep_id), _print_sweep)
+
+
+def _print_sweeps(sweeps: list[dict[str, Any]]) -> None:
     print_table(["sweep", "name", "status", "metric", "mode", "early stop"],
                 [[s["sweep_id"], s["name"], s["status"], s["metric"], s["mode"], s["early_stop"]]
                  for s in sweeps])
-    return 0
+
+
+async def ls(args: argparse.Namespace) -> int:
+    return show(args, await call_agent(args, "sweeps.list"), _print_sweeps)
 
 
 async def stop(args: argparse.Namespace, sweep_id: str) -> int:
-    async with agent_client(args) as client:
-        result = await client.call("sweeps.stop", sweep_id=sweep_id)
-    if args.json:
-        print_json(result)
-    else:
-        print(f"{sweep_id}: stopped {len(result['stopped'])} trials")
-    return 0
+    result = await call_agent(args, "sweeps.stop", sweep_id=sweep_id)
+    return show(args, result, lambda r: print(f"{sweep_id}: stopped {len(r['stopped'])} trials"))
 
 
 async def sweep(args: argparse.Namespace) -> int:
@@ -87,7 +77,7 @@ async def sweep(args: argparse.Namespace) -> int:
             return await ls(args)
         if len(args.script_args) != 1:
             raise CliError(f"usage: mldeck sweep {args.script} SWEEP_ID")
-        action = show if args.script == "show" else stop
+        action = show_cmd if args.script == "show" else stop
         return await action(args, args.script_args[0])
     return await create(args)
 
