@@ -13,6 +13,7 @@ import msgspec
 from core.paths import BadName, check_name, config_dir
 
 LOCAL = "local"
+ALL = "all"  # every host at once, for the commands that list (`runs ls --host all`)
 DEFAULT_PORT = 22
 
 
@@ -65,7 +66,7 @@ def parse_target(text: str) -> Target:
 
 
 def check_host_name(name: str) -> str:
-    if name == LOCAL or name.startswith("ssh:"):
+    if name in (LOCAL, ALL) or name.startswith("ssh:"):
         raise HostsError(f"host name {name!r} is reserved; pick another")
     try:
         return check_name(name, "host name")
@@ -163,6 +164,9 @@ def resolve(spec: str | None, path: Path | None = None) -> tuple[str, Host | Non
     """--host value → (display name, Host); None for the local agent."""
     if spec in (None, "", LOCAL):
         return LOCAL, None
+    if spec == ALL:
+        raise HostsError("--host all works where a command lists (`mldeck runs ls --host all`); "
+                         "this one takes one host")
     if spec.startswith("ssh://"):
         parse_target(spec)
         return spec, Host(target=spec)

@@ -40,6 +40,7 @@ def test_hosts_file_through_the_cli(laptop):
     again = client.cli("hosts", "add", "gpu1", "ssh://x@y")
     assert again.code == 1 and "exists already" in again.err
     for name, target, said in [("../up", "ssh://a@b", "not allowed"), ("local", "ssh://a@b", "reserved"),
+                               ("all", "ssh://a@b", "reserved"),
                                ("ok", "http://a@b", "must look like ssh://"),
                                ("ok", "ssh://a@b:99999", "bad port"),
                                ("ok", "ssh://-oProxyCommand=x", "'-'")]:
@@ -52,6 +53,19 @@ def test_hosts_file_through_the_cli(laptop):
     assert unknown.code == 1 and "unknown host 'nope'" in unknown.err and "hosts add" in unknown.err
     assert client.cli("hosts", "rm", "gpu1").code == 0
     assert client.cli("hosts", "ls", "--json").json() == []
+
+
+def test_runs_of_every_host_in_one_list(laptop, remote_agent):
+    client, _ = laptop
+    listed = client.cli("runs", "ls", "--host", "all", "--json")
+    assert listed.code == 3, listed.err  # this laptop runs no agent of its own: said, and left out
+    assert "local left out: no agent running" in listed.err
+    runs = listed.json()
+    assert [r["fleet_host"] for r in runs] == ["gpu1"] * len(runs) and "over-ssh" in [r["name"] for r in runs]
+    table = client.cli("runs", "ls", "--host", "all").out
+    assert table.splitlines()[0].split()[:2] == ["HOST", "RUN"] and "gpu1" in table
+    other = client.cli("runs", "show", "x", "--host", "all")
+    assert other.code == 1 and "this one takes one host" in other.err
 
 
 def test_runs_and_query_with_host_match_local(laptop, remote_agent):

@@ -10,9 +10,11 @@ from typing import Any
 
 from tui.cli.connect import agent_client, call_agent
 from tui.cli.output import print_table, show, when
+from tui.hosts import ALL
 from tui.units import duration
 
 FOLLOW_POLL_S = 0.3
+FLEET_HOST = "fleet_host"  # with --host all: which host of the fleet a run is on
 
 
 def _duration(run: dict[str, Any]) -> float | None:
@@ -23,21 +25,37 @@ def _duration(run: dict[str, Any]) -> float | None:
 
 def _print_runs(runs: list[dict[str, Any]]) -> None:
     keys = sorted({k for r in runs for k in r["metrics"]})[:4]
+    fleet = any(FLEET_HOST in r for r in runs)
     print_table(
-        ["run", "experiment", "name", "status", "created", "duration", *keys],
+        [*(["host"] if fleet else []), "run", "experiment", "name", "status", "created", "duration", *keys],
         [
-            [r["run_id"], r["experiment"], r["name"], r["status"], when(r["created_at"]),
-             duration(_duration(r)), *(r["metrics"].get(k) for k in keys)]
+            [*([r[FLEET_HOST]] if fleet else []), r["run_id"], r["experiment"], r["name"], r["status"],
+             when(r["created_at"]), duration(_duration(r)), *(r["metrics"].get(k) for k in keys)]
             for r in runs
         ],
     )
 
 
 async def ls(args: argparse.Namespace) -> int:
-    runs = await call_agent(
-        args, "runs.list", status=args.status, experiment=args.experiment, limit=args.limit
-    )
-    return show(args, runs, _print_runs)
+    params = {"status": args.status, "experiment": args.experiment, "limit": args.limit}
+    if args.host == ALL:
+        return await ls_fleet(args, params)
+    return show(args, await call_agent(args, "runs.list", **params), _print_runs)
+
+
+async def ls_fleet(args: argparse.Namespace, params: dict[str, Any]) -> int:
+    """--host all: the runs of this machine and every host of the hosts file, newest first, as one list."""
+    from tui.fleet import Fleet  # asyncssh loads only when a command needs it
+
+    async with Fleet.from_config(local_home=args.home) as fleet:
+        got = await fleet.gather("runs.list", **params)
+    runs = [{**run, FLEET_HOST: name} for name, out in got.items() if out.ok for run in out.value]
+    runs.sort(key=lambda r: r["created_at"] or 0, reverse=True)
+    for name, out in got.items():
+        if not out.ok:
+            print(f"mldeck: {name} left out: {out.error}", file=sys.stderr)
+    show(args, runs[:args.limit], _print_runs)
+    return 0 if all(out.ok for out in got.values()) else 3
 
 
 def _print_run(run: dict[str, Any]) -> None:
@@ -97,7 +115,7 @@ async def resume(args: argparse.Namespace) -> int:
 def register(sub: Any, common: argparse.ArgumentParser) -> None:
     runs = sub.add_parser("runs", help="list and inspect runs")
     cmds = runs.add_subparsers(dest="runs_command", metavar="ACTION", required=True)
-    p = cmds.add_parser("ls", parents=[common], help="list runs, newest first")
+    p = cmds.add_parser("ls", parents=[common], help="list runs, newest first (--host all: of every host)")
     p.add_argument("--status", help="only runs with this status")
     p.add_argument("--experiment", help="only runs of this experiment")
     p.add_argument("--limit", type=int, default=1000)
