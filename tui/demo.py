@@ -156,6 +156,10 @@ async def drift_step(client: Client, say: Say, url: str, auto: bool) -> dict[str
     if pipe["status"] != "succeeded":
         raise DemoFailed(f"the retraining pipeline ended {pipe['status']}: {pipe.get('message')}")
     challenger = pipe["registered_version"]
+    train = next(s["run_id"] for s in pipe["steps"] if s["step"] == "train")
+    learned = ((await client.call("runs.get", run_id=train)).get("params") or {}).get("labelled_rows")
+    say(f"    {MODEL} v{challenger} retrained on the data set plus {learned or 0} labelled served rows "
+        "since the drift began; gate passed")
     await client.call("serving.traffic", name=MODEL, shadow=True)
 
     async def shadowed() -> int:
