@@ -69,8 +69,8 @@ class HostRow(Vertical, can_focus=True):
         s, x = self.snapshot, self.extras
         style = state_style(self.state)
         state = f"● {self.state}"
-        parts: list[str | tuple[str, str]] = [(f"{self.host:<14}", "bold"), (state, style),
-                                              "\u00a0" * max(2, 16 - len(state))]
+        parts: list[str | tuple[str, str]] = [(f"{self.host:<14}", "bold"),
+                                              (state.ljust(max(len(state) + 2, 16)), style)]
         if s:
             ram = f"{gib(s.get('ram_used'))}/{gib(s.get('ram_total'))}"
             parts.append(f" CPU {pct(s.get('cpu_pct')):>4}  RAM {ram}")
