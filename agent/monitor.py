@@ -31,6 +31,7 @@ from core.monitor import (
     AlertResolveParams,
     AlertsListParams,
     DriftCheckParams,
+    DriftDistributionParams,
     DriftHistoryParams,
     DriftReportParams,
     DriftStatusParams,
@@ -50,6 +51,7 @@ TOPIC = "drift"
 ALERTS = "alerts"
 COLUMNS_FILE = "columns.json"
 POLICY_WINDOWS = 50
+MAX_BINS = 200
 
 
 @dataclass
@@ -61,6 +63,13 @@ class Reference:
     outputs: drift.ReferenceProfile | None
     output_layout: dict[str, list[str]]
     metrics: dict[str, float]
+
+    def roles(self) -> dict[str, str]:
+        """Column → "input" or "output": every column drift.distribution can draw."""
+        out = {c: "input" for cols in self.input_layout.values() for c in cols}
+        for c in self.outputs.columns if self.outputs is not None else ():
+            out.setdefault(c, "output")
+        return out
 
 
 def load_reference(row: dict[str, Any]) -> Reference | None:
@@ -134,6 +143,23 @@ def judge_window(
         "baseline_metric": policy.metric if baseline is not None else None, "baseline": baseline,
     }
     return summary, results
+
+
+def column_distribution(
+    ref: Reference, column: str, rows: list[tuple[str | None, str | None, str | None]], bins: int | None
+) -> dict[str, Any]:
+    """One column of a window's requests beside its reference sample, as drift.distribution's fractions."""
+    from core import drift  # scipy loads only once a model is watched
+
+    role = ref.roles()[column]
+    profile, layout, at = (ref.inputs, ref.input_layout, 0) if role == "input" else (
+        ref.outputs, ref.output_layout, 1)
+    assert profile is not None
+    tensor = {t: cols for t, cols in layout.items() if column in cols}
+    current = mon.decode_tensors([r[at] for r in rows], tensor)[column]
+    shares = drift.distribution(profile.sample[column], current, kind=profile.kinds[column],
+                                bins=bins or drift.DISTRIBUTION_BINS)
+    return {"role": role, **shares}
 
 
 class Monitor:
@@ -339,6 +365,23 @@ class Monitor:
     async def require_model(self, name: str) -> None:
         try:
             await self.agent.read(registry.get_version, self.agent.store, name)
+        except registry.NotFound as exc:
+            models = [m["name"] for m in await self.agent.read(registry.list_models, self.agent.store)]
+            known = f"models here: {', '.join(models)}" if models else "this registry has no models yet"
+            raise protocol.not_found(f"{exc}; {known}") from None
+        except registry.RegistryError as exc:
+            raise as_rpc_error(exc) from None
+
+    async def version_row(self, name: str, version: int | None, hint: str) -> dict[str, Any]:
+        """The asked version's registry row, else production's; the hint says what to pass without one."""
+        await self.require_model(name)
+        if version is None:
+            row = await self.production(name)
+            if row is None:
+                raise protocol.not_found(f"{name} has no production version; {hint}")
+            return row
+        try:
+            return await self.agent.read(registry.get_version, self.agent.store, name, version)
         except registry.RegistryError as exc:
             raise as_rpc_error(exc) from None
 
@@ -374,15 +417,7 @@ class Monitor:
             spec = mon.parse_window(p.window) if p.window is not None else self.spec
         except ValueError as exc:
             raise protocol.invalid(str(exc)) from None
-        await self.require_model(p.name)
-        row = await self.production(p.name)
-        if p.version is not None:
-            try:
-                row = await self.agent.read(registry.get_version, self.agent.store, p.name, p.version)
-            except registry.RegistryError as exc:
-                raise as_rpc_error(exc) from None
-        if row is None:
-            raise protocol.not_found(f"{p.name} has no production version; pass version to report on one")
+        row = await self.version_row(p.name, p.version, "pass version to report on one")
         version = row["version"]
         if p.window is None:
             last = await self.latest(p.name, version)
@@ -406,6 +441,30 @@ class Monitor:
         return {"name": p.name, "model": p.name, "version": version, "source": "live", "window_start": start,
                 "window_end": end, **summary, "columns": cols}
 
+    async def distribution(self, p: DriftDistributionParams) -> dict[str, Any]:
+        """One column's reference against the current rows of the version's latest judged window."""
+        if p.bins is not None and not 1 <= p.bins <= MAX_BINS:
+            raise protocol.invalid(f"bins must be between 1 and {MAX_BINS}, got {p.bins}")
+        row = await self.version_row(p.name, p.version, "pass version to pick one")
+        version = row["version"]
+        ref = await self.reference(row)
+        if ref is None:
+            raise RpcError(protocol.CONFLICT, f"{p.name} v{version} has no reference profile to compare with")
+        roles = ref.roles()
+        if p.column not in roles:
+            raise protocol.not_found(f"{p.name} v{version} has no column {p.column!r}; its columns: "
+                                     f"{', '.join(roles)}")
+        last = await self.latest(p.name, version)
+        if last is None:
+            raise protocol.not_found(f"no judged {self.spec} window of {p.name} v{version} yet: the current "
+                                     "distribution comes from the latest window the monitor has judged")
+        start, end = last["window_start"], last["window_end"]
+        rows = await self.agent.read(mon.window_rows, self.agent.store, p.name, version, start, end,
+                                     self.spec.kind == "rows")
+        shares = await asyncio.to_thread(column_distribution, ref, p.column, rows, p.bins)
+        return {"name": p.name, "column": p.column, "version": version, "window_start": start,
+                "window_end": end, **shares}
+
 
 def register(agent: Agent) -> None:
     monitor = Monitor(agent)
@@ -425,6 +484,9 @@ def register(agent: Agent) -> None:
 
     async def report(p: DriftReportParams, conn: Connection) -> dict[str, Any]:
         return await monitor.report(p)
+
+    async def distribution(p: DriftDistributionParams, conn: Connection) -> dict[str, Any]:
+        return await monitor.distribution(p)
 
     async def history(p: DriftHistoryParams, conn: Connection) -> dict[str, Any]:
         if not 1 <= p.limit <= 100_000:
@@ -455,6 +517,7 @@ def register(agent: Agent) -> None:
     d.add("drift.status", DriftStatusParams, status)
     d.add("drift.report", DriftReportParams, report)
     d.add("drift.history", DriftHistoryParams, history)
+    d.add("drift.distribution", DriftDistributionParams, distribution)
     d.add("drift.check", DriftCheckParams, check)
     d.add("alerts.list", AlertsListParams, alerts_list)
     d.add("alerts.resolve", AlertResolveParams, alerts_resolve)

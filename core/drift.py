@@ -29,6 +29,12 @@ Conventions (the same in every function and in the report):
   merge bins), replaces empty-bin proportions by 1e-4, and sums
   ``(p_ref - p_cur) * ln(p_ref / p_cur)``. Evidently bins PSI like JS instead; we use the
   textbook credit-scoring definition so the 0.1 / 0.25 reading applies.
+* ``distribution`` (what the Drift screen draws) drops missing values, then gives each side's
+  fractions (summing to 1, or all 0 for an empty side) over shared bins. Numbers: 20 equal-width
+  bins over the reference's range widened to the current's 1st–99th percentile, so the shifted
+  bulk is in view while one wild value cannot squash the rest; values beyond the edges count in
+  the end bins. Categories, and numbers with at most 5 values (tested as categories): the 12
+  with the largest combined share, the rest folded into "other".
 * A report built from a ReferenceProfile compares against the profile's stored sample (at
   most 10,000 rows), like Evidently compares against whatever reference it is handed; the
   default test therefore depends on the sample's size, not the full reference's.
@@ -73,6 +79,9 @@ WASSERSTEIN_MIN_STD = 0.001
 PSI_EPSILON = 1e-4
 SAMPLE_ROWS = 10_000
 QUANTILE_LEVELS: tuple[float, ...] = tuple(i / 100 for i in range(101))
+DISTRIBUTION_BINS = 20
+TOP_CATEGORIES = 12
+OTHER = "other"
 
 
 # --------------------------------------------------------------------------- results
@@ -577,6 +586,74 @@ def _test_column(
         statistic = _psi_columns(ref, cur, kind)
     drifted = p_value < threshold if p_value is not None else statistic >= threshold
     return ColumnDrift(name, kind, method, float(statistic), p_value, threshold, bool(drifted))
+
+
+# --------------------------------------------------------------------------- distributions
+
+
+def _few_values(ref: _ArrayColumn, cur: _ArrayColumn) -> bool:
+    """At most FEW_VALUES distinct numbers in both samples: the tests treat them as categories, so do we."""
+    seen: set[Hashable] = set()
+    for col in (ref, cur):
+        if col.size():
+            seen |= col.distinct_upto(FEW_VALUES + 1)
+    return 0 < len(seen) <= FEW_VALUES
+
+
+def _shares(counts: np.ndarray) -> np.ndarray:
+    """Counts as fractions of their sum; all zeros for an empty side."""
+    total = counts.sum()
+    return counts / total if total else np.zeros(counts.size)
+
+
+def _numeric_distribution(ref: _ArrayColumn, cur: _ArrayColumn, bins: int) -> dict[str, Any]:
+    """Equal widths show a shift as mass moving sideways (reference quantile bins would look flat)."""
+    span = list(ref.bounds()) if ref.size() else []
+    if cur.size():
+        span += np.quantile(cur.values, [0.01, 0.99]).tolist()
+    lo, hi = (min(span), max(span)) if span else (0.0, 1.0)
+    if lo == hi:
+        lo, hi = lo - 0.5, hi + 0.5
+    edges = np.linspace(lo, hi, bins + 1)
+    return {
+        "kind": "numeric",
+        "edges": edges.tolist(),
+        "reference": _shares(ref.bin_counts(edges[1:-1])).tolist(),
+        "current": _shares(cur.bin_counts(edges[1:-1])).tolist(),
+    }
+
+
+def _categorical_distribution(ref: _ArrayColumn, cur: _ArrayColumn, by_value: bool) -> dict[str, Any]:
+    """Categories by combined share (or by value, for few-valued numbers), the tail folded into OTHER."""
+    keys = list(dict.fromkeys([*ref.counts(), *cur.counts()]))
+    ref_share, cur_share = (_shares(c) for c in _align(ref.counts(), cur.counts()))
+    if by_value:
+        order = sorted(range(len(keys)), key=lambda i: keys[i])
+    else:
+        order = np.argsort(-(ref_share + cur_share), kind="stable").tolist()
+    top, rest = order[:TOP_CATEGORIES], order[TOP_CATEGORIES:]
+    categories = [keys[i] for i in top]
+    ref_out, cur_out = ref_share[top].tolist(), cur_share[top].tolist()
+    if rest:
+        categories.append(OTHER if OTHER not in categories else f"{OTHER} (rest)")
+        ref_out.append(float(ref_share[rest].sum()))
+        cur_out.append(float(cur_share[rest].sum()))
+    return {"kind": "categorical", "categories": categories, "reference": ref_out, "current": cur_out}
+
+
+def distribution(
+    reference: np.ndarray, current: np.ndarray, *, kind: Kind | None = None, bins: int = DISTRIBUTION_BINS
+) -> dict[str, Any]:
+    """Both sides as fractions over the same bins or categories, so one can be drawn over the other."""
+    if bins < 1:
+        raise ValueError(f"bins must be at least 1, got {bins}")
+    kind = kind or infer_kind(reference)
+    ref, cur = _ArrayColumn(reference, kind), _ArrayColumn(current, kind)
+    if kind == "numeric" and not _few_values(ref, cur):
+        out = _numeric_distribution(ref, cur, bins)
+    else:
+        out = _categorical_distribution(ref, cur, by_value=kind == "numeric")
+    return {**out, "n_reference": ref.size(), "n_current": cur.size()}
 
 
 # --------------------------------------------------------------------------- reference profile

@@ -45,6 +45,13 @@ class DriftReportParams(Params):
     version: int | None = None
 
 
+class DriftDistributionParams(Params):
+    name: str
+    column: str
+    version: int | None = None
+    bins: int | None = None
+
+
 class DriftHistoryParams(Params):
     name: str
     limit: int = 200

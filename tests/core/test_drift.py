@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from typing import Any
 
 import duckdb
 import numpy as np
@@ -385,3 +386,97 @@ def test_kinds_override_treats_codes_as_categories() -> None:
 def test_empty_column_is_a_clear_error() -> None:
     with pytest.raises(ValueError, match="no usable values in the current data"):
         drift.drift_report({"x": np.arange(10.0)}, {"x": np.array([np.nan])})
+
+
+# --------------------------------------------------------------------------- distributions
+
+
+def _centre_of_mass(dist: dict[str, Any]) -> float:
+    edges = np.asarray(dist["edges"])
+    return float(np.dot((edges[:-1] + edges[1:]) / 2, dist["current"]))
+
+
+def test_distribution_shares_edges_between_both_sides() -> None:
+    ref, cur = RNG.normal(size=5_000), RNG.normal(0.5, 1.5, size=800)
+    dist = drift.distribution(ref, cur)
+    assert dist["kind"] == "numeric" and dist["n_reference"] == 5_000 and dist["n_current"] == 800
+    edges = np.asarray(dist["edges"])
+    assert edges.size == drift.DISTRIBUTION_BINS + 1 and np.all(np.diff(edges) > 0)
+    assert len(dist["reference"]) == len(dist["current"]) == drift.DISTRIBUTION_BINS
+    assert sum(dist["reference"]) == pytest.approx(1) and sum(dist["current"]) == pytest.approx(1)
+    # the reference's whole range and the current's 1st–99th percentile are inside the edges
+    lo, hi = np.quantile(cur, [0.01, 0.99])
+    assert edges[0] == min(ref.min(), lo) and edges[-1] == pytest.approx(max(ref.max(), hi))
+    # each fraction is the share of values in its bin (the last bin closed on the right)
+    inside = np.histogram(ref, edges)[0] / ref.size
+    np.testing.assert_allclose(dist["reference"], inside, atol=1e-12)
+    assert len(drift.distribution(ref, cur, bins=7)["edges"]) == 8
+
+
+def test_distribution_of_a_shifted_normal_moves_its_mass() -> None:
+    ref = RNG.normal(size=10_000)
+    same = drift.distribution(ref, RNG.normal(size=500))
+    moved = drift.distribution(ref, RNG.normal(2.0, 1.0, size=500))
+
+    def total_variation(d: dict[str, Any]) -> float:
+        return 0.5 * float(np.abs(np.subtract(d["reference"], d["current"])).sum())
+
+    assert total_variation(same) < 0.15 and total_variation(moved) > 0.6
+    assert _centre_of_mass(same) == pytest.approx(0.0, abs=0.2)
+    assert _centre_of_mass(moved) == pytest.approx(2.0, abs=0.2)
+
+
+def test_distribution_counts_outliers_in_the_end_bins_without_stretching() -> None:
+    ref = np.linspace(0.0, 10.0, 1_001)
+    cur = np.r_[np.linspace(2.0, 8.0, 300), 1e9, -1e9]
+    dist = drift.distribution(ref, cur)
+    assert dist["edges"][0] == 0.0 and dist["edges"][-1] == 10.0
+    assert dist["current"][0] == dist["current"][-1] == pytest.approx(1 / 302)
+    assert sum(dist["current"]) == pytest.approx(1)
+
+
+def test_distribution_drops_missing_values_and_handles_an_empty_side() -> None:
+    ref = np.r_[RNG.normal(size=200), np.nan, np.inf]
+    dist = drift.distribution(ref, np.array([np.nan, -np.inf]))
+    assert dist["n_reference"] == 200 and dist["n_current"] == 0
+    assert sum(dist["reference"]) == pytest.approx(1) and dist["current"] == [0.0] * drift.DISTRIBUTION_BINS
+    empty = drift.distribution(ref, np.empty(0))
+    assert empty["edges"] == dist["edges"] and sum(empty["current"]) == 0
+    cats = drift.distribution(np.array(["a", None, "b"], dtype=object), np.array([None], dtype=object))
+    assert cats == {"kind": "categorical", "categories": ["a", "b"], "reference": [0.5, 0.5],
+                    "current": [0.0, 0.0], "n_reference": 2, "n_current": 0}
+
+
+def test_distribution_of_constant_and_few_valued_numbers() -> None:
+    # the drift tests treat numbers with at most 5 values as categories; so does the picture
+    assert drift.distribution(np.full(50, 3.0), np.full(9, 3.0)) == {
+        "kind": "categorical", "categories": [3.0], "reference": [1.0], "current": [1.0],
+        "n_reference": 50, "n_current": 9}
+    flags = drift.distribution(np.array([1, 0, 1, 1]), np.array([0, 0, 2]))
+    assert flags["categories"] == [0, 1, 2]  # in value order, not by share
+    assert flags["reference"] == [0.25, 0.75, 0.0] and flags["current"] == pytest.approx([2 / 3, 0, 1 / 3])
+    # a constant reference beside a current that is constant at its 1st–99th percentile: one unit wide
+    cur = np.r_[np.full(1_000, 5.0), np.arange(6.0) + 100]
+    dist = drift.distribution(np.full(100, 5.0), cur)
+    assert dist["kind"] == "numeric" and (dist["edges"][0], dist["edges"][-1]) == (4.5, 5.5)
+    assert dist["current"][-1] == pytest.approx(6 / 1_006)
+
+
+def test_distribution_folds_rare_categories_into_other() -> None:
+    names = [f"c{i:02d}" for i in range(20)]
+    weights = np.arange(20, 0, -1.0)
+    ref = RNG.choice(names, size=4_000, p=weights / weights.sum())
+    cur = np.array(["new"] * 1_000 + list(ref[:1_000]), dtype=object)
+    dist = drift.distribution(ref.astype(object), cur)
+    assert len(dist["categories"]) == drift.TOP_CATEGORIES + 1 and dist["categories"][-1] == "other"
+    assert dist["categories"][0] == "new"  # half of current: the largest combined share
+    combined = np.add(dist["reference"], dist["current"])[:-1]
+    assert np.all(np.diff(combined) <= 1e-12)  # biggest first
+    assert sum(dist["reference"]) == pytest.approx(1) and sum(dist["current"]) == pytest.approx(1)
+    shown = set(dist["categories"][:-1])
+    rest = np.isin(ref, [n for n in names if n not in shown]).mean()
+    assert dist["reference"][-1] == pytest.approx(rest)
+    # a real category called "other" keeps its name; the fold is labelled apart from it
+    named = np.array(["other"] * 50 + [f"k{i}" for i in range(20)], dtype=object)
+    labels = drift.distribution(named, named)["categories"]
+    assert labels[0] == "other" and labels[-1] == "other (rest)"

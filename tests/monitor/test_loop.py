@@ -12,15 +12,18 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
-from tests.conftest import REPO, AgentProc, agent_env, start_agent, wait_for
+from core import protocol
+from tests.conftest import REPO, AgentProc, agent_env, rpc, start_agent, wait_for
 from tests.serving.conftest import free_port
 
 pytestmark = pytest.mark.timeout(600)
 
 MODEL = "demo"
 SHIFTED = ["mean_radius", "worst_texture", "mean_concavity"]
+STEADY = "mean_texture"
 WINDOW_ROWS = 200
 
 
@@ -63,6 +66,46 @@ def traffic(agent: AgentProc, url: str, *args: str) -> dict[str, Any]:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+def distribution(agent: AgentProc, **params: Any) -> dict[str, Any]:
+    reply = rpc(agent.home, "drift.distribution", {"name": MODEL, **params})
+    assert "result" in reply, reply
+    return reply["result"]
+
+
+def distribution_error(agent: AgentProc, code: int, **params: Any) -> str:
+    reply = rpc(agent.home, "drift.distribution", {"name": MODEL, **params})
+    assert reply["error"]["code"] == code, reply
+    return str(reply["error"]["message"])
+
+
+def total_variation(dist: dict[str, Any]) -> float:
+    return 0.5 * float(np.abs(np.subtract(dist["reference"], dist["current"])).sum())
+
+
+def check_distributions(agent: AgentProc, window: dict[str, Any]) -> None:
+    """The latest window beside the reference: the shifted column moved, the steady one did not."""
+    moved, steady = distribution(agent, column=SHIFTED[0]), distribution(agent, column=STEADY)
+    for dist, column in [(moved, SHIFTED[0]), (steady, STEADY)]:
+        assert dist["column"] == column and dist["version"] == 1 and dist["role"] == "input"
+        assert (dist["window_start"], dist["window_end"]) == (window["window_start"], window["window_end"])
+        assert dist["kind"] == "numeric" and len(dist["edges"]) == 21 and len(dist["current"]) == 20
+        assert dist["n_reference"] > 400 and dist["n_current"] == WINDOW_ROWS
+        assert sum(dist["reference"]) == pytest.approx(1) and sum(dist["current"]) == pytest.approx(1)
+    assert total_variation(moved) > 0.5 and total_variation(steady) < 0.25, (moved, steady)
+    centres = (np.asarray(moved["edges"][:-1]) + np.asarray(moved["edges"][1:])) / 2
+    assert np.dot(centres, moved["current"]) > np.dot(centres, moved["reference"])  # shifted up by 2σ
+    assert len(distribution(agent, column=SHIFTED[0], bins=5)["current"]) == 5
+    report = rpc(agent.home, "drift.status", {"name": MODEL})["result"]
+    output = next(r["column"] for r in report["rows"] if r["role"] == "output")
+    assert distribution(agent, column=output)["role"] == "output"
+
+    message = distribution_error(agent, protocol.NOT_FOUND, column="mean_radiu")
+    assert "no column 'mean_radiu'" in message and STEADY in message and output in message
+    assert MODEL in distribution_error(agent, protocol.NOT_FOUND, name="nosuch", column=STEADY)
+    assert "bins" in distribution_error(agent, protocol.INVALID_PARAMS, column=STEADY, bins=0)
+    assert "colum" in distribution_error(agent, protocol.INVALID_PARAMS, colum=STEADY)
+
+
 def test_shift_alert_retrain_gate_challenger_promotion(agent: AgentProc, tmp_path: Path) -> None:
     first = pipeline_file(tmp_path, "initial", 4, "staging")
     row = cli_json(agent, "pipeline", "run", str(first), timeout=300)
@@ -94,6 +137,7 @@ def test_shift_alert_retrain_gate_challenger_promotion(agent: AgentProc, tmp_pat
     assert any(c["role"] == "output" for c in report["columns"])
     text = agent.cli("drift", "report", MODEL, check=True).out
     assert "mean_radius" in text and "DRIFT" in text and "p-value" in text.lower()
+    check_distributions(agent, windows[3])
 
     alerts = wait_for(lambda: cli_json(agent, "alerts"), timeout=30, what="the drift alert")
     (alert,) = [a for a in alerts if a["kind"] == "drift"]
@@ -115,6 +159,8 @@ def test_shift_alert_retrain_gate_challenger_promotion(agent: AgentProc, tmp_pat
     tags = json.loads(run["tags"]) if isinstance(run["tags"], str) else run["tags"]
     assert tags["alert_id"] == alert["alert_id"] and tags["pipeline"] == pipe["pipeline_id"]
 
+    unjudged = distribution_error(agent, protocol.NOT_FOUND, column=STEADY, version=2)
+    assert f"no judged {WINDOW_ROWS}rows window of {MODEL} v2 yet" in unjudged
     agent.cli("models", "promote", MODEL, "2", "--to", "production", "--yes", "--reason", "retrained",
               check=True)
     audit = cli_json(agent, "models", "audit", MODEL)

@@ -24,6 +24,10 @@ collector_interval_s = 0.5
 port = {port}
 max_queue_delay_ms = 2.0
 
+[monitor]
+window = "30rows"
+interval_s = 0.5
+
 [registry.gates."*".production]
 metrics = ["val_acc >= 0.92"]
 """

@@ -22,6 +22,7 @@ from tests.tui.conftest import CONFIG, free_port, make_models, make_runs, until
 from tui.app import MldeckApp
 from tui.fleet import Fleet
 from tui.screens.promote import AliasPicker, PromoteDialog
+from tui.widgets.distribution_chart import DistributionChart
 from tui.widgets.host_row import HostRow
 from tui.widgets.metric_chart import MetricChart
 
@@ -87,6 +88,8 @@ async def session(home: Path) -> list[str]:
         await pilot.press("escape")
         for key, name in (("6", "serving"), ("7", "drift"), ("8", "cost")):
             await pilot.press(key)
+            if name == "drift":
+                await until(pilot, lambda: app.screen.query_one(DistributionChart).dist, timeout=30)
             await shot(name, 6 if name == "serving" else 2)
         await pilot.press("2", "question_mark")
         await shot("help")

@@ -20,6 +20,7 @@ from tui.screens.dialogs import Prompt
 from tui.screens.drift import DriftScreen
 from tui.screens.host import HostScreen
 from tui.screens.serving import ServingScreen
+from tui.widgets.distribution_chart import DistributionChart
 from tui.widgets.metric_chart import MetricChart
 
 pytestmark = pytest.mark.timeout(180)
@@ -114,6 +115,20 @@ def test_serving_drift_and_cost_screens(deck: Deck, holder: str) -> None:
             tiny = next(m for m in drift.models if m["name"] == "tiny")
             assert tiny["version"] == 2 and tiny["host"] == "local"
             assert "tiny" in " ".join(" ".join(r) for r in cells(drift.query_one("#drift-models", DataTable)))
+            # the first 30 requests are one judged window (30rows): the selected column's distributions
+            chart = drift.query_one("#drift-distribution", DistributionChart)
+            col = await until(pilot, lambda: drift.column(), timeout=30, what="a judged window's columns")
+            shown = lambda: chart.dist if chart.dist and chart.dist["column"] == col["column"] else None  # noqa: E731
+            dist = await until(pilot, shown, what="the selected column's distributions")
+            assert dist["name"] == "tiny" and dist["version"] == 2 and dist["n_current"] >= 30
+            assert sum(dist["reference"]) == pytest.approx(1) and sum(dist["current"]) == pytest.approx(1)
+            assert dist["kind"] == "numeric" and max(dist["current"]) == 1.0  # every request sent 0.1
+            assert "values in the latest window" in text_of(drift.query_one("#drift-statistic"))
+            await pilot.press("tab", "down")
+            other = drift.column()
+            assert other is not None and other["column"] != col["column"]
+            await until(pilot, lambda: chart.dist and chart.dist["column"] == other["column"],
+                        what="the next column's distributions")
 
             await pilot.press("8")
             cost: CostScreen = app.screen  # type: ignore[assignment]

@@ -13,6 +13,7 @@ from textual.widgets import DataTable, Static
 
 from tui.screens.panel import PolledScreen, fill, one, per_host
 from tui.units import number
+from tui.widgets.distribution_chart import DistributionChart
 from tui.widgets.metric_chart import MetricChart, Series
 
 HISTORY = 200
@@ -41,7 +42,8 @@ class DriftScreen(PolledScreen):
     TITLE = "Drift"
     HELP = ("Each production model's latest judged window against its reference: per column the test, "
             "statistic and verdict; drift over the last windows (chart, follows the selected column); "
-            "open alerts. tab moves between models and columns.")
+            "the selected column's reference and current distributions overlaid; open alerts. "
+            "tab moves between models and columns.")
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("tab", "switch", "models/columns"),
         Binding("ctrl+r", "reload", "reload", show=False),
@@ -52,6 +54,8 @@ class DriftScreen(PolledScreen):
         self.models: list[dict[str, Any]] = []
         self.columns: list[dict[str, Any]] = []
         self.windows: list[dict[str, Any]] = []
+        self.distribution_key: tuple[Any, ...] | None = None
+        self.distribution_note = ""
 
     def compose(self) -> ComposeResult:
         yield self.header()
@@ -62,7 +66,9 @@ class DriftScreen(PolledScreen):
             with Horizontal(id="drift-bottom"):
                 yield MetricChart("drift over time", xlabel="minutes (0 = latest window)", ylim=(0, 1),
                                   id="drift-chart")
-                yield Static(id="drift-distribution", classes="section")
+                with Vertical(id="drift-reference"):
+                    yield Static(id="drift-statistic", classes="section")
+                    yield DistributionChart(id="drift-distribution")
             yield DataTable(id="drift-alerts", cursor_type="row")
         yield self.status_line()
         yield self.footer()
@@ -103,17 +109,48 @@ class DriftScreen(PolledScreen):
         col = self.column()
         name = col["column"] if col else None
         self.query_one("#drift-chart", MetricChart).show(drift_series(self.windows, name))
+        self.show_statistic()
+        self.load_distribution()
+
+    def show_statistic(self) -> None:
+        col = self.column()
         text = Text("reference vs current\n", "bold")
         if col is None:
             text.append("select a column")
         else:
-            text.append(f"{name} ({col.get('role')}): {col.get('method')} = {number(col.get('statistic'))} "
-                        f"(threshold {number(col.get('threshold'))}, p {number(col.get('p_value'))}) → ")
+            text.append(f"{col['column']} ({col.get('role')}): {col.get('method')} = "
+                        f"{number(col.get('statistic'))} (threshold {number(col.get('threshold'))}, "
+                        f"p {number(col.get('p_value'))}) → ")
             bad = bool(col.get("drifted"))
             text.append("drifted" if bad else "no drift", "red" if bad else "green")
-            text.append("\nthe agent reports each column's test and statistic; the distributions themselves "
-                        "are not sent over RPC yet", "dim")
-        self.query_one("#drift-distribution", Static).update(text)
+            text.append(f"\n{self.distribution_note}", "dim")
+        self.query_one("#drift-statistic", Static).update(text)
+
+    @work(exclusive=True, group="drift-distribution")
+    async def load_distribution(self) -> None:
+        """Fetch the column's distributions once per model, column and judged window; polls reuse them."""
+        m, col = self.model(), self.column()
+        key = (m["host"], m["name"], m["version"], col["column"], m.get("window_end")) if m and col else None
+        if key is not None and key == self.distribution_key:
+            return
+        chart = self.query_one("#drift-distribution", DistributionChart)
+        if m is None or col is None:
+            self.distribution_key, self.distribution_note = None, ""
+            chart.show(None)
+            return
+        self.distribution_note = "loading the distributions…"
+        self.show_statistic()
+        notes: list[str] = []
+        dist = await one(self, m["host"], "drift.distribution", notes, name=m["name"], version=m["version"],
+                         column=col["column"])
+        if dist is None:
+            self.distribution_key, self.distribution_note = None, "  ·  ".join(notes)
+        else:
+            self.distribution_key = key
+            self.distribution_note = (f"{dist['n_current']} values in the latest window, "
+                                      f"{dist['n_reference']} in the reference sample")
+        chart.show(dist)
+        self.show_statistic()
 
     @on(DataTable.RowSelected, "#drift-models")
     @on(DataTable.RowHighlighted, "#drift-models")
