@@ -310,6 +310,13 @@ class Ingest:
     def add_source(self, source: Source) -> None:
         self.sources.append(source)
 
+    def ingested(self, path: Path) -> bool:
+        """Whether every byte of the file is committed to the store (so the file may go)."""
+        try:
+            return self.offsets.get(str(path), (0, 0))[0] >= path.stat().st_size
+        except FileNotFoundError:
+            return False
+
     async def run(self) -> None:
         self.offsets = await self.db(self.store.ingest_offsets)
         await self.scan()

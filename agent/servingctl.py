@@ -42,6 +42,7 @@ log = logging.getLogger("mldeck.servingctl")
 TOPIC = "serving"
 POLL_S = 5.0
 STATS_EVERY_S = 2.0
+PRUNE_EVERY_S = 5.0
 START_TIMEOUT_S = 120.0
 STOP_TIMEOUT_S = 15.0
 BACKOFF_MAX_S = 30.0
@@ -277,6 +278,20 @@ class ServingControl:
             "manifest": msgspec.to_builtins(self.manifest),
         }
 
+    async def prune_segments(self) -> None:
+        """Delete log segments past the newest keep_segments (per model and kind) once they are stored."""
+        while True:
+            await asyncio.sleep(PRUNE_EVERY_S)
+            if not self.config.keep_segments:
+                continue
+            old = sv.old_segments(self.dir, self.config.keep_segments)
+            gone = [p for p in old if self.agent.ingest.ingested(p)]
+            for path in gone:
+                path.unlink(missing_ok=True)
+            if gone:
+                await self.agent.db(self.agent.store.forget_offsets, [str(p) for p in gone])
+                log.info("deleted %d ingested log segments: %s", len(gone), ", ".join(p.name for p in gone))
+
     async def publish_stats(self) -> None:
         """Stats on the `serving` topic every few seconds, while someone listens."""
         while True:
@@ -308,6 +323,7 @@ def register(agent: Agent) -> None:
         agent.ingest.add_source(Source(pattern, parser))
     agent.spawn(ctl.refresher(), "serving-manifest")
     agent.spawn(ctl.publish_stats(), "serving-stats")
+    agent.spawn(ctl.prune_segments(), "serving-prune")
     agent.on_stop.append(ctl.close)
     ctl._dirty.set()
 

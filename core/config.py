@@ -35,6 +35,11 @@ class ServingSection(Section):
     device: str = "auto"
     log_queue: int = 20_000
     segment_bytes: int = 64 * 1024 * 1024
+    keep_segments: int = 8
+
+    def __post_init__(self) -> None:
+        if self.keep_segments < 0:
+            raise ValueError("keep_segments is how many log segments per model to keep; 0 keeps all")
 
 
 class GateSection(Section):

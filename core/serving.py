@@ -8,6 +8,7 @@ ingests them (one writer). Nothing here imports torch.
 
 from __future__ import annotations
 
+import re
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -133,6 +134,7 @@ class LabelledParams(Params):
 
 
 LABELLED_MAX = 100_000
+SEGMENT_NAME = re.compile(r"^(predictions|feedback)-(\d+)\.jsonl$")
 
 
 # queries (run on the agent) ------------------------------------------------------
@@ -235,3 +237,13 @@ def labelled_columns(
             out[c] += values[c].tolist()
         out["label"] += np.broadcast_to(label, (n,)).tolist()
     return out
+
+
+def old_segments(serving_dir: Path, keep: int) -> list[Path]:
+    """Per model and kind, the log segments older than the newest `keep`: deletable once ingested."""
+    groups: dict[tuple[Path, str], list[tuple[int, Path]]] = {}
+    for path in serving_dir.glob("*/*.jsonl"):
+        match = SEGMENT_NAME.match(path.name)
+        if match:
+            groups.setdefault((path.parent, match.group(1)), []).append((int(match.group(2)), path))
+    return [path for segments in groups.values() for _, path in sorted(segments)[:-keep]]

@@ -250,6 +250,11 @@ class Store:
         cur = self.cur().execute('SELECT path, "offset", lines FROM ingest_offsets')
         return {p: (o, n) for p, o, n in cur.fetchall()}
 
+    def forget_offsets(self, paths: list[str]) -> None:
+        """Drop the offsets of files deleted after they were ingested."""
+        with self.transaction() as cur:
+            cur.executemany("DELETE FROM ingest_offsets WHERE path = ?", [[p] for p in paths])
+
     def set_offset(self, path: str, offset: int, lines: int) -> None:
         self.cur().execute(
             'INSERT INTO ingest_offsets VALUES (?, ?, ?) ON CONFLICT (path) DO UPDATE '

@@ -28,7 +28,9 @@ pytestmark = pytest.mark.timeout(300)
 def agent(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AgentProc]:
     """An agent serving on a free port, with two registered versions of `tiny` (8 inputs, 2 logits)."""
     home = tmp_path_factory.mktemp("agent") / "home"
-    proc = start_agent(home, config=f"[serving]\nport = {free_port()}\nmax_queue_delay_ms = 2\n")
+    config = (f"[serving]\nport = {free_port()}\nmax_queue_delay_ms = 2\n"
+              "segment_bytes = 2048\nkeep_segments = 1\n")
+    proc = start_agent(home, config=config)
     try:
         trained = proc.python("tests/registry/tiny_train.py", "tiny:0.9", "tiny:0.92")
         assert trained.returncode == 0, trained.stderr
@@ -113,6 +115,23 @@ def test_labelled_traffic_comes_back_one_row_per_example(agent: AgentProc) -> No
     assert "no model 'nope'" in error({"name": "nope"})["message"]
     assert "1 to 100000" in error({"name": "tiny", "limit": 0})["message"]
     assert error({"name": "tiny", "since": "x"})["code"] < 0
+
+
+def test_ingested_log_segments_go_and_their_rows_stay(agent: AgentProc) -> None:
+    """keep_segments = 1: only the newest 2 KiB segment stays on disk; the store has every row once."""
+    url = status(agent)["url"]
+    folder = agent.home / "serving" / "tiny"
+    before = count(agent, "SELECT count(*) FROM predictions WHERE model = 'tiny'")
+    rows = np.ones((1, 8), np.float32)
+    for i in range(60):
+        infer(url, rows, f"seg-{i}")
+    wait_for(lambda: count(agent, "SELECT count(*) FROM predictions WHERE model = 'tiny'") == before + 60,
+             timeout=30, what="60 more predictions in the store")
+    wait_for(lambda: len(list(folder.glob("predictions-*.jsonl"))) == 1, timeout=30, what="old segments gone")
+    newest = max(int(p.stem.split("-")[1]) for p in folder.glob("predictions-*.jsonl"))
+    assert newest > 5  # 60 requests of ~300 bytes filled several segments
+    assert count(agent, "SELECT count(*) FROM predictions WHERE request_id LIKE 'seg-%'") == 60
+    assert count(agent, "SELECT count(*) FROM ingest_offsets WHERE path LIKE '%/tiny/predictions-%'") == 1
 
 
 def test_alias_move_swaps_the_served_version(agent: AgentProc) -> None:

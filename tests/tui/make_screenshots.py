@@ -17,6 +17,8 @@ import time
 import urllib.request
 from pathlib import Path
 
+import numpy as np
+
 from tests.conftest import REPO, rpc, start_agent, wait_for
 from tests.tui.conftest import CONFIG, free_port, make_models, make_runs, until
 from tui.app import MldeckApp
@@ -32,9 +34,11 @@ SIZE = (140, 42)
 
 def traffic(url: str, stop: threading.Event) -> None:
     """Requests to the served model while the session runs, so Serving shows live figures."""
-    body = json.dumps({"inputs": [{"name": "input__0", "datatype": "FP32", "shape": [4, 8],
-                                   "data": [0.1 * i for i in range(32)]}]}).encode()
+    rng = np.random.default_rng(0)
     while not stop.is_set():
+        rows = rng.normal(0.8, 1.0, size=(4, 8))  # the reference is N(0, 1): a visible shift
+        body = json.dumps({"inputs": [{"name": "input__0", "datatype": "FP32", "shape": [4, 8],
+                                       "data": rows.ravel().tolist()}]}).encode()
         req = urllib.request.Request(url + "/v2/models/churn/infer", data=body, method="POST")
         with contextlib.suppress(OSError):  # a request lost while the server swaps is fine here
             urllib.request.urlopen(req, timeout=5).read()
