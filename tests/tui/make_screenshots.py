@@ -29,6 +29,7 @@ from tui.widgets.host_row import HostRow
 from tui.widgets.metric_chart import MetricChart
 
 OUT = REPO / "screenshots"
+SVG_PRESERVE = '<svg xml:space="preserve" '
 SIZE = (140, 42)
 
 
@@ -128,7 +129,10 @@ def main() -> None:
         finally:
             agent.stop()
     for name in shots:
-        subprocess.run(["rsvg-convert", str(OUT / f"{name}.svg"), "-o", str(OUT / f"{name}.png")], check=True)
+        # rsvg draws a span's leading non-breaking spaces with no width (and stretches the rest to the
+        # span's textLength): the PNG is made from plain spaces that xml:space="preserve" keeps.
+        svg = (OUT / f"{name}.svg").read_text().replace("&#160;", " ").replace("<svg ", SVG_PRESERVE, 1)
+        subprocess.run(["rsvg-convert", "-o", str(OUT / f"{name}.png")], input=svg.encode(), check=True)
         print(f"screenshots/{name}.svg  screenshots/{name}.png")
 
 

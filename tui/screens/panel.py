@@ -23,10 +23,12 @@ def cell(value: Any) -> str:
 
 
 def fill(table: DataTable, columns: list[str], rows: list[dict[str, Any]]) -> None:
-    """Replace a table's rows keeping the cursor row; columns are keys of the records."""
+    """Replace a table's rows keeping the cursor row and, when they are the same, the columns and widths."""
     keep = table.cursor_row
-    table.clear(columns=True)
-    table.add_columns(*columns)
+    same = [str(c.label) for c in table.columns.values()] == columns
+    table.clear(columns=not same)
+    if not same:
+        table.add_columns(*columns)
     for r in rows:
         table.add_row(*(cell(r.get(c)) for c in columns))
     if rows:
