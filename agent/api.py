@@ -28,6 +28,7 @@ from core.protocol import (
     UnsubscribeParams,
 )
 from core.store import QueryRefused
+from core.track import list_checkpoints
 
 if TYPE_CHECKING:
     from agent.daemon import Agent
@@ -132,6 +133,12 @@ def register(agent: Agent) -> None:
         run["dir"] = str(agent.layout.runs / p.run_id)
         return run
 
+    async def runs_checkpoints(p: RunRef, conn: Connection) -> dict[str, Any]:
+        if await agent.read(store.get_run, p.run_id) is None:
+            raise protocol.not_found(f"no run {p.run_id!r} on this host (`mldeck runs ls` lists them)")
+        run_dir = agent.layout.runs / p.run_id  # a known run's id: created through check_name
+        return {"run_id": p.run_id, "checkpoints": await asyncio.to_thread(list_checkpoints, run_dir)}
+
     async def runs_metrics(p: RunsMetricsParams, conn: Connection) -> dict[str, Any]:
         _check_points(p.max_points)
         if await agent.read(store.get_run, p.run_id) is None:
@@ -184,6 +191,7 @@ def register(agent: Agent) -> None:
     d.add("runs.list", RunsListParams, runs_list)
     d.add("runs.table", RunsTableParams, runs_table)
     d.add("runs.get", RunRef, runs_get)
+    d.add("runs.checkpoints", RunRef, runs_checkpoints)
     d.add("runs.metrics", RunsMetricsParams, runs_metrics)
     d.add("query", QueryParams, query)
     d.add("subscribe", SubscribeParams, subscribe)

@@ -58,7 +58,7 @@ class Agent:
         self._tasks: list[asyncio.Task[Any]] = []
         self._stopping = asyncio.Event()
         self.on_stop: list[Callable[[], Any]] = []
-        self.topics: set[str] = {"host.metrics", "runs", "run.metrics"}
+        self.topics: set[str] = {"host.metrics", "runs", "run.metrics", "run.event"}
 
     async def db(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Run store work on the single writer thread: writes never race each other."""

@@ -265,6 +265,24 @@ def _size(path: Path) -> int:
     return path.stat().st_size
 
 
+def list_checkpoints(run_dir: Path) -> list[dict[str, Any]]:
+    """A run's checkpoints on disk, newest first, marking the one resume() would load."""
+    folder = Path(run_dir) / "checkpoints"
+    try:
+        latest = json.loads((folder / "latest.json").read_text()).get("file")
+    except (OSError, ValueError, AttributeError):
+        latest = None
+    out = []
+    for path in sorted(folder.glob("ckpt-*.pt"), reverse=True):
+        try:
+            st = path.stat()
+        except FileNotFoundError:  # pruned by the run meanwhile
+            continue
+        out.append({"file": path.name, "step": int(path.stem.split("-")[1]), "bytes": st.st_size,
+                    "ts": st.st_mtime, "latest": path.name == latest})
+    return out
+
+
 def _save(state: Any, fh: io.BytesIO) -> None:
     try:
         import torch

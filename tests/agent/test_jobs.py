@@ -191,6 +191,11 @@ def test_requeue_resumes_with_continuous_steps(agent: AgentProc, scripts: Path) 
     assert [r["step"] for r in rows if r["key"] == "loss"] == list(range(steps))
     events = (agent.layout.run_dir(run_id) / "metrics.jsonl").read_text()
     assert '"preempted"' in events and '"checkpoint"' in events
+    (ckpt,) = rpc(agent, "runs.checkpoints", run_id=run_id)["checkpoints"]
+    assert ckpt["latest"] and ckpt["step"] == starts[1] - 1 and ckpt["bytes"] > 0
+    assert ckpt["file"] == f"ckpt-{ckpt['step']:09d}.pt"
+    with pytest.raises(RpcError, match="no run 'nope'"):
+        rpc(agent, "runs.checkpoints", run_id="nope")
 
 
 @pytest.mark.timeout(60)

@@ -32,7 +32,7 @@ interval_s = 0.5
 metrics = ["val_acc >= 0.92"]
 """
 RUNS = [("run-a", "mlp-small", "0.1", "32"), ("run-b", "mlp-wide", "0.05", "64"),
-        ("run-c", "mlp-deep", "0.2", "32")]
+        ("run-c", "mlp-deep", "0.2", "32", "10")]  # run-c checkpoints every 10 steps
 
 
 @dataclass
@@ -52,9 +52,9 @@ class Deck:
 
 def make_runs(agent: AgentProc) -> None:
     """Three tracked runs with fixed ids (so snapshots are stable), one after another."""
-    for run_id, name, lr, batch in RUNS:
+    for run_id, *args in RUNS:
         env = agent_env(agent.home, MLDECK_RUN_DIR=str(agent.layout.runs / run_id))
-        subprocess.run([sys.executable, "tests/tui/make_runs.py", name, lr, batch], env=env, cwd=REPO,
+        subprocess.run([sys.executable, "tests/tui/make_runs.py", *args], env=env, cwd=REPO,
                        check=True, timeout=60)
         time.sleep(0.05)
 

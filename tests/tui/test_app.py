@@ -101,6 +101,14 @@ def test_runs_filter_sort_mark_compare_detail_logs(deck: Deck) -> None:
             await pilot.press("l")
             logs = await until(pilot, lambda: isinstance(app.screen, LogsScreen) and app.screen, what="logs")
             await until(pilot, lambda: "bytes" in text_of(logs.query_one("#status")), what="log state")
+            assert "no checkpoints" in text_of(detail.query_one("#run-checkpoints"))  # run-a has none
+            await pilot.press("escape", "escape", "up", "enter")  # run-c, which checkpoints every 10 steps
+            deep = await until(pilot, lambda: isinstance(app.screen, RunDetailScreen) and app.screen.run_id
+                               == "run-c" and app.screen, what="run-c's detail")
+            await until(pilot, lambda: "ckpt-000000029.pt" in text_of(deep.query_one("#run-checkpoints")),
+                        what="run-c's checkpoints")
+            listed = text_of(deep.query_one("#run-checkpoints"))
+            assert "ckpt-000000019.pt" in listed and listed.count("← resume") == 1
 
     run(go())
 

@@ -15,7 +15,7 @@ from textual.widgets import Static
 from core.protocol import RpcError
 from tui.screens.base import DeckScreen, NotAvailable, why
 from tui.screens.host import per_gpu
-from tui.units import gib, money, number, span
+from tui.units import age, gib, money, number, span
 from tui.widgets.metric_chart import MetricChart
 
 APPLY_S = 0.3
@@ -50,6 +50,17 @@ def params_table(params: dict[str, Any], metrics: dict[str, Any]) -> Table:
         p = p_items[i] if i < len(p_items) else ("", "")
         m = m_items[i] if i < len(m_items) else ("", "")
         t.add_row(str(p[0]), number(p[1]), str(m[0]), number(m[1]) if m[0] else "")
+    return t
+
+
+def checkpoints_table(checkpoints: list[dict[str, Any]]) -> Table | str:
+    """Newest first; the one a resume would load is marked."""
+    if not checkpoints:
+        return "no checkpoints (the SDK's run.checkpoint() writes them)"
+    t = Table("checkpoint", "step", "size", "written", "", box=None, padding=(0, 1), header_style="bold")
+    for c in checkpoints:
+        t.add_row(c["file"], str(c["step"]), f"{c['bytes'] / 2**20:.1f} MiB", age(c["ts"]),
+                  "← resume" if c["latest"] else "")
     return t
 
 
@@ -120,9 +131,22 @@ class RunDetailScreen(DeckScreen):
         if not series:
             await grid.mount(Static("no metrics logged yet", classes="unavailable"))
         await self.show_usage(run)
+        await self.show_checkpoints()
         if run.get("status") in ("running", "queued"):
             self.follow_metrics()
             self.follow_events()
+            self.follow_checkpoints()
+
+    async def show_checkpoints(self) -> None:
+        try:
+            got = await self.call(self.host, "runs.checkpoints", run_id=self.run_id)
+        except NotAvailable:
+            return
+        except RpcError as exc:
+            self.say(why(exc))
+            return
+        if self.is_attached:
+            self.query_one("#run-checkpoints", Static).update(checkpoints_table(got["checkpoints"]))
 
     async def show_usage(self, run: dict[str, Any]) -> None:
         start = run.get("started_at")
@@ -160,6 +184,16 @@ class RunDetailScreen(DeckScreen):
             async for ev in self.deck.fleet.subscribe(self.host, "runs", run_id=self.run_id):
                 if ev.get("run_id") == self.run_id and ev.get("status") not in (None, "running", "queued"):
                     self.say(f"run finished: {ev.get('status')}")
+        except RpcError as exc:
+            self.say(why(exc))
+
+    @work(group="run-checkpoints")
+    async def follow_checkpoints(self) -> None:
+        """A checkpoint event (topic `run.event`) brings the list up to date."""
+        try:
+            async for ev in self.deck.fleet.subscribe(self.host, "run.event", run_id=self.run_id):
+                if ev.get("event") == "checkpoint":
+                    await self.show_checkpoints()
         except RpcError as exc:
             self.say(why(exc))
 
