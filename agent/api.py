@@ -27,8 +27,8 @@ from core.protocol import (
     SubscribeParams,
     UnsubscribeParams,
 )
+from core.runlog import list_checkpoints
 from core.store import QueryRefused
-from core.track import list_checkpoints
 
 if TYPE_CHECKING:
     from agent.daemon import Agent

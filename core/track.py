@@ -30,6 +30,7 @@ import msgspec
 from core.atomic import write_atomic
 from core.paths import Layout, check_name, mldeck_home, new_run_id
 from core.provenance import fingerprint, git_state
+from core.runlog import CHECKPOINT_GLOB, CHECKPOINTS, LATEST_CHECKPOINT, checkpoint_name
 
 FLUSH_INTERVAL_S = 0.2
 RUN_DIR_ENV = "MLDECK_RUN_DIR"
@@ -166,14 +167,14 @@ class Run:
     def checkpoint(self, state: Any, step: int | None = None) -> Path:
         """Save state atomically; the newest complete checkpoint is what resume() returns."""
         step = self._step if step is None else step
-        folder = self.dir / "checkpoints"
+        folder = self.dir / CHECKPOINTS
         folder.mkdir(exist_ok=True)
         buf = io.BytesIO()
         _save(state, buf)
-        path = folder / f"ckpt-{max(step, 0):09d}.pt"
+        path = folder / checkpoint_name(step)
         write_atomic(path, buf.getvalue())
-        write_atomic(folder / "latest.json", json.dumps({"step": step, "file": path.name}).encode())
-        for old in sorted(folder.glob("ckpt-*.pt"))[:-2]:
+        write_atomic(folder / LATEST_CHECKPOINT, json.dumps({"step": step, "file": path.name}).encode())
+        for old in sorted(folder.glob(CHECKPOINT_GLOB))[:-2]:
             old.unlink(missing_ok=True)
         self.event("checkpoint", step=step, file=path.name)
         return path
@@ -184,7 +185,7 @@ class Run:
         Steps logged after that checkpoint by an earlier attempt are superseded: the
         agent drops them when it reads the resume event, so replayed steps are not doubled.
         """
-        latest = self.dir / "checkpoints" / "latest.json"
+        latest = self.dir / CHECKPOINTS / LATEST_CHECKPOINT
         if not latest.exists():
             return None
         info = json.loads(latest.read_text())
@@ -263,24 +264,6 @@ def _size(path: Path) -> int:
     if path.is_dir():
         return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
     return path.stat().st_size
-
-
-def list_checkpoints(run_dir: Path) -> list[dict[str, Any]]:
-    """A run's checkpoints on disk, newest first, marking the one resume() would load."""
-    folder = Path(run_dir) / "checkpoints"
-    try:
-        latest = json.loads((folder / "latest.json").read_text()).get("file")
-    except (OSError, ValueError, AttributeError):
-        latest = None
-    out = []
-    for path in sorted(folder.glob("ckpt-*.pt"), reverse=True):
-        try:
-            st = path.stat()
-        except FileNotFoundError:  # pruned by the run meanwhile
-            continue
-        out.append({"file": path.name, "step": int(path.stem.split("-")[1]), "bytes": st.st_size,
-                    "ts": st.st_mtime, "latest": path.name == latest})
-    return out
 
 
 def _save(state: Any, fh: io.BytesIO) -> None:
