@@ -616,6 +616,12 @@ def register(agent: Agent) -> None:
                 row.update(jobs.cost_of(job))
         return rows
 
+    async def cost_models(p: CostParams, conn: Connection) -> list[dict[str, Any]]:
+        if p.since_s <= 0:
+            raise protocol.invalid("since_s must be a positive number of seconds")
+        since = time.time() - p.since_s
+        return await agent.read(costs.serving_cost_by_model, agent.store, since, jobs.prices)
+
     async def cost_run(p: RunRef, conn: Connection) -> dict[str, Any]:
         run = await agent.read(agent.store.get_run, p.run_id)
         if run is None:
@@ -635,4 +641,5 @@ def register(agent: Agent) -> None:
     d.add("cost.host", CostParams, cost_host)
     d.add("cost.runs", CostParams, cost_runs)
     d.add("cost.run", RunRef, cost_run)
+    d.add("cost.models", CostParams, cost_models)
     agent.spawn(jobs.start(), "jobs-start")

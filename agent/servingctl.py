@@ -25,6 +25,7 @@ import psutil
 import pyarrow as pa
 
 from agent.ingest import Source, rows_parser
+from core import cost as costs
 from core import protocol
 from core import serving as sv
 from core.atomic import write_atomic
@@ -43,6 +44,7 @@ TOPIC = "serving"
 POLL_S = 5.0
 STATS_EVERY_S = 2.0
 PRUNE_EVERY_S = 5.0
+USAGE_EVERY_S = 10.0
 START_TIMEOUT_S = 120.0
 STOP_TIMEOUT_S = 15.0
 BACKOFF_MAX_S = 30.0
@@ -278,6 +280,27 @@ class ServingControl:
             "manifest": msgspec.to_builtins(self.manifest),
         }
 
+    async def account_usage(self) -> None:
+        """Every USAGE_EVERY_S, what the server used since the last tick: its GPUs' time and its CPU time."""
+        last: tuple[int, float, float] | None = None  # pid, monotonic time, CPU seconds
+        while True:
+            await asyncio.sleep(USAGE_EVERY_S)
+            if not self.running or self.proc is None:
+                last = None
+                continue
+            pid = self.proc.pid
+            try:
+                times = psutil.Process(pid).cpu_times()
+            except psutil.Error:
+                continue
+            now, cpu = time.monotonic(), times.user + times.system
+            if last is not None and last[0] == pid:
+                gpus = sum(1 for g in (self.agent.collector.latest or {}).get("gpus") or []
+                           if any(p == pid for p, _ in g.get("processes") or []))
+                await self.agent.db(costs.record_serving_usage, self.agent.store, time.time(), pid,
+                                    gpus * (now - last[1]), cpu - last[2])
+            last = (pid, now, cpu)
+
     async def prune_segments(self) -> None:
         """Delete log segments past the newest keep_segments (per model and kind) once they are stored."""
         while True:
@@ -324,6 +347,7 @@ def register(agent: Agent) -> None:
     agent.spawn(ctl.refresher(), "serving-manifest")
     agent.spawn(ctl.publish_stats(), "serving-stats")
     agent.spawn(ctl.prune_segments(), "serving-prune")
+    agent.spawn(ctl.account_usage(), "serving-usage")
     agent.on_stop.append(ctl.close)
     ctl._dirty.set()
 

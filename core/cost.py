@@ -131,3 +131,25 @@ def runs_by_cost(store: Store, since: float, limit: int) -> list[dict[str, Any]]
     for row in rows:
         row["gpus"] = json.loads(row["gpus"]) if isinstance(row["gpus"], str) else row["gpus"]
     return rows
+
+
+def record_serving_usage(store: Store, ts: float, pid: int, gpu_seconds: float, cpu_seconds: float) -> None:
+    """One accounting tick of the model server: what it used since the last."""
+    with store.transaction() as cur:
+        cur.execute("INSERT INTO serving_usage VALUES (?, ?, ?, ?)", [ts, pid, gpu_seconds, cpu_seconds])
+
+
+def serving_cost_by_model(store: Store, since: float, prices: Prices) -> list[dict[str, Any]]:
+    """The model server's cost in a window, shared among the models by the requests each was sent."""
+    row = store.cur().execute(
+        "SELECT coalesce(sum(gpu_seconds), 0), coalesce(sum(cpu_seconds), 0) FROM serving_usage "
+        "WHERE ts >= ?", [since],
+    ).fetchone()
+    gpu_s, cpu_s = row if row else (0.0, 0.0)
+    total = run_cost(gpu_s, cpu_s, prices)
+    counts = store.cur().execute(
+        "SELECT model, count(*) FROM predictions WHERE ts >= ? GROUP BY model ORDER BY count(*) DESC", [since]
+    ).fetchall()
+    requests = sum(n for _, n in counts)
+    return [{"model": model, "requests": n, "share": n / requests, "serving_usd": total * n / requests,
+             "server_gpu_seconds": gpu_s, "server_cpu_seconds": cpu_s} for model, n in counts]

@@ -106,6 +106,10 @@ MIGRATIONS: list[str] = [
     ALTER TABLE jobs ADD COLUMN stop_requested VARCHAR;
     ALTER TABLE jobs ADD COLUMN stop_reason VARCHAR;
     """,
+    # what the model server used, as increments per accounting tick (cost per model from serving)
+    """
+    CREATE TABLE serving_usage (ts DOUBLE, pid INTEGER, gpu_seconds DOUBLE, cpu_seconds DOUBLE);
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -134,6 +134,18 @@ def test_ingested_log_segments_go_and_their_rows_stay(agent: AgentProc) -> None:
     assert count(agent, "SELECT count(*) FROM ingest_offsets WHERE path LIKE '%/tiny/predictions-%'") == 1
 
 
+def test_the_servers_cost_is_shared_by_requests(agent: AgentProc) -> None:
+    """cost.models: the model server's CPU time, priced, goes to the models by the requests they got."""
+    wait_for(lambda: count(agent, "SELECT count(*) FROM serving_usage WHERE cpu_seconds > 0") >= 1,
+             timeout=60, what="a usage tick of the model server")
+    (tiny,) = rpc(agent.home, "cost.models", {"since_s": 3600})["result"]
+    served = count(agent, "SELECT count(*) FROM predictions WHERE model = 'tiny'")
+    assert tiny["model"] == "tiny" and tiny["share"] == 1 and 0 < tiny["requests"] <= served
+    assert tiny["server_gpu_seconds"] == 0 and tiny["server_cpu_seconds"] > 0  # no GPU here: CPU time
+    assert tiny["serving_usd"] == pytest.approx(tiny["server_cpu_seconds"] / 3600 * 0.04)
+    assert "since_s" in rpc(agent.home, "cost.models", {"since_s": 0})["error"]["message"]
+
+
 def test_alias_move_swaps_the_served_version(agent: AgentProc) -> None:
     url = status(agent)["url"]
     rows = np.ones((1, 8), np.float32)

@@ -137,6 +137,10 @@ def test_serving_drift_and_cost_screens(deck: Deck, holder: str) -> None:
             hosts = cells(cost.query_one("#cost-hosts", DataTable))
             assert hosts[0][0] == "local" and hosts[0][1] == "2"
             assert "last 24 h" in text_of(cost.query_one("#cost-summary"))
+            models = cost.query_one("#cost-models", DataTable)
+            tiny = await until(pilot, lambda: next((r for r in cells(models) if r[1] == "tiny"), None),
+                               what="tiny's cost row")
+            assert int(tiny[5]) >= 30  # requests it was sent: its share of the model server's cost
             await pilot.press("p")
             await until(pilot, lambda: "last 7 days" in text_of(cost.query_one("#cost-summary")),
                         what="the period changed")

@@ -20,7 +20,7 @@ HOST_COLUMNS = ["host", "gpu_count", "running_jobs", "burn_per_hour", "host_per_
                 "runs_cost_usd", "live_cost_usd", "idle_gpu_hours", "idle_cost_usd"]
 RUN_COLUMNS = ["host", "run_id", "name", "status", "gpus", "cost_usd", "gpu_hours", "peak_gib", "held_gib",
                "mem_used_pct", "right_size"]
-MODEL_COLUMNS = ["host", "model", "versions", "runs", "cost_usd"]
+MODEL_COLUMNS = ["host", "model", "versions", "runs", "training_usd", "requests", "serving_usd", "cost_usd"]
 
 
 def run_row(host: str, r: dict[str, Any]) -> dict[str, Any]:
@@ -36,15 +36,20 @@ def run_row(host: str, r: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def model_rows(host: str, versions: dict[str, list[dict[str, Any]]], runs: list[dict[str, Any]]
-               ) -> list[dict[str, Any]]:
-    """Each model's cost in the period: the runs its versions came from."""
+def model_rows(host: str, versions: dict[str, list[dict[str, Any]]], runs: list[dict[str, Any]],
+               serving: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each model's cost in the period: the runs its versions came from, and its share of the server."""
     cost = {r["run_id"]: r.get("cost_usd") or 0.0 for r in runs}
+    served = {s["model"]: s for s in serving}
     out = []
     for name, vs in versions.items():
         ids = {v.get("run_id") for v in vs if v.get("run_id") in cost}
+        training = sum(cost[i] for i in ids)
+        share = served.get(name) or {}
         out.append({"host": host, "model": name, "versions": len(vs), "runs": len(ids),
-                    "cost_usd": sum(cost[i] for i in ids)})
+                    "training_usd": training, "requests": share.get("requests", 0),
+                    "serving_usd": share.get("serving_usd", 0.0),
+                    "cost_usd": training + share.get("serving_usd", 0.0)})
     return out
 
 
@@ -52,7 +57,8 @@ class CostScreen(PolledScreen):
     POLL_S = 10.0
     FOCUS = "#cost-runs"
     TITLE = "Cost"
-    HELP = ("Spend per host, per run and per model over a period (p changes it); idle GPU time as waste; "
+    HELP = ("Spend per host, per run and per model (its runs, and its share of the model server by requests) "
+            "over a period (p changes it); idle GPU time as waste; "
             "runs whose peak GPU memory was far below what they held (right-sizing).")
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("p", "period", "period"),
@@ -79,6 +85,7 @@ class CostScreen(PolledScreen):
         notes: list[str] = []
         hosts = await per_host(self, "cost.host", notes, since_s=since)
         runs = await per_host(self, "cost.runs", notes, since_s=since, limit=RUNS_LIMIT)
+        serving = await per_host(self, "cost.models", notes, since_s=since)
         host_rows = [{"host": h, **c, "idle_gpu_hours": (c.get("idle_gpu_seconds") or 0) / 3600}
                      for h, c in hosts.items()]
         run_rows = [run_row(h, r) for h, rs in runs.items() for r in rs]
@@ -88,7 +95,7 @@ class CostScreen(PolledScreen):
             versions = {}
             for m in listed:
                 versions[m["name"]] = await one(self, host, "models.versions", notes, name=m["name"]) or []
-            models += model_rows(host, versions, rs)
+            models += model_rows(host, versions, rs, serving.get(host) or [])
         fill(self.query_one("#cost-hosts", DataTable), HOST_COLUMNS, host_rows)
         fill(self.query_one("#cost-runs", DataTable), RUN_COLUMNS, run_rows)
         fill(self.query_one("#cost-models", DataTable), MODEL_COLUMNS, models)
