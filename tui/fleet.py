@@ -305,6 +305,8 @@ class Fleet:
         if self._closing:
             raise HostDown(link.name, "the fleet is closed")
         if link.task is None or link.task.done():
+            if link.host is not None:
+                import tui.ssh  # noqa: F401  asyncssh's import (0.5 s, more on a busy box) on no host's clock
             loop = asyncio.get_running_loop()
             link.task = loop.create_task(self._supervise(link), name=f"fleet:{link.name}")
 

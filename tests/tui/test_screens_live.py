@@ -87,6 +87,10 @@ def test_serving_drift_and_cost_screens(deck: Deck, holder: str) -> None:
     wait_for(lambda: answers(status["url"]), timeout=60, what="tiny answering")
     infer(status["url"], 30)
 
+    wait_for(lambda: any(w["version"] == 2 and w.get("n_columns")
+                         for w in deck.rpc("drift.history", name="tiny")["windows"]),
+             timeout=90, what="a judged window of tiny v2 (30 rows)")
+
     async def go() -> None:
         app = app_for(deck)
         async with app.run_test(size=SIZE) as pilot:
