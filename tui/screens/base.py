@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
+from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from textual import work
 from textual.binding import Binding, BindingType
+from textual.css.query import NoMatches
 from textual.screen import Screen
 from textual.widgets import Footer, Header, Static
 
@@ -16,6 +21,21 @@ if TYPE_CHECKING:
     from tui.app import MldeckApp
 
 CALL_TIMEOUT_S = 15.0
+
+
+def screen_work(**options: Any) -> Callable[[Callable[..., Coroutine[Any, Any, Any]]], Any]:
+    """textual's @work for a screen's workers, which update widgets after awaiting a host: if the screen
+    closed (or the app quit) meanwhile, its widgets are gone, and the worker ends quietly."""
+
+    def wrap(fn: Callable[..., Coroutine[Any, Any, Any]]) -> Any:
+        @functools.wraps(fn)
+        async def quiet(*args: Any, **kwargs: Any) -> Any:
+            with contextlib.suppress(NoMatches):
+                return await fn(*args, **kwargs)
+
+        return work(**options)(quiet)
+
+    return wrap
 
 
 class NotAvailable(Exception):

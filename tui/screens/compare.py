@@ -7,14 +7,13 @@ from typing import Any, ClassVar
 
 from rich.table import Table
 from rich.text import Text
-from textual import work
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import Grid, VerticalScroll
 from textual.widgets import Static
 
 from core.protocol import RpcError
-from tui.screens.base import DeckScreen, why
+from tui.screens.base import DeckScreen, screen_work, why
 from tui.units import number
 from tui.widgets.metric_chart import MetricChart
 
@@ -90,7 +89,7 @@ class CompareScreen(DeckScreen):
     def action_reload(self) -> None:
         self.load()
 
-    @work(exclusive=True, group="compare")
+    @screen_work(exclusive=True, group="compare")
     async def load(self) -> None:
         chosen = list(self.deck.compare_set)
         self.shown = chosen

@@ -5,12 +5,13 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 from rich.text import Text
-from textual import on, work
+from textual import on
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import Horizontal, Vertical
 from textual.widgets import DataTable, Static
 
+from tui.screens.base import screen_work
 from tui.screens.panel import PolledScreen, fill, one, per_host
 from tui.units import number
 from tui.widgets.distribution_chart import DistributionChart
@@ -126,7 +127,7 @@ class DriftScreen(PolledScreen):
             text.append(f"\n{self.distribution_note}", "dim")
         self.query_one("#drift-statistic", Static).update(text)
 
-    @work(exclusive=True, group="drift-distribution")
+    @screen_work(exclusive=True, group="drift-distribution")
     async def load_distribution(self) -> None:
         """Fetch the column's distributions once per model, column and judged window; polls reuse them."""
         m, col = self.model(), self.column()
@@ -161,7 +162,7 @@ class DriftScreen(PolledScreen):
     def column_highlighted(self) -> None:
         self.show_column()
 
-    @work(exclusive=True, group="drift-model")
+    @screen_work(exclusive=True, group="drift-model")
     async def reload_model(self) -> None:
         notes: list[str] = []
         await self.show_model(notes)

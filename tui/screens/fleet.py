@@ -5,13 +5,12 @@ from __future__ import annotations
 import asyncio
 from typing import Any, ClassVar
 
-from textual import work
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import VerticalScroll
 
 from core.protocol import RpcError
-from tui.screens.base import DeckScreen, NotAvailable
+from tui.screens.base import DeckScreen, NotAvailable, screen_work
 from tui.widgets.host_row import HostRow
 
 PAINT_S = 1.0  # the collector samples at 1 Hz: one batched repaint per sample
@@ -98,7 +97,7 @@ class FleetScreen(DeckScreen):
                 row.simulated = simulated(self.deck.fleet, row.host)
             row.paint()
 
-    @work(group="metrics")
+    @screen_work(group="metrics")
     async def watch_host(self, row: HostRow) -> None:
         """Prefill a minute of history, then follow host.metrics; batches are painted by the timer."""
         try:
@@ -112,7 +111,7 @@ class FleetScreen(DeckScreen):
         async for snap in self.deck.fleet.subscribe(row.host, "host.metrics"):
             row.feed(snap)
 
-    @work(group="extras")
+    @screen_work(group="extras")
     async def poll_extras(self, row: HostRow) -> None:
         """Scheduled after the previous poll finishes, so a slow host never piles up calls."""
         missing: set[str] = set()

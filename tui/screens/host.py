@@ -6,14 +6,13 @@ import time
 from typing import Any, ClassVar
 
 from rich.text import Text
-from textual import work
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import Grid, Vertical
 from textual.widgets import DataTable, Static
 
 from core.protocol import RpcError
-from tui.screens.base import DeckScreen, why
+from tui.screens.base import DeckScreen, screen_work, why
 from tui.units import gib
 from tui.widgets.metric_chart import MetricChart, Series
 
@@ -73,7 +72,7 @@ class HostScreen(DeckScreen):
     def action_reload(self) -> None:
         self.load()
 
-    @work(exclusive=True, group="host")
+    @screen_work(exclusive=True, group="host")
     async def load(self) -> None:
         window = WINDOWS_S[self.window]
         try:

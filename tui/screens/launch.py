@@ -5,7 +5,6 @@ from __future__ import annotations
 import shlex
 from typing import Any, ClassVar
 
-from textual import work
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import Grid, VerticalScroll
@@ -14,7 +13,7 @@ from textual.widgets import Input, Label, Select
 from core.jobs import AMP, check_param_names
 from core.protocol import RpcError
 from core.sweep import parse_grid, parse_value
-from tui.screens.base import DeckScreen, NotAvailable, why
+from tui.screens.base import DeckScreen, NotAvailable, screen_work, why
 
 EARLY_STOP = ["", "median", "asha"]
 
@@ -103,7 +102,7 @@ class LaunchScreen(DeckScreen):
             return
         self.send(host, method, params)
 
-    @work(exclusive=True, group="launch")
+    @screen_work(exclusive=True, group="launch")
     async def send(self, host: str, method: str, params: dict[str, Any]) -> None:
         self.say(f"sending {method} to {host}…")
         try:

@@ -5,13 +5,12 @@ from __future__ import annotations
 import asyncio
 from typing import ClassVar
 
-from textual import work
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.widgets import RichLog
 
 from core.protocol import RpcError
-from tui.screens.base import DeckScreen, NotAvailable, why
+from tui.screens.base import DeckScreen, NotAvailable, screen_work, why
 
 FOLLOW_S = 0.5
 
@@ -44,7 +43,7 @@ class LogsScreen(DeckScreen):
         self.following = not self.following
         self.query_one(RichLog).auto_scroll = self.following
 
-    @work(exclusive=True, group="logs")
+    @screen_work(exclusive=True, group="logs")
     async def tail(self) -> None:
         log = self.query_one(RichLog)
         offset: int | None = None

@@ -6,11 +6,10 @@ import asyncio
 import json
 from typing import Any, ClassVar
 
-from textual import work
 from textual.widgets import DataTable
 
 from core.protocol import RpcError
-from tui.screens.base import DeckScreen, NotAvailable, why
+from tui.screens.base import DeckScreen, NotAvailable, screen_work, why
 from tui.units import number
 
 
@@ -69,7 +68,7 @@ class PolledScreen(DeckScreen):
         self.query_one(self.FOCUS, DataTable).focus()
         self.poll()
 
-    @work(exclusive=True, group="poll")
+    @screen_work(exclusive=True, group="poll")
     async def poll(self) -> None:
         while True:
             await self.refresh_once()

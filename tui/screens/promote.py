@@ -6,7 +6,6 @@ from typing import Any, ClassVar
 
 from rich.table import Table
 from rich.text import Text
-from textual import work
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import Vertical
@@ -15,7 +14,7 @@ from textual.widgets import OptionList, Static
 
 from core import protocol
 from core.protocol import RpcError
-from tui.screens.base import NotAvailable, rpc, why
+from tui.screens.base import NotAvailable, rpc, screen_work, why
 from tui.screens.dialogs import Prompt
 from tui.units import number
 
@@ -101,7 +100,7 @@ class PromoteDialog(ModalScreen[dict[str, Any] | None]):
     def on_mount(self) -> None:
         self.check()
 
-    @work(group="promote-check")
+    @screen_work(group="promote-check")
     async def check(self) -> None:
         """Gates by a dry run where the agent offers one; drift from open alerts and drift status."""
         gates = self.query_one("#gates", Static)
@@ -159,7 +158,7 @@ class PromoteDialog(ModalScreen[dict[str, Any] | None]):
 
         self.app.push_screen(Prompt("Why override the gates? (written to the audit log)"), go)
 
-    @work(exclusive=True, group="promote")
+    @screen_work(exclusive=True, group="promote")
     async def promote(self, force: bool, reason: str | None) -> None:
         try:
             res = await rpc(self.app, self.host, "models.promote", name=self.name_,  # type: ignore[arg-type]

@@ -6,14 +6,14 @@ import json
 from typing import Any, ClassVar
 
 from rich.text import Text
-from textual import on, work
+from textual import on
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import Horizontal, VerticalScroll
 from textual.widgets import DataTable, Static
 
 from core.protocol import RpcError
-from tui.screens.base import DeckScreen, NotAvailable, why
+from tui.screens.base import DeckScreen, NotAvailable, screen_work, why
 from tui.screens.dialogs import Confirm, Prompt
 from tui.screens.promote import AliasPicker, PromoteDialog, alias_choices
 from tui.units import age, number
@@ -65,7 +65,7 @@ class RegistryScreen(DeckScreen):
             for host in self.deck.fleet.names:
                 self.follow(host)
 
-    @work(group="registry-follow")
+    @screen_work(group="registry-follow")
     async def follow(self, host: str) -> None:
         try:
             async for _ in self.deck.fleet.subscribe(host, "models"):
@@ -73,7 +73,7 @@ class RegistryScreen(DeckScreen):
         except RpcError:
             return
 
-    @work(exclusive=True, group="models")
+    @screen_work(exclusive=True, group="models")
     async def load_models(self, note: str = "") -> None:
         outcomes = await self.deck.fleet.gather("models.list")
         models, problems = [], []
@@ -206,7 +206,7 @@ class RegistryScreen(DeckScreen):
         self.app.push_screen(Confirm(f"Archive {model['name']} v{version['version']}?",
                                      "an archived version can hold no alias"), confirmed)
 
-    @work(group="registry-action")
+    @screen_work(group="registry-action")
     async def registry_action(self, host: str, method: str, **params: Any) -> None:
         try:
             res = await self.call(host, method, **params)
@@ -243,7 +243,7 @@ class AuditScreen(DeckScreen):
         yield self.status_line()
         yield self.footer()
 
-    @work
+    @screen_work()
     async def on_mount(self) -> None:
         self.sub_title = f"{self.name_} on {self.host}"
         table = self.query_one(DataTable)
@@ -277,7 +277,7 @@ class LineageScreen(DeckScreen):
         yield self.status_line()
         yield self.footer()
 
-    @work
+    @screen_work()
     async def on_mount(self) -> None:
         self.sub_title = f"{self.name_} v{self.version} on {self.host}"
         try:

@@ -6,14 +6,13 @@ import time
 from typing import Any, ClassVar
 
 from rich.table import Table
-from textual import work
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import Grid, Horizontal, VerticalScroll
 from textual.widgets import Static
 
 from core.protocol import RpcError
-from tui.screens.base import DeckScreen, NotAvailable, why
+from tui.screens.base import DeckScreen, NotAvailable, screen_work, why
 from tui.screens.host import per_gpu
 from tui.units import age, gib, money, number, span
 from tui.widgets.metric_chart import MetricChart
@@ -102,7 +101,7 @@ class RunDetailScreen(DeckScreen):
 
         self.app.push_screen(LogsScreen(self.host, self.run_id))
 
-    @work(exclusive=True, group="run")
+    @screen_work(exclusive=True, group="run")
     async def load(self) -> None:
         try:
             run = await self.call(self.host, "runs.get", run_id=self.run_id)
@@ -118,8 +117,6 @@ class RunDetailScreen(DeckScreen):
             pass
         except RpcError as exc:
             self.say(why(exc))
-        if not self.is_attached:  # the screen was closed while the agent answered
-            return
         self.query_one("#run-facts", Static).update(facts_table(run, cost))
         params = params_table(run.get("params") or {}, run.get("metrics") or {})
         self.query_one("#run-params", Static).update(params)
@@ -145,8 +142,7 @@ class RunDetailScreen(DeckScreen):
         except RpcError as exc:
             self.say(why(exc))
             return
-        if self.is_attached:
-            self.query_one("#run-checkpoints", Static).update(checkpoints_table(got["checkpoints"]))
+        self.query_one("#run-checkpoints", Static).update(checkpoints_table(got["checkpoints"]))
 
     async def show_usage(self, run: dict[str, Any]) -> None:
         start = run.get("started_at")
@@ -160,8 +156,6 @@ class RunDetailScreen(DeckScreen):
             self.say(why(exc))
             return
         rows = [r for r in hist.get("history") or [] if start <= r["ts"] <= end + 1]
-        if not self.is_attached:  # the screen was closed while the agent answered
-            return
         grid = self.query_one("#run-usage", Grid)
         for idx, s in sorted(per_gpu(rows, end).items()):
             chart = MetricChart(f"GPU{idx}", xlabel="minutes before the end", ylim=(0, 100),
@@ -169,7 +163,7 @@ class RunDetailScreen(DeckScreen):
             await grid.mount(chart)
             chart.show(s)
 
-    @work(group="run-live")
+    @screen_work(group="run-live")
     async def follow_metrics(self) -> None:
         async for batch in self.deck.fleet.subscribe(self.host, "run.metrics", run_id=self.run_id):
             for key, step, value in zip(batch["key"], batch["step"], batch["value"], strict=False):
@@ -177,7 +171,7 @@ class RunDetailScreen(DeckScreen):
                 xs.append(step)
                 ys.append(value)
 
-    @work(group="run-events")
+    @screen_work(group="run-events")
     async def follow_events(self) -> None:
         """The run's status changes (topic `runs`): say when it ends and reload what it left."""
         try:
@@ -187,7 +181,7 @@ class RunDetailScreen(DeckScreen):
         except RpcError as exc:
             self.say(why(exc))
 
-    @work(group="run-checkpoints")
+    @screen_work(group="run-checkpoints")
     async def follow_checkpoints(self) -> None:
         """A checkpoint event (topic `run.event`) brings the list up to date."""
         try:

@@ -10,7 +10,7 @@ from typing import Any, ClassVar
 
 import pyarrow as pa
 import pyarrow.compute as pc
-from textual import on, work
+from textual import on
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.widgets import Input
@@ -18,7 +18,7 @@ from textual.widgets import Input
 from core.protocol import RpcError
 from tui.app import RUNS_FIRST_PAGE
 from tui.screens import run_filter
-from tui.screens.base import DeckScreen, NotAvailable, why
+from tui.screens.base import DeckScreen, NotAvailable, screen_work, why
 from tui.screens.dialogs import Confirm
 from tui.units import duration
 from tui.widgets.runs_table import RunsTable
@@ -170,7 +170,7 @@ class RunsScreen(DeckScreen):
             for host in self.deck.fleet.names:
                 self.follow(host)
 
-    @work(group="runs-poll")
+    @screen_work(group="runs-poll")
     async def poll(self) -> None:
         """Each host on its own: a full load, then its newest page every few seconds (sooner on a change)."""
         await asyncio.gather(*(self.poll_host(h) for h in self.deck.fleet.names))
@@ -253,7 +253,7 @@ class RunsScreen(DeckScreen):
         tables = [t for t in self.tables.values() if t.num_rows]
         self.load(pa.concat_tables(tables, promote_options="default") if tables else runs_table({}))
 
-    @work(group="runs-follow")
+    @screen_work(group="runs-follow")
     async def follow(self, host: str) -> None:
         async for _ in self.deck.fleet.subscribe(host, "runs"):
             self.wake.set()
@@ -409,7 +409,7 @@ class RunsScreen(DeckScreen):
         if cur:
             self.run_action(cur[0], "runs.resume", cur[1], "resuming")
 
-    @work(group="runs-action")
+    @screen_work(group="runs-action")
     async def run_action(self, host: str, method: str, run_id: str, doing: str) -> None:
         self.say(f"{doing} {run_id} on {host}…")
         try:

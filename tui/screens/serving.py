@@ -6,14 +6,14 @@ import time
 from collections import deque
 from typing import Any, ClassVar
 
-from textual import on, work
+from textual import on
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import Grid, Vertical
 from textual.widgets import DataTable
 
 from core.protocol import RpcError
-from tui.screens.base import why
+from tui.screens.base import screen_work, why
 from tui.screens.dialogs import Prompt
 from tui.screens.panel import PolledScreen, fill, per_host
 from tui.widgets.metric_chart import MetricChart
@@ -142,7 +142,7 @@ class ServingScreen(PolledScreen):
         self.app.push_screen(Prompt(f"Share of {row['model']}'s requests for the challenger (canary), in %",
                                     value=str(row.get("canary_pct") or ""), placeholder="10"), share)
 
-    @work(group="traffic")
+    @screen_work(group="traffic")
     async def traffic(self, host: str, name: str, **change: Any) -> None:
         try:
             split = await self.call(host, "serving.traffic", name=name, **change)
