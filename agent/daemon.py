@@ -10,7 +10,7 @@ import functools
 import logging
 import os
 import signal
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -74,6 +74,19 @@ class Agent:
         task = asyncio.create_task(coro, name=name)
         self._tasks.append(task)
         return task
+
+    def every(self, seconds: float, tick: Callable[[], Awaitable[None]], name: str) -> asyncio.Task[Any]:
+        """A periodic job: a tick that fails is logged, and the next one still comes."""
+
+        async def loop() -> None:
+            while True:
+                await asyncio.sleep(seconds)
+                try:
+                    await tick()
+                except Exception:
+                    log.exception("%s failed; trying again in %gs", name, seconds)
+
+        return self.spawn(loop(), name)
 
     def _take_lock(self) -> None:
         fd = os.open(self.layout.lockfile, os.O_RDWR | os.O_CREAT, 0o600)

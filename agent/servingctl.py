@@ -82,6 +82,7 @@ class ServingControl:
         self.config = agent.config.serving
         self.dir = agent.layout.serving
         self.proc: asyncio.subprocess.Process | None = None
+        self._usage: tuple[int, float, float] | None = None  # pid, monotonic time, CPU seconds
         self.wanted = False
         self.started_at: float | None = None
         self.restarts = 0
@@ -281,46 +282,39 @@ class ServingControl:
         }
 
     async def account_usage(self) -> None:
-        """Every USAGE_EVERY_S, what the server used since the last tick: its GPUs' time and its CPU time."""
-        last: tuple[int, float, float] | None = None  # pid, monotonic time, CPU seconds
-        while True:
-            await asyncio.sleep(USAGE_EVERY_S)
-            if not self.running or self.proc is None:
-                last = None
-                continue
-            pid = self.proc.pid
-            try:
-                times = psutil.Process(pid).cpu_times()
-            except psutil.Error:
-                continue
-            now, cpu = time.monotonic(), times.user + times.system
-            if last is not None and last[0] == pid:
-                gpus = sum(1 for g in (self.agent.collector.latest or {}).get("gpus") or []
-                           if any(p == pid for p, _ in g.get("processes") or []))
-                await self.agent.db(costs.record_serving_usage, self.agent.store, time.time(), pid,
-                                    gpus * (now - last[1]), cpu - last[2])
-            last = (pid, now, cpu)
+        """What the server used since the last tick: its GPUs' time and its CPU time."""
+        if not self.running or self.proc is None:
+            self._usage = None
+            return
+        pid = self.proc.pid
+        try:
+            times = psutil.Process(pid).cpu_times()
+        except psutil.Error:
+            return
+        now, cpu = time.monotonic(), times.user + times.system
+        last, self._usage = self._usage, (pid, now, cpu)
+        if last is not None and last[0] == pid:
+            gpus = sum(1 for g in (self.agent.collector.latest or {}).get("gpus") or []
+                       if any(p == pid for p, _ in g.get("processes") or []))
+            await self.agent.db(costs.record_serving_usage, self.agent.store, time.time(), pid,
+                                gpus * (now - last[1]), cpu - last[2])
 
     async def prune_segments(self) -> None:
         """Delete log segments past the newest keep_segments (per model and kind) once they are stored."""
-        while True:
-            await asyncio.sleep(PRUNE_EVERY_S)
-            if not self.config.keep_segments:
-                continue
-            old = sv.old_segments(self.dir, self.config.keep_segments)
-            gone = [p for p in old if self.agent.ingest.ingested(p)]
-            for path in gone:
-                path.unlink(missing_ok=True)
-            if gone:
-                await self.agent.db(self.agent.store.forget_offsets, [str(p) for p in gone])
-                log.info("deleted %d ingested log segments: %s", len(gone), ", ".join(p.name for p in gone))
+        if not self.config.keep_segments:
+            return
+        old = sv.old_segments(self.dir, self.config.keep_segments)
+        gone = [p for p in old if self.agent.ingest.ingested(p)]
+        for path in gone:
+            path.unlink(missing_ok=True)
+        if gone:
+            await self.agent.db(self.agent.store.forget_offsets, [str(p) for p in gone])
+            log.info("deleted %d ingested log segments: %s", len(gone), ", ".join(p.name for p in gone))
 
     async def publish_stats(self) -> None:
-        """Stats on the `serving` topic every few seconds, while someone listens."""
-        while True:
-            await asyncio.sleep(STATS_EVERY_S)
-            if self.running and self.agent.hub.has_subscribers(TOPIC):
-                self.agent.hub.publish(TOPIC, {"kind": "stats", **await self.stats()})
+        """Stats on the `serving` topic, while someone listens."""
+        if self.running and self.agent.hub.has_subscribers(TOPIC):
+            self.agent.hub.publish(TOPIC, {"kind": "stats", **await self.stats()})
 
     async def close(self) -> None:
         await self.stop()
@@ -345,9 +339,9 @@ def register(agent: Agent) -> None:
                             (sv.ALERTS_GLOB, parse_alerts)):
         agent.ingest.add_source(Source(pattern, parser))
     agent.spawn(ctl.refresher(), "serving-manifest")
-    agent.spawn(ctl.publish_stats(), "serving-stats")
-    agent.spawn(ctl.prune_segments(), "serving-prune")
-    agent.spawn(ctl.account_usage(), "serving-usage")
+    agent.every(STATS_EVERY_S, ctl.publish_stats, "serving-stats")
+    agent.every(PRUNE_EVERY_S, ctl.prune_segments, "serving-prune")
+    agent.every(USAGE_EVERY_S, ctl.account_usage, "serving-usage")
     agent.on_stop.append(ctl.close)
     ctl._dirty.set()
 
@@ -393,7 +387,7 @@ def register(agent: Agent) -> None:
         newest = await agent.read(get_version, agent.store, p.name, max((r[1] for r in rows), default=None))
         layout = tensor_columns((newest.get("signature") or {}).get("inputs") or [],
                                 column_names(Path(newest["artifact"])))
-        columns = await asyncio.get_running_loop().run_in_executor(None, sv.labelled_columns, rows, layout)
+        columns = await asyncio.to_thread(sv.labelled_columns, rows, layout)
         return {"name": p.name, "version": newest["version"], "n_requests": len(rows),
                 "n_rows": len(columns["label"]), "columns": columns}
 
