@@ -23,6 +23,7 @@ import pyarrow as pa
 
 from core import registry
 from core.protocol import Params
+from core.serving import LATEST_LABELS
 from core.store import Store, decode_json_fields, rows_as_dicts
 
 ACTOR = "mldeck-monitor"
@@ -270,9 +271,8 @@ def window_rows(
     """(inputs, outputs, latest label) of each live request with start ≤ ts < end (≤ end for rows)."""
     op = "<=" if inclusive_end else "<"
     return [tuple(r) for r in store.cur().execute(  # type: ignore[misc]
-        f"SELECT p.inputs, p.outputs, f.label FROM predictions p LEFT JOIN ("
-        f"  SELECT request_id, arg_max(label, ts) AS label FROM feedback WHERE model = ? OR model IS NULL "
-        f"  GROUP BY request_id) f USING (request_id) "
+        f"SELECT p.inputs, p.outputs, f.label FROM predictions p "
+        f"LEFT JOIN {LATEST_LABELS} f USING (request_id) "
         f"WHERE p.model = ? AND p.version = ? AND p.variant <> 'shadow' AND p.ts >= ? AND p.ts {op} ? "
         f"ORDER BY p.ts",
         [name, name, version, start, end],

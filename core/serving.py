@@ -195,14 +195,20 @@ def build_manifest(store: Store, home: Path) -> Manifest:
     return Manifest(written_at=time.time(), models=models)
 
 
+# A model's latest label per request id (feedback can be sent again to correct it); takes the model.
+LATEST_LABELS = (
+    "(SELECT request_id, arg_max(label, ts) AS label FROM feedback WHERE model = ? OR model IS NULL "
+    "GROUP BY request_id)"
+)
+
+
 def labelled_requests(
     store: Store, name: str, since: float | None, limit: int
 ) -> list[tuple[float, int, str, str | None, str | None]]:
     """(ts, version, request_id, inputs, latest label) of live requests that got a label, newest first."""
     return [tuple(r) for r in store.cur().execute(  # type: ignore[misc]
-        "SELECT p.ts, p.version, p.request_id, p.inputs, f.label FROM predictions p JOIN ("
-        "  SELECT request_id, arg_max(label, ts) AS label FROM feedback WHERE model = ? OR model IS NULL "
-        "  GROUP BY request_id) f USING (request_id) "
+        f"SELECT p.ts, p.version, p.request_id, p.inputs, f.label FROM predictions p "
+        f"JOIN {LATEST_LABELS} f USING (request_id) "
         "WHERE p.model = ? AND p.variant <> 'shadow' AND p.ts >= ? ORDER BY p.ts DESC LIMIT ?",
         [name, name, since if since is not None else -1.0, limit],
     ).fetchall()]

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from core import protocol
-from core.client import Client
+from core.client import Client, ConnectionLost
 from core.paths import Layout, mldeck_home
 from core.protocol import RpcError
 from tui.hosts import LOCAL, Host, load_hosts, parse_target
@@ -256,6 +256,8 @@ class Fleet:
             return await asyncio.wait_for(client.call(method, **params), left)
         except TimeoutError:
             raise HostDown(host, f"no answer to {method} within {timeout_s:g}s") from None
+        except ConnectionLost as exc:  # the link dropped mid-call: the host is down until it reconnects
+            raise HostDown(host, exc.message) from None
 
     def subscribe(self, host: str, topic: str, **filters: str) -> FleetSubscription:
         """Events of a topic as an async iterator; it resubscribes by itself after every reconnect."""

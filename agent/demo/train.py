@@ -169,17 +169,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     torch.manual_seed(args.seed)
     split = data.load_split(seed=args.seed)
+    params = {name: getattr(args, name) for name in HYPERPARAMS}
     reference = split.x_train[:REFERENCE_ROWS]
     if args.labelled:
         x_new, y_new = data.labelled_rows(args.labelled, split.columns)
         split = data.add_rows(split, x_new, y_new, seed=args.seed)
         reference = x_new[:REFERENCE_ROWS]  # what the retrained model will see: drift is judged against it
+        params["labelled_rows"] = len(x_new)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device.type == "cpu":  # a model this small loses far more to thread hand-offs than it gains
         torch.set_num_threads(1)
-    params = {name: getattr(args, name) for name in HYPERPARAMS}
-    if args.labelled:
-        params["labelled_rows"] = len(x_new)
     with track.init(
         name=args.name or ("demo-mlp" if not os.environ.get(track.RUN_DIR_ENV) else None),
         experiment=args.experiment or ("demo" if not os.environ.get(track.RUN_DIR_ENV) else None),

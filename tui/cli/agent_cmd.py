@@ -94,7 +94,9 @@ async def start(args: argparse.Namespace) -> int:
 
 async def stop_call(call: Awaitable[Any]) -> None:
     """agent.stop; a connection that closes before its reply also means the agent is stopping."""
-    with contextlib.suppress(ConnectionLost):
+    from tui.fleet import HostDown  # a remote link that drops mid-call
+
+    with contextlib.suppress(ConnectionLost, HostDown):
         await call
 
 
@@ -156,7 +158,7 @@ async def _remote_status(fleet: Fleet, name: str, timeout_s: float | None = None
 
     try:
         return await fleet.call(name, "agent.status", timeout_s=timeout_s)
-    except (HostDown, ConnectionLost):
+    except HostDown:
         return None
 
 
