@@ -121,7 +121,12 @@ def test_serving_drift_and_cost_screens(deck: Deck, holder: str) -> None:
             assert "tiny" in " ".join(" ".join(r) for r in cells(drift.query_one("#drift-models", DataTable)))
             # the first 30 requests are one judged window (30rows): the selected column's distributions
             chart = drift.query_one("#drift-distribution", DistributionChart)
-            col = await until(pilot, lambda: drift.column(), timeout=30, what="a judged window's columns")
+            deadline = time.monotonic() + 60  # the window is judged (checked above); the screen must show it
+            while not drift.column():
+                said = text_of(drift.query_one("#status"))
+                assert time.monotonic() < deadline, f"no judged window's columns on screen; status: {said}"
+                await pilot.pause(0.2)
+            col = drift.column()
             shown = lambda: chart.dist if chart.dist and chart.dist["column"] == col["column"] else None  # noqa: E731
             dist = await until(pilot, shown, what="the selected column's distributions")
             assert dist["name"] == "tiny" and dist["version"] == 2 and dist["n_current"] >= 30
