@@ -119,6 +119,8 @@ def test_serving_drift_and_cost_screens(deck: Deck, holder: str) -> None:
             tiny = next(m for m in drift.models if m["name"] == "tiny")
             assert tiny["version"] == 2 and tiny["host"] == "local"
             assert "tiny" in " ".join(" ".join(r) for r in cells(drift.query_one("#drift-models", DataTable)))
+            # other tests on this agent may have promoted models too (promo sorts first): select tiny
+            drift.query_one("#drift-models", DataTable).move_cursor(row=drift.models.index(tiny))
             # the first 30 requests are one judged window (30rows): the selected column's distributions
             chart = drift.query_one("#drift-distribution", DistributionChart)
             deadline = time.monotonic() + 60  # the window is judged (checked above); the screen must show it
