@@ -1,4 +1,4 @@
-"""`python -m agent run|bridge`: the daemon, or a stdin/stdout relay to its socket for SSH exec."""
+"""`python -m mldeck.agent run|bridge`: the daemon, or a stdin/stdout relay to its socket for SSH exec."""
 
 from __future__ import annotations
 
@@ -7,11 +7,11 @@ import asyncio
 import logging
 import sys
 
-from core.paths import mldeck_home
+from mldeck.core.paths import mldeck_home
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m agent")
+    parser = argparse.ArgumentParser(prog="python -m mldeck.agent")
     sub = parser.add_subparsers(dest="cmd", required=True)
     run = sub.add_parser("run", help="run the agent daemon in the foreground")
     run.add_argument("--home", help="data folder (default $MLDECK_HOME)")
@@ -20,11 +20,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     home = mldeck_home(args.home)
     if args.cmd == "bridge":
-        from agent.bridge import run_bridge
+        from mldeck.agent.bridge import run_bridge
 
         return asyncio.run(run_bridge(home))
-    from agent.daemon import AlreadyRunning, run_agent
-    from core.config import ConfigError
+    from mldeck.agent.daemon import AlreadyRunning, run_agent
+    from mldeck.core.config import ConfigError
 
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"

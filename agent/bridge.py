@@ -1,4 +1,4 @@
-"""`python -m agent bridge`: relay stdin/stdout to agent.sock where sshd forbids stream-local forwarding."""
+"""`python -m mldeck.agent bridge`: relay stdin/stdout to agent.sock where sshd forbids stream-local forwarding."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import asyncio
 import sys
 from pathlib import Path
 
-from core.paths import Layout
+from mldeck.core.paths import Layout
 
 
 async def _pump(reader: asyncio.StreamReader, write: object) -> None:

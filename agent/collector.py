@@ -12,8 +12,8 @@ from typing import Any
 import psutil
 import pyarrow as pa
 
-from agent.nvml import GpuSample, Nvml
-from core.store import Store
+from mldeck.agent.nvml import GpuSample, Nvml
+from mldeck.core.store import Store
 
 log = logging.getLogger("mldeck.collector")
 

@@ -1,4 +1,4 @@
-"""The agent daemon: owns the store, and runs the RPC server, collector and ingest side by side."""
+"""The agent daemon: owns the store, and composes the services in one visible order."""
 
 from __future__ import annotations
 
@@ -6,7 +6,6 @@ import asyncio
 import concurrent.futures
 import contextlib
 import fcntl
-import functools
 import logging
 import os
 import signal
@@ -14,21 +13,26 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-from agent import api, jobs, monitor, pipelines, registry, servingctl, sweeps
-from agent.collector import Collector
-from agent.ingest import Ingest
-from agent.nvml import Nvml
-from agent.rpc import Dispatcher, Hub, RpcServer
-from agent.simgpu import SimulatedNvml
-from core.config import AgentConfig, load_config
-from core.paths import Layout
-from core.store import Store
+from mldeck.agent import jobs, monitor, pipelines, registry, servingctl, sweeps
+from mldeck.agent.collector import Collector
+from mldeck.agent.host import Host
+from mldeck.agent.ingest import Ingest
+from mldeck.agent.nvml import Nvml
+from mldeck.agent.query import Query
+from mldeck.agent.rpc import Dispatcher, Hub, RpcServer
+from mldeck.agent.runs import Runs
+from mldeck.agent.service import Context
+from mldeck.agent.simgpu import SimulatedNvml
+from mldeck.agent.tasks import Tasks
+from mldeck.core.config import AgentConfig, load_config
+from mldeck.core.paths import Layout
+from mldeck.core.store import Store
 
 log = logging.getLogger("mldeck.agent")
 T = TypeVar("T")
 
 FEATURES: list[Callable[[Agent], None]] = [
-    api.register, registry.register, jobs.register, sweeps.register, servingctl.register,
+    registry.register, jobs.register, sweeps.register, servingctl.register,
     pipelines.register, monitor.register,
 ]
 
@@ -44,49 +48,38 @@ class Agent:
         self.layout = Layout(home)
         self.config = config or load_config(self.layout.config)
         self.hub = Hub()
+        self.tasks = Tasks()
         self.dispatcher = Dispatcher()
         self.rpc = RpcServer(self.dispatcher, self.hub)
         sim = self.config.agent.simulate_gpus
         self.simulated = SimulatedNvml(sim) if sim else None
         self.nvml = Nvml(self.simulated) if self.simulated else Nvml()
+        self.ctx: Context
         self.store: Store
         self.collector: Collector
         self.ingest: Ingest
+        self.services: list[Any] = []
         self._writer = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="store-writer")
         self._readers = concurrent.futures.ThreadPoolExecutor(2, thread_name_prefix="store-reader")
         self._lock_fd: int | None = None
-        self._tasks: list[asyncio.Task[Any]] = []
         self._stopping = asyncio.Event()
         self.on_stop: list[Callable[[], Any]] = []
-        self.topics: set[str] = {"host.metrics", "runs", "run.metrics", "run.event"}
 
     async def db(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        """Run store work on the single writer thread: writes never race each other."""
-        call = functools.partial(fn, *args, **kwargs)
-        return await asyncio.get_running_loop().run_in_executor(self._writer, call)
+        return await self.ctx.db(fn, *args, **kwargs)
 
     async def read(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        """Run a read-only query off the writer thread, on its own cursor."""
-        call = functools.partial(fn, *args, **kwargs)
-        return await asyncio.get_running_loop().run_in_executor(self._readers, call)
+        return await self.ctx.read(fn, *args, **kwargs)
 
     def spawn(self, coro: Any, name: str) -> asyncio.Task[Any]:
-        task = asyncio.create_task(coro, name=name)
-        self._tasks.append(task)
-        return task
+        return self.tasks.spawn(coro, name)
 
     def every(self, seconds: float, tick: Callable[[], Awaitable[None]], name: str) -> asyncio.Task[Any]:
-        """A periodic job: a tick that fails is logged, and the next one still comes."""
+        return self.tasks.every(seconds, tick, name)
 
-        async def loop() -> None:
-            while True:
-                await asyncio.sleep(seconds)
-                try:
-                    await tick()
-                except Exception:
-                    log.exception("%s failed; trying again in %gs", name, seconds)
-
-        return self.spawn(loop(), name)
+    @property
+    def topics(self) -> set[str]:
+        return self.hub.topics
 
     def _take_lock(self) -> None:
         fd = os.open(self.layout.lockfile, os.O_RDWR | os.O_CREAT, 0o600)
@@ -100,17 +93,33 @@ class Agent:
             ) from None
         self._lock_fd = fd
 
+    def compose(self, ctx: Context) -> list[Any]:
+        """Every service, built in dependency order; each gets exactly what it uses."""
+        host = Host(ctx, self.nvml, self.simulated is not None, self.collector, self.ingest,
+                    self.dispatcher, self.rpc, self.request_stop)
+        runs = Runs(ctx)
+        query = Query(ctx)
+        return [host, runs, query]
+
     async def start(self) -> None:
         self.layout.ensure()
         self._take_lock()
-        self.store = await self.db(Store, self.layout.db)
+        self.store = await asyncio.get_running_loop().run_in_executor(self._writer, Store, self.layout.db)
+        self.ctx = Context(self.config, self.layout, self.store, self.hub, self.tasks, self._writer,
+                           self._readers)
         self.nvml.start()
         self.collector = Collector(
             self.nvml, self.store, self.db, self.hub.publish, self.config.agent.collector_interval_s
         )
         self.ingest = Ingest(self.store, self.layout.home, self.db, self.hub.publish)
+        self.services = self.compose(self.ctx)
+        for service in self.services:
+            self.dispatcher.bind(service)
         for feature in FEATURES:
             feature(self)
+        for service in self.services:
+            if hasattr(service, "start"):
+                await service.start()
         await self.rpc.start(self.layout.socket)
         self.layout.pidfile.write_text(str(os.getpid()))
         self.spawn(self.collector.run(), "collector")
@@ -132,13 +141,13 @@ class Agent:
             result = hook()
             if asyncio.iscoroutine(result):
                 await result
+        for service in reversed(self.services):
+            if hasattr(service, "stop"):
+                await service.stop()
         self.ingest.stop()
         await self.rpc.stop()
         await self.collector.flush()
-        for task in self._tasks:
-            task.cancel()
-        if self._tasks:
-            await asyncio.wait(self._tasks)
+        await self.tasks.stop()
         await self.db(self.store.close)
         self._writer.shutdown()
         self._readers.shutdown()

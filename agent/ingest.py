@@ -24,8 +24,8 @@ import pyarrow.compute as pc
 import pyarrow.json as pa_json
 import watchfiles
 
-from core.runlog import Line
-from core.store import Store
+from mldeck.core.runlog import Line
+from mldeck.core.store import Store
 
 log = logging.getLogger("mldeck.ingest")
 

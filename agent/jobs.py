@@ -1,6 +1,6 @@
 """The job runner: a persistent queue, GPU assignment, process groups, stop/requeue/resume, cost.
 
-Each job runs as `python -m agent.jobwrap RUN_DIR -- ARGV` in its own session (process
+Each job runs as `python -m mldeck.agent.jobwrap RUN_DIR -- ARGV` in its own session (process
 group = the wrapper's pid), stdout and stderr appended to runs/<id>/stdout.log. The wrapper
 writes the job's exit code to runs/<id>/exit_code, so a job that outlives an agent restart
 is re-adopted by pid and create time, polled with psutil, and its outcome still known.
@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import importlib.machinery
+import importlib.util
 import logging
 import os
 import shutil
@@ -28,19 +29,20 @@ from typing import TYPE_CHECKING, Any
 
 import psutil
 
-from core import cost as costs
-from core import jobs as q
-from core import protocol
-from core.atomic import write_atomic
-from core.jobs import CostParams, LaunchParams, LogsParams, QueueParams, StopParams
-from core.paths import BadName, check_name, new_run_id
-from core.protocol import RpcError, RunRef
-from core.provenance import git_state
-from core.runlog import TERMINAL
+from mldeck.core import cost as costs
+from mldeck.core import jobs as q
+from mldeck.core import protocol
+from mldeck.core.atomic import write_atomic
+from mldeck.core.errors import Conflict, Invalid, NotFound
+from mldeck.core.jobs import CostParams, LaunchParams, LogsParams, QueueParams, StopParams
+from mldeck.core.paths import BadName, check_name, new_run_id
+from mldeck.core.protocol import RunRef
+from mldeck.core.provenance import git_state
+from mldeck.core.runlog import TERMINAL
 
 if TYPE_CHECKING:
-    from agent.daemon import Agent
-    from agent.rpc import Connection
+    from mldeck.agent.daemon import Agent
+    from mldeck.agent.rpc import Connection
 
 log = logging.getLogger("mldeck.jobs")
 LOST = -1
@@ -199,8 +201,10 @@ class Jobs:
             return [str(script)], cwd or script.parent, script
         module = str(p.module)
         top = module.split(".")[0]
-        paths = [str(cwd or Path.cwd()), *sys.path]
-        if not top.isidentifier() or importlib.machinery.PathFinder.find_spec(top, paths) is None:
+        if not top.isidentifier() or (
+            importlib.machinery.PathFinder.find_spec(top, [str(cwd or Path.cwd())]) is None
+            and importlib.util.find_spec(top) is None  # also asks installed finders (an editable mldeck)
+        ):
             raise ValueError(f"module {module!r} cannot be found on this host's Python path")
         return ["-m", module], cwd or self.agent.layout.home, cwd or Path.cwd()
 
@@ -304,7 +308,7 @@ class Jobs:
         }
         if spec.get("amp"):
             env["MLDECK_AMP"] = spec["amp"]
-        argv = [sys.executable, "-m", "agent.jobwrap", str(run_dir), "--", *spec["command"]]
+        argv = [sys.executable, "-m", "mldeck.agent.jobwrap", str(run_dir), "--", *spec["command"]]
         spec["gpus"] = gpus
         try:
             write_atomic(run_dir / "run.json", protocol.encode(spec))
@@ -479,22 +483,22 @@ class Jobs:
             return {"run_id": run_id, "status": "stopped", "requeue": False}
         run = await self.agent.read(self.store.get_run, run_id)
         if run is None:
-            raise protocol.not_found(f"no run {run_id!r} on this host (`mldeck runs ls` lists them)")
-        raise RpcError(protocol.CONFLICT, f"run {run_id} is not running or queued (it is {run['status']})")
+            raise NotFound(f"no run {run_id!r} on this host (`mldeck runs ls` lists them)")
+        raise Conflict(f"run {run_id} is not running or queued (it is {run['status']})")
 
     async def resume(self, run_id: str) -> dict[str, Any]:
         """Queue a stopped, failed or preempted run again in its own folder, from its last checkpoint."""
         row = await self.agent.read(q.get_job, self.store, run_id)
         run = await self.agent.read(self.store.get_run, run_id)
         if run is None:
-            raise protocol.not_found(f"no run {run_id!r} on this host")
+            raise NotFound(f"no run {run_id!r} on this host")
         if row is None:
-            raise RpcError(protocol.CONFLICT, f"run {run_id} was not launched by the agent, so it cannot "
+            raise Conflict(f"run {run_id} was not launched by the agent, so it cannot "
                            "be resumed here; launch it with `mldeck run`")
         if row["state"] != "done" or run_id in self.active:
-            raise RpcError(protocol.CONFLICT, f"run {run_id} is already {run['status']}")
+            raise Conflict(f"run {run_id} is already {run['status']}")
         if run["status"] == "succeeded":
-            raise RpcError(protocol.CONFLICT, f"run {run_id} succeeded; there is nothing to resume")
+            raise Conflict(f"run {run_id} succeeded; there is nothing to resume")
         await self.agent.db(q.requeue_job, self.store, run_id, "resume requested", time.time())
         self.queue.append(await self.agent.read(q.get_job, self.store, run_id))
         self._sort_queue()
@@ -509,7 +513,7 @@ class Jobs:
         run = await self.agent.read(self.store.get_run, run_id)
         if run is None:
             self._waiters[run_id].remove(fut)
-            raise protocol.not_found(f"no run {run_id!r} on this host")
+            raise NotFound(f"no run {run_id!r} on this host")
         pending = run_id in self.active or any(r["run_id"] == run_id for r in self.queue)
         if not pending and run["status"] in TERMINAL:
             self._waiters[run_id].remove(fut)
@@ -554,7 +558,7 @@ def register(agent: Agent) -> None:
         try:
             run_id = await jobs.launch(p)
         except ValueError as exc:
-            raise protocol.invalid(str(exc)) from None
+            raise Invalid(str(exc)) from None
         spec = await agent.read(q.get_job, agent.store, run_id)
         dist = spec["spec"].get("dist") if spec else None
         return {"run_id": run_id, "status": "queued", "dir": str(agent.layout.run_dir(run_id)),
@@ -562,7 +566,7 @@ def register(agent: Agent) -> None:
 
     async def stop(p: StopParams, conn: Connection) -> dict[str, Any]:
         if p.grace_s is not None and p.grace_s < 0:
-            raise protocol.invalid("grace_s must be 0 or more seconds")
+            raise Invalid("grace_s must be 0 or more seconds")
         return await jobs.stop(p.run_id, p.requeue, p.grace_s)
 
     async def resume(p: RunRef, conn: Connection) -> dict[str, Any]:
@@ -570,12 +574,12 @@ def register(agent: Agent) -> None:
 
     async def logs(p: LogsParams, conn: Connection) -> dict[str, Any]:
         if p.offset is not None and p.offset < 0:
-            raise protocol.invalid("offset must be 0 or more (leave it out for the tail)")
+            raise Invalid("offset must be 0 or more (leave it out for the tail)")
         if not 1 <= p.max_bytes <= MAX_LOG_BYTES:
-            raise protocol.invalid(f"max_bytes must be between 1 and {MAX_LOG_BYTES}")
+            raise Invalid(f"max_bytes must be between 1 and {MAX_LOG_BYTES}")
         run = await agent.read(agent.store.get_run, p.run_id)
         if run is None:
-            raise protocol.not_found(f"no run {p.run_id!r} on this host (`mldeck runs ls` lists them)")
+            raise NotFound(f"no run {p.run_id!r} on this host (`mldeck runs ls` lists them)")
         data, offset, size = await asyncio.to_thread(jobs.read_log, p.run_id, p.offset, p.max_bytes)
         pending = p.run_id in jobs.active or any(r["run_id"] == p.run_id for r in jobs.queue)
         done = not pending and offset >= size
@@ -587,7 +591,7 @@ def register(agent: Agent) -> None:
 
     async def cost_host(p: CostParams, conn: Connection) -> dict[str, Any]:
         if p.since_s <= 0:
-            raise protocol.invalid("since_s must be a positive number of seconds")
+            raise Invalid("since_s must be a positive number of seconds")
         now = time.time()
         first = await agent.read(costs.first_sample_ts, agent.store)
         since = max(now - p.since_s, first or now)
@@ -608,7 +612,7 @@ def register(agent: Agent) -> None:
 
     async def cost_runs(p: CostParams, conn: Connection) -> list[dict[str, Any]]:
         if p.since_s <= 0 or p.limit < 1:
-            raise protocol.invalid("since_s must be positive and limit at least 1")
+            raise Invalid("since_s must be positive and limit at least 1")
         rows = await agent.read(costs.runs_by_cost, agent.store, time.time() - p.since_s, p.limit)
         for row in rows:
             job = jobs.active.get(row["run_id"])
@@ -618,14 +622,14 @@ def register(agent: Agent) -> None:
 
     async def cost_models(p: CostParams, conn: Connection) -> list[dict[str, Any]]:
         if p.since_s <= 0:
-            raise protocol.invalid("since_s must be a positive number of seconds")
+            raise Invalid("since_s must be a positive number of seconds")
         since = time.time() - p.since_s
         return await agent.read(costs.serving_cost_by_model, agent.store, since, jobs.prices)
 
     async def cost_run(p: RunRef, conn: Connection) -> dict[str, Any]:
         run = await agent.read(agent.store.get_run, p.run_id)
         if run is None:
-            raise protocol.not_found(f"no run {p.run_id!r} on this host")
+            raise NotFound(f"no run {p.run_id!r} on this host")
         keys = ("cost_usd", "gpu_seconds", "cpu_seconds", "peak_gpu_mem", "held_gpu_mem", "price_per_hour")
         out = {"run_id": p.run_id, "status": run["status"], **{k: run.get(k) for k in keys}}
         job = jobs.active.get(p.run_id)

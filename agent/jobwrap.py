@@ -1,4 +1,4 @@
-"""`python -m agent.jobwrap RUN_DIR -- ARGV...`: run a job and leave its exit code in RUN_DIR/exit_code.
+"""`python -m mldeck.agent.jobwrap RUN_DIR -- ARGV...`: run a job and leave its exit code in RUN_DIR/exit_code.
 
 The agent starts every job through this wrapper as the leader of the job's process group.
 If the agent restarts while the job runs, the job is no longer its child and its exit
@@ -21,7 +21,7 @@ def _ignore(signum: int, frame: object) -> None:
 
 def main(argv: list[str]) -> int:
     if len(argv) < 3 or argv[1] != "--":
-        print("usage: python -m agent.jobwrap RUN_DIR -- ARGV...", file=sys.stderr)
+        print("usage: python -m mldeck.agent.jobwrap RUN_DIR -- ARGV...", file=sys.stderr)
         return 2
     run_dir, cmd = Path(argv[0]), argv[2:]
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):

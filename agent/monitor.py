@@ -22,11 +22,11 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from agent.registry import as_rpc_error
-from core import monitor as mon
-from core import protocol, registry
-from core.config import ModelPolicy
-from core.monitor import (
+from mldeck.core import monitor as mon
+from mldeck.core import registry
+from mldeck.core.config import ModelPolicy
+from mldeck.core.errors import Conflict, Invalid, MldeckError, NotFound
+from mldeck.core.monitor import (
     ACTOR,
     AlertResolveParams,
     AlertsListParams,
@@ -36,15 +36,14 @@ from core.monitor import (
     DriftReportParams,
     DriftStatusParams,
 )
-from core.pipeline import PipelineError
-from core.protocol import RpcError
-from core.registry import RollbackParams
-from core.signature import SAMPLE_FILE
+from mldeck.core.pipeline import PipelineError
+from mldeck.core.registry import RollbackParams
+from mldeck.core.signature import SAMPLE_FILE
 
 if TYPE_CHECKING:
-    from agent.daemon import Agent
-    from agent.rpc import Connection
-    from core import drift
+    from mldeck.agent.daemon import Agent
+    from mldeck.agent.rpc import Connection
+    from mldeck.core import drift
 
 log = logging.getLogger("mldeck.monitor")
 TOPIC = "drift"
@@ -74,7 +73,7 @@ class Reference:
 
 def load_reference(row: dict[str, Any]) -> Reference | None:
     """The version's reference.json/parquet, columns.json and sample.npz outputs; None without a profile."""
-    from core import drift  # scipy loads only once a model is watched
+    from mldeck.core import drift  # scipy loads only once a model is watched
 
     folder = Path(row["artifact"])
     if not (folder / drift.ReferenceProfile.JSON_NAME).is_file():
@@ -110,7 +109,7 @@ def judge_window(
     ref: Reference, policy: ModelPolicy, rows: list[tuple[str | None, str | None, str | None]],
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """One window's verdict: per-column results (inputs then outputs) and the summary numbers."""
-    from core import drift  # scipy loads only once a model is watched
+    from mldeck.core import drift  # scipy loads only once a model is watched
 
     overrides = {c: drift.ColumnTest(o.method, o.threshold) for c, o in policy.columns.items()}
     current = mon.decode_tensors([r[0] for r in rows], ref.input_layout)
@@ -149,7 +148,7 @@ def column_distribution(
     ref: Reference, column: str, rows: list[tuple[str | None, str | None, str | None]], bins: int | None
 ) -> dict[str, Any]:
     """One column of a window's requests beside its reference sample, as drift.distribution's fractions."""
-    from core import drift  # scipy loads only once a model is watched
+    from mldeck.core import drift  # scipy loads only once a model is watched
 
     role = ref.roles()[column]
     profile, layout, at = (ref.inputs, ref.input_layout, 0) if role == "input" else (
@@ -296,7 +295,7 @@ class Monitor:
                 continue
             try:
                 done = await self.agent.db(mon.resolve_alert, store, alert["alert_id"], ACTOR, reason)
-            except registry.Conflict:
+            except Conflict:
                 continue  # resolved by hand meanwhile
             log.info("alert %s resolved: %s", alert["alert_id"], reason)
             self.agent.hub.publish(ALERTS, done)
@@ -355,7 +354,7 @@ class Monitor:
         handler = self.agent.dispatcher.methods["models.rollback"][1]
         try:
             await handler(RollbackParams(name=name, alias=mon.PRODUCTION, reason=reason, actor=ACTOR), None)
-        except RpcError as exc:
+        except MldeckError as exc:
             log.warning("%s: rollback refused: %s", name, exc.message)
             return
         await self.alert(name, version, "rollback", None, reason, numbers)
@@ -365,12 +364,10 @@ class Monitor:
     async def require_model(self, name: str) -> None:
         try:
             await self.agent.read(registry.get_version, self.agent.store, name)
-        except registry.NotFound as exc:
+        except NotFound as exc:
             models = [m["name"] for m in await self.agent.read(registry.list_models, self.agent.store)]
             known = f"models here: {', '.join(models)}" if models else "this registry has no models yet"
-            raise protocol.not_found(f"{exc}; {known}") from None
-        except registry.RegistryError as exc:
-            raise as_rpc_error(exc) from None
+            raise NotFound(f"{exc}; {known}") from None
 
     async def version_row(self, name: str, version: int | None, hint: str) -> dict[str, Any]:
         """The asked version's registry row, else production's; the hint says what to pass without one."""
@@ -378,12 +375,9 @@ class Monitor:
         if version is None:
             row = await self.production(name)
             if row is None:
-                raise protocol.not_found(f"{name} has no production version; {hint}")
+                raise NotFound(f"{name} has no production version; {hint}")
             return row
-        try:
-            return await self.agent.read(registry.get_version, self.agent.store, name, version)
-        except registry.RegistryError as exc:
-            raise as_rpc_error(exc) from None
+        return await self.agent.read(registry.get_version, self.agent.store, name, version)
 
     async def production(self, name: str) -> dict[str, Any] | None:
         rows = await self.agent.read(mon.production_versions, self.agent.store)
@@ -416,47 +410,47 @@ class Monitor:
         try:
             spec = mon.parse_window(p.window) if p.window is not None else self.spec
         except ValueError as exc:
-            raise protocol.invalid(str(exc)) from None
+            raise Invalid(str(exc)) from None
         row = await self.version_row(p.name, p.version, "pass version to report on one")
         version = row["version"]
         if p.window is None:
             last = await self.latest(p.name, version)
             if last is None:
-                raise protocol.not_found(f"no judged {self.spec} window of {p.name} v{version} yet; "
+                raise NotFound(f"no judged {self.spec} window of {p.name} v{version} yet; "
                                          "pass a window (e.g. 5m or 200rows) to test the latest traffic now")
             cols = await self.agent.read(mon.window_columns, self.agent.store, p.name, version,
                                          last["window_end"])
             return {"name": p.name, "source": "stored", **last, "columns": cols}
         ref = await self.reference(row)
         if ref is None:
-            raise RpcError(protocol.CONFLICT, f"{p.name} v{version} has no reference profile to compare with")
+            raise Conflict(f"{p.name} v{version} has no reference profile to compare with")
         start, end, rows = await self.agent.read(mon.latest_rows, self.agent.store, p.name, version, spec,
                                                  time.time())
         if not rows:
-            raise protocol.not_found(f"{p.name} v{version} has no logged predictions in the last {spec}")
+            raise NotFound(f"{p.name} v{version} has no logged predictions in the last {spec}")
         try:
             summary, cols = await asyncio.to_thread(judge_window, ref, self.cfg.policy(p.name), rows)
         except ValueError as exc:
-            raise RpcError(protocol.APP_ERROR, f"cannot test this window: {exc}") from None
+            raise Invalid(f"cannot test this window: {exc}") from None
         return {"name": p.name, "model": p.name, "version": version, "source": "live", "window_start": start,
                 "window_end": end, **summary, "columns": cols}
 
     async def distribution(self, p: DriftDistributionParams) -> dict[str, Any]:
         """One column's reference against the current rows of the version's latest judged window."""
         if p.bins is not None and not 1 <= p.bins <= MAX_BINS:
-            raise protocol.invalid(f"bins must be between 1 and {MAX_BINS}, got {p.bins}")
+            raise Invalid(f"bins must be between 1 and {MAX_BINS}, got {p.bins}")
         row = await self.version_row(p.name, p.version, "pass version to pick one")
         version = row["version"]
         ref = await self.reference(row)
         if ref is None:
-            raise RpcError(protocol.CONFLICT, f"{p.name} v{version} has no reference profile to compare with")
+            raise Conflict(f"{p.name} v{version} has no reference profile to compare with")
         roles = ref.roles()
         if p.column not in roles:
-            raise protocol.not_found(f"{p.name} v{version} has no column {p.column!r}; its columns: "
+            raise NotFound(f"{p.name} v{version} has no column {p.column!r}; its columns: "
                                      f"{', '.join(roles)}")
         last = await self.latest(p.name, version)
         if last is None:
-            raise protocol.not_found(f"no judged {self.spec} window of {p.name} v{version} yet: the current "
+            raise NotFound(f"no judged {self.spec} window of {p.name} v{version} yet: the current "
                                      "distribution comes from the latest window the monitor has judged")
         start, end = last["window_start"], last["window_end"]
         rows = await self.agent.read(mon.window_rows, self.agent.store, p.name, version, start, end,
@@ -490,7 +484,7 @@ def register(agent: Agent) -> None:
 
     async def history(p: DriftHistoryParams, conn: Connection) -> dict[str, Any]:
         if not 1 <= p.limit <= 100_000:
-            raise protocol.invalid("limit must be between 1 and 100000")
+            raise Invalid("limit must be between 1 and 100000")
         await monitor.require_model(p.name)
         windows = await agent.read(mon.history, agent.store, p.name, p.limit)
         return {"name": p.name, "window": str(monitor.spec), "windows": windows}
@@ -502,14 +496,11 @@ def register(agent: Agent) -> None:
 
     async def alerts_list(p: AlertsListParams, conn: Connection) -> dict[str, Any]:
         if not 1 <= p.limit <= 100_000:
-            raise protocol.invalid("limit must be between 1 and 100000")
+            raise Invalid("limit must be between 1 and 100000")
         return {"alerts": await agent.read(mon.list_alerts, agent.store, p.all, p.name, p.limit)}
 
     async def alerts_resolve(p: AlertResolveParams, conn: Connection) -> dict[str, Any]:
-        try:
-            alert = await agent.db(mon.resolve_alert, agent.store, p.alert_id, p.actor or "mldeck", p.reason)
-        except registry.RegistryError as exc:
-            raise as_rpc_error(exc) from None
+        alert = await agent.db(mon.resolve_alert, agent.store, p.alert_id, p.actor or "mldeck", p.reason)
         agent.hub.publish(ALERTS, alert)
         return alert
 

@@ -17,17 +17,17 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from agent.ingest import parse_run_metrics
-from core import pipeline as pl
-from core import protocol, registry
-from core.jobs import LaunchParams
-from core.pipeline import PipelineError, PipelineListParams, PipelineRef, PipelineRunParams
-from core.protocol import RpcError
-from core.registry import PromoteParams
+from mldeck.agent.ingest import parse_run_metrics
+from mldeck.core import pipeline as pl
+from mldeck.core import registry
+from mldeck.core.errors import Invalid, MldeckError, NotFound
+from mldeck.core.jobs import LaunchParams
+from mldeck.core.pipeline import PipelineError, PipelineListParams, PipelineRef, PipelineRunParams
+from mldeck.core.registry import PromoteParams
 
 if TYPE_CHECKING:
-    from agent.daemon import Agent
-    from agent.rpc import Connection
+    from mldeck.agent.daemon import Agent
+    from mldeck.agent.rpc import Connection
 
 log = logging.getLogger("mldeck.pipelines")
 TOPIC = "pipelines"
@@ -191,7 +191,7 @@ class Pipelines:
             try:
                 await self._call("models.promote", PromoteParams(
                     name=model, version=version["version"], alias=reg.promote, reason=reason, actor=actor))
-            except RpcError as exc:
+            except MldeckError as exc:
                 return {**out, "status": "registered", "message": f"registered v{version['version']} but "
                         f"not promoted to {reg.promote}: {exc.message}"}
             out["promoted_alias"] = reg.promote
@@ -209,7 +209,7 @@ def register(agent: Agent) -> None:
 
     async def run(p: PipelineRunParams, conn: Connection) -> dict[str, Any]:
         if (p.file is None) == (p.spec is None):
-            raise protocol.invalid("give exactly one of file (a path on the agent's host) or spec (TOML)")
+            raise Invalid("give exactly one of file (a path on the agent's host) or spec (TOML)")
         actor = p.actor or "mldeck"
         try:
             if p.file is not None:
@@ -222,17 +222,17 @@ def register(agent: Agent) -> None:
             spec, steps = pl.parse_pipeline(p.spec or "", "pipeline spec")
             return await pipelines.start(spec, steps, p.spec or "", None, agent.layout.home, p.trigger, actor)
         except PipelineError as exc:
-            raise protocol.invalid(str(exc)) from None
+            raise Invalid(str(exc)) from None
 
     async def get(p: PipelineRef, conn: Connection) -> dict[str, Any]:
         row = await agent.read(pl.get_pipeline, agent.store, p.pipeline_id)
         if row is None:
-            raise protocol.not_found(f"no pipeline run {p.pipeline_id!r} (`mldeck pipeline ls` lists them)")
+            raise NotFound(f"no pipeline run {p.pipeline_id!r} (`mldeck pipeline ls` lists them)")
         return row
 
     async def list_(p: PipelineListParams, conn: Connection) -> list[dict[str, Any]]:
         if not 1 <= p.limit <= 10_000:
-            raise protocol.invalid("limit must be between 1 and 10000")
+            raise Invalid("limit must be between 1 and 10000")
         return await agent.read(pl.list_pipelines, agent.store, p.limit)
 
     agent.dispatcher.add("pipelines.run", PipelineRunParams, run)

@@ -1,6 +1,6 @@
 """The models.* methods: register a run's model, move aliases through their gates, audit it all.
 
-Registration verifies the artifact in a child process (`python -m core.modelfile verify`),
+Registration verifies the artifact in a child process (`python -m mldeck.core.modelfile verify`),
 because the agent never imports torch, then copies it into models/<name>/<version>/.
 Every committed change is published once on the `models` topic, after its transaction,
 so the model server and the TUI see an alias move as one event, never a half state.
@@ -21,9 +21,9 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from core import protocol, registry
-from core.protocol import RpcError
-from core.registry import (
+from mldeck.core import registry
+from mldeck.core.errors import Conflict, Invalid, MldeckError, NotFound
+from mldeck.core.registry import (
     ArchiveParams,
     AuditParams,
     GetParams,
@@ -36,8 +36,8 @@ from core.registry import (
 )
 
 if TYPE_CHECKING:
-    from agent.daemon import Agent
-    from agent.rpc import Connection
+    from mldeck.agent.daemon import Agent
+    from mldeck.agent.rpc import Connection
 
 log = logging.getLogger("mldeck.registry")
 
@@ -46,18 +46,7 @@ EVENT_FIELDS = ("name", "alias", "version", "from_version", "action")
 VERIFY_TIMEOUT_S = 300.0
 REFERENCE_FILE = "reference.parquet"
 REFUSED_STATUSES = {"failed", "queued"}
-_ERROR_CODES = {
-    "invalid": protocol.INVALID_PARAMS,
-    "not_found": protocol.NOT_FOUND,
-    "conflict": protocol.CONFLICT,
-    "refused": protocol.APP_ERROR,
-}
 _PACKAGE_ROOT = str(Path(registry.__file__).resolve().parent.parent)
-
-
-def as_rpc_error(exc: registry.RegistryError) -> RpcError:
-    data = {"failed_gates": exc.failed} if isinstance(exc, registry.GateRefused) else None
-    return RpcError(_ERROR_CODES[exc.kind], str(exc), data)
 
 
 async def verify_artifact(folder: Path) -> dict[str, Any]:
@@ -65,7 +54,7 @@ async def verify_artifact(folder: Path) -> dict[str, Any]:
     path = os.pathsep.join(filter(None, [_PACKAGE_ROOT, os.environ.get("PYTHONPATH")]))
     env = {**os.environ, "PYTHONPATH": path}
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "core.modelfile", "verify", str(folder),
+        sys.executable, "-m", "mldeck.core.modelfile", "verify", str(folder),
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env,
     )
     try:
@@ -73,7 +62,7 @@ async def verify_artifact(folder: Path) -> dict[str, Any]:
     except TimeoutError:
         proc.kill()
         await proc.wait()
-        raise registry.RegistryError(
+        raise Invalid(
             f"verifying {folder} took over {VERIFY_TIMEOUT_S:.0f}s; refused"
         ) from None
     lines = out.decode(errors="replace").strip().splitlines()
@@ -81,9 +70,9 @@ async def verify_artifact(folder: Path) -> dict[str, Any]:
         result = json.loads(lines[-1])
     except (IndexError, ValueError):
         tail = (err.decode(errors="replace").strip().splitlines() or ["no output"])[-1]
-        raise registry.RegistryError(f"could not verify the model in {folder}: {tail}") from None
+        raise Invalid(f"could not verify the model in {folder}: {tail}") from None
     if not result.get("ok"):
-        raise registry.RegistryError(f"model artifact {folder} refused: {result.get('message')}")
+        raise Invalid(f"model artifact {folder} refused: {result.get('message')}")
     return result["signature"]
 
 
@@ -93,7 +82,7 @@ def exported_signature(folder: Path) -> dict[str, Any]:
     try:
         return json.loads((folder / "signature.json").read_text())
     except (OSError, ValueError) as exc:
-        raise registry.RegistryError(f"{folder} has no readable signature.json: {exc}") from None
+        raise Invalid(f"{folder} has no readable signature.json: {exc}") from None
 
 
 def build_profile(folder: Path) -> dict[str, Any] | None:
@@ -103,7 +92,7 @@ def build_profile(folder: Path) -> dict[str, Any] | None:
         return None
     import pyarrow.parquet as pq
 
-    from core.drift import ReferenceProfile
+    from mldeck.core.drift import ReferenceProfile
 
     try:
         table = pq.read_table(parquet)
@@ -111,7 +100,7 @@ def build_profile(folder: Path) -> dict[str, Any] | None:
         profile = ReferenceProfile.build(frame)
         profile.save(folder)
     except (OSError, ValueError) as exc:
-        raise registry.RegistryError(f"{REFERENCE_FILE} next to the model cannot be used: {exc}") from None
+        raise Invalid(f"{REFERENCE_FILE} next to the model cannot be used: {exc}") from None
     summary = profile.to_dict()
     return {"n_rows": summary["n_rows"], "sample_rows": summary["sample_rows"],
             "columns": list(summary["columns"])}
@@ -129,10 +118,7 @@ def register(agent: Agent) -> None:
         agent.hub.publish(TOPIC, {k: result.get(k) for k in EVENT_FIELDS})
 
     async def call(fn: Any, *args: Any, write: bool = False) -> Any:
-        try:
-            return await (agent.db if write else agent.read)(fn, store, *args)
-        except registry.RegistryError as exc:
-            raise as_rpc_error(exc) from None
+        return await (agent.db if write else agent.read)(fn, store, *args)
 
     async def do_register(
         run_id: str, name: str, artifact: str | None, actor: str, verified_by_job: bool = False
@@ -140,24 +126,24 @@ def register(agent: Agent) -> None:
         try:
             registry.check_model_name(name)
             run_dir = agent.layout.run_dir(run_id)
-        except (registry.RegistryError, ValueError) as exc:
-            raise registry.RegistryError(str(exc)) from None
+        except ValueError as exc:
+            raise Invalid(str(exc)) from None
         run = await agent.read(store.get_run, run_id)
         if run is None:
-            raise registry.NotFound(f"no run {run_id!r} on this host (`mldeck runs ls` lists them)")
+            raise NotFound(f"no run {run_id!r} on this host (`mldeck runs ls` lists them)")
         if run.get("status") in REFUSED_STATUSES:
             why = f": {run['status_reason']}" if run.get("status_reason") else ""
-            raise registry.Conflict(
+            raise Conflict(
                 f"run {run_id} is {run['status']}{why}; only a trained model can be registered"
             )
         existing = await agent.read(registry.version_of_run, store, name, run_id)
         if existing is not None:
-            raise registry.Conflict(f"run {run_id} is already version {existing} of {name!r}")
+            raise Conflict(f"run {run_id} is already version {existing} of {name!r}")
         source = Path(artifact) if artifact else run_dir / "artifacts" / "model"
         if not source.is_absolute():
             source = run_dir / source
         if not source.is_dir():
-            raise registry.NotFound(
+            raise NotFound(
                 f"no model folder at {source}; export one with run.register_model(...) in the "
                 "training script, or pass --artifact FOLDER"
             )
@@ -168,7 +154,7 @@ def register(agent: Agent) -> None:
             try:
                 await asyncio.to_thread(shutil.copytree, source, staged)
             except OSError as exc:
-                raise registry.RegistryError(f"could not copy {source} into the registry: {exc}") from None
+                raise Invalid(f"could not copy {source} into the registry: {exc}") from None
             profile = await asyncio.to_thread(build_profile, staged)
             details = {"source": str(source), "reference": profile}
             row = await agent.db(
@@ -185,10 +171,7 @@ def register(agent: Agent) -> None:
         return row
 
     async def models_register(p: RegisterParams, conn: Connection) -> dict[str, Any]:
-        try:
-            return await do_register(p.run_id, p.name, p.artifact, p.actor or agent_user)
-        except registry.RegistryError as exc:
-            raise as_rpc_error(exc) from None
+        return await do_register(p.run_id, p.name, p.artifact, p.actor or agent_user)
 
     async def models_list(p: ModelsListParams, conn: Connection) -> list[dict[str, Any]]:
         rows = await call(registry.list_models)
@@ -224,7 +207,7 @@ def register(agent: Agent) -> None:
 
     async def models_audit(p: AuditParams, conn: Connection) -> list[dict[str, Any]]:
         if not 1 <= p.limit <= 100_000:
-            raise protocol.invalid("limit must be between 1 and 100000")
+            raise Invalid("limit must be between 1 and 100000")
         return await call(registry.audit_rows, p.name, p.limit)
 
     async def models_lineage(p: LineageParams, conn: Connection) -> dict[str, Any]:
@@ -238,7 +221,7 @@ def register(agent: Agent) -> None:
             )
             log.info("registered %s v%d from run %s", name, row["version"], run_id)
         except Exception as exc:  # a background task: every failure is logged and published, never lost
-            if not isinstance(exc, registry.RegistryError):
+            if not isinstance(exc, MldeckError):
                 log.exception("registering %r from run %s failed", name, run_id)
             log.warning("run %s asked to register %r: %s", run_id, name, exc)
             agent.hub.publish(TOPIC, {"name": name, "alias": None, "version": None, "from_version": None,

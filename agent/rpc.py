@@ -4,34 +4,60 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import itertools
 import logging
 import os
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import msgspec
 
-from core import protocol
-from core.protocol import RpcError
+from mldeck.core import protocol
+from mldeck.core.errors import BadRequest, Internal, MethodNotAvailable, MldeckError, ParseError, TooLarge
 
 log = logging.getLogger("mldeck.rpc")
 
-Handler = Callable[[Any, "Connection"], Awaitable[Any]]
 CONNECTION_QUEUE = 1000
 
 
+class Method(NamedTuple):
+    params: type[msgspec.Struct]
+    handler: Callable[..., Awaitable[Any]]
+    takes_conn: bool
+
+
+def _method(handler: Callable[..., Awaitable[Any]]) -> Method:
+    """A bound `@rpc` method's params type (its first argument's annotation) and whether it takes conn."""
+    args = list(inspect.signature(handler).parameters.values())
+    kind = args[0].annotation
+    if isinstance(kind, str):  # postponed annotations: resolve the name where the method was written
+        kind = eval(kind, handler.__globals__)  # noqa: S307 (our own source's annotation, as get_type_hints does)
+    return Method(kind, handler, len(args) > 1)
+
+
 class Dispatcher:
-    """Method name → (params type, handler); each agent part registers its own methods."""
+    """Method name → its params type and handler, bound from the services' `@rpc` methods."""
 
     def __init__(self) -> None:
-        self.methods: dict[str, tuple[type[msgspec.Struct], Handler]] = {}
+        self.methods: dict[str, Method] = {}
 
-    def add(self, name: str, params: type[msgspec.Struct], handler: Handler) -> None:
+    def add(self, name: str, params: type[msgspec.Struct], handler: Callable[..., Awaitable[Any]]) -> None:
+        """Transitional: a legacy feature's handler(params, conn); removed once all are services."""
         if name in self.methods:
-            raise ValueError(f"method {name} registered twice")
-        self.methods[name] = (params, handler)
+            raise ValueError(f"method {name} bound twice")
+        self.methods[name] = Method(params, handler, True)
+
+    def bind(self, service: object) -> None:
+        """Add every method of `service` marked with `@rpc`."""
+        for attr in dir(type(service)):
+            name = getattr(getattr(type(service), attr), "__rpc_method__", None)
+            if name is None:
+                continue
+            if name in self.methods:
+                raise ValueError(f"method {name} bound twice")
+            self.methods[name] = _method(getattr(service, attr))
 
     async def handle(self, msg: Any, conn: Connection) -> dict[str, Any] | None:
         """Answer one decoded message; every failure becomes a JSON-RPC error."""
@@ -40,25 +66,22 @@ class Dispatcher:
             if not isinstance(msg, dict) or msg.get("jsonrpc") != "2.0" or not isinstance(
                 msg.get("method"), str
             ):
-                raise RpcError(
-                    protocol.INVALID_REQUEST,
+                raise BadRequest(
                     'a request is an object with "jsonrpc": "2.0", a "method" string, '
-                    'optional "params" and an "id"',
+                    'optional "params" and an "id"'
                 )
             entry = self.methods.get(msg["method"])
             if entry is None:
-                raise RpcError(
-                    protocol.METHOD_NOT_FOUND,
-                    f"unknown method {msg['method']!r}; known: {', '.join(sorted(self.methods))}",
+                raise MethodNotAvailable(
+                    f"unknown method {msg['method']!r}; known: {', '.join(sorted(self.methods))}"
                 )
-            kind, handler = entry
-            params = protocol.validate(msg.get("params"), kind)
-            result = await handler(params, conn)
-        except RpcError as err:
-            return protocol.error_response(msg_id, err) if "id" in msg else None
+            params = protocol.validate(msg.get("params"), entry.params)
+            result = await (entry.handler(params, conn) if entry.takes_conn else entry.handler(params))
+        except MldeckError as err:  # the one place where errors become wire errors
+            return protocol.error_response(msg_id, err) if isinstance(msg, dict) and "id" in msg else None
         except Exception as exc:
             log.exception("method %s failed", msg.get("method"))
-            err = RpcError(protocol.INTERNAL_ERROR, f"internal error: {type(exc).__name__}: {exc}")
+            err = Internal(f"internal error: {type(exc).__name__}: {exc}")
             return protocol.error_response(msg_id, err)
         if not isinstance(msg, dict) or "id" not in msg:
             return None
@@ -72,6 +95,11 @@ class Hub:
         self._ids = itertools.count(1)
         self._subs: dict[int, tuple[str, dict[str, str], Connection]] = {}
         self._listeners: dict[str, list[Callable[[Any], None]]] = {}
+        self.topics: set[str] = set()
+
+    def declare(self, *topics: str) -> None:
+        """Topics a service publishes on, which clients may subscribe to."""
+        self.topics.update(topics)
 
     def on(self, topic: str, callback: Callable[[Any], None]) -> None:
         """An in-process listener (another part of the agent), called on every publish."""
@@ -186,9 +214,7 @@ class RpcServer:
                 try:
                     msg = protocol.decode(line)
                 except (msgspec.DecodeError, UnicodeDecodeError) as exc:
-                    conn.send(protocol.error_response(
-                        None, RpcError(protocol.PARSE_ERROR, f"not valid JSON: {exc}")
-                    ))
+                    conn.send(protocol.error_response(None, ParseError(f"not valid JSON: {exc}")))
                     continue
                 reply = await self.dispatcher.handle(msg, conn)
                 if reply is not None:
@@ -219,9 +245,8 @@ class RpcServer:
             return exc.partial or None
         except asyncio.LimitOverrunError:
             await RpcServer._skip_line(reader)
-            conn.send(protocol.error_response(None, RpcError(
-                protocol.TOO_LARGE,
-                f"message larger than {protocol.MAX_MESSAGE} bytes refused; send smaller requests",
+            conn.send(protocol.error_response(None, TooLarge(
+                f"message larger than {protocol.MAX_MESSAGE} bytes refused; send smaller requests"
             )))
             return b""
         return line

@@ -1,6 +1,6 @@
 """The agent's side of serving: supervise the model server, tell it what to serve, ingest its logs.
 
-The server (`python -m agent.serving`, which imports torch) is a child process,
+The server (`python -m mldeck.agent.serving`, which imports torch) is a child process,
 restarted with backoff if it dies while wanted. What it serves comes from
 `serving/manifest.json`, written here atomically from the aliases table and the
 traffic split whenever the registry publishes on `models` (and on a slow poll of
@@ -24,19 +24,19 @@ import msgspec
 import psutil
 import pyarrow as pa
 
-from agent.ingest import Source, rows_parser
-from core import cost as costs
-from core import protocol
-from core import serving as sv
-from core.atomic import write_atomic
-from core.monitor import tensor_columns
-from core.protocol import NoParams
-from core.registry import get_version
-from core.signature import column_names
+from mldeck.agent.ingest import Source, rows_parser
+from mldeck.core import cost as costs
+from mldeck.core import serving as sv
+from mldeck.core.atomic import write_atomic
+from mldeck.core.errors import Invalid, NotFound, Unavailable
+from mldeck.core.monitor import tensor_columns
+from mldeck.core.protocol import NoParams
+from mldeck.core.registry import get_version
+from mldeck.core.signature import column_names
 
 if TYPE_CHECKING:
-    from agent.daemon import Agent
-    from agent.rpc import Connection
+    from mldeck.agent.daemon import Agent
+    from mldeck.agent.rpc import Connection
 
 log = logging.getLogger("mldeck.servingctl")
 
@@ -143,7 +143,7 @@ class ServingControl:
     def command(self) -> list[str]:
         c = self.config
         return [
-            sys.executable, "-m", "agent.serving", "--home", str(self.agent.layout.home),
+            sys.executable, "-m", "mldeck.agent.serving", "--home", str(self.agent.layout.home),
             "--host", c.host, "--port", str(c.port), "--max-batch-size", str(c.max_batch_size),
             "--max-queue-delay-ms", str(c.max_queue_delay_ms), "--max-body-bytes", str(c.max_body_bytes),
             "--device", c.device, "--log-queue", str(c.log_queue), "--segment-bytes", str(c.segment_bytes),
@@ -157,7 +157,7 @@ class ServingControl:
             cmdline = proc.cmdline()
         except (OSError, ValueError, psutil.Error):
             return
-        if "agent.serving" in cmdline and str(self.agent.layout.home) in cmdline:
+        if "mldeck.agent.serving" in cmdline and str(self.agent.layout.home) in cmdline:
             log.warning("ending model server pid %d left by an earlier agent", pid)
             with contextlib.suppress(psutil.Error):
                 proc.terminate()
@@ -203,12 +203,12 @@ class ServingControl:
         while time.monotonic() < deadline:
             if not self.running:
                 why = self.last_exit["message"] if self.last_exit else "it exited"
-                raise protocol.RpcError(protocol.APP_ERROR, f"the model server did not start: {why}")
+                raise Unavailable(f"the model server did not start: {why}")
             if await self._get("/v2/health/ready") is not None:
                 return
             await asyncio.sleep(0.2)
-        raise protocol.RpcError(
-            protocol.APP_ERROR, f"the model server did not answer within {START_TIMEOUT_S:.0f}s; "
+        raise Unavailable(
+            f"the model server did not answer within {START_TIMEOUT_S:.0f}s; "
             f"see {self.dir / LOG_FILE}")
 
     async def supervise(self, proc: asyncio.subprocess.Process) -> None:
@@ -356,16 +356,16 @@ def register(agent: Agent) -> None:
 
     async def stats(p: sv.StatsParams, conn: Connection) -> dict[str, Any]:
         if not 1 <= p.window_s <= 60:
-            raise protocol.invalid("window_s must be between 1 and 60 seconds")
+            raise Invalid("window_s must be between 1 and 60 seconds")
         return await ctl.stats(p.window_s)
 
     async def traffic(p: sv.TrafficParams, conn: Connection) -> dict[str, Any]:
         if p.canary is not None and not 0 <= p.canary <= 100:
-            raise protocol.invalid(f"canary is a share of requests in percent, 0 to 100; got {p.canary}")
+            raise Invalid(f"canary is a share of requests in percent, 0 to 100; got {p.canary}")
         if p.shadow is None and p.canary is None:
-            raise protocol.invalid("say what to change: shadow (true/false) and/or canary (percent)")
+            raise Invalid("say what to change: shadow (true/false) and/or canary (percent)")
         if not await agent.read(sv.model_known, agent.store, p.name):
-            raise protocol.not_found(f"no model {p.name!r} on this host (`mldeck models ls` lists them)")
+            raise NotFound(f"no model {p.name!r} on this host (`mldeck models ls` lists them)")
         split = await agent.db(sv.set_traffic, agent.store, p.name, p.shadow, p.canary)
         manifest = await ctl.write_manifest()
         served = manifest.models.get(p.name)
@@ -380,9 +380,9 @@ def register(agent: Agent) -> None:
 
     async def labelled(p: sv.LabelledParams, conn: Connection) -> dict[str, Any]:
         if not 1 <= p.limit <= sv.LABELLED_MAX:
-            raise protocol.invalid(f"limit is a number of requests, 1 to {sv.LABELLED_MAX}; got {p.limit}")
+            raise Invalid(f"limit is a number of requests, 1 to {sv.LABELLED_MAX}; got {p.limit}")
         if not await agent.read(sv.model_known, agent.store, p.name):
-            raise protocol.not_found(f"no model {p.name!r} on this host (`mldeck models ls` lists them)")
+            raise NotFound(f"no model {p.name!r} on this host (`mldeck models ls` lists them)")
         rows = await agent.read(sv.labelled_requests, agent.store, p.name, p.since, p.limit)
         newest = await agent.read(get_version, agent.store, p.name, max((r[1] for r in rows), default=None))
         layout = tensor_columns((newest.get("signature") or {}).get("inputs") or [],

@@ -16,17 +16,17 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from core import jobs as q
-from core import protocol
-from core import sweep as sw
-from core.jobs import LaunchParams, SweepCreateParams, SweepListParams, SweepRef
-from core.paths import new_run_id
-from core.runlog import TERMINAL
+from mldeck.core import jobs as q
+from mldeck.core import sweep as sw
+from mldeck.core.errors import Invalid, NotFound
+from mldeck.core.jobs import LaunchParams, SweepCreateParams, SweepListParams, SweepRef
+from mldeck.core.paths import new_run_id
+from mldeck.core.runlog import TERMINAL
 
 if TYPE_CHECKING:
-    from agent.daemon import Agent
-    from agent.jobs import Jobs
-    from agent.rpc import Connection
+    from mldeck.agent.daemon import Agent
+    from mldeck.agent.jobs import Jobs
+    from mldeck.agent.rpc import Connection
 
 log = logging.getLogger("mldeck.sweeps")
 
@@ -181,7 +181,7 @@ class Sweeps:
     async def show(self, sweep_id: str) -> dict[str, Any]:
         sweep = await self.agent.read(q.get_sweep, self.agent.store, sweep_id)
         if sweep is None:
-            raise protocol.not_found(f"no sweep {sweep_id!r} on this host (`mldeck sweep ls` lists them)")
+            raise NotFound(f"no sweep {sweep_id!r} on this host (`mldeck sweep ls` lists them)")
         trials = await self.agent.read(
             q.sweep_trials, self.agent.store, sweep_id, sweep["metric"], sweep["mode"]
         )
@@ -209,14 +209,14 @@ def register(agent: Agent) -> None:
         try:
             return await sweeps.create(p)
         except ValueError as exc:
-            raise protocol.invalid(str(exc)) from None
+            raise Invalid(str(exc)) from None
 
     async def show(p: SweepRef, conn: Connection) -> dict[str, Any]:
         return await sweeps.show(p.sweep_id)
 
     async def ls(p: SweepListParams, conn: Connection) -> list[dict[str, Any]]:
         if p.limit < 1:
-            raise protocol.invalid("limit must be at least 1")
+            raise Invalid("limit must be at least 1")
         return await agent.read(q.list_sweeps, agent.store, p.limit)
 
     async def stop(p: SweepRef, conn: Connection) -> dict[str, Any]:

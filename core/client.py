@@ -9,8 +9,8 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any, Protocol
 
-from core import protocol
-from core.protocol import RpcError
+from mldeck.core import protocol
+from mldeck.core.errors import MldeckError, Unavailable, from_wire
 
 SUBSCRIPTION_QUEUE = 10_000
 
@@ -25,9 +25,9 @@ class Writer(Protocol):
     def close(self) -> None: ...
 
 
-class ConnectionLost(RpcError):
+class ConnectionLost(Unavailable):
     def __init__(self, why: str) -> None:
-        super().__init__(protocol.APP_ERROR, f"connection to the agent lost: {why}")
+        super().__init__(f"connection to the agent lost: {why}")
 
 
 class Subscription:
@@ -51,7 +51,7 @@ class Subscription:
 
     async def close(self) -> None:
         self.client._subs.pop(self.id, None)
-        with contextlib.suppress(RpcError):
+        with contextlib.suppress(MldeckError):
             await self.client.call("unsubscribe", subscription=self.id)
 
 
@@ -69,7 +69,7 @@ class Client:
         self._pump = asyncio.get_running_loop().create_task(self._read_loop())
 
     async def call(self, method: str, **params: Any) -> Any:
-        """Send one request and wait for its result, raising RpcError on an error reply."""
+        """Send one request and wait for its result; an error reply raises the MldeckError the agent raised."""
         if self._closed:
             raise self._closed
         msg_id = next(self._ids)
@@ -118,7 +118,7 @@ class Client:
             return
         if "error" in msg:
             err = msg["error"]
-            fut.set_exception(RpcError(err.get("code", 0), err.get("message", ""), err.get("data")))
+            fut.set_exception(from_wire(err.get("code"), err.get("message"), err.get("data")))
         else:
             fut.set_result(msg.get("result"))
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import msgspec
 
-from core.registry import check_alias, parse_direction, parse_rule
+from mldeck.core.registry import check_alias, parse_direction, parse_rule
 
 
 class Section(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -95,7 +95,7 @@ class ColumnOverride(Section):
 
     def __post_init__(self) -> None:
         if self.method is not None:
-            from core.drift import DEFAULT_THRESHOLDS
+            from mldeck.core.drift import DEFAULT_THRESHOLDS
 
             if self.method not in DEFAULT_THRESHOLDS:
                 raise ValueError(f"drift method {self.method!r} is not one of {sorted(DEFAULT_THRESHOLDS)}")
@@ -133,7 +133,7 @@ class MonitorSection(Section):
     models: dict[str, ModelPolicy] = msgspec.field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        from core.monitor import parse_window
+        from mldeck.core.monitor import parse_window
 
         parse_window(self.window)
         if self.interval_s <= 0 or self.grace_s < 0 or self.min_rows < 1:

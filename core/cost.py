@@ -11,8 +11,8 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from core.config import CostSection
-from core.store import Store, rows_as_dicts
+from mldeck.core.config import CostSection
+from mldeck.core.store import Store, rows_as_dicts
 
 # (name fragments that must all appear in the NVML name, on-demand, spot), most specific first.
 GPU_PRICES: list[tuple[tuple[str, ...], float, float]] = [

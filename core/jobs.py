@@ -11,8 +11,8 @@ from typing import Any
 
 import msgspec
 
-from core.protocol import Params
-from core.store import Store, rows_as_dicts
+from mldeck.core.protocol import Params
+from mldeck.core.store import Store, rows_as_dicts
 
 STATUSES = ("queued", "running", "succeeded", "failed", "stopped", "preempted")
 PREEMPTED_EXIT = 143

@@ -5,7 +5,7 @@ fallback), `signature.json` and `sample.npz` (inputs and the outputs the live
 model gave for them), so a model can be served and re-verified without the code
 that trained it. The signature and the request checks live in core.signature, which
 never loads torch; here torch is imported only inside the functions that need it.
-`python -m core.modelfile verify FOLDER` re-checks a folder in its own process
+`python -m mldeck.core.modelfile verify FOLDER` re-checks a folder in its own process
 and prints one JSON line {ok, message, signature}.
 """
 
@@ -26,9 +26,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from core.atomic import write_atomic
-from core.paths import check_name
-from core.signature import (
+from mldeck.core.atomic import write_atomic
+from mldeck.core.paths import check_name
+from mldeck.core.signature import (
     SAMPLE_FILE,
     SIGNATURE_FILE,
     InvalidInput,
@@ -297,8 +297,8 @@ def verify_folder(folder: Path, sample: Path | None = None) -> Signature:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """`python -m core.modelfile verify FOLDER`: one JSON line, exit 0 when the folder verifies."""
-    parser = argparse.ArgumentParser(prog="python -m core.modelfile")
+    """`python -m mldeck.core.modelfile verify FOLDER`: one JSON line, exit 0 when the folder verifies."""
+    parser = argparse.ArgumentParser(prog="python -m mldeck.core.modelfile")
     sub = parser.add_subparsers(dest="command", required=True)
     verify = sub.add_parser("verify", help="re-run a model folder's stored sample")
     verify.add_argument("folder", type=Path)

@@ -21,10 +21,11 @@ import msgspec
 import numpy as np
 import pyarrow as pa
 
-from core import registry
-from core.protocol import Params
-from core.serving import LATEST_LABELS
-from core.store import Store, decode_json_fields, rows_as_dicts
+from mldeck.core import registry
+from mldeck.core.errors import Conflict, NotFound
+from mldeck.core.protocol import Params
+from mldeck.core.serving import LATEST_LABELS
+from mldeck.core.store import Store, decode_json_fields, rows_as_dicts
 
 ACTOR = "mldeck-monitor"
 PRODUCTION = "production"
@@ -442,10 +443,10 @@ def resolve_alert(store: Store, alert_id: str, actor: str, reason: str | None) -
     with store.transaction() as cur:
         rows = rows_as_dicts(cur.execute("SELECT * FROM alerts WHERE alert_id = ?", [alert_id]))
         if not rows:
-            raise registry.NotFound(f"no alert {alert_id!r} (`mldeck alerts --all` lists them)")
+            raise NotFound(f"no alert {alert_id!r} (`mldeck alerts --all` lists them)")
         alert = rows[0]
         if alert["status"] != "open":
-            raise registry.Conflict(f"alert {alert_id} is already {alert['status']}")
+            raise Conflict(f"alert {alert_id} is already {alert['status']}")
         now = time.time()
         cur.execute(
             "UPDATE alerts SET status = 'resolved', resolved_at = ? WHERE alert_id = ?", [now, alert_id]

@@ -5,7 +5,7 @@
     cwd = "."                             # optional; relative to the file's folder
 
     [steps.train]                         # steps: data, preprocess, train, evaluate (train required)
-    command = ["python", "-m", "agent.demo.train", "--epochs", "5"]
+    command = ["python", "-m", "mldeck.agent.demo.train", "--epochs", "5"]
     gpus = 0                              # optional; also env = {...}
 
     [register]
@@ -31,9 +31,10 @@ from typing import Any
 
 import msgspec
 
-from core import registry
-from core.protocol import Params
-from core.store import Store, decode_json_fields, rows_as_dicts
+from mldeck.core import registry
+from mldeck.core.errors import Invalid
+from mldeck.core.protocol import Params
+from mldeck.core.store import Store, decode_json_fields, rows_as_dicts
 
 STEP_ORDER = ("data", "preprocess", "train", "evaluate")
 PROMOTABLE = ("staging", "challenger")
@@ -136,7 +137,7 @@ def parse_gate(text: str) -> list[registry.MetricRule]:
 
 def check_gate(text: str, metrics: dict[str, float], name: str) -> list[str]:
     """Each failed clause of the gate as a sentence with its numbers (empty: the gate holds)."""
-    from core.config import GateSection
+    from mldeck.core.config import GateSection
 
     gate = GateSection(metrics=[str(r) for r in parse_gate(text)])
     return registry.evaluate_gate(gate, "registration", {"name": name, "version": 0, "metrics": metrics},
@@ -177,7 +178,7 @@ def parse_pipeline(text: str, source: str = "pipeline") -> tuple[PipelineSpec, d
             raise PipelineError(f"{source}: [register] needs `model = \"NAME\"` at the top of the file")
         try:
             registry.check_model_name(spec.model)
-        except registry.RegistryError as exc:
+        except Invalid as exc:
             raise PipelineError(f"{_where(source, text, '', '$.model')}: {exc}") from None
         if reg.step not in steps:
             raise PipelineError(f"{_where(source, text, 'register', '$.step')}: step {reg.step!r} is not "

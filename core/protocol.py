@@ -2,41 +2,21 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
 
+from mldeck.core.errors import Invalid, MldeckError, wire_code
+
 PROTOCOL_VERSION = 1
 MAX_MESSAGE = 8 * 1024 * 1024
+MAX_POINTS = 100_000
+MAX_TABLE_PAGE = 25_000  # ~4 MiB of JSON with a dozen columns: well under the message limit
+MAX_TABLE_METRICS = 32
+MAX_OFFSET = 2**53  # any real offset is far below; larger numbers are mistakes, not pages
 
-PARSE_ERROR = -32700
-INVALID_REQUEST = -32600
-METHOD_NOT_FOUND = -32601
-INVALID_PARAMS = -32602
-INTERNAL_ERROR = -32603
-APP_ERROR = -32000
-NOT_FOUND = -32004
-CONFLICT = -32009
-TOO_LARGE = -32010
-
-
-class RpcError(Exception):
-    """An error a caller can act on; its message is shown to a person as it is."""
-
-    def __init__(self, code: int, message: str, data: Any = None) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
-        self.data = data
-
-
-def not_found(what: str) -> RpcError:
-    return RpcError(NOT_FOUND, what)
-
-
-def invalid(message: str) -> RpcError:
-    return RpcError(INVALID_PARAMS, message)
-
+Points = Annotated[int, msgspec.Meta(ge=2, le=MAX_POINTS)]
+Seconds = Annotated[float, msgspec.Meta(gt=0)]
 
 _encoder = msgspec.json.Encoder()
 
@@ -63,8 +43,8 @@ def response(msg_id: Any, result: Any) -> dict[str, Any]:
     return {"jsonrpc": "2.0", "id": msg_id, "result": result}
 
 
-def error_response(msg_id: Any, err: RpcError) -> dict[str, Any]:
-    body: dict[str, Any] = {"code": err.code, "message": err.message}
+def error_response(msg_id: Any, err: MldeckError) -> dict[str, Any]:
+    body: dict[str, Any] = {"code": wire_code(err), "message": err.message}
     if err.data is not None:
         body["data"] = err.data
     return {"jsonrpc": "2.0", "id": msg_id, "error": body}
@@ -79,11 +59,11 @@ def validate(params: Any, kind: type[msgspec.Struct]) -> Any:
     if params is None:
         params = {}
     if isinstance(params, list):
-        raise invalid("params must be an object with named fields, not a list")
+        raise Invalid("params must be an object with named fields, not a list")
     try:
         return msgspec.convert(params, kind)
     except msgspec.ValidationError as exc:
-        raise invalid(f"invalid params: {exc}") from None
+        raise Invalid(f"invalid params: {exc}") from None
 
 
 class Params(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -100,26 +80,26 @@ class HelloParams(Params):
 
 
 class HostMetricsParams(Params):
-    window_s: float | None = None
-    max_points: int = 1000
+    window_s: Seconds | None = None
+    max_points: Points = 1000
 
 
 class RunsListParams(Params):
     status: str | None = None
     experiment: str | None = None
     sweep_id: str | None = None
-    limit: int = 1000
+    limit: Annotated[int, msgspec.Meta(ge=1, le=1_000_000)] = 1000
 
 
 class RunsTableParams(Params):
     """runs.table: a page of runs as columns (the TUI's Runs screen at 100,000 runs)."""
 
-    offset: int = 0
-    limit: int = 20_000
+    offset: Annotated[int, msgspec.Meta(ge=0, le=MAX_OFFSET)] = 0
+    limit: Annotated[int, msgspec.Meta(ge=1, le=MAX_TABLE_PAGE)] = 20_000
     status: str | None = None
     experiment: str | None = None
     columns: list[str] | None = None
-    metrics: list[str] | None = None
+    metrics: Annotated[list[str], msgspec.Meta(max_length=MAX_TABLE_METRICS)] | None = None
 
 
 class RunRef(Params):
@@ -129,12 +109,12 @@ class RunRef(Params):
 class RunsMetricsParams(Params):
     run_id: str
     keys: list[str] | None = None
-    max_points: int = 1000
+    max_points: Points = 1000
 
 
 class QueryParams(Params):
     sql: str
-    limit: int = 10000
+    limit: Annotated[int, msgspec.Meta(ge=1, le=1_000_000)] = 10000
 
 
 class SubscribeParams(Params):

@@ -21,12 +21,13 @@ from typing import TYPE_CHECKING, Any
 
 import duckdb
 
-from core.paths import BadName, check_name
-from core.protocol import Params
-from core.store import Store, decode_json_fields, rows_as_dicts
+from mldeck.core.errors import Conflict, GateRefused, Invalid, NotFound
+from mldeck.core.paths import BadName, check_name
+from mldeck.core.protocol import Params
+from mldeck.core.store import Store, decode_json_fields, rows_as_dicts
 
 if TYPE_CHECKING:
-    from core.config import GateSection, RegistrySection
+    from mldeck.core.config import GateSection, RegistrySection
 
 ALIAS_PATTERN = re.compile(r"^[a-z0-9_-]{1,64}$")
 CONVENTIONAL_ALIASES = ("production", "staging", "challenger")
@@ -41,30 +42,6 @@ _NEGATED = {">=": "<", ">": "<=", "<=": ">", "<": ">=", "==": "!=", "!=": "=="}
 
 
 # errors ---------------------------------------------------------------------
-
-
-class RegistryError(ValueError):
-    """A registry request that cannot be done; the message says why and what to do."""
-
-    kind = "invalid"
-
-
-class NotFound(RegistryError):
-    kind = "not_found"
-
-
-class Conflict(RegistryError):
-    kind = "conflict"
-
-
-class GateRefused(RegistryError):
-    """A promotion stopped by its gates; `failed` names each gate with its numbers."""
-
-    kind = "refused"
-
-    def __init__(self, message: str, failed: list[str]) -> None:
-        super().__init__(message)
-        self.failed = failed
 
 
 # params of the models.* methods ------------------------------------------------
@@ -133,12 +110,12 @@ def check_model_name(name: str) -> str:
     try:
         return check_name(name, "model name")
     except BadName as exc:
-        raise RegistryError(str(exc)) from None
+        raise Invalid(str(exc)) from None
 
 
 def check_alias(alias: str) -> str:
     if not isinstance(alias, str) or not ALIAS_PATTERN.match(alias):
-        raise RegistryError(
+        raise Invalid(
             f"alias {alias!r} is not allowed: use 1-64 characters from a-z, 0-9, '_' and '-' "
             f"(e.g. {', '.join(CONVENTIONAL_ALIASES)})"
         )
@@ -147,7 +124,7 @@ def check_alias(alias: str) -> str:
 
 def check_version(version: int) -> int:
     if not isinstance(version, int) or version < 1:
-        raise RegistryError(f"version must be a whole number from 1 up, got {version!r}")
+        raise Invalid(f"version must be a whole number from 1 up, got {version!r}")
     return version
 
 
@@ -315,7 +292,7 @@ def get_version(
     check_model_name(name)
     cur = store.cur()
     if version is not None and alias is not None:
-        raise RegistryError("give a version or an alias, not both")
+        raise Invalid("give a version or an alias, not both")
     if alias is not None:
         check_alias(alias)
         version = alias_version(cur, name, alias)
@@ -550,7 +527,7 @@ def promote(
     check_alias(alias)
     check_version(version)
     if force and not (reason and reason.strip()):
-        raise RegistryError("--force needs a --reason that says why the gates are overridden")
+        raise Invalid("--force needs a --reason that says why the gates are overridden")
     with store.transaction() as cur:
         _, holder, _, failed = _judge(cur, name, version, alias, gate)
         if holder == version:

@@ -15,10 +15,10 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from core.protocol import Params
+from mldeck.core.protocol import Params
 
 if TYPE_CHECKING:  # the server process reads the manifest without loading the store's DuckDB
-    from core.store import Store
+    from mldeck.core.store import Store
 
 MANIFEST_FILE = "manifest.json"
 ALERTS_FILE = "alerts.jsonl"
@@ -224,7 +224,7 @@ def labelled_columns(
     """
     import numpy as np
 
-    from core.monitor import decode_tensors
+    from mldeck.core.monitor import decode_tensors
 
     columns = [c for cols in layout.values() for c in cols]
     out: dict[str, list[Any]] = {c: [] for c in ["ts", "version", "request_id", *columns, "label"]}

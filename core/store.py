@@ -14,7 +14,8 @@ from typing import Any
 import duckdb
 import pyarrow as pa
 
-from core.schema import migrate
+from mldeck.core.errors import Invalid, Refused
+from mldeck.core.schema import migrate
 
 RUN_FIELDS = (
     "run_id", "experiment", "name", "status", "params", "tags", "command", "git_sha",
@@ -26,10 +27,6 @@ RUNS_TABLE_COLUMNS = (
 )
 _JSON_FIELDS = {"params", "tags", "command", "gpus"}
 READ_ONLY_STATEMENTS = {"SELECT", "EXPLAIN", "PRAGMA"}
-
-
-class QueryRefused(ValueError):
-    """SQL that is not a single read-only statement."""
 
 
 def _ident(name: str) -> str:
@@ -155,7 +152,7 @@ class Store:
         cols = columns or [c for c in RUNS_TABLE_COLUMNS if c in known]
         unknown = [c for c in cols if c not in known]
         if unknown:
-            raise ValueError(f"unknown run column(s) {', '.join(unknown)}; columns: {', '.join(known)}")
+            raise Invalid(f"unknown run column(s) {', '.join(unknown)}; columns: {', '.join(known)}")
         if "run_id" not in cols:
             cols = ["run_id", *cols]
         where, args = [], []
@@ -302,12 +299,12 @@ class Store:
         try:
             statements = cur.extract_statements(sql)
         except duckdb.Error as exc:
-            raise QueryRefused(str(exc).splitlines()[0]) from None
+            raise Invalid(str(exc).splitlines()[0]) from None
         if len(statements) != 1:
-            raise QueryRefused(f"send exactly one statement (got {len(statements)})")
+            raise Invalid(f"send exactly one statement (got {len(statements)})")
         kind = statements[0].type.name
         if kind not in READ_ONLY_STATEMENTS:
-            raise QueryRefused(f"only read-only queries are allowed here, not {kind}")
+            raise Refused(f"only read-only queries are allowed here, not {kind}")
         rel = cur.execute(sql)
         cols = [d[0] for d in rel.description or []]
         rows = rel.fetchmany(limit + 1)

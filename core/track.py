@@ -27,10 +27,10 @@ from typing import Any
 
 import msgspec
 
-from core.atomic import write_atomic
-from core.paths import Layout, check_name, mldeck_home, new_run_id
-from core.provenance import fingerprint, git_state
-from core.runlog import CHECKPOINT_GLOB, CHECKPOINTS, LATEST_CHECKPOINT, checkpoint_name
+from mldeck.core.atomic import write_atomic
+from mldeck.core.paths import Layout, check_name, mldeck_home, new_run_id
+from mldeck.core.provenance import fingerprint, git_state
+from mldeck.core.runlog import CHECKPOINT_GLOB, CHECKPOINTS, LATEST_CHECKPOINT, checkpoint_name
 
 FLUSH_INTERVAL_S = 0.2
 RUN_DIR_ENV = "MLDECK_RUN_DIR"
@@ -150,7 +150,7 @@ class Run:
         """Export the model into artifacts/ (checked against its live outputs) and ask the agent
         to register it as a new version of name; reference (a pyarrow Table, a mapping of
         column → array, or a Parquet path) becomes the version's drift reference."""
-        from core import modelfile
+        from mldeck.core import modelfile
 
         check_name(name, "model name")
         folder = self.dir / "artifacts" / check_name(artifact, "artifact name")

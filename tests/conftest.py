@@ -15,7 +15,7 @@ from typing import Any
 import msgspec
 import pytest
 
-from core.paths import Layout
+from mldeck.core.paths import Layout
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -40,7 +40,7 @@ class CliResult:
 
 @dataclass
 class AgentProc:
-    """A real `python -m agent run` process owning a temporary home."""
+    """A real `python -m mldeck.agent run` process owning a temporary home."""
 
     home: Path
     proc: subprocess.Popen[bytes]
@@ -56,7 +56,7 @@ class AgentProc:
     def cli(self, *args: str, check: bool = False, timeout: float = 60, **env: str) -> CliResult:
         """Run `mldeck ARGS` against this agent, as a user would."""
         done = subprocess.run(
-            [sys.executable, "-m", "tui.cli", *args], capture_output=True, text=True,
+            [sys.executable, "-m", "mldeck.tui.cli", *args], capture_output=True, text=True,
             env=agent_env(self.home, **env), timeout=timeout, cwd=REPO,
         )
         result = CliResult(done.returncode, done.stdout, done.stderr)
@@ -111,7 +111,7 @@ def start_agent(home: Path, config: str | None = None, timeout: float = 30) -> A
         (home / "agent.toml").write_text(config)
     log = open(home / "agent.log", "ab")  # noqa: SIM115 (the child keeps it)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "agent", "run", "--home", str(home)],
+        [sys.executable, "-m", "mldeck.agent", "run", "--home", str(home)],
         stdout=log, stderr=log, env=agent_env(home), cwd=REPO,
     )
     agent = AgentProc(home, proc)

@@ -33,5 +33,5 @@ def test_readme_blocks_run(tmp_path: Path) -> None:
                                   text=True, env=env, cwd=REPO, timeout=300)
             assert done.returncode == 0, f"README block {n} failed:\n{block}\n{done.stdout}\n{done.stderr}"
     finally:
-        subprocess.run([sys.executable, "-m", "tui.cli", "agent", "stop"], env=env, cwd=REPO,
+        subprocess.run([sys.executable, "-m", "mldeck.tui.cli", "agent", "stop"], env=env, cwd=REPO,
                        capture_output=True, timeout=60)

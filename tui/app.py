@@ -15,13 +15,13 @@ from textual.app import App
 from textual.binding import Binding, BindingType
 from textual.command import Hit, Hits, Provider
 
-from core.client import Client
-from tui.fleet import LOCAL, Fleet
-from tui.screens.base import DeckScreen
-from tui.screens.dialogs import CommandLine, DemoLog, HelpScreen
+from mldeck.core.client import Client
+from mldeck.tui.fleet import LOCAL, Fleet
+from mldeck.tui.screens.base import DeckScreen
+from mldeck.tui.screens.dialogs import CommandLine, DemoLog, HelpScreen
 
 RUNS_FIRST_PAGE = 1000  # the newest runs of each host, fetched after the first frame so Runs opens full
-PREWARM = ["tui.screens.runs", "tui.screens.registry", "tui.widgets.metric_chart"]
+PREWARM = ["mldeck.tui.screens.runs", "mldeck.tui.screens.registry", "mldeck.tui.widgets.metric_chart"]
 SCREENS_BY_KEY = ["fleet", "runs", "compare", "launch", "registry", "serving", "drift", "cost"]
 Say = Callable[[str], None]
 Story = Callable[[Client, Say], Awaitable[dict[str, Any]]]
@@ -30,7 +30,7 @@ COMMAND_ALIASES = {"models": "registry", "model": "registry", "hosts": "fleet", 
 
 def screen_for(name: str) -> DeckScreen:
     """Screens are imported when first shown, so a cold start loads only the Fleet."""
-    module = importlib.import_module(f"tui.screens.{name}")
+    module = importlib.import_module(f"mldeck.tui.screens.{name}")
     return getattr(module, f"{name.capitalize()}Screen")()
 
 
@@ -146,7 +146,7 @@ class MldeckApp(App[None]):
         elif word == "demo":
             self.push_screen(DemoLog(self.story_lines))
         elif word == "host" and arg:
-            from tui.screens.host import HostScreen
+            from mldeck.tui.screens.host import HostScreen
 
             if arg.strip() not in self.fleet.names:
                 hosts = ", ".join(self.fleet.names)

@@ -14,9 +14,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from core.client import Client
-from core.protocol import CONFLICT, RpcError
-from core.runlog import TERMINAL
+from mldeck.core.client import Client
+from mldeck.core.errors import Conflict, MldeckError
+from mldeck.core.runlog import TERMINAL
 
 MODEL = "demo"
 SHIFTED = ["mean_radius", "worst_texture", "mean_concavity"]
@@ -82,7 +82,7 @@ async def until(what: str, check: Callable[[], Any], timeout: float, every: floa
 async def sweep_step(client: Client, say: Say, gpus: int) -> dict[str, Any]:
     say("1/4 sweep: 4 trials of the demo MLP (lr × hidden), median early stopping on val_loss")
     sweep = await client.call(
-        "sweeps.create", module="agent.demo.train", name="demo-sweep", experiment="demo",
+        "sweeps.create", module="mldeck.agent.demo.train", name="demo-sweep", experiment="demo",
         params={"epochs": 12}, grid=["lr=0.02,0.0005", "hidden=64,8"], metric="val_loss", mode="min",
         early_stop="median", warmup_steps=3, min_trials=2, gpus=min(gpus, 1),
     )
@@ -133,7 +133,7 @@ async def serve_step(client: Client, say: Say) -> dict[str, Any]:
 async def drift_step(client: Client, say: Say, url: str, auto: bool) -> dict[str, Any]:
     say(f"4/4 monitoring: traffic for {MODEL}, then {', '.join(SHIFTED)} shift by 2 std")
     traffic = await client.call(
-        "runs.launch", module="agent.demo.traffic", name="demo-traffic", experiment="demo-traffic",
+        "runs.launch", module="mldeck.agent.demo.traffic", name="demo-traffic", experiment="demo-traffic",
         args=["--url", url, "--model", MODEL, "--rps", "80", "--duration", "60", "--shift-at", "6",
               "--shift-columns", ",".join(SHIFTED), "--shift-std", "2", "--feedback-share", "0.6"],
     )
@@ -182,9 +182,7 @@ async def drift_step(client: Client, say: Say, url: str, auto: bool) -> dict[str
     try:
         await client.call("alerts.resolve", alert_id=alert["alert_id"], actor="mldeck-demo",
                           reason=f"v{challenger} retrained on the drift and promoted")
-    except RpcError as exc:
-        if exc.code != CONFLICT:
-            raise
+    except Conflict:
         say(f"    the monitor had resolved {alert['alert_id']}: v{challenger}'s inputs match its reference")
     await client.call("runs.stop", run_id=traffic["run_id"])
     served = await client.call("query", sql=f"SELECT count(*) FROM predictions WHERE model = '{MODEL}'")
@@ -210,7 +208,7 @@ async def run_story(client: Client, say: Say, gpus: int, auto: bool = True) -> d
             " ".join(filter(None, [a["actor"], a["action"], a.get("alias"), f"v{a['version']}"]))
             for a in audit
         ]
-    except RpcError as exc:
+    except MldeckError as exc:
         raise DemoFailed(f"the agent refused a step: {exc.message}") from None
     figures["seconds"] = round(time.monotonic() - started, 1)
     return figures

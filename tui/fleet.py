@@ -10,11 +10,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from core import protocol
-from core.client import Client, ConnectionLost
-from core.paths import Layout, mldeck_home
-from core.protocol import RpcError
-from tui.hosts import LOCAL, Host, load_hosts, parse_target
+from mldeck.core import protocol
+from mldeck.core.client import Client, ConnectionLost
+from mldeck.core.errors import MldeckError, Unavailable
+from mldeck.core.paths import Layout, mldeck_home
+from mldeck.tui.hosts import LOCAL, Host, load_hosts, parse_target
 
 if TYPE_CHECKING:
     import asyncssh
@@ -25,11 +25,11 @@ DEFAULT_TIMEOUT_S = 10.0
 CLIENT_NAME = "mldeck-fleet"
 
 
-class HostDown(RpcError):
+class HostDown(Unavailable):
     """The host cannot be reached now; the message says why."""
 
     def __init__(self, host: str, why: str) -> None:
-        super().__init__(protocol.APP_ERROR, f"{host}: {why}")
+        super().__init__(f"{host}: {why}")
         self.host = host
         self.why = why
 
@@ -105,7 +105,7 @@ class FleetSubscription:
     async def _attach(self, client: Client, resumed: bool) -> None:
         try:
             self._inner = await client.subscribe(self.topic, **self.filters)
-        except RpcError as exc:
+        except MldeckError as exc:
             if client.closed:
                 return  # the link dropped meanwhile; the next connect retries
             self._link.subs.discard(self)
@@ -115,7 +115,7 @@ class FleetSubscription:
         self._pump = asyncio.get_running_loop().create_task(self._forward(self._inner))
 
     async def _forward(self, inner: Any) -> None:
-        with contextlib.suppress(RpcError):
+        with contextlib.suppress(MldeckError):
             async for item in inner:
                 self._queue.put_nowait(item)
 
@@ -279,7 +279,7 @@ class Fleet:
         async def one(name: str) -> Outcome:
             try:
                 return Outcome(await self.call(name, method, timeout_s=timeout_s, **params))
-            except RpcError as exc:
+            except MldeckError as exc:
                 return Outcome(error=exc.why if isinstance(exc, HostDown) else exc.message)
 
         results = await asyncio.gather(*(one(n) for n in names))
@@ -308,7 +308,7 @@ class Fleet:
             raise HostDown(link.name, "the fleet is closed")
         if link.task is None or link.task.done():
             if link.host is not None:
-                import tui.ssh  # noqa: F401  asyncssh's import (0.5 s, more on a busy box) on no host's clock
+                import mldeck.tui.ssh  # noqa: F401  asyncssh's import (0.5 s, more on a busy box) on no host's clock
             loop = asyncio.get_running_loop()
             link.task = loop.create_task(self._supervise(link), name=f"fleet:{link.name}")
 
@@ -350,10 +350,10 @@ class Fleet:
                 return f"no agent running at {sock}; start one with `mldeck agent start`"
             if isinstance(exc, TimeoutError):
                 return f"the agent at {sock} did not answer within {link.timeout_s:g}s"
-            return exc.message if isinstance(exc, RpcError) else f"{sock}: {exc}"
-        if isinstance(exc, RpcError):
+            return exc.message if isinstance(exc, MldeckError) else f"{sock}: {exc}"
+        if isinstance(exc, MldeckError):
             return exc.message
-        from tui import ssh
+        from mldeck.tui import ssh
 
         return ssh.describe(exc, parse_target(link.host.target), link.timeout_s)
 
@@ -361,7 +361,7 @@ class Fleet:
         if link.host is None:
             layout = Layout(mldeck_home(link.local_home))
             if self._start_local:
-                from tui.cli.agent_cmd import ensure_agent
+                from mldeck.tui.cli.agent_cmd import ensure_agent
 
                 await ensure_agent(layout)
             sock = layout.socket
@@ -369,7 +369,7 @@ class Fleet:
             link.status.mode = "unix"
             link.client = Client(_WatchedReader(reader, lost), writer)
         else:
-            from tui import ssh  # asyncssh costs ~0.5 s to import: only when a remote host is used
+            from mldeck.tui import ssh  # asyncssh costs ~0.5 s to import: only when a remote host is used
 
             host = link.host
             python = host.python or ssh.DEFAULT_PYTHON
@@ -382,7 +382,7 @@ class Fleet:
             try:
                 link.status.hello = await link.client.call("hello", client=CLIENT_NAME)
                 return
-            except RpcError as exc:
+            except MldeckError as exc:
                 said = (await stream.bridge_error()).strip()
                 if not said:
                     raise

@@ -10,7 +10,7 @@ from urllib.parse import urlsplit
 
 import msgspec
 
-from core.paths import BadName, check_name, config_dir
+from mldeck.core.paths import BadName, check_name, config_dir
 
 LOCAL = "local"
 ALL = "all"  # every host at once, for the commands that list (`runs ls --host all`)

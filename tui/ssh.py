@@ -12,7 +12,7 @@ from typing import Any
 
 import asyncssh
 
-from tui.hosts import DEFAULT_PORT, Target
+from mldeck.tui.hosts import DEFAULT_PORT, Target
 
 KEEPALIVE_INTERVAL_S = 5.0
 KEEPALIVE_COUNT_MAX = 3
@@ -140,6 +140,6 @@ async def open_agent_stream(conn: asyncssh.SSHClientConnection, home: str, pytho
     except asyncssh.ChannelOpenError:
         pass
     process = await conn.create_process(
-        shlex.join([python, "-m", "agent", "bridge", "--home", home]), encoding=None
+        shlex.join([python, "-m", "mldeck.agent", "bridge", "--home", home]), encoding=None
     )
     return Stream(process.stdout, process.stdin, "bridge", process)

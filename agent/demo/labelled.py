@@ -1,6 +1,6 @@
 """The demo pipeline's data step: the served model's newest labelled traffic, for the retrain.
 
-`python -m agent.demo.labelled --model demo --last 2000` asks this host's agent
+`python -m mldeck.agent.demo.labelled --model demo --last 2000` asks this host's agent
 (`serving.labelled`) for the newest requests that got a label on the feedback route (in a
 pipeline a drift alert started, only those since the drift began) and saves them, one row
 per example with the feature columns and `label`, as the run's artifact `labelled.parquet`.
@@ -23,10 +23,10 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from core import track
-from core.client import connect_unix
-from core.paths import Layout, mldeck_home
-from core.protocol import RpcError
+from mldeck.core import track
+from mldeck.core.client import connect_unix
+from mldeck.core.errors import MldeckError
+from mldeck.core.paths import Layout, mldeck_home
 
 ARTIFACT = "labelled.parquet"
 
@@ -47,14 +47,14 @@ async def fetch(model: str, last: int, alert_id: str | None) -> dict[str, Any]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m agent.demo.labelled", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m mldeck.agent.demo.labelled", description=__doc__)
     parser.add_argument("--model", required=True, help="the served model whose traffic to take")
     parser.add_argument("--last", type=int, default=2000, help="how many of the newest labelled requests")
     parser.add_argument("--min-rows", type=int, default=1, help="fail with fewer labelled rows than this")
     args = parser.parse_args(argv)
     try:
         got = asyncio.run(fetch(args.model, args.last, os.environ.get("MLDECK_PIPELINE_ALERT")))
-    except (OSError, RpcError) as exc:
+    except (OSError, MldeckError) as exc:
         print(f"labelled traffic of {args.model}: {exc}", file=sys.stderr)
         return 1
     table = pa.table(got["columns"])

@@ -1,6 +1,6 @@
 """The drift simulator: KServe v2 requests drawn from a model's reference data, then shifted.
 
-    python -m agent.demo.traffic --url http://127.0.0.1:8700 --model demo --rps 50 \\
+    python -m mldeck.agent.demo.traffic --url http://127.0.0.1:8700 --model demo --rps 50 \\
         --duration 30 --shift-at 10 --shift-columns mean_radius,mean_texture --shift-std 1.5
 
 Rows come from the demo data set's training split (with its labels), or from a parquet file
@@ -40,7 +40,7 @@ class TrafficError(Exception):
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m agent.demo.traffic", description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m mldeck.agent.demo.traffic", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--url", default="http://127.0.0.1:8700", help="the model server (loopback only)")
     p.add_argument("--model", required=True, help="served model name")
@@ -79,7 +79,7 @@ def load_rows(
 ) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
     """Column → values, and the labels when known."""
     if reference is None:
-        from agent.demo import data
+        from mldeck.agent.demo import data
 
         split = data.load_split()
         return {c: split.x_train[:, i] for i, c in enumerate(split.columns)}, split.y_train

@@ -1,6 +1,6 @@
 """The demo training job: an MLP on the breast cancer set, tracked, checkpointed and exported.
 
-Run as `python -m agent.demo.train --lr 0.01 --epochs 20 --hidden 64`; each
+Run as `python -m mldeck.agent.demo.train --lr 0.01 --epochs 20 --hidden 64`; each
 hyperparameter may instead come from the environment as MLDECK_PARAM_<NAME>
 (e.g. MLDECK_PARAM_LR), and a flag beats the environment. Every epoch is logged
 and checkpointed; a restart in the same run folder (MLDECK_RUN_DIR) continues at
@@ -30,8 +30,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from agent.demo import data
-from core import modelfile, track
+from mldeck.agent.demo import data
+from mldeck.core import modelfile, track
 
 HYPERPARAMS: dict[str, tuple[type, Any]] = {
     "lr": (float, 0.01),
@@ -78,7 +78,7 @@ class MLP(nn.Module):
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     """Flags, with hyperparameter defaults taken from MLDECK_PARAM_<NAME> when set."""
-    parser = argparse.ArgumentParser(prog="python -m agent.demo.train", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m mldeck.agent.demo.train", description=__doc__)
     for name, (kind, default) in HYPERPARAMS.items():
         env = f"MLDECK_PARAM_{name.upper()}"
         parser.add_argument(

@@ -1,4 +1,4 @@
-"""`python -m agent.serving --home H [--host 127.0.0.1 --port 8700 ...]`: run the model server."""
+"""`python -m mldeck.agent.serving --home H [--host 127.0.0.1 --port 8700 ...]`: run the model server."""
 
 from __future__ import annotations
 
@@ -12,12 +12,12 @@ import sys
 
 from aiohttp import web
 
-from agent.serving.app import Server
-from agent.serving.metrics import Metrics
-from agent.serving.pool import Pool, Settings
-from agent.serving.predlog import PredictionLog
-from core.config import ServingSection
-from core.paths import Layout, mldeck_home
+from mldeck.agent.serving.app import Server
+from mldeck.agent.serving.metrics import Metrics
+from mldeck.agent.serving.pool import Pool, Settings
+from mldeck.agent.serving.predlog import PredictionLog
+from mldeck.core.config import ServingSection
+from mldeck.core.paths import Layout, mldeck_home
 
 log = logging.getLogger("mldeck.serving")
 
@@ -44,7 +44,7 @@ def pick_device(device: str) -> str:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     d = ServingSection()
-    p = argparse.ArgumentParser(prog="python -m agent.serving", description=__doc__)
+    p = argparse.ArgumentParser(prog="python -m mldeck.agent.serving", description=__doc__)
     p.add_argument("--home", help="the agent's data folder (default $MLDECK_HOME)")
     p.add_argument("--host", default=d.host)
     p.add_argument("--port", type=int, default=d.port)

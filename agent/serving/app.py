@@ -22,12 +22,12 @@ from typing import Any
 import msgspec
 from aiohttp import web
 
-from agent.serving.batcher import Done
-from agent.serving.codec import BadRequest, InferRequest, check_outputs, encode_response, parse_infer
-from agent.serving.metrics import Metrics
-from agent.serving.pool import Pool, Served, Version
-from core.serving import CHALLENGER, STATS_PATH, FeedbackLine, PredictionLine
-from core.signature import InvalidInput, check_request
+from mldeck.agent.serving.batcher import Done
+from mldeck.agent.serving.codec import BadRequest, InferRequest, check_outputs, encode_response, parse_infer
+from mldeck.agent.serving.metrics import Metrics
+from mldeck.agent.serving.pool import Pool, Served, Version
+from mldeck.core.serving import CHALLENGER, STATS_PATH, FeedbackLine, PredictionLine
+from mldeck.core.signature import InvalidInput, check_request
 
 log = logging.getLogger("mldeck.serving.http")
 

@@ -8,7 +8,7 @@ from typing import Any
 import msgspec
 import numpy as np
 
-from core.signature import InvalidInput, Signature, numpy_dtype
+from mldeck.core.signature import InvalidInput, Signature, numpy_dtype
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
 JSON_TYPE = "application/json"

@@ -25,12 +25,12 @@ import msgspec
 import numpy as np
 import watchfiles
 
-from agent.serving.batcher import Batcher
-from agent.serving.metrics import Metrics
-from agent.serving.predlog import PredictionLog
-from core.modelfile import LoadedModel, load_model
-from core.serving import CHALLENGER, MANIFEST_FILE, PRODUCTION, AlertLine, Manifest, read_manifest
-from core.signature import SAMPLE_FILE, Signature, numpy_dtype
+from mldeck.agent.serving.batcher import Batcher
+from mldeck.agent.serving.metrics import Metrics
+from mldeck.agent.serving.predlog import PredictionLog
+from mldeck.core.modelfile import LoadedModel, load_model
+from mldeck.core.serving import CHALLENGER, MANIFEST_FILE, PRODUCTION, AlertLine, Manifest, read_manifest
+from mldeck.core.signature import SAMPLE_FILE, Signature, numpy_dtype
 
 log = logging.getLogger("mldeck.serving.pool")
 

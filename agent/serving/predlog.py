@@ -18,7 +18,7 @@ from typing import Any
 import msgspec
 import numpy as np
 
-from core.serving import ALERTS_FILE, AlertLine, FeedbackLine, PredictionLine
+from mldeck.core.serving import ALERTS_FILE, AlertLine, FeedbackLine, PredictionLine
 
 log = logging.getLogger("mldeck.serving.log")
 

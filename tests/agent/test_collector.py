@@ -7,10 +7,10 @@ from typing import Any
 
 import pynvml
 
-from agent.collector import Collector
-from agent.nvml import Nvml
-from agent.simgpu import MEM_TOTAL, SimulatedNvml
-from core.store import Store
+from mldeck.agent.collector import Collector
+from mldeck.agent.nvml import Nvml
+from mldeck.agent.simgpu import MEM_TOTAL, SimulatedNvml
+from mldeck.core.store import Store
 
 
 def test_without_a_driver_there_are_no_gpus_and_one_reason() -> None:

@@ -17,10 +17,10 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from agent.demo import data
-from agent.demo.train import main, parse_args
-from core import modelfile
-from core.provenance import fingerprint
+from mldeck.agent.demo import data
+from mldeck.agent.demo.train import main, parse_args
+from mldeck.core import modelfile
+from mldeck.core.provenance import fingerprint
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -35,7 +35,7 @@ def env(home: Path, **extra: str) -> dict[str, str]:
 
 def train(home: Path, *args: str, **extra: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "agent.demo.train", *args],
+        [sys.executable, "-m", "mldeck.agent.demo.train", *args],
         capture_output=True, text=True, cwd=REPO, env=env(home, **extra), timeout=180,
     )
 
@@ -117,7 +117,7 @@ def test_fail_at_epoch_fails_the_run(home: Path) -> None:
 @pytest.mark.slow
 def test_sigterm_preempts_after_a_checkpoint(tmp_path: Path) -> None:
     proc = subprocess.Popen(
-        [sys.executable, "-m", "agent.demo.train", "--epochs", "50", "--slow-ms", "300"],
+        [sys.executable, "-m", "mldeck.agent.demo.train", "--epochs", "50", "--slow-ms", "300"],
         cwd=REPO, env=env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
     )
     try:

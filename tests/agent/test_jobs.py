@@ -13,8 +13,8 @@ from typing import Any
 import psutil
 import pytest
 
-from core.client import connect_unix
-from core.protocol import RpcError
+from mldeck.core.client import connect_unix
+from mldeck.core.errors import MldeckError
 from tests.conftest import AgentProc, start_agent, wait_for
 
 CONFIG = """
@@ -37,7 +37,7 @@ print("slept", flush=True)
 # exits 143; a restart resumes after the checkpoint's step.
 STEPPER = """
 import sys, time
-from core import track
+from mldeck.core import track
 steps = int(sys.argv[sys.argv.index("--steps") + 1])
 state = {"step": -1}
 run = track.init(on_preempt=lambda: run.checkpoint({"step": state["step"]}, step=state["step"]))
@@ -194,7 +194,7 @@ def test_requeue_resumes_with_continuous_steps(agent: AgentProc, scripts: Path) 
     (ckpt,) = rpc(agent, "runs.checkpoints", run_id=run_id)["checkpoints"]
     assert ckpt["latest"] and ckpt["step"] == starts[1] - 1 and ckpt["bytes"] > 0
     assert ckpt["file"] == f"ckpt-{ckpt['step']:09d}.pt"
-    with pytest.raises(RpcError, match="no run 'nope'"):
+    with pytest.raises(MldeckError, match="no run 'nope'"):
         rpc(agent, "runs.checkpoints", run_id="nope")
 
 
@@ -207,7 +207,7 @@ def test_stop_queued_and_resume(agent: AgentProc, scripts: Path) -> None:
     assert agent.cli("runs", "resume", waiting, check=True).code == 0
     assert run_json(agent, waiting)["status"] in ("queued", "running")
     for b in blockers:
-        with contextlib.suppress(RpcError):
+        with contextlib.suppress(MldeckError):
             rpc(agent, "runs.stop", run_id=b)
     assert wait_status(agent, waiting, "succeeded")["exit_code"] == 0
     done = agent.cli("runs", "resume", waiting)

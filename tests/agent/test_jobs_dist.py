@@ -16,7 +16,7 @@ DIST_SCRIPT = """
 import json, os, pathlib
 import torch
 import torch.distributed as dist
-from core import track
+from mldeck.core import track
 
 dist.init_process_group("gloo")
 rank, world = dist.get_rank(), dist.get_world_size()

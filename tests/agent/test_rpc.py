@@ -10,8 +10,17 @@ from typing import Any
 
 import msgspec
 
-from core import protocol
-from core.client import connect_unix
+from mldeck.core import protocol
+from mldeck.core.client import connect_unix
+from mldeck.core.errors import (
+    BadRequest,
+    Invalid,
+    MethodNotAvailable,
+    NotFound,
+    ParseError,
+    TooLarge,
+    wire_code,
+)
 from tests.conftest import AgentProc, wait_for
 
 
@@ -46,23 +55,23 @@ def test_bad_requests_get_errors_and_the_connection_lives(agent_home: AgentProc)
     async def scenario() -> None:
         c = await raw(agent_home)
         r = await c.send(b"{this is not json\n")
-        assert r["error"]["code"] == protocol.PARSE_ERROR and "not valid JSON" in r["error"]["message"]
+        assert r["error"]["code"] == wire_code(ParseError) and "not valid JSON" in r["error"]["message"]
         r = await c.send(b'{"id": 2, "method": "hello"}\n')
-        assert r["error"]["code"] == protocol.INVALID_REQUEST and r["id"] == 2
+        assert r["error"]["code"] == wire_code(BadRequest) and r["id"] == 2
         r = await c.send(call_line("no.such.method"))
-        assert r["error"]["code"] == protocol.METHOD_NOT_FOUND
+        assert r["error"]["code"] == wire_code(MethodNotAvailable)
         assert "runs.list" in r["error"]["message"], "the error lists the methods that exist"
         r = await c.send(call_line("runs.list", {"limit": "ten"}))
-        assert r["error"]["code"] == protocol.INVALID_PARAMS
+        assert r["error"]["code"] == wire_code(Invalid)
         assert "$.limit" in r["error"]["message"] and "int" in r["error"]["message"]
         r = await c.send(call_line("runs.list", {"colour": "red"}))
-        assert r["error"]["code"] == protocol.INVALID_PARAMS and "colour" in r["error"]["message"]
+        assert r["error"]["code"] == wire_code(Invalid) and "colour" in r["error"]["message"]
         r = await c.send(call_line("runs.list", [1, 2]))
-        assert r["error"]["code"] == protocol.INVALID_PARAMS
+        assert r["error"]["code"] == wire_code(Invalid)
         r = await c.send(call_line("runs.get", {"run_id": "../../etc"}))
-        assert r["error"]["code"] == protocol.NOT_FOUND
+        assert r["error"]["code"] == wire_code(NotFound)
         r = await c.send(call_line("runs.metrics", {"run_id": "x", "max_points": 1}))
-        assert r["error"]["code"] == protocol.INVALID_PARAMS and "max_points" in r["error"]["message"]
+        assert r["error"]["code"] == wire_code(Invalid) and "max_points" in r["error"]["message"]
         r = await c.send(call_line("subscribe", {"topic": "gossip"}))
         assert "unknown topic" in r["error"]["message"]
         r = await c.send(call_line("query", {"sql": "DROP TABLE runs"}))
@@ -70,11 +79,11 @@ def test_bad_requests_get_errors_and_the_connection_lives(agent_home: AgentProc)
         r = await c.send(call_line("query", {"sql": "SELECT 1; DELETE FROM runs"}))
         assert "exactly one statement" in r["error"]["message"]
         r = await c.send(call_line("query", {"sql": "SELEC nonsense"}))
-        assert r["error"]["code"] == protocol.INVALID_PARAMS
+        assert r["error"]["code"] == wire_code(Invalid)
         big = b'{"jsonrpc": "2.0", "id": 9, "method": "hello", "params": {"client": "' + \
             b"x" * (protocol.MAX_MESSAGE + 10) + b'"}}\n'
         r = await c.send(big)
-        assert r["error"]["code"] == protocol.TOO_LARGE
+        assert r["error"]["code"] == wire_code(TooLarge)
         r = await c.send(call_line("hello", {"client": "test"}, msg_id=10))
         assert r["id"] == 10 and r["result"]["protocol"] == protocol.PROTOCOL_VERSION
         c.writer.close()
@@ -137,7 +146,7 @@ def test_subscription_delivers_new_points_fast(agent_home: AgentProc) -> None:
     """run.log → run.metrics notification on a subscribed socket, and the downsampled fetch."""
 
     async def scenario() -> tuple[list[float], dict[str, Any]]:
-        from core import track
+        from mldeck.core import track
 
         client = await connect_unix(agent_home.layout.socket)
         run = track.init(name="live", home=agent_home.home)

@@ -87,7 +87,7 @@ def _worker(tool: str, folder: Path, repeat: int) -> dict[str, Any]:
         label = f"Evidently {version} DataDriftPreset"
     else:
         sys.path.insert(0, str(ROOT))
-        from core import drift
+        from mldeck.core import drift
 
         ref = _read_arrays(folder / "reference.parquet")
         cur = _read_arrays(folder / "current.parquet")

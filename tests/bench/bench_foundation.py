@@ -28,8 +28,8 @@ import psutil
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
-from core import track  # noqa: E402
-from core.client import connect_unix  # noqa: E402
+from mldeck.core import track  # noqa: E402
+from mldeck.core.client import connect_unix  # noqa: E402
 from tests.conftest import rpc, start_agent  # noqa: E402
 
 MLFLOW_SCRIPT = r"""

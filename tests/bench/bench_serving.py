@@ -45,7 +45,7 @@ def make_models(root: Path) -> dict[str, Path]:
     """The small MLP (two versions, for swaps) and the heavy one, exported as model folders."""
     import torch
 
-    from core.modelfile import export_model
+    from mldeck.core.modelfile import export_model
 
     def mlp(sizes: list[int], seed: int) -> torch.nn.Module:
         torch.manual_seed(seed)
@@ -72,7 +72,7 @@ def naive_server(folder: Path, port: int) -> None:
     """Per-request inference inline on the event loop: parse, forward one request, answer."""
     from aiohttp import web
 
-    from core.modelfile import load_model
+    from mldeck.core.modelfile import load_model
 
     model = load_model(folder)
     name = model.signature.inputs[0].name
@@ -186,7 +186,7 @@ class Mldeck:
         (home / "serving").mkdir(parents=True, exist_ok=True)
         self.log = open(home / "server.log", "ab")  # noqa: SIM115
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "agent.serving", "--home", str(home), "--port", str(self.port),
+            [sys.executable, "-m", "mldeck.agent.serving", "--home", str(home), "--port", str(self.port),
              "--device", device, *extra],
             cwd=REPO, stdout=self.log, stderr=self.log,
         )
@@ -194,8 +194,8 @@ class Mldeck:
         wait_http(self.url + "/v2/health/live", self.proc)
 
     def serve(self, folder: Path, version: int) -> None:
-        from core.serving import Manifest, ServedModel, ServedVersion, encode_manifest
-        from core.track import write_atomic
+        from mldeck.core.serving import Manifest, ServedModel, ServedVersion, encode_manifest
+        from mldeck.core.track import write_atomic
 
         manifest = Manifest(written_at=time.time(), models={
             "mlp": ServedModel(aliases={"production": ServedVersion(version, str(folder))})})

@@ -17,11 +17,11 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
+from mldeck.tui.cli.hosts_cmd import fleet_status  # noqa: E402
+from mldeck.tui.fleet import Fleet  # noqa: E402
+from mldeck.tui.hosts import Host  # noqa: E402
 from tests.conftest import start_agent  # noqa: E402
 from tests.ssh.conftest import make_client_home, pin, start_sshd  # noqa: E402
-from tui.cli.hosts_cmd import fleet_status  # noqa: E402
-from tui.fleet import Fleet  # noqa: E402
-from tui.hosts import Host  # noqa: E402
 
 CALLS = 1000
 AGENTS = 20

@@ -1,7 +1,7 @@
 """TUI benchmarks: cold start to first frame, Runs with 100,000 runs, idle CPU watching 10 live hosts.
 
 `python tests/bench/bench_tui.py [--hosts 10] [--runs 100000]`; prints a table with targets and peers.
-Agents are real (`python -m agent run`, simulated 2-GPU hosts, each in its own home); the 100,000 runs
+Agents are real (`python -m mldeck.agent run`, simulated 2-GPU hosts, each in its own home); the 100,000 runs
 sit in a real store (written before its agent starts) and reach the TUI through `runs.table`.
 "Next frame" is the moment the app hands a rendered update to its driver (headless: the write is
 skipped), hooked on `App._display`; Pilot's own waits (≥ 2 × 20 ms per key) are not counted.
@@ -26,18 +26,18 @@ import pyarrow as pa
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
-from core.paths import Layout  # noqa: E402
-from core.store import Store  # noqa: E402
+from mldeck.core.paths import Layout  # noqa: E402
+from mldeck.core.store import Store  # noqa: E402
+from mldeck.tui.app import MldeckApp  # noqa: E402
+from mldeck.tui.fleet import Fleet, Outcome  # noqa: E402
 from tests.conftest import start_agent  # noqa: E402
-from tui.app import MldeckApp  # noqa: E402
-from tui.fleet import Fleet, Outcome  # noqa: E402
 
 COLD = """
 import asyncio, os, sys, time
 t0 = float(os.environ["T0"])
 from pathlib import Path
-from tui.app import MldeckApp
-from tui.fleet import Fleet
+from mldeck.tui.app import MldeckApp
+from mldeck.tui.fleet import Fleet
 async def main():
     app = MldeckApp(lambda: Fleet({"local": None}, local_home=Path(os.environ["HOME_DIR"])))
     shown = asyncio.Event()

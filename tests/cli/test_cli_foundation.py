@@ -10,7 +10,7 @@ from tests.conftest import REPO, AgentProc, CliResult, agent_env, wait_for
 
 
 def mldeck(home: Path, *args: str) -> CliResult:
-    done = subprocess.run([sys.executable, "-m", "tui.cli", *args], capture_output=True, text=True,
+    done = subprocess.run([sys.executable, "-m", "mldeck.tui.cli", *args], capture_output=True, text=True,
                           env=agent_env(home), cwd=REPO, timeout=60)
     return CliResult(done.returncode, done.stdout, done.stderr)
 

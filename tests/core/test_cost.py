@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from core import cost
-from core.config import CostSection
-from core.store import Store
+from mldeck.core import cost
+from mldeck.core.config import CostSection
+from mldeck.core.store import Store
 
 
 @pytest.mark.parametrize(

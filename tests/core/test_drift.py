@@ -13,8 +13,8 @@ import pytest
 from scipy import stats
 from scipy.spatial import distance
 
-from core import drift
-from core.drift import ColumnTest, ReferenceProfile
+from mldeck.core import drift
+from mldeck.core.drift import ColumnTest, ReferenceProfile
 
 RNG = np.random.default_rng(20240607)
 

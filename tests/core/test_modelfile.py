@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 import torch
 
-from core import modelfile, signature
-from core.modelfile import ModelMismatch
-from core.signature import InvalidInput, Signature
+from mldeck.core import modelfile, signature
+from mldeck.core.modelfile import ModelMismatch
+from mldeck.core.signature import InvalidInput, Signature
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -118,7 +118,7 @@ def verify(folder: Path, capsys: pytest.CaptureFixture[str]) -> tuple[int, dict]
 
 def test_verify_command_in_its_own_process(exported: Path) -> None:
     done = subprocess.run(
-        [sys.executable, "-m", "core.modelfile", "verify", str(exported)],
+        [sys.executable, "-m", "mldeck.core.modelfile", "verify", str(exported)],
         capture_output=True, text=True, cwd=REPO, timeout=120,
     )
     assert done.returncode == 0, done.stderr

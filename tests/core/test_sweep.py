@@ -7,7 +7,7 @@ import random
 
 import pytest
 
-from core import sweep as sw
+from mldeck.core import sweep as sw
 
 
 def test_grid_and_random_grammar() -> None:

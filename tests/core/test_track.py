@@ -12,9 +12,9 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from core import track
-from core.provenance import fingerprint
-from core.runlog import Line
+from mldeck.core import track
+from mldeck.core.provenance import fingerprint
+from mldeck.core.runlog import Line
 from tests.conftest import REPO, agent_env
 
 

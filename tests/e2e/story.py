@@ -6,7 +6,7 @@ import json
 from collections.abc import Callable
 from typing import Any
 
-from tui.demo import MODEL, SHIFTED
+from mldeck.tui.demo import MODEL, SHIFTED
 
 Cli = Callable[..., Any]
 

@@ -14,11 +14,11 @@ from typing import Any
 import msgspec
 import pytest
 
+from mldeck.tui.cli.demo_cmd import RETRAIN_PIPELINE
+from mldeck.tui.demo import demo_config
 from tests.conftest import REPO, AgentProc, agent_env, start_agent
 from tests.e2e.story import check_story
 from tests.ssh.conftest import free_port, ssh_world  # noqa: F401 (the sshd fixture, used by name)
-from tui.cli.demo_cmd import RETRAIN_PIPELINE
-from tui.demo import demo_config
 
 
 @pytest.mark.timeout(600)
@@ -28,7 +28,7 @@ def test_demo_headless_tells_the_whole_story(tmp_path: Path) -> None:
     env.pop("MLDECK_SIMULATE_GPUS")
 
     def mldeck(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "tui.cli", *args, "--home", str(home)],
+        return subprocess.run([sys.executable, "-m", "mldeck.tui.cli", *args, "--home", str(home)],
                               capture_output=True, text=True, env=env, cwd=REPO, timeout=timeout)
 
     try:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from core import protocol
+from mldeck.core.errors import Invalid, NotFound, wire_code
 from tests.conftest import AgentProc, rpc
 
 pytestmark = pytest.mark.timeout(120)
@@ -21,24 +21,24 @@ def error(agent: AgentProc, method: str, params: dict[str, object]) -> dict[str,
 
 def test_bad_rpc_calls_get_one_clear_error(agent_home: AgentProc, tmp_path: Path) -> None:
     cases = [
-        ("drift.report", {"name": "nosuch"}, protocol.NOT_FOUND, "no model 'nosuch'"),
-        ("drift.report", {"name": "nosuch", "window": "5 parsecs"}, protocol.INVALID_PARAMS, "5 parsecs"),
-        ("drift.history", {"name": "nosuch"}, protocol.NOT_FOUND, "no model 'nosuch'"),
-        ("drift.distribution", {"name": "nosuch", "column": "x"}, protocol.NOT_FOUND,
+        ("drift.report", {"name": "nosuch"}, wire_code(NotFound), "no model 'nosuch'"),
+        ("drift.report", {"name": "nosuch", "window": "5 parsecs"}, wire_code(Invalid), "5 parsecs"),
+        ("drift.history", {"name": "nosuch"}, wire_code(NotFound), "no model 'nosuch'"),
+        ("drift.distribution", {"name": "nosuch", "column": "x"}, wire_code(NotFound),
          "this registry has no models yet"),
-        ("drift.distribution", {"name": "nosuch"}, protocol.INVALID_PARAMS, "column"),
-        ("drift.distribution", {"name": "nosuch", "column": "x", "bins": 0}, protocol.INVALID_PARAMS, "bins"),
-        ("drift.history", {"name": "../x", "limit": 0}, protocol.INVALID_PARAMS, "limit"),
-        ("drift.status", {"name": "nosuch"}, protocol.NOT_FOUND, "no model"),
-        ("drift.status", {"nmae": "x"}, protocol.INVALID_PARAMS, "nmae"),
-        ("alerts.resolve", {"alert_id": "drift-0"}, protocol.NOT_FOUND, "no alert 'drift-0'"),
-        ("pipelines.run", {}, protocol.INVALID_PARAMS, "exactly one of file"),
-        ("pipelines.run", {"file": str(tmp_path / "none.toml")}, protocol.INVALID_PARAMS, "cannot read"),
-        ("pipelines.run", {"spec": 'name = "p"\n[steps.train]\ncommand = []\n'}, protocol.INVALID_PARAMS,
+        ("drift.distribution", {"name": "nosuch"}, wire_code(Invalid), "column"),
+        ("drift.distribution", {"name": "nosuch", "column": "x", "bins": 0}, wire_code(Invalid), "bins"),
+        ("drift.history", {"name": "../x", "limit": 0}, wire_code(Invalid), "limit"),
+        ("drift.status", {"name": "nosuch"}, wire_code(NotFound), "no model"),
+        ("drift.status", {"nmae": "x"}, wire_code(Invalid), "nmae"),
+        ("alerts.resolve", {"alert_id": "drift-0"}, wire_code(NotFound), "no alert 'drift-0'"),
+        ("pipelines.run", {}, wire_code(Invalid), "exactly one of file"),
+        ("pipelines.run", {"file": str(tmp_path / "none.toml")}, wire_code(Invalid), "cannot read"),
+        ("pipelines.run", {"spec": 'name = "p"\n[steps.train]\ncommand = []\n'}, wire_code(Invalid),
          "pipeline spec, line 3 (steps.train.command): command must be a non-empty list"),
         ("pipelines.run", {"spec": 'name = "p"\nmodel = "m"\n[steps.train]\ncommand = ["a.py"]\n[register]\n'
-                                   'gate = "acc => 1"\n'}, protocol.INVALID_PARAMS, "line 6 (register.gate)"),
-        ("pipelines.get", {"pipeline_id": "pl-none"}, protocol.NOT_FOUND, "no pipeline run 'pl-none'"),
+                                   'gate = "acc => 1"\n'}, wire_code(Invalid), "line 6 (register.gate)"),
+        ("pipelines.get", {"pipeline_id": "pl-none"}, wire_code(NotFound), "no pipeline run 'pl-none'"),
     ]
     for method, params, code, needle in cases:
         err = error(agent_home, method, params)

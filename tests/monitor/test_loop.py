@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from core import protocol
+from mldeck.core.errors import Invalid, NotFound, wire_code
 from tests.conftest import REPO, AgentProc, agent_env, rpc, start_agent, wait_for
 from tests.serving.conftest import free_port
 
@@ -31,7 +31,7 @@ def pipeline_file(folder: Path, name: str, epochs: int, promote: str, gate: str 
     path = folder / f"{name}.toml"
     path.write_text(
         f'name = "{name}"\nmodel = "{MODEL}"\n\n[steps.train]\n'
-        f'command = ["python", "-m", "agent.demo.train", "--epochs", "{epochs}", "--hidden", "16"]\n\n'
+        f'command = ["python", "-m", "mldeck.agent.demo.train", "--epochs", "{epochs}", "--hidden", "16"]\n\n'
         f'[register]\ngate = "{gate}"\npromote = "{promote}"\n'
     )
     return path
@@ -59,7 +59,7 @@ def cli_json(agent: AgentProc, *args: str, timeout: float = 120) -> Any:
 
 def traffic(agent: AgentProc, url: str, *args: str) -> dict[str, Any]:
     done = subprocess.run(
-        [sys.executable, "-m", "agent.demo.traffic", "--url", url, "--model", MODEL, *args],
+        [sys.executable, "-m", "mldeck.agent.demo.traffic", "--url", url, "--model", MODEL, *args],
         capture_output=True, text=True, env=agent_env(agent.home), cwd=REPO, timeout=120,
     )
     assert done.returncode == 0, done.stderr
@@ -99,11 +99,11 @@ def check_distributions(agent: AgentProc, window: dict[str, Any]) -> None:
     output = next(r["column"] for r in report["rows"] if r["role"] == "output")
     assert distribution(agent, column=output)["role"] == "output"
 
-    message = distribution_error(agent, protocol.NOT_FOUND, column="mean_radiu")
+    message = distribution_error(agent, wire_code(NotFound), column="mean_radiu")
     assert "no column 'mean_radiu'" in message and STEADY in message and output in message
-    assert MODEL in distribution_error(agent, protocol.NOT_FOUND, name="nosuch", column=STEADY)
-    assert "bins" in distribution_error(agent, protocol.INVALID_PARAMS, column=STEADY, bins=0)
-    assert "colum" in distribution_error(agent, protocol.INVALID_PARAMS, colum=STEADY)
+    assert MODEL in distribution_error(agent, wire_code(NotFound), name="nosuch", column=STEADY)
+    assert "bins" in distribution_error(agent, wire_code(Invalid), column=STEADY, bins=0)
+    assert "colum" in distribution_error(agent, wire_code(Invalid), colum=STEADY)
 
 
 def test_shift_alert_retrain_gate_challenger_promotion(agent: AgentProc, tmp_path: Path) -> None:
@@ -159,7 +159,7 @@ def test_shift_alert_retrain_gate_challenger_promotion(agent: AgentProc, tmp_pat
     tags = json.loads(run["tags"]) if isinstance(run["tags"], str) else run["tags"]
     assert tags["alert_id"] == alert["alert_id"] and tags["pipeline"] == pipe["pipeline_id"]
 
-    unjudged = distribution_error(agent, protocol.NOT_FOUND, column=STEADY, version=2)
+    unjudged = distribution_error(agent, wire_code(NotFound), column=STEADY, version=2)
     assert f"no judged {WINDOW_ROWS}rows window of {MODEL} v2 yet" in unjudged
     agent.cli("models", "promote", MODEL, "2", "--to", "production", "--yes", "--reason", "retrained",
               check=True)
@@ -192,7 +192,7 @@ def test_shift_alert_retrain_gate_challenger_promotion(agent: AgentProc, tmp_pat
 
     # an untrained v3 promoted over v2 does worse on live labels: the policy rolls production back
     trained = subprocess.run(
-        [sys.executable, "-m", "agent.demo.train", "--epochs", "0", "--hidden", "4", "--name", "untrained"],
+        [sys.executable, "-m", "mldeck.agent.demo.train", "--epochs", "0", "--hidden", "4", "--name", "untrained"],
         capture_output=True, text=True, env=agent_env(agent.home), cwd=REPO, timeout=180,
     )
     assert trained.returncode == 0, trained.stderr

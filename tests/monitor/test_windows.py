@@ -8,10 +8,17 @@ import msgspec
 import numpy as np
 import pytest
 
-from core import drift
-from core import monitor as mon
-from core.config import ConfigError, load_config
-from core.pipeline import PipelineError, check_gate, launch_target, parse_gate, parse_pipeline, read_pipeline
+from mldeck.core import drift
+from mldeck.core import monitor as mon
+from mldeck.core.config import ConfigError, load_config
+from mldeck.core.pipeline import (
+    PipelineError,
+    check_gate,
+    launch_target,
+    parse_gate,
+    parse_pipeline,
+    read_pipeline,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -90,7 +97,7 @@ GOOD = """name = "p"
 model = "demo"
 
 [steps.train]
-command = ["python", "-m", "agent.demo.train", "--epochs", "2"]
+command = ["python", "-m", "mldeck.agent.demo.train", "--epochs", "2"]
 
 [register]
 gate = "val_acc >= 0.9"
@@ -102,8 +109,8 @@ def test_demo_pipeline_file_parses() -> None:
     spec, steps, _ = read_pipeline(REPO / "agent" / "demo" / "retrain.toml")
     assert list(steps) == ["data", "train"] and spec.model == "demo"
     assert spec.register is not None and spec.register.promote == "challenger"
-    assert launch_target(steps["data"].command)["module"] == "agent.demo.labelled"
-    assert launch_target(steps["train"].command)["module"] == "agent.demo.train"
+    assert launch_target(steps["data"].command)["module"] == "mldeck.agent.demo.labelled"
+    assert launch_target(steps["train"].command)["module"] == "mldeck.agent.demo.train"
 
 
 def test_steps_run_in_their_fixed_order() -> None:
@@ -159,8 +166,8 @@ def test_monitor_config_is_checked_at_load(tmp_path: Path) -> None:
 
 
 def test_unshifted_simulated_rows_do_not_drift_and_shifted_ones_do() -> None:
-    from agent.demo import data
-    from agent.demo.traffic import Dealer, shift_rows
+    from mldeck.agent.demo import data
+    from mldeck.agent.demo.traffic import Dealer, shift_rows
 
     split = data.load_split()
     frame = {c: split.x_train[:, i] for i, c in enumerate(split.columns)}

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from core import registry
-from core.config import GateSection
-from core.store import Store
+from mldeck.core import registry
+from mldeck.core.config import GateSection
+from mldeck.core.store import Store
 from tests.registry.test_rules import add_version, store  # noqa: F401 (store is a fixture)
 
 

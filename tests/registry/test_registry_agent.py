@@ -21,10 +21,10 @@ from typing import Any
 
 import pytest
 
-from core.client import connect_unix
-from core.protocol import RpcError
+from mldeck.core.client import connect_unix
+from mldeck.core.errors import MldeckError
+from mldeck.tui.cli import main
 from tests.conftest import REPO, AgentProc, CliResult, agent_env, start_agent, wait_for
-from tui.cli import main
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -93,14 +93,14 @@ def reg(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
 def _count_versions(agent: AgentProc, name: str) -> int:
     try:
         return len(rpc(agent, "models.versions", name=name))
-    except RpcError:
+    except MldeckError:
         return 0
 
 
 def _run_status(agent: AgentProc, run_id: str) -> str | None:
     try:
         return rpc(agent, "runs.get", run_id=run_id)["status"]
-    except RpcError:
+    except MldeckError:
         return None
 
 
@@ -266,7 +266,7 @@ def test_bad_input_gets_one_clear_message_and_changes_nothing(reg: dict[str, Any
     assert cli(agent, "models", "archive", "demo", "1", "--reason", "superseded").code == 0
     archived = cli(agent, "models", "promote", "demo", "1", "--to", "challenger", "--yes")
     assert archived.code == 1 and "demo v1 is archived and can hold no alias" in archived.err
-    with pytest.raises(RpcError, match="invalid params"):
+    with pytest.raises(MldeckError, match="invalid params"):
         rpc(agent, "models.promote", name="demo", version="one", alias="x")
     assert rpc(agent, "agent.status")["pid"] == agent.proc.pid
 
@@ -307,7 +307,7 @@ def _promote_on_a_terminal(agent: AgentProc, answer: bytes, version: str) -> tup
     primary, secondary = pty.openpty()
     try:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "tui.cli", "models", "promote", "demo", version, "--to", "tty"],
+            [sys.executable, "-m", "mldeck.tui.cli", "models", "promote", "demo", version, "--to", "tty"],
             stdin=secondary, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=agent_env(agent.home),
             cwd=REPO,
         )
@@ -324,7 +324,7 @@ def test_promote_asks_on_a_terminal(reg: dict[str, Any]) -> None:
     code, out = _promote_on_a_terminal(agent, b"n\n", "2")
     assert code == 1 and "promote demo v2 (" in out and "to tty, a new alias? [y/N]" in out
     assert "not promoted" in out
-    with pytest.raises(RpcError, match="no alias 'tty'"):
+    with pytest.raises(MldeckError, match="no alias 'tty'"):
         rpc(agent, "models.get", name="demo", alias="tty")
     code, out = _promote_on_a_terminal(agent, b"y\n", "2")
     assert code == 0 and "demo v2 is now tty" in out

@@ -8,9 +8,9 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from core import registry
-from core.config import AgentConfig, ConfigError, GateSection, RegistrySection, load_config
-from core.store import Store
+from mldeck.core import errors, registry
+from mldeck.core.config import AgentConfig, ConfigError, GateSection, RegistrySection, load_config
+from mldeck.core.store import Store
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -39,10 +39,10 @@ def add_version(
 
 def test_names_and_aliases_are_checked() -> None:
     for bad in ("../x", "a/b", ".hidden", "", "x" * 200):
-        with pytest.raises(registry.RegistryError, match="model name"):
+        with pytest.raises(errors.Invalid, match="model name"):
             registry.check_model_name(bad)
     for bad in ("Prod", "prod!", "a b", "", "x" * 65, "../p"):
-        with pytest.raises(registry.RegistryError, match=r"a-z, 0-9"):
+        with pytest.raises(errors.Invalid, match=r"a-z, 0-9"):
             registry.check_alias(bad)
     assert registry.check_alias("canary_2-eu") == "canary_2-eu"
 
@@ -113,7 +113,7 @@ def test_versions_number_per_name_and_duplicates_are_refused(store: Store, tmp_p
     assert (tmp_path / "models" / "a" / "2" / "signature.json").is_file()
     staged = tmp_path / "again"
     staged.mkdir()
-    with pytest.raises(registry.Conflict, match="already version 1 of 'a'"):
+    with pytest.raises(errors.Conflict, match="already version 1 of 'a'"):
         registry.register_version(store, tmp_path / "models", "a", store.get_run("r1"), staged, {}, "t", {})
     assert staged.is_dir() and not (tmp_path / "models" / "a" / "3").exists()
     v = registry.get_version(store, "a")
@@ -130,15 +130,15 @@ def test_rollback_walks_back_and_skips_archived(store: Store, tmp_path: Path) ->
     registry.promote(store, "m", 3, "canary", "tester", None)  # canary: 2, 4, 3 → 3 now
     assert registry.rollback(store, "m", "prod", "tester")["version"] == 3
     registry.promote(store, "m", 1, "canary", "tester", None)
-    with pytest.raises(registry.Conflict, match="holds prod"):
+    with pytest.raises(errors.Conflict, match="holds prod"):
         registry.archive(store, "m", 3, "tester")
     registry.archive(store, "m", 2, "tester")
-    with pytest.raises(registry.Conflict, match="already archived"):
+    with pytest.raises(errors.Conflict, match="already archived"):
         registry.archive(store, "m", 2, "tester")
     assert registry.rollback(store, "m", "prod", "tester")["version"] == 1  # v2 archived: skipped
-    with pytest.raises(registry.Conflict, match="no earlier version"):
+    with pytest.raises(errors.Conflict, match="no earlier version"):
         registry.rollback(store, "m", "prod", "tester")
-    with pytest.raises(registry.Conflict, match="archived and can hold no alias"):
+    with pytest.raises(errors.Conflict, match="archived and can hold no alias"):
         registry.promote(store, "m", 2, "prod", "tester", None)
     assert registry.promote(store, "m", 1, "prod", "tester", None)["changed"] is False
     rows = registry.audit_rows(store, "m")
@@ -157,11 +157,11 @@ def test_forced_promotion_needs_a_reason_and_drift_alerts_gate(store: Store, tmp
         "VALUES ('a1', 0, 'd', 1, 'drift', 'f3 drifted', 'open'), ('a2', 0, 'x', 1, 'drift', '', 'open')"
     )
     gate = GateSection(no_open_drift_alert=True)
-    with pytest.raises(registry.GateRefused, match=r"1 open alert\(s\) on d \(drift\)") as refused:
+    with pytest.raises(errors.GateRefused, match=r"1 open alert\(s\) on d \(drift\)") as refused:
         registry.promote(store, "d", 1, "production", "tester", gate)
     assert refused.value.failed == ["1 open alert(s) on d (drift)"]
     assert registry.alias_version(store.cur(), "d", "production") is None
-    with pytest.raises(registry.RegistryError, match="needs a --reason"):
+    with pytest.raises(errors.Invalid, match="needs a --reason"):
         registry.promote(store, "d", 1, "production", "tester", gate, force=True)
     why = "alert is a false alarm"
     done = registry.promote(store, "d", 1, "production", "oncall", gate, reason=why, force=True)
@@ -191,7 +191,7 @@ def test_lineage_follows_parent_runs_and_alias_history(store: Store, tmp_path: P
     assert [(r["alias"], r["by_version"]) for r in registry.lineage(store, "l", 1)["replaced_by"]] == [
         ("production", 2)
     ]
-    with pytest.raises(registry.NotFound, match="has no version 9"):
+    with pytest.raises(errors.NotFound, match="has no version 9"):
         registry.lineage(store, "l", 9)
 
 

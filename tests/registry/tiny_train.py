@@ -17,7 +17,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from core import modelfile, track
+from mldeck.core import modelfile, track
 
 
 def train(val_acc: float, seed: int, name: str | None, fail: bool) -> str:

@@ -16,8 +16,8 @@ import msgspec
 import numpy as np
 import pytest
 
-from core.serving import Manifest, ServedModel, ServedVersion, encode_manifest
-from core.track import write_atomic
+from mldeck.core.serving import Manifest, ServedModel, ServedVersion, encode_manifest
+from mldeck.core.track import write_atomic
 from tests.conftest import REPO, agent_env
 
 FEATURES = 16
@@ -32,7 +32,7 @@ def free_port() -> int:
 def export_mlp(folder: Path, seed: int) -> Path:
     import torch
 
-    from core.modelfile import export_model
+    from mldeck.core.modelfile import export_model
 
     torch.manual_seed(seed)
     model = torch.nn.Sequential(
@@ -57,7 +57,7 @@ def model_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 
 class ServerProc:
-    """A `python -m agent.serving` process on its own home and port, driven by its manifest."""
+    """A `python -m mldeck.agent.serving` process on its own home and port, driven by its manifest."""
 
     def __init__(self, home: Path, port: int, proc: subprocess.Popen[bytes]) -> None:
         self.home = home
@@ -108,7 +108,7 @@ def start_server(home: Path, *extra: str, timeout: float = 90) -> ServerProc:
     port = free_port()
     log = open(home / "server.log", "ab")  # noqa: SIM115 (the child keeps it)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "agent.serving", "--home", str(home), "--port", str(port), *extra],
+        [sys.executable, "-m", "mldeck.agent.serving", "--home", str(home), "--port", str(port), *extra],
         stdout=log, stderr=log, env=agent_env(home), cwd=REPO,
     )
     server = ServerProc(home, port, proc)

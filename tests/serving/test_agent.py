@@ -17,7 +17,7 @@ import numpy as np
 import psutil
 import pytest
 
-from core.modelfile import load_model
+from mldeck.core.modelfile import load_model
 from tests.conftest import AgentProc, rpc, start_agent, wait_for
 from tests.serving.conftest import free_port
 

@@ -15,7 +15,7 @@ import msgspec
 import numpy as np
 import pytest
 
-from core.modelfile import load_model
+from mldeck.core.modelfile import load_model
 from tests.serving.conftest import FEATURES, ServerProc, infer_body, metric, post
 
 pytestmark = pytest.mark.timeout(120)

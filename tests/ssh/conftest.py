@@ -64,7 +64,7 @@ class ClientHome:
         return env
 
     def cli(self, *args: str, timeout: float = 60) -> CliResult:
-        done = subprocess.run([sys.executable, "-m", "tui.cli", *args], capture_output=True, text=True,
+        done = subprocess.run([sys.executable, "-m", "mldeck.tui.cli", *args], capture_output=True, text=True,
                               env=self.env(), timeout=timeout, cwd=REPO)
         return CliResult(done.returncode, done.stdout, done.stderr)
 

@@ -13,9 +13,9 @@ import time
 
 import pytest
 
-from tui.cli.hosts_cmd import fleet_status
-from tui.fleet import Fleet
-from tui.hosts import load_hosts
+from mldeck.tui.cli.hosts_cmd import fleet_status
+from mldeck.tui.fleet import Fleet
+from mldeck.tui.hosts import load_hosts
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -8,8 +8,8 @@ import sys
 import asyncssh
 import pytest
 
-from tui.fleet import Fleet, HostDown
-from tui.hosts import Host
+from mldeck.tui.fleet import Fleet, HostDown
+from mldeck.tui.hosts import Host
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -7,9 +7,9 @@ import sys
 
 import pytest
 
+from mldeck.tui.fleet import Fleet, HostDown
+from mldeck.tui.hosts import Host
 from tests.ssh.conftest import keygen
-from tui.fleet import Fleet, HostDown
-from tui.hosts import Host
 
 pytestmark = pytest.mark.timeout(60)
 

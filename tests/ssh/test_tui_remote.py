@@ -7,15 +7,15 @@ import sys
 
 import pytest
 
+from mldeck.tui.app import MldeckApp
+from mldeck.tui.fleet import Fleet
+from mldeck.tui.hosts import Host
+from mldeck.tui.screens.run_detail import RunDetailScreen
+from mldeck.tui.screens.runs import RunsScreen
+from mldeck.tui.widgets.host_row import HostRow
 from tests.conftest import AgentProc
 from tests.ssh.conftest import ClientHome, Sshd
 from tests.tui.conftest import text_of, until
-from tui.app import MldeckApp
-from tui.fleet import Fleet
-from tui.hosts import Host
-from tui.screens.run_detail import RunDetailScreen
-from tui.screens.runs import RunsScreen
-from tui.widgets.host_row import HostRow
 
 pytestmark = pytest.mark.timeout(180)
 

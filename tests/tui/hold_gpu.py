@@ -6,7 +6,7 @@ import os
 import time
 from pathlib import Path
 
-from core import track
+from mldeck.core import track
 
 
 def main() -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 import sys
 
-from core import track
+from mldeck.core import track
 
 
 def main() -> None:

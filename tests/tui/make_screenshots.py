@@ -19,14 +19,14 @@ from pathlib import Path
 
 import numpy as np
 
+from mldeck.tui.app import MldeckApp
+from mldeck.tui.fleet import Fleet
+from mldeck.tui.screens.promote import AliasPicker, PromoteDialog
+from mldeck.tui.widgets.distribution_chart import DistributionChart
+from mldeck.tui.widgets.host_row import HostRow
+from mldeck.tui.widgets.metric_chart import MetricChart
 from tests.conftest import REPO, rpc, start_agent, wait_for
 from tests.tui.conftest import CONFIG, free_port, make_models, make_runs, until
-from tui.app import MldeckApp
-from tui.fleet import Fleet
-from tui.screens.promote import AliasPicker, PromoteDialog
-from tui.widgets.distribution_chart import DistributionChart
-from tui.widgets.host_row import HostRow
-from tui.widgets.metric_chart import MetricChart
 
 OUT = REPO / "screenshots"
 SVG_PRESERVE = '<svg xml:space="preserve" '

@@ -8,20 +8,20 @@ from typing import Any
 import pytest
 from textual.widgets import DataTable
 
+from mldeck.tui.app import MldeckApp
+from mldeck.tui.fleet import Fleet
+from mldeck.tui.screens.compare import CompareScreen
+from mldeck.tui.screens.dialogs import Confirm, HelpScreen
+from mldeck.tui.screens.host import HostScreen
+from mldeck.tui.screens.logs import LogsScreen
+from mldeck.tui.screens.promote import AliasPicker, PromoteDialog
+from mldeck.tui.screens.registry import AuditScreen, RegistryScreen
+from mldeck.tui.screens.run_detail import RunDetailScreen
+from mldeck.tui.screens.runs import RunsScreen
+from mldeck.tui.widgets.host_row import HostRow
+from mldeck.tui.widgets.metric_chart import MetricChart
 from tests.conftest import REPO
 from tests.tui.conftest import Deck, text_of, until
-from tui.app import MldeckApp
-from tui.fleet import Fleet
-from tui.screens.compare import CompareScreen
-from tui.screens.dialogs import Confirm, HelpScreen
-from tui.screens.host import HostScreen
-from tui.screens.logs import LogsScreen
-from tui.screens.promote import AliasPicker, PromoteDialog
-from tui.screens.registry import AuditScreen, RegistryScreen
-from tui.screens.run_detail import RunDetailScreen
-from tui.screens.runs import RunsScreen
-from tui.widgets.host_row import HostRow
-from tui.widgets.metric_chart import MetricChart
 
 SIZE = (140, 42)
 pytestmark = pytest.mark.timeout(120)

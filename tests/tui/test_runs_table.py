@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from mldeck.tui.screens.runs import columns_table
 from tests.conftest import rpc
 from tests.tui.conftest import Deck
-from tui.screens.runs import columns_table
 
 pytestmark = pytest.mark.timeout(60)
 

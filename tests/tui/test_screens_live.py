@@ -12,16 +12,16 @@ from typing import Any
 import pytest
 from textual.widgets import DataTable
 
+from mldeck.tui.screens.cost import CostScreen
+from mldeck.tui.screens.dialogs import Prompt
+from mldeck.tui.screens.drift import DriftScreen
+from mldeck.tui.screens.host import HostScreen
+from mldeck.tui.screens.serving import ServingScreen
+from mldeck.tui.widgets.distribution_chart import DistributionChart
+from mldeck.tui.widgets.metric_chart import MetricChart
 from tests.conftest import REPO, wait_for
 from tests.tui.conftest import Deck, text_of, until
 from tests.tui.test_app import SIZE, app_for, run
-from tui.screens.cost import CostScreen
-from tui.screens.dialogs import Prompt
-from tui.screens.drift import DriftScreen
-from tui.screens.host import HostScreen
-from tui.screens.serving import ServingScreen
-from tui.widgets.distribution_chart import DistributionChart
-from tui.widgets.metric_chart import MetricChart
 
 pytestmark = pytest.mark.timeout(180)
 

@@ -9,11 +9,11 @@ from typing import Any
 
 import pytest
 
+from mldeck.tui.app import MldeckApp
+from mldeck.tui.fleet import Fleet
+from mldeck.tui.screens.runs import runs_table
+from mldeck.tui.widgets.host_row import HostRow
 from tests.tui.conftest import Deck, until
-from tui.app import MldeckApp
-from tui.fleet import Fleet
-from tui.screens.runs import runs_table
-from tui.widgets.host_row import HostRow
 
 SIZE = (120, 34)
 pytestmark = pytest.mark.timeout(120)

@@ -9,8 +9,8 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from core.protocol import RpcError
-from tui.cli import (
+from mldeck.core.errors import MldeckError
+from mldeck.tui.cli import (
     agent_cmd,
     alerts_cmd,
     cost_cmd,
@@ -26,7 +26,6 @@ from tui.cli import (
     serve_cmd,
     sweep_cmd,
 )
-from tui.cli.output import CliError
 
 COMMANDS: list[Callable[[Any, argparse.ArgumentParser], None]] = [
     demo_cmd.register,
@@ -73,7 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if not argv:
-        from tui.app import run_tui
+        from mldeck.tui.app import run_tui
 
         return run_tui()
     parser = build_parser()
@@ -86,11 +85,8 @@ def main(argv: list[str] | None = None) -> int:
         if inspect.iscoroutine(result):
             result = asyncio.run(result)
         return int(result or 0)
-    except CliError as exc:
-        print(f"mldeck: {exc}", file=sys.stderr)
-        return exc.code
-    except RpcError as exc:
+    except MldeckError as exc:  # the one place the CLI prints an error
         print(f"mldeck: {exc.message}", file=sys.stderr)
-        return 1
+        return exc.exit_code
     except KeyboardInterrupt:
         return 130

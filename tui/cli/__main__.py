@@ -1,7 +1,7 @@
-"""`python -m tui.cli` is `mldeck`."""
+"""`python -m mldeck.tui.cli` is `mldeck`."""
 
 import sys
 
-from tui.cli import main
+from mldeck.tui.cli import main
 
 sys.exit(main())

@@ -15,18 +15,18 @@ from collections.abc import Awaitable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from core.client import ConnectionLost, connect_unix
-from core.paths import Layout
-from core.protocol import RpcError
-from tui.cli.connect import agent_client, local_layout, remote_host
-from tui.cli.output import CliError, print_json
-from tui.hosts import Host, load_hosts, parse_target, update_host
-from tui.units import duration
+from mldeck.core.client import ConnectionLost, connect_unix
+from mldeck.core.errors import MldeckError
+from mldeck.core.paths import Layout
+from mldeck.tui.cli.connect import agent_client, local_layout, remote_host
+from mldeck.tui.cli.output import CliError, print_json
+from mldeck.tui.hosts import Host, load_hosts, parse_target, update_host
+from mldeck.tui.units import duration
 
 if TYPE_CHECKING:
     import asyncssh
 
-    from tui.fleet import Fleet
+    from mldeck.tui.fleet import Fleet
 
 START_TIMEOUT_S = 30.0
 
@@ -39,18 +39,18 @@ async def ping(layout: Layout) -> dict[str, Any] | None:
         return None
     try:
         return await asyncio.wait_for(client.call("agent.status"), 5)
-    except (RpcError, TimeoutError):
+    except (MldeckError, TimeoutError):
         return None
     finally:
         await client.close()
 
 
 def spawn_agent(layout: Layout) -> subprocess.Popen[bytes]:
-    """Start `python -m agent run` detached from this terminal, logging to agent.log."""
+    """Start `python -m mldeck.agent run` detached from this terminal, logging to agent.log."""
     layout.ensure()
     log = open(layout.log, "ab")  # noqa: SIM115 (handed to the child)
     return subprocess.Popen(
-        [sys.executable, "-m", "agent", "run", "--home", str(layout.home)],
+        [sys.executable, "-m", "mldeck.agent", "run", "--home", str(layout.home)],
         stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
@@ -81,7 +81,7 @@ async def start(args: argparse.Namespace) -> int:
         return await start_remote(args, name, host)
     layout = local_layout(args)
     if args.foreground:
-        os.execv(sys.executable, [sys.executable, "-m", "agent", "run", "--home", str(layout.home)])
+        os.execv(sys.executable, [sys.executable, "-m", "mldeck.agent", "run", "--home", str(layout.home)])
     already = await ping(layout)
     status = already or await ensure_agent(layout)
     if args.json:
@@ -94,7 +94,7 @@ async def start(args: argparse.Namespace) -> int:
 
 async def stop_call(call: Awaitable[Any]) -> None:
     """agent.stop; a connection that closes before its reply also means the agent is stopping."""
-    from tui.fleet import HostDown  # a remote link that drops mid-call
+    from mldeck.tui.fleet import HostDown  # a remote link that drops mid-call
 
     with contextlib.suppress(ConnectionLost, HostDown):
         await call
@@ -128,7 +128,7 @@ async def stop(args: argparse.Namespace) -> int:
 async def status_cmd(args: argparse.Namespace) -> int:
     name, host = remote_host(args)
     if host is not None:
-        from tui.fleet import Fleet
+        from mldeck.tui.fleet import Fleet
 
         async with Fleet({name: host}) as fleet:
             status, where, why = await _remote_status(fleet, name), name, fleet.status(name).why
@@ -154,7 +154,7 @@ def print_status(status: dict[str, Any]) -> None:
 
 
 async def _remote_status(fleet: Fleet, name: str, timeout_s: float | None = None) -> dict[str, Any] | None:
-    from tui.fleet import HostDown
+    from mldeck.tui.fleet import HostDown
 
     try:
         return await fleet.call(name, "agent.status", timeout_s=timeout_s)
@@ -176,7 +176,7 @@ async def _wait_remote(fleet: Fleet, name: str, running: bool, timeout_s: float)
 async def _ssh(host: Host) -> asyncssh.SSHClientConnection:
     import asyncssh
 
-    from tui import ssh
+    from mldeck.tui import ssh
 
     target = parse_target(host.target)
     try:
@@ -186,9 +186,9 @@ async def _ssh(host: Host) -> asyncssh.SSHClientConnection:
 
 
 async def start_remote(args: argparse.Namespace, name: str, host: Host) -> int:
-    """`python -m agent run` on the host, detached by setsid, its output in agent.log there."""
-    from tui import ssh
-    from tui.fleet import Fleet
+    """`python -m mldeck.agent run` on the host, detached by setsid, its output in agent.log there."""
+    from mldeck.tui import ssh
+    from mldeck.tui.fleet import Fleet
 
     async with Fleet({name: host}) as fleet:
         already = await _remote_status(fleet, name)
@@ -199,7 +199,7 @@ async def start_remote(args: argparse.Namespace, name: str, host: Host) -> int:
                 home = host.home or await ssh.remote_home(conn, python, host.timeout_s)
                 command = (
                     shlex.join(["mkdir", "-p", "-m", "700", home]) + " && "
-                    + shlex.join(["setsid", "-f", python, "-m", "agent", "run", "--home", home])
+                    + shlex.join(["setsid", "-f", python, "-m", "mldeck.agent", "run", "--home", home])
                     + " </dev/null >>" + shlex.quote(str(Path(home) / "agent.log")) + " 2>&1"
                 )
                 done = await conn.run(command, timeout=host.timeout_s)
@@ -216,7 +216,7 @@ async def start_remote(args: argparse.Namespace, name: str, host: Host) -> int:
 
 
 async def stop_remote(args: argparse.Namespace, name: str, host: Host) -> int:
-    from tui.fleet import Fleet
+    from mldeck.tui.fleet import Fleet
 
     async with Fleet({name: host}) as fleet:
         status = await _remote_status(fleet, name)
@@ -251,7 +251,7 @@ def build_wheel(out: Path) -> Path:
 
 async def install(args: argparse.Namespace) -> int:
     """Wheel over SFTP into a venv on the host; the host's entry then points at that venv's Python."""
-    from tui import ssh
+    from mldeck.tui import ssh
 
     name, host = remote_host(args)
     if host is None:
@@ -303,7 +303,7 @@ def unit(args: argparse.Namespace) -> int:
         python, home = host.python or "/usr/bin/python3", host.home or "%h/.local/share/mldeck"
     else:
         python, home = sys.executable, str(local_layout(args).home)
-    argv = [python, "-m", "agent", "run", "--home", home]
+    argv = [python, "-m", "mldeck.agent", "run", "--home", home]
     print("\n".join([
         "# ~/.config/systemd/user/mldeck-agent.service; then: systemctl --user daemon-reload &&",
         "#   systemctl --user enable --now mldeck-agent && loginctl enable-linger $USER",

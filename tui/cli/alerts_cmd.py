@@ -6,8 +6,8 @@ import argparse
 import getpass
 from typing import Any
 
-from tui.cli.connect import call_agent
-from tui.cli.output import print_table, show, when
+from mldeck.tui.cli.connect import call_agent
+from mldeck.tui.cli.output import print_table, show, when
 
 
 def _print_alerts(alerts: list[dict[str, Any]], resolved_too: bool) -> None:

@@ -7,10 +7,10 @@ import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
 
-from core.client import Client, connect_unix
-from core.paths import Layout, mldeck_home
-from tui.cli.output import CliError
-from tui.hosts import LOCAL, Host, HostsError, resolve
+from mldeck.core.client import Client, connect_unix
+from mldeck.core.paths import Layout, mldeck_home
+from mldeck.tui.cli.output import CliError
+from mldeck.tui.hosts import LOCAL, Host, HostsError, resolve
 
 
 def local_layout(args: argparse.Namespace) -> Layout:
@@ -40,7 +40,7 @@ async def agent_client(args: argparse.Namespace) -> AsyncIterator[Client]:
         finally:
             await client.close()
         return
-    from tui.fleet import Fleet, HostDown  # asyncssh loads only for remote hosts
+    from mldeck.tui.fleet import Fleet, HostDown  # asyncssh loads only for remote hosts
 
     async with Fleet({name: host}) as fleet:
         try:

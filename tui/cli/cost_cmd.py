@@ -5,9 +5,9 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from tui.cli.connect import agent_client
-from tui.cli.output import print_table, show
-from tui.units import duration
+from mldeck.tui.cli.connect import agent_client
+from mldeck.tui.cli.output import print_table, show
+from mldeck.tui.units import duration
 
 UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 

@@ -14,11 +14,11 @@ from typing import Any
 
 import pynvml
 
-from core.paths import Layout, mldeck_home
-from tui import demo
-from tui.cli.agent_cmd import ensure_agent, stop
-from tui.cli.connect import agent_client, remote_host
-from tui.cli.output import CliError, print_json
+from mldeck.core.paths import Layout, mldeck_home
+from mldeck.tui import demo
+from mldeck.tui.cli.agent_cmd import ensure_agent, stop
+from mldeck.tui.cli.connect import agent_client, remote_host
+from mldeck.tui.cli.output import CliError, print_json
 
 RETRAIN_PIPELINE = Path(demo.__file__).resolve().parents[1] / "agent" / "demo" / "retrain.toml"
 
@@ -83,7 +83,7 @@ def demo_cmd(args: argparse.Namespace) -> int:
     try:
         if args.headless:
             return asyncio.run(headless(args, gpus))
-        from tui.app import run_tui
+        from mldeck.tui.app import run_tui
 
         async def story(client: Any, say: Any) -> dict[str, Any]:
             return await demo.run_story(client, say, gpus=gpus, auto=args.auto)

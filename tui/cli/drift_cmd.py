@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from tui.cli.connect import call_agent
-from tui.cli.output import print_table, show, when
+from mldeck.tui.cli.connect import call_agent
+from mldeck.tui.cli.output import print_table, show, when
 
 
 def _pct(value: Any) -> str:

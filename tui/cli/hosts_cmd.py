@@ -6,11 +6,11 @@ import argparse
 import asyncio
 from typing import TYPE_CHECKING, Any
 
-from tui.cli.output import CliError, print_json, print_table, show
-from tui.hosts import LOCAL, Host, HostsError, add_host, hosts_path, load_hosts, remove_host
+from mldeck.tui.cli.output import CliError, print_json, print_table, show
+from mldeck.tui.hosts import LOCAL, Host, HostsError, add_host, hosts_path, load_hosts, remove_host
 
 if TYPE_CHECKING:
-    from tui.fleet import Fleet, Outcome
+    from mldeck.tui.fleet import Fleet, Outcome
 
 COST_METHOD = "cost.now"
 COST_KEYS = ("cost_per_hour", "per_hour", "usd_per_hour", "rate_per_hour")
@@ -121,7 +121,7 @@ async def status(args: argparse.Namespace) -> int:
         if missing:
             raise CliError(f"unknown host(s): {', '.join(missing)}; `mldeck hosts ls` lists them")
         hosts = {n: hosts[n] for n in args.only}
-    from tui.fleet import Fleet  # asyncssh loads only when a command needs it
+    from mldeck.tui.fleet import Fleet  # asyncssh loads only when a command needs it
 
     async with Fleet(hosts, local_home=args.home) as fleet:
         rows = await fleet_status(fleet, args.timeout)

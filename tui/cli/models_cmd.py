@@ -9,10 +9,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from core.protocol import NOT_FOUND, RpcError
-from tui.cli.connect import agent_client, call_agent
-from tui.cli.output import CliError, print_json, print_table, show, when
-from tui.units import number
+from mldeck.core.errors import NotFound
+from mldeck.tui.cli.connect import agent_client, call_agent
+from mldeck.tui.cli.output import CliError, print_json, print_table, show, when
+from mldeck.tui.units import number
 
 MAX_METRIC_COLUMNS = 6
 _REF = re.compile(r"^(?P<name>[^@/]+)(?:@(?P<alias>[^@/]+)|/v?(?P<version>\d+))?$")
@@ -76,10 +76,8 @@ async def register_cmd(args: argparse.Namespace) -> int:
 async def _current(client: Any, name: str, alias: str) -> dict[str, Any] | None:
     try:
         return await client.call("models.get", name=name, alias=alias)
-    except RpcError as exc:
-        if exc.code == NOT_FOUND:
-            return None
-        raise
+    except NotFound:
+        return None
 
 
 def confirm(question: str) -> bool:

@@ -10,15 +10,16 @@ from typing import Any
 
 import msgspec
 
-from tui.units import number
+from mldeck.core.errors import MldeckError
+from mldeck.tui.units import number
 
 
-class CliError(Exception):
-    """One line for stderr that says what to do; the exit code goes with it."""
+class CliError(MldeckError):
+    """A command that cannot go on, with the exit code it ends with (see `mldeck --help`)."""
 
     def __init__(self, message: str, code: int = 1) -> None:
         super().__init__(message)
-        self.code = code
+        self.exit_code = code
 
 
 def print_json(data: Any) -> None:

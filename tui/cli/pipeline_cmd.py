@@ -9,9 +9,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from tui.cli.connect import agent_client, call_agent, remote_host
-from tui.cli.output import CliError, print_json, print_table, show, when
-from tui.units import duration
+from mldeck.tui.cli.connect import agent_client, call_agent, remote_host
+from mldeck.tui.cli.output import CliError, print_json, print_table, show, when
+from mldeck.tui.units import duration
 
 POLL_S = 1.0
 

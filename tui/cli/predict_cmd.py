@@ -17,8 +17,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from tui.cli.connect import call_agent, remote_host
-from tui.cli.output import CliError, show
+from mldeck.tui.cli.connect import call_agent, remote_host
+from mldeck.tui.cli.output import CliError, show
 
 if TYPE_CHECKING:
     import numpy as np
@@ -57,7 +57,7 @@ class Feeder:
     def __init__(self, signature: Any, schema: pa.Schema, folder: Path) -> None:
         import pyarrow as pa
 
-        from core.signature import column_names, numpy_dtype
+        from mldeck.core.signature import column_names, numpy_dtype
 
         self.specs = signature.inputs
         self.dtypes = {s.name: numpy_dtype(s.datatype) for s in self.specs}
@@ -126,8 +126,8 @@ async def predict(args: argparse.Namespace) -> int:
     import duckdb
     import pyarrow as pa
 
-    from core.modelfile import load_model
-    from core.signature import InvalidInput
+    from mldeck.core.modelfile import load_model
+    from mldeck.core.signature import InvalidInput
 
     if args.batch_size < 1:
         raise CliError("--batch-size must be at least 1")

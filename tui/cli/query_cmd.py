@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from tui.cli.connect import agent_client
-from tui.cli.output import print_json, print_table
+from mldeck.tui.cli.connect import agent_client
+from mldeck.tui.cli.output import print_json, print_table
 
 
 async def query(args: argparse.Namespace) -> int:

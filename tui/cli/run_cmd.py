@@ -8,11 +8,11 @@ import os
 from pathlib import Path
 from typing import Any
 
-from core.protocol import RpcError
-from core.runlog import TERMINAL
-from core.sweep import parse_value
-from tui.cli.connect import agent_client, call_agent, remote_host
-from tui.cli.output import CliError, print_json
+from mldeck.core.errors import MldeckError
+from mldeck.core.runlog import TERMINAL
+from mldeck.core.sweep import parse_value
+from mldeck.tui.cli.connect import agent_client, call_agent, remote_host
+from mldeck.tui.cli.output import CliError, print_json
 
 WAIT_POLL_S = 0.3
 
@@ -107,7 +107,7 @@ async def launch_on_nodes(args: argparse.Namespace, nodes: list[str]) -> list[di
                 extra["run_id"] = done[0][1]["run_id"]
             result = await call_agent(target, "runs.launch", **base, **extra, dist=dist)
             done.append((target, {**result, "node": nodes[rank]}))
-    except (RpcError, CliError):
+    except (MldeckError, CliError):
         for target, result in done:
             await call_agent(target, "runs.stop", run_id=result["run_id"])
         raise

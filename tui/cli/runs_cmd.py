@@ -8,10 +8,10 @@ import sys
 import time
 from typing import Any
 
-from tui.cli.connect import agent_client, call_agent
-from tui.cli.output import print_table, show, when
-from tui.hosts import ALL
-from tui.units import duration
+from mldeck.tui.cli.connect import agent_client, call_agent
+from mldeck.tui.cli.output import print_table, show, when
+from mldeck.tui.hosts import ALL
+from mldeck.tui.units import duration
 
 FOLLOW_POLL_S = 0.3
 FLEET_HOST = "fleet_host"  # with --host all: which host of the fleet a run is on
@@ -45,7 +45,7 @@ async def ls(args: argparse.Namespace) -> int:
 
 async def ls_fleet(args: argparse.Namespace, params: dict[str, Any]) -> int:
     """--host all: the runs of this machine and every host of the hosts file, newest first, as one list."""
-    from tui.fleet import Fleet  # asyncssh loads only when a command needs it
+    from mldeck.tui.fleet import Fleet  # asyncssh loads only when a command needs it
 
     async with Fleet.from_config(local_home=args.home) as fleet:
         got = await fleet.gather("runs.list", **params)

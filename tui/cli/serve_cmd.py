@@ -5,9 +5,9 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from tui.cli.connect import call_agent
-from tui.cli.output import CliError, print_table, show, when
-from tui.units import duration
+from mldeck.tui.cli.connect import call_agent
+from mldeck.tui.cli.output import CliError, print_table, show, when
+from mldeck.tui.units import duration
 
 
 def _print_status(status: dict[str, Any]) -> None:

@@ -5,10 +5,10 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from core import sweep as sw
-from tui.cli.connect import call_agent
-from tui.cli.output import CliError, print_table, show
-from tui.cli.run_cmd import add_launch_options, is_local, launch_params
+from mldeck.core import sweep as sw
+from mldeck.tui.cli.connect import call_agent
+from mldeck.tui.cli.output import CliError, print_table, show
+from mldeck.tui.cli.run_cmd import add_launch_options, is_local, launch_params
 
 ACTIONS = ("show", "ls", "stop")
 

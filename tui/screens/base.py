@@ -14,11 +14,10 @@ from textual.css.query import NoMatches
 from textual.screen import Screen
 from textual.widgets import Footer, Header, Static
 
-from core import protocol
-from core.protocol import RpcError
+from mldeck.core.errors import MethodNotAvailable, MldeckError, Unavailable
 
 if TYPE_CHECKING:
-    from tui.app import MldeckApp
+    from mldeck.tui.app import MldeckApp
 
 CALL_TIMEOUT_S = 15.0
 
@@ -38,30 +37,19 @@ def screen_work(**options: Any) -> Callable[[Callable[..., Coroutine[Any, Any, A
     return wrap
 
 
-class NotAvailable(Exception):
-    """The agent does not know this method yet (an older agent, or a feature not built)."""
-
-    def __init__(self, host: str, method: str) -> None:
-        super().__init__(f"{method} is not available on {host}'s agent")
-        self.host = host
-        self.method = method
-
-
 async def rpc(app: MldeckApp, host: str, method: str, timeout: float = CALL_TIMEOUT_S, **params: Any) -> Any:
     """One call with a deadline, so a hanging host only stalls the worker that asked it."""
     try:
         return await asyncio.wait_for(app.fleet.call(host, method, **params), timeout)
-    except RpcError as exc:
-        if exc.code == protocol.METHOD_NOT_FOUND:
-            raise NotAvailable(host, method) from None
-        raise
+    except MethodNotAvailable:
+        raise MethodNotAvailable(f"{method} is not available on {host}'s agent (an older mldeck?)") from None
     except TimeoutError:
-        raise RpcError(protocol.APP_ERROR, f"{host} did not answer {method} within {timeout:.0f}s") from None
+        raise Unavailable(f"{host} did not answer {method} within {timeout:.0f}s") from None
 
 
 def why(exc: BaseException) -> str:
     """One line for the status bar."""
-    if isinstance(exc, RpcError):
+    if isinstance(exc, MldeckError):
         return exc.message
     return str(exc) or type(exc).__name__
 

@@ -12,10 +12,10 @@ from textual.binding import Binding, BindingType
 from textual.containers import Grid, VerticalScroll
 from textual.widgets import Static
 
-from core.protocol import RpcError
-from tui.screens.base import DeckScreen, screen_work, why
-from tui.units import number
-from tui.widgets.metric_chart import MetricChart
+from mldeck.core.errors import MldeckError
+from mldeck.tui.screens.base import DeckScreen, screen_work, why
+from mldeck.tui.units import number
+from mldeck.tui.widgets.metric_chart import MetricChart
 
 MAX_CHARTS = 6
 LOWER_IS_BETTER = ("loss", "err", "mse", "mae", "rmse", "perplexity")
@@ -101,7 +101,7 @@ class CompareScreen(DeckScreen):
             runs = await asyncio.gather(*(self.call(h, "runs.get", run_id=r) for h, r in chosen))
             got = await asyncio.gather(*(self.call(h, "runs.metrics", run_id=r, max_points=500)
                                          for h, r in chosen))
-        except RpcError as exc:
+        except MldeckError as exc:
             self.say(why(exc))
             return
         series = {g["run_id"]: g["series"] for g in got}

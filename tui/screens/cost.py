@@ -10,8 +10,8 @@ from textual.binding import Binding, BindingType
 from textual.containers import Vertical
 from textual.widgets import DataTable, Static
 
-from tui.screens.panel import PolledScreen, fill, one, per_host
-from tui.units import money
+from mldeck.tui.screens.panel import PolledScreen, fill, one, per_host
+from mldeck.tui.units import money
 
 PERIODS = [("1 h", 3600.0), ("24 h", 86400.0), ("7 days", 7 * 86400.0), ("30 days", 30 * 86400.0)]
 RUNS_LIMIT = 200

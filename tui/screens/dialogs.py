@@ -10,7 +10,7 @@ from textual.containers import Vertical
 from textual.screen import ModalScreen
 from textual.widgets import Input, Static
 
-from tui.screens.base import DeckScreen
+from mldeck.tui.screens.base import DeckScreen
 
 GLOBAL_KEYS = [
     ("1-8", "jump: fleet, runs, compare, launch, registry, serving, drift, cost"),

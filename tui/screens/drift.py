@@ -11,11 +11,11 @@ from textual.binding import Binding, BindingType
 from textual.containers import Horizontal, Vertical
 from textual.widgets import DataTable, Static
 
-from tui.screens.base import screen_work
-from tui.screens.panel import PolledScreen, fill, one, per_host
-from tui.units import number
-from tui.widgets.distribution_chart import DistributionChart
-from tui.widgets.metric_chart import MetricChart, Series
+from mldeck.tui.screens.base import screen_work
+from mldeck.tui.screens.panel import PolledScreen, fill, one, per_host
+from mldeck.tui.units import number
+from mldeck.tui.widgets.distribution_chart import DistributionChart
+from mldeck.tui.widgets.metric_chart import MetricChart, Series
 
 HISTORY = 200
 MODEL_COLUMNS = ["host", "name", "version", "drifted", "share_drifted", "open_alerts", "n_rows", "accuracy"]

@@ -9,9 +9,9 @@ from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import VerticalScroll
 
-from core.protocol import RpcError
-from tui.screens.base import DeckScreen, NotAvailable, screen_work
-from tui.widgets.host_row import HostRow
+from mldeck.core.errors import MethodNotAvailable, MldeckError
+from mldeck.tui.screens.base import DeckScreen, screen_work
+from mldeck.tui.widgets.host_row import HostRow
 
 PAINT_S = 1.0  # the collector samples at 1 Hz: one batched repaint per sample
 EXTRAS_S = 5.0
@@ -29,7 +29,7 @@ async def host_extras(screen: DeckScreen, host: str, missing: set[str]) -> dict[
         try:
             params = {"since_s": 3600} if method == "cost.host" else {}
             out.update(pick(await screen.call(host, method, **params)))
-        except NotAvailable:
+        except MethodNotAvailable:
             missing.add(method)
     return out
 
@@ -106,7 +106,7 @@ class FleetScreen(DeckScreen):
                 row.feed(snap)
             if first.get("latest"):
                 row.feed(first["latest"])
-        except RpcError as exc:
+        except MldeckError as exc:
             row.extras["error"] = exc.message
         async for snap in self.deck.fleet.subscribe(row.host, "host.metrics"):
             row.feed(snap)
@@ -119,7 +119,7 @@ class FleetScreen(DeckScreen):
             try:
                 row.extras.update(await host_extras(self, row.host, missing))
                 row.dirty = True
-            except RpcError:
+            except MldeckError:
                 pass
             await asyncio.sleep(EXTRAS_S)
 
@@ -131,7 +131,7 @@ class FleetScreen(DeckScreen):
         rows[(current + step) % len(rows)].focus()
 
     def action_open(self) -> None:
-        from tui.screens.host import HostScreen
+        from mldeck.tui.screens.host import HostScreen
 
         focused = self.focused if isinstance(self.focused, HostRow) else None
         if focused is not None:

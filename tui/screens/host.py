@@ -11,10 +11,10 @@ from textual.binding import Binding, BindingType
 from textual.containers import Grid, Vertical
 from textual.widgets import DataTable, Static
 
-from core.protocol import RpcError
-from tui.screens.base import DeckScreen, screen_work, why
-from tui.units import gib
-from tui.widgets.metric_chart import MetricChart, Series
+from mldeck.core.errors import MldeckError
+from mldeck.tui.screens.base import DeckScreen, screen_work, why
+from mldeck.tui.units import gib
+from mldeck.tui.widgets.metric_chart import MetricChart, Series
 
 WINDOWS_S = [300, 1800, 3 * 3600, 24 * 3600]
 
@@ -78,7 +78,7 @@ class HostScreen(DeckScreen):
         try:
             facts = await self.call(self.host, "host.info")
             metrics = await self.call(self.host, "host.metrics", window_s=window, max_points=300)
-        except RpcError as exc:
+        except MldeckError as exc:
             self.say(why(exc))
             return
         running = await self.running_jobs()
@@ -104,7 +104,7 @@ class HostScreen(DeckScreen):
         """The agent's running jobs with their pids and GPUs (`jobs.queue`)."""
         try:
             queue = await self.call(self.host, "jobs.queue")
-        except RpcError as exc:
+        except MldeckError as exc:
             self.say(f"processes without their runs: {why(exc)}")
             return []
         jobs = queue.get("running") or []

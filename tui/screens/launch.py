@@ -10,10 +10,10 @@ from textual.binding import Binding, BindingType
 from textual.containers import Grid, VerticalScroll
 from textual.widgets import Input, Label, Select
 
-from core.jobs import AMP, check_param_names
-from core.protocol import RpcError
-from core.sweep import parse_grid, parse_value
-from tui.screens.base import DeckScreen, NotAvailable, screen_work, why
+from mldeck.core.errors import MethodNotAvailable, MldeckError
+from mldeck.core.jobs import AMP, check_param_names
+from mldeck.core.sweep import parse_grid, parse_value
+from mldeck.tui.screens.base import DeckScreen, screen_work, why
 
 EARLY_STOP = ["", "median", "asha"]
 
@@ -107,13 +107,13 @@ class LaunchScreen(DeckScreen):
         self.say(f"sending {method} to {host}…")
         try:
             result = await self.call(host, method, **params)
-        except NotAvailable as exc:
+        except MethodNotAvailable as exc:
             self.say(f"{exc}: this agent cannot launch jobs")
             return
-        except RpcError as exc:
+        except MldeckError as exc:
             self.say(f"refused: {why(exc)}")
             return
-        from tui.screens.run_detail import RunDetailScreen
+        from mldeck.tui.screens.run_detail import RunDetailScreen
 
         run_id = result.get("run_id") or next(iter(result.get("run_ids") or []), None)
         self.say(f"{method}: {result.get('sweep_id') or run_id} {result.get('status', '')}")

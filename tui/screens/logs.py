@@ -9,8 +9,8 @@ from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.widgets import RichLog
 
-from core.protocol import RpcError
-from tui.screens.base import DeckScreen, NotAvailable, screen_work, why
+from mldeck.core.errors import MethodNotAvailable, MldeckError
+from mldeck.tui.screens.base import DeckScreen, screen_work, why
 
 FOLLOW_S = 0.5
 
@@ -51,10 +51,10 @@ class LogsScreen(DeckScreen):
         while True:
             try:
                 chunk = await self.call(self.host, "runs.logs", run_id=self.run_id, offset=offset)
-            except NotAvailable as exc:
+            except MethodNotAvailable as exc:
                 self.say(f"{exc}: logs need the jobs feature")
                 return
-            except RpcError as exc:
+            except MldeckError as exc:
                 self.say(why(exc))
                 await asyncio.sleep(2)
                 continue

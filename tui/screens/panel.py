@@ -8,9 +8,9 @@ from typing import Any, ClassVar
 
 from textual.widgets import DataTable
 
-from core.protocol import RpcError
-from tui.screens.base import DeckScreen, NotAvailable, screen_work, why
-from tui.units import number
+from mldeck.core.errors import MethodNotAvailable, MldeckError
+from mldeck.tui.screens.base import DeckScreen, screen_work, why
+from mldeck.tui.units import number
 
 
 def cell(value: Any) -> str:
@@ -51,9 +51,9 @@ async def per_host(screen: DeckScreen, method: str, notes: list[str], **params: 
 async def one(screen: DeckScreen, host: str, method: str, notes: list[str], **params: Any) -> Any:
     try:
         return await screen.call(host, method, **params)
-    except NotAvailable as exc:
+    except MethodNotAvailable as exc:
         notes.append(str(exc))
-    except RpcError as exc:
+    except MldeckError as exc:
         notes.append(f"{host}: {why(exc)}")
     return None
 

@@ -12,11 +12,10 @@ from textual.containers import Vertical
 from textual.screen import ModalScreen
 from textual.widgets import OptionList, Static
 
-from core import protocol
-from core.protocol import RpcError
-from tui.screens.base import NotAvailable, rpc, screen_work, why
-from tui.screens.dialogs import Prompt
-from tui.units import number
+from mldeck.core.errors import Invalid, MethodNotAvailable, MldeckError
+from mldeck.tui.screens.base import rpc, screen_work, why
+from mldeck.tui.screens.dialogs import Prompt
+from mldeck.tui.units import number
 
 DEFAULT_ALIASES = ["production", "staging", "challenger"]
 
@@ -108,8 +107,8 @@ class PromoteDialog(ModalScreen[dict[str, Any] | None]):
             res = await rpc(self.app, self.host, "models.promote", name=self.name_,  # type: ignore[arg-type]
                             version=self.candidate["version"], alias=self.alias, dry_run=True)
             self.show_gates(res.get("failed_gates") or [], gated=res.get("gated", True))
-        except RpcError as exc:
-            if exc.code == protocol.INVALID_PARAMS and "dry_run" in exc.message:
+        except MldeckError as exc:
+            if isinstance(exc, Invalid) and "dry_run" in exc.message:
                 gates.update("gates: the agent checks them when you press enter")
             elif isinstance(exc.data, dict) and "failed_gates" in exc.data:
                 self.show_gates(exc.data["failed_gates"])
@@ -120,9 +119,9 @@ class PromoteDialog(ModalScreen[dict[str, Any] | None]):
     async def drift_line(self) -> Text:
         try:
             status = await rpc(self.app, self.host, "drift.status", name=self.name_)  # type: ignore[arg-type]
-        except NotAvailable:
+        except MethodNotAvailable:
             return Text("drift: not available on this agent", "dim")
-        except RpcError as exc:
+        except MldeckError as exc:
             return Text(f"drift: {why(exc)}", "dim")
         if not isinstance(status, dict):
             return Text("drift: -", "dim")
@@ -163,7 +162,7 @@ class PromoteDialog(ModalScreen[dict[str, Any] | None]):
         try:
             res = await rpc(self.app, self.host, "models.promote", name=self.name_,  # type: ignore[arg-type]
                             version=self.candidate["version"], alias=self.alias, force=force, reason=reason)
-        except RpcError as exc:
+        except MldeckError as exc:
             if isinstance(exc.data, dict) and exc.data.get("failed_gates"):
                 self.show_gates(exc.data["failed_gates"])
             else:

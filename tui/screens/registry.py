@@ -12,11 +12,11 @@ from textual.binding import Binding, BindingType
 from textual.containers import Horizontal, VerticalScroll
 from textual.widgets import DataTable, Static
 
-from core.protocol import RpcError
-from tui.screens.base import DeckScreen, NotAvailable, screen_work, why
-from tui.screens.dialogs import Confirm, Prompt
-from tui.screens.promote import AliasPicker, PromoteDialog, alias_choices
-from tui.units import age, number
+from mldeck.core.errors import MethodNotAvailable, MldeckError
+from mldeck.tui.screens.base import DeckScreen, screen_work, why
+from mldeck.tui.screens.dialogs import Confirm, Prompt
+from mldeck.tui.screens.promote import AliasPicker, PromoteDialog, alias_choices
+from mldeck.tui.units import age, number
 
 SHOWN_METRICS = 4
 
@@ -70,7 +70,7 @@ class RegistryScreen(DeckScreen):
         try:
             async for _ in self.deck.fleet.subscribe(host, "models"):
                 self.load_models()
-        except RpcError:
+        except MldeckError:
             return
 
     @screen_work(exclusive=True, group="models")
@@ -111,7 +111,7 @@ class RegistryScreen(DeckScreen):
         host, model = self.models[row]
         try:
             versions = await self.call(host, "models.versions", name=model["name"])
-        except RpcError as exc:
+        except MldeckError as exc:
             self.say(why(exc))
             return
         self.selected = (host, model)
@@ -210,7 +210,7 @@ class RegistryScreen(DeckScreen):
     async def registry_action(self, host: str, method: str, **params: Any) -> None:
         try:
             res = await self.call(host, method, **params)
-        except RpcError as exc:
+        except MldeckError as exc:
             self.say(why(exc))
             return
         moved = f"{res.get('alias')} → " if res.get("alias") else ""
@@ -250,7 +250,7 @@ class AuditScreen(DeckScreen):
         table.add_columns("when", "actor", "action", "alias", "version", "from", "comment")
         try:
             rows = await self.call(self.host, "models.audit", name=self.name_)
-        except RpcError as exc:
+        except MldeckError as exc:
             self.say(why(exc))
             return
         for r in rows:
@@ -282,7 +282,7 @@ class LineageScreen(DeckScreen):
         self.sub_title = f"{self.name_} v{self.version} on {self.host}"
         try:
             got = await self.call(self.host, "models.lineage", name=self.name_, version=self.version)
-        except (RpcError, NotAvailable) as exc:
+        except (MldeckError, MethodNotAvailable) as exc:
             self.say(why(exc))
             return
         self.query_one("#lineage", Static).update(lineage_text(got))

@@ -11,11 +11,11 @@ from textual.binding import Binding, BindingType
 from textual.containers import Grid, Horizontal, VerticalScroll
 from textual.widgets import Static
 
-from core.protocol import RpcError
-from tui.screens.base import DeckScreen, NotAvailable, screen_work, why
-from tui.screens.host import per_gpu
-from tui.units import age, gib, money, number, span
-from tui.widgets.metric_chart import MetricChart
+from mldeck.core.errors import MethodNotAvailable, MldeckError
+from mldeck.tui.screens.base import DeckScreen, screen_work, why
+from mldeck.tui.screens.host import per_gpu
+from mldeck.tui.units import age, gib, money, number, span
+from mldeck.tui.widgets.metric_chart import MetricChart
 
 APPLY_S = 0.3
 MAX_CHARTS = 6
@@ -97,7 +97,7 @@ class RunDetailScreen(DeckScreen):
         self.set_interval(APPLY_S, self.apply_pending)
 
     def action_logs(self) -> None:
-        from tui.screens.logs import LogsScreen
+        from mldeck.tui.screens.logs import LogsScreen
 
         self.app.push_screen(LogsScreen(self.host, self.run_id))
 
@@ -107,15 +107,15 @@ class RunDetailScreen(DeckScreen):
             run = await self.call(self.host, "runs.get", run_id=self.run_id)
             got = await self.call(self.host, "runs.metrics", run_id=self.run_id, max_points=500)
             series = got["series"]
-        except RpcError as exc:
+        except MldeckError as exc:
             self.say(why(exc))
             return
         cost = None
         try:
             cost = await self.call(self.host, "cost.run", run_id=self.run_id)
-        except NotAvailable:
+        except MethodNotAvailable:
             pass
-        except RpcError as exc:
+        except MldeckError as exc:
             self.say(why(exc))
         self.query_one("#run-facts", Static).update(facts_table(run, cost))
         params = params_table(run.get("params") or {}, run.get("metrics") or {})
@@ -137,9 +137,9 @@ class RunDetailScreen(DeckScreen):
     async def show_checkpoints(self) -> None:
         try:
             got = await self.call(self.host, "runs.checkpoints", run_id=self.run_id)
-        except NotAvailable:
+        except MethodNotAvailable:
             return
-        except RpcError as exc:
+        except MldeckError as exc:
             self.say(why(exc))
             return
         self.query_one("#run-checkpoints", Static).update(checkpoints_table(got["checkpoints"]))
@@ -152,7 +152,7 @@ class RunDetailScreen(DeckScreen):
         try:
             hist = await self.call(self.host, "host.metrics", window_s=max(1.0, time.time() - start),
                                    max_points=300)
-        except RpcError as exc:
+        except MldeckError as exc:
             self.say(why(exc))
             return
         rows = [r for r in hist.get("history") or [] if start <= r["ts"] <= end + 1]
@@ -178,7 +178,7 @@ class RunDetailScreen(DeckScreen):
             async for ev in self.deck.fleet.subscribe(self.host, "runs", run_id=self.run_id):
                 if ev.get("run_id") == self.run_id and ev.get("status") not in (None, "running", "queued"):
                     self.say(f"run finished: {ev.get('status')}")
-        except RpcError as exc:
+        except MldeckError as exc:
             self.say(why(exc))
 
     @screen_work(group="run-checkpoints")
@@ -188,7 +188,7 @@ class RunDetailScreen(DeckScreen):
             async for ev in self.deck.fleet.subscribe(self.host, "run.event", run_id=self.run_id):
                 if ev.get("event") == "checkpoint":
                     await self.show_checkpoints()
-        except RpcError as exc:
+        except MldeckError as exc:
             self.say(why(exc))
 
     async def apply_pending(self) -> None:

@@ -15,13 +15,13 @@ from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.widgets import Input
 
-from core.protocol import RpcError
-from tui.app import RUNS_FIRST_PAGE
-from tui.screens import run_filter
-from tui.screens.base import DeckScreen, NotAvailable, screen_work, why
-from tui.screens.dialogs import Confirm
-from tui.units import duration
-from tui.widgets.runs_table import RunsTable
+from mldeck.core.errors import MethodNotAvailable, MldeckError
+from mldeck.tui.app import RUNS_FIRST_PAGE
+from mldeck.tui.screens import run_filter
+from mldeck.tui.screens.base import DeckScreen, screen_work, why
+from mldeck.tui.screens.dialogs import Confirm
+from mldeck.tui.units import duration
+from mldeck.tui.widgets.runs_table import RunsTable
 
 RUNS_LIMIT = 5000  # runs.list fallback, for agents without runs.table
 FIRST_PAGE = RUNS_FIRST_PAGE  # newest runs first: the table paints before the rest arrives
@@ -190,9 +190,9 @@ class RunsScreen(DeckScreen):
                         self.tables[host] = merge(old, fresh)
                         self.combine()  # refilters every run: only when the newest ones changed
                 self.errors.pop(host, None)
-            except NotAvailable:
+            except MethodNotAvailable:
                 await self.fetch_list(host)
-            except RpcError as exc:
+            except MldeckError as exc:
                 self.errors[host] = why(exc)
                 self.describe()
             try:
@@ -243,7 +243,7 @@ class RunsScreen(DeckScreen):
         """An older agent without runs.table: its newest runs through runs.list."""
         try:
             runs = await self.call(host, "runs.list", limit=RUNS_LIMIT)
-        except RpcError as exc:
+        except MldeckError as exc:
             self.errors[host] = why(exc)
             return
         self.tables[host] = runs_table({host: runs})
@@ -346,7 +346,7 @@ class RunsScreen(DeckScreen):
         self.deck.switch_mode("compare")
 
     def action_open(self) -> None:
-        from tui.screens.run_detail import RunDetailScreen
+        from mldeck.tui.screens.run_detail import RunDetailScreen
 
         cur = self.current()
         if cur:
@@ -382,7 +382,7 @@ class RunsScreen(DeckScreen):
         self.wake.set()
 
     def action_logs(self) -> None:
-        from tui.screens.logs import LogsScreen
+        from mldeck.tui.screens.logs import LogsScreen
 
         cur = self.current()
         if cur:
@@ -414,10 +414,10 @@ class RunsScreen(DeckScreen):
         self.say(f"{doing} {run_id} on {host}…")
         try:
             await self.call(host, method, run_id=run_id)
-        except NotAvailable as exc:
+        except MethodNotAvailable as exc:
             self.say(f"{exc} (this agent cannot run jobs yet)")
             return
-        except RpcError as exc:
+        except MldeckError as exc:
             self.say(why(exc))
             return
         self.say(f"{method} {run_id}: done")

@@ -12,11 +12,11 @@ from textual.binding import Binding, BindingType
 from textual.containers import Grid, Vertical
 from textual.widgets import DataTable
 
-from core.protocol import RpcError
-from tui.screens.base import screen_work, why
-from tui.screens.dialogs import Prompt
-from tui.screens.panel import PolledScreen, fill, per_host
-from tui.widgets.metric_chart import MetricChart
+from mldeck.core.errors import MldeckError
+from mldeck.tui.screens.base import screen_work, why
+from mldeck.tui.screens.dialogs import Prompt
+from mldeck.tui.screens.panel import PolledScreen, fill, per_host
+from mldeck.tui.widgets.metric_chart import MetricChart
 
 WINDOW_S = 10.0
 KEEP = 150  # points per series: five minutes at one poll every two seconds
@@ -146,7 +146,7 @@ class ServingScreen(PolledScreen):
     async def traffic(self, host: str, name: str, **change: Any) -> None:
         try:
             split = await self.call(host, "serving.traffic", name=name, **change)
-        except RpcError as exc:
+        except MldeckError as exc:
             self.say(why(exc))
             return
         warning = split.get("warning")

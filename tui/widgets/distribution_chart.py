@@ -6,8 +6,8 @@ from typing import Any
 
 from textual_plotext import PlotextPlot
 
-from tui.units import number
-from tui.widgets.metric_chart import COLORS
+from mldeck.tui.units import number
+from mldeck.tui.widgets.metric_chart import COLORS
 
 SIDES = ("reference", "current")
 LABEL_CHARS = 10

@@ -9,7 +9,7 @@ from typing import Any
 from textual.content import Content
 from textual.widget import Widget
 
-from tui.units import gib
+from mldeck.tui.units import gib
 
 BLOCKS = "▁▂▃▄▅▆▇█"
 HISTORY = 40

@@ -9,8 +9,8 @@ from textual.containers import Vertical
 from textual.content import Content
 from textual.widget import Widget
 
-from tui.units import gib, money, pct
-from tui.widgets.gpu_spark import GpuSpark
+from mldeck.tui.units import gib, money, pct
+from mldeck.tui.widgets.gpu_spark import GpuSpark
 
 
 def state_style(state: str) -> str:
