@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -39,11 +41,10 @@ class CliResult:
 
 
 @dataclass
-class AgentProc:
-    """A real `python -m mldeck.agent run` process owning a temporary home."""
+class AgentHome:
+    """A home with a running agent, and the user's ways in: the CLI and Python jobs."""
 
     home: Path
-    proc: subprocess.Popen[bytes]
 
     @property
     def layout(self) -> Layout:
@@ -70,6 +71,13 @@ class AgentProc:
             [sys.executable, *args], capture_output=True, text=True,
             env=agent_env(self.home, **env), timeout=timeout, cwd=REPO,
         )
+
+
+@dataclass
+class AgentProc(AgentHome):
+    """A real `python -m mldeck.agent run` process owning a temporary home."""
+
+    proc: subprocess.Popen[bytes]
 
     def kill(self, sig: int = 9) -> None:
         self.proc.send_signal(sig)
@@ -130,6 +138,40 @@ def start_agent(home: Path, config: str | None = None, timeout: float = 30) -> A
 def agent_home(tmp_path: Path) -> Iterator[AgentProc]:
     """A running agent (2 simulated GPUs, collector at 5 Hz) in a fresh temporary home."""
     agent = start_agent(tmp_path / "home", config="[agent]\ncollector_interval_s = 0.2\n")
+    yield agent
+    agent.stop()
+
+
+class InProcessAgent(AgentHome):
+    """The agent on an event loop in a thread of the test process: the whole RPC surface, real socket and
+    real store, without a process start (for tests that neither kill nor restart the agent)."""
+
+    def __init__(self, home: Path, config: str | None = None) -> None:
+        from mldeck.agent.daemon import Agent
+
+        super().__init__(home)
+        home.mkdir(parents=True, exist_ok=True)
+        if config is not None:
+            (home / "agent.toml").write_text(config)
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="agent-loop", daemon=True)
+        self._thread.start()
+        with pytest.MonkeyPatch.context() as env:
+            env.setenv("MLDECK_SIMULATE_GPUS", "2")
+            self.agent = Agent(home)
+        asyncio.run_coroutine_threadsafe(self.agent.start(), self._loop).result(30)
+
+    def stop(self) -> None:
+        asyncio.run_coroutine_threadsafe(self.agent.stop(), self._loop).result(30)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)
+        self._loop.close()
+
+
+@pytest.fixture
+def live_agent(tmp_path: Path) -> Iterator[InProcessAgent]:
+    """A running in-process agent (2 simulated GPUs, collector at 5 Hz) in a fresh temporary home."""
+    agent = InProcessAgent(tmp_path / "home", config="[agent]\ncollector_interval_s = 0.2\n")
     yield agent
     agent.stop()
 

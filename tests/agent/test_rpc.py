@@ -21,7 +21,7 @@ from mldeck.core.errors import (
     TooLarge,
     wire_code,
 )
-from tests.conftest import AgentProc, wait_for
+from tests.conftest import AgentHome, AgentProc, InProcessAgent, wait_for
 
 
 class Raw:
@@ -36,7 +36,7 @@ class Raw:
         return msgspec.json.decode(await asyncio.wait_for(self.reader.readline(), 10))
 
 
-async def raw(agent: AgentProc) -> Raw:
+async def raw(agent: AgentHome) -> Raw:
     reader, writer = await asyncio.open_unix_connection(str(agent.layout.socket), limit=2**26)
     return Raw(reader, writer)
 
@@ -45,10 +45,10 @@ def call_line(method: str, params: Any = None, msg_id: int = 1) -> bytes:
     return protocol.encode(protocol.request(msg_id, method, params))
 
 
-def test_socket_is_owner_only(agent_home: AgentProc) -> None:
-    mode = stat.S_IMODE(os.stat(agent_home.layout.socket).st_mode)
+def test_socket_is_owner_only(live_agent: InProcessAgent) -> None:
+    mode = stat.S_IMODE(os.stat(live_agent.layout.socket).st_mode)
     assert mode == 0o600
-    assert stat.S_IMODE(os.stat(agent_home.home).st_mode) == 0o700
+    assert stat.S_IMODE(os.stat(live_agent.home).st_mode) == 0o700
 
 
 def test_bad_requests_get_errors_and_the_connection_lives(agent_home: AgentProc) -> None:
@@ -92,9 +92,9 @@ def test_bad_requests_get_errors_and_the_connection_lives(agent_home: AgentProc)
     assert agent_home.proc.poll() is None
 
 
-def test_hello_and_host_facts(agent_home: AgentProc) -> None:
+def test_hello_and_host_facts(live_agent: InProcessAgent) -> None:
     async def scenario() -> dict[str, Any]:
-        client = await connect_unix(agent_home.layout.socket)
+        client = await connect_unix(live_agent.layout.socket)
         try:
             return await client.call("hello", client="test")
         finally:
@@ -106,11 +106,11 @@ def test_hello_and_host_facts(agent_home: AgentProc) -> None:
     assert {"host.metrics", "runs", "run.metrics"} <= set(hello["topics"])
 
 
-def test_closing_a_client_keeps_the_callers_cancel(agent_home: AgentProc) -> None:
+def test_closing_a_client_keeps_the_callers_cancel(live_agent: InProcessAgent) -> None:
     """A task cancelled while it closes its client ends; the fleet's supervisors once hung on this."""
 
     async def scenario() -> bool:
-        client = await connect_unix(agent_home.layout.socket)
+        client = await connect_unix(live_agent.layout.socket)
         await client.call("hello", client="test")
 
         async def close_then_linger() -> None:
@@ -126,9 +126,9 @@ def test_closing_a_client_keeps_the_callers_cancel(agent_home: AgentProc) -> Non
     assert asyncio.run(scenario())
 
 
-def test_host_metrics_latest_and_history(agent_home: AgentProc) -> None:
+def test_host_metrics_latest_and_history(live_agent: InProcessAgent) -> None:
     async def scenario() -> dict[str, Any]:
-        client = await connect_unix(agent_home.layout.socket)
+        client = await connect_unix(live_agent.layout.socket)
         try:
             await asyncio.sleep(1.2)
             return await client.call("host.metrics", window_s=60, max_points=100)
@@ -142,14 +142,14 @@ def test_host_metrics_latest_and_history(agent_home: AgentProc) -> None:
     assert all(r["mem_total"] == 40 * 1024**3 for r in hist if r["gpu_index"] is not None)
 
 
-def test_subscription_delivers_new_points_fast(agent_home: AgentProc) -> None:
+def test_subscription_delivers_new_points_fast(live_agent: InProcessAgent) -> None:
     """run.log → run.metrics notification on a subscribed socket, and the downsampled fetch."""
 
     async def scenario() -> tuple[list[float], dict[str, Any]]:
         from mldeck.core import track
 
-        client = await connect_unix(agent_home.layout.socket)
-        run = track.init(name="live", home=agent_home.home)
+        client = await connect_unix(live_agent.layout.socket)
+        run = track.init(name="live", home=live_agent.home)
         sub = await client.subscribe("run.metrics", run_id=run.id)
         latencies = []
         for step in range(20):

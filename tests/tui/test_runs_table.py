@@ -38,11 +38,13 @@ def test_pages_match_runs_list_with_latest_metrics_pivoted(deck: Deck) -> None:
 
 
 @pytest.mark.parametrize(("params", "says"), [
-    ({"limit": 0}, "limit must be between 1 and 25000"),
-    ({"limit": 10**6}, "limit must be between 1 and 25000"),
-    ({"offset": -1}, "offset must be 0 or more"),
+    ({"limit": 0}, ">= 1 - at `$.limit`"),
+    ({"limit": 10**6}, "<= 25000 - at `$.limit`"),
+    ({"offset": -1}, ">= 0 - at `$.offset`"),
+    ({"offset": 10**20}, "at `$.offset`"),
+    ({"offset": 1e20}, "got `float` - at `$.offset`"),
     ({"columns": ["name; drop table runs"]}, "unknown run column"),
-    ({"metrics": [f"k{i}" for i in range(40)]}, "at most 32 metrics"),
+    ({"metrics": [f"k{i}" for i in range(40)]}, "of length <= 32 - at `$.metrics`"),
     ({"limit": "ten"}, "limit"),
 ])
 def test_bad_input_gets_one_clear_message(deck: Deck, params: dict, says: str) -> None:
