@@ -49,6 +49,7 @@ import os
 from collections import Counter
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
@@ -62,15 +63,6 @@ from scipy.spatial import distance
 
 Kind = Literal["numeric", "categorical"]
 
-NUMERIC_ONLY_METHODS = frozenset({"ks", "wasserstein"})
-DEFAULT_THRESHOLDS: dict[str, float] = {
-    "ks": 0.05,
-    "chisquare": 0.05,
-    "z": 0.05,
-    "wasserstein": 0.1,
-    "jensenshannon": 0.1,
-    "psi": 0.1,
-}
 SMALL_REFERENCE_ROWS = 1_000
 FEW_VALUES = 5
 HISTOGRAM_MIN_VALUES = 20
@@ -551,6 +543,28 @@ def _distinct_count(ref: _Column, cur: _Column, kind: Kind) -> int:
     return len(ref_values | cur.distinct_upto(FEW_VALUES + 1))
 
 
+@dataclass(frozen=True)
+class Statistic:
+    """One drift test: its statistic (and p-value, for a hypothesis test) from a reference and a current
+    column, and its default threshold: drift when p < threshold, or when a distance is >= threshold."""
+
+    compute: Callable[[_ArrayColumn, _Column, Kind], tuple[float, float | None]]
+    threshold: float
+    numeric_only: bool = False
+
+
+# Adding a statistic is one entry here (plus its test in tests/core/test_drift.py).
+STATISTICS: dict[str, Statistic] = {
+    "ks": Statistic(lambda r, c, k: _ks_sorted(r.sorted(), c.sorted()), 0.05, numeric_only=True),
+    "wasserstein": Statistic(lambda r, c, k: (_wasserstein_norm_sorted(r.sorted(), c.sorted()), None), 0.1,
+                             numeric_only=True),
+    "chisquare": Statistic(lambda r, c, k: _chisquare_counts(r.counts(), c.counts()), 0.05),
+    "z": Statistic(lambda r, c, k: _z_counts(r.counts(), c.counts()), 0.05),
+    "jensenshannon": Statistic(lambda r, c, k: (_js_columns(r, c, k), None), 0.1),
+    "psi": Statistic(lambda r, c, k: (_psi_columns(r, c, k), None), 0.1),
+}
+
+
 def _test_column(
     name: str, kind: Kind, ref: _ArrayColumn, cur: _Column, override: ColumnTest | None
 ) -> ColumnDrift:
@@ -562,28 +576,17 @@ def _test_column(
     method = override.method if override and override.method else None
     if method is None:
         method = default_method(kind, ref.size(), _distinct_count(ref, cur, kind))
-    if method not in DEFAULT_THRESHOLDS:
+    test = STATISTICS.get(method)
+    if test is None:
         raise ValueError(
-            f"unknown drift method {method!r} for column {name!r}; use one of {sorted(DEFAULT_THRESHOLDS)}"
+            f"unknown drift method {method!r} for column {name!r}; use one of {sorted(STATISTICS)}"
         )
-    if kind == "categorical" and method in NUMERIC_ONLY_METHODS:
+    if kind == "categorical" and test.numeric_only:
         raise ValueError(f"{method} needs a numeric column; {name!r} is categorical")
-    threshold = DEFAULT_THRESHOLDS[method]
+    threshold = test.threshold
     if override and override.threshold is not None:
         threshold = override.threshold
-    p_value: float | None = None
-    if method == "ks":
-        statistic, p_value = _ks_sorted(ref.sorted(), cur.sorted())
-    elif method == "wasserstein":
-        statistic = _wasserstein_norm_sorted(ref.sorted(), cur.sorted())
-    elif method == "chisquare":
-        statistic, p_value = _chisquare_counts(ref.counts(), cur.counts())
-    elif method == "z":
-        statistic, p_value = _z_counts(ref.counts(), cur.counts())
-    elif method == "jensenshannon":
-        statistic = _js_columns(ref, cur, kind)
-    else:
-        statistic = _psi_columns(ref, cur, kind)
+    statistic, p_value = test.compute(ref, cur, kind)
     drifted = p_value < threshold if p_value is not None else statistic >= threshold
     return ColumnDrift(name, kind, method, float(statistic), p_value, threshold, bool(drifted))
 
