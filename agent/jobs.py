@@ -1,12 +1,13 @@
-"""The job runner: a persistent queue, GPU assignment, process groups, stop/requeue/resume, cost.
+"""The job runner: a persistent queue, GPU assignment, process groups, stop/requeue/resume, live cost.
 
 Each job runs as `python -m mldeck.agent.jobwrap RUN_DIR -- ARGV` in its own session (process
 group = the wrapper's pid), stdout and stderr appended to runs/<id>/stdout.log. The wrapper
 writes the job's exit code to runs/<id>/exit_code, so a job that outlives an agent restart
 is re-adopted by pid and create time, polled with psutil, and its outcome still known.
 
-In-process API for other features: `agent.jobs.launch(LaunchParams) -> run_id`,
-`await agent.jobs.wait(run_id) -> run row`, `await agent.jobs.stop(run_id, ...)`.
+Other services use `launch(LaunchParams) -> run_id`, `wait(run_id) -> run row`,
+`stop_run(run_id, ...)` and `resume(run_id)`; the runs.* methods are in agent/runs.py,
+the cost.* methods in agent/cost.py.
 """
 
 from __future__ import annotations
@@ -29,24 +30,25 @@ from typing import TYPE_CHECKING, Any
 
 import psutil
 
+from mldeck.agent.runs import no_run
+from mldeck.agent.service import Context, rpc
 from mldeck.core import cost as costs
 from mldeck.core import jobs as q
 from mldeck.core import protocol
 from mldeck.core.atomic import write_atomic
-from mldeck.core.errors import Conflict, Invalid, NotFound
-from mldeck.core.jobs import CostParams, LaunchParams, LogsParams, QueueParams, StopParams
-from mldeck.core.paths import BadName, check_name, new_run_id
-from mldeck.core.protocol import RunRef
+from mldeck.core.errors import Conflict, Invalid
+from mldeck.core.jobs import JobSpec, LaunchParams, QueueParams
+from mldeck.core.paths import check_name, new_run_id
 from mldeck.core.provenance import git_state
 from mldeck.core.runlog import TERMINAL
 
 if TYPE_CHECKING:
-    from mldeck.agent.daemon import Agent
-    from mldeck.agent.rpc import Connection
+    from mldeck.agent.collector import Collector
+    from mldeck.agent.nvml import Nvml
+    from mldeck.agent.simgpu import SimulatedNvml
 
 log = logging.getLogger("mldeck.jobs")
 LOST = -1
-MAX_LOG_BYTES = 1024 * 1024
 
 
 @dataclass
@@ -101,28 +103,32 @@ def _free_port(host: str) -> int:
 
 
 class Jobs:
-    """The queue and the running jobs of one agent."""
+    """The queue and the running jobs of one agent, and the jobs.queue method that shows them."""
 
-    def __init__(self, agent: Agent) -> None:
-        self.agent = agent
-        self.store = agent.store
-        self.cfg = agent.config.jobs
+    def __init__(
+        self, ctx: Context, nvml: Nvml, simulated: SimulatedNvml | None, collector: Collector
+    ) -> None:
+        self.ctx = ctx
+        self.store = ctx.store
+        self.cfg = ctx.config.jobs
+        self.simulated = simulated
+        self.collector = collector
         self.active: dict[str, Job] = {}
         self.queue: list[dict[str, Any]] = []
         self._waiters: dict[str, list[asyncio.Future[dict[str, Any]]]] = {}
         self._wake = asyncio.Event()
-        self.gpu_count = agent.nvml.count
-        samples = agent.nvml.sample() if self.gpu_count else []
+        self.gpu_count = nvml.count
+        samples = nvml.sample() if self.gpu_count else []
         self.gpu_mem = [s.mem_total or 0 for s in samples]
-        self.prices = costs.host_prices(samples[0].name if samples else None, agent.config.cost)
+        self.prices = costs.host_prices(samples[0].name if samples else None, ctx.config.cost)
         self.max_cpu_jobs = self.cfg.max_cpu_jobs or (os.cpu_count() or 1)
         self._last_cost_write = 0.0
 
     # lifecycle ----------------------------------------------------------------
 
     async def start(self) -> None:
-        """Re-adopt jobs that outlived the last agent, finish those that died, reload the queue."""
-        for row in await self.agent.read(q.jobs_in_state, self.store, "running"):
+        """Re-adopt jobs that outlived the last agent, finish those that died, reload the queue, run."""
+        for row in await self.ctx.read(q.jobs_in_state, self.store, "running"):
             job = await self._job_from_row(row)
             alive = _same_process(job.pid, row.get("pid_create_time"))
             end = time.time() if alive else self._exit_time(job)
@@ -137,11 +143,12 @@ class Jobs:
                 self._hold(job)
             else:
                 await self._finish(job, self._exit_file(job))
-        self.queue = await self.agent.read(q.jobs_in_state, self.store, "queued")
-        self.agent.spawn(self._loop(), "jobs")
+        self.queue = await self.ctx.read(q.jobs_in_state, self.store, "queued")
+        self._wake.set()
+        self.ctx.tasks.every(0, self._tick, "jobs")
 
     async def _job_from_row(self, row: dict[str, Any]) -> Job:
-        run = await self.agent.read(self.store.get_run, row["run_id"]) or {}
+        run = await self.ctx.read(self.store.get_run, row["run_id"]) or {}
         gpus = list(row.get("gpus_assigned") or [])
         return Job(
             run_id=row["run_id"], spec=row["spec"], gpus=gpus, pid=row["pid"] or 0,
@@ -156,47 +163,45 @@ class Jobs:
 
     def _hold(self, job: Job) -> None:
         self.active[job.run_id] = job
-        if self.agent.simulated:
+        if self.simulated:
             for i in job.gpus:
-                self.agent.simulated.place(i, job.pid)
+                self.simulated.place(i, job.pid)
 
-    async def _loop(self) -> None:
-        while True:
-            try:
-                await self._check_active()
-                await self._schedule()
-            except Exception:
-                log.exception("job runner tick failed; trying again")
-            self._wake.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self.cfg.poll_interval_s)
+    async def _tick(self) -> None:
+        """One pass of the runner once something changed (a launch, an end) or poll_interval_s passed.
+
+        Run by `tasks.every(0, ...)`: the wait is here, so that a launch starts its job at once.
+        """
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wake.wait(), self.cfg.poll_interval_s)
+        self._wake.clear()
+        await self._check_active()
+        await self._schedule()
+
+    def pending(self, run_id: str) -> bool:
+        """Whether the run is running or queued here (so it has not ended for good)."""
+        return run_id in self.active or any(r["run_id"] == run_id for r in self.queue)
 
     # launch -------------------------------------------------------------------
 
-    def _validate(self, p: LaunchParams) -> tuple[list[str], Path, Path]:
-        """Check a launch before anything is written; return the target, cwd and code path."""
+    def validate(self, p: JobSpec) -> tuple[list[str], Path, Path]:
+        """Check a job against this host before anything is written; return the target, cwd and code path."""
         if (p.script is None) == (p.module is None):
-            raise ValueError("give exactly one of script (a path) or module (python -m NAME)")
-        if p.gpus < 0:
-            raise ValueError("gpus must be 0 or more")
+            raise Invalid("give exactly one of script (a path) or module (python -m NAME)")
         if p.gpus > self.gpu_count:
             have = f"has {self.gpu_count} GPU" + ("" if self.gpu_count == 1 else "s")
-            raise ValueError(f"asked for {p.gpus} GPUs but this host {have}")
-        if p.amp is not None and p.amp not in q.AMP:
-            raise ValueError(f"amp must be bf16 or fp16, not {p.amp!r}")
-        if p.priority < -1000 or p.priority > 1000:
-            raise ValueError("priority must be between -1000 and 1000")
+            raise Invalid(f"asked for {p.gpus} GPUs but this host {have}")
         q.check_param_names(p.params)
         q.check_env(p.env)
         cwd = Path(p.cwd).expanduser() if p.cwd else None
         if cwd is not None and not cwd.is_dir():
-            raise ValueError(f"working directory {p.cwd} does not exist on this host")
+            raise Invalid(f"working directory {p.cwd} does not exist on this host")
         if p.script is not None:
             script = Path(p.script).expanduser()
             if not script.is_absolute():
-                script = (cwd or self.agent.layout.home) / script
+                script = (cwd or self.ctx.layout.home) / script
             if not script.is_file():
-                raise ValueError(f"script {p.script} not found on this host (looked at {script})")
+                raise Invalid(f"script {p.script} not found on this host (looked at {script})")
             script = script.resolve()
             return [str(script)], cwd or script.parent, script
         module = str(p.module)
@@ -205,37 +210,33 @@ class Jobs:
             importlib.machinery.PathFinder.find_spec(top, [str(cwd or Path.cwd())]) is None
             and importlib.util.find_spec(top) is None  # also asks installed finders (an editable mldeck)
         ):
-            raise ValueError(f"module {module!r} cannot be found on this host's Python path")
-        return ["-m", module], cwd or self.agent.layout.home, cwd or Path.cwd()
+            raise Invalid(f"module {module!r} cannot be found on this host's Python path")
+        return ["-m", module], cwd or self.ctx.layout.home, cwd or Path.cwd()
 
-    def _dist(self, p: LaunchParams, run_id: str) -> q.Distributed | None:
+    def _dist(self, p: LaunchParams) -> q.Distributed | None:
         d = p.dist
         if d is None:
             return None
-        if d.nnodes < 2 or not 0 <= d.node_rank < d.nnodes:
-            raise ValueError("dist needs nnodes ≥ 2 and 0 ≤ node_rank < nnodes")
+        if d.node_rank >= d.nnodes:
+            raise Invalid(f"dist node_rank {d.node_rank} must be below nnodes {d.nnodes}")
         if d.endpoint is None:
             if d.node_rank != 0:
-                raise ValueError("only node_rank 0 may pick the rendezvous endpoint; pass endpoint")
+                raise Invalid("only node_rank 0 may pick the rendezvous endpoint; pass endpoint")
             host = d.rdzv_host or self.cfg.rdzv_host or socket.gethostname()
             try:
                 port = _free_port(host)
             except OSError as exc:
-                raise ValueError(f"cannot open a rendezvous port on {host}: {exc}") from None
+                raise Invalid(f"cannot open a rendezvous port on {host}: {exc}") from None
             d = q.Distributed(nnodes=d.nnodes, node_rank=0, endpoint=f"{host}:{port}")
         return d
 
     async def launch(self, p: LaunchParams) -> str:
-        """Validate, write the spec and queue the run; raises ValueError with a message for a person."""
-        target, cwd, code_path = self._validate(p)
-        run_id = p.run_id or new_run_id()
-        try:
-            check_name(run_id, "run id")
-        except BadName as exc:
-            raise ValueError(str(exc)) from None
-        if await self.agent.read(self.store.get_run, run_id) is not None:
-            raise ValueError(f"run {run_id} already exists on this host")
-        dist = self._dist(p, run_id)
+        """Validate, write the spec and queue the run; Invalid or Conflict says what is wrong."""
+        target, cwd, code_path = self.validate(p)
+        run_id = check_name(p.run_id or new_run_id(), "run id")
+        if await self.ctx.read(self.store.get_run, run_id) is not None:
+            raise Conflict(f"run {run_id} already exists on this host")
+        dist = self._dist(p)
         params = dict(p.params)
         if p.amp:
             params["amp"] = p.amp
@@ -253,18 +254,18 @@ class Jobs:
                                                       "endpoint": dist.endpoint},
             "managed": True,
         }
-        run_dir = self.agent.layout.run_dir(run_id)
+        run_dir = self.ctx.layout.run_dir(run_id)
         run_dir.mkdir(parents=True)
         try:
             write_atomic(run_dir / "run.json", protocol.encode(spec))
             run = {k: spec[k] for k in ("run_id", "name", "experiment", "params", "command", "git_sha",
                                         "git_dirty", "host", "sweep_id", "created_at")}
             run.update(status="queued", managed=True, gpus=[], resumed_count=0)
-            await self.agent.db(q.insert_job, self.store, run, spec, p.priority)
+            await self.ctx.db(q.insert_job, self.store, run, spec, p.priority)
         except BaseException:
             shutil.rmtree(run_dir, ignore_errors=True)
             raise
-        self.queue.append(await self.agent.read(q.get_job, self.store, run_id))
+        self.queue.append(await self.ctx.read(q.get_job, self.store, run_id))
         self._sort_queue()
         self._publish(run_id, "queued", sweep_id=p.sweep_id, name=name)
         self._wake.set()
@@ -278,7 +279,7 @@ class Jobs:
     async def _schedule(self) -> None:
         """FIFO by priority; a GPU job that does not fit blocks later GPU jobs (no starvation),
         CPU jobs run beside them up to max_cpu_jobs."""
-        used = {i for job in self.active.values() for i in job.gpus}
+        used = set(self.busy_gpus())
         free = [i for i in range(self.gpu_count) if i not in used]
         cpu_running = sum(1 for job in self.active.values() if not job.gpus)
         gpu_blocked = False
@@ -298,11 +299,11 @@ class Jobs:
     async def _start(self, row: dict[str, Any], gpus: list[int]) -> None:
         self.queue.remove(row)
         spec, run_id = row["spec"], row["run_id"]
-        run_dir = self.agent.layout.run_dir(run_id)
+        run_dir = self.ctx.layout.run_dir(run_id)
         attempt = (row.get("attempts") or 0) + 1
         env = {
             **os.environ, **q.param_env(spec.get("params") or {}), **(spec.get("env") or {}),
-            "MLDECK_RUN_DIR": str(run_dir), "MLDECK_HOME": str(self.agent.layout.home),
+            "MLDECK_RUN_DIR": str(run_dir), "MLDECK_HOME": str(self.ctx.layout.home),
             "CUDA_VISIBLE_DEVICES": ",".join(str(i) for i in gpus), "PYTHONUNBUFFERED": "1",
             "MLDECK_ATTEMPT": str(attempt),
         }
@@ -329,7 +330,7 @@ class Jobs:
             create_time = psutil.Process(proc.pid).create_time()
         except psutil.Error:
             create_time = 0.0
-        run = await self.agent.read(self.store.get_run, run_id) or {}
+        run = await self.ctx.read(self.store.get_run, run_id) or {}
         job = Job(
             run_id, spec, gpus, proc.pid, create_time, attempt, proc=proc,
             gpu_seconds=run.get("gpu_seconds") or 0.0, cpu_base=run.get("cpu_seconds") or 0.0,
@@ -337,7 +338,7 @@ class Jobs:
             stop=row.get("stop_requested"), reason=row.get("stop_reason"),
         )
         self._hold(job)
-        await self.agent.db(q.mark_started, self.store, run_id, gpus, proc.pid, create_time, attempt,
+        await self.ctx.db(q.mark_started, self.store, run_id, gpus, proc.pid, create_time, attempt,
                             time.time())
         self._publish(run_id, "running", gpus=gpus, pid=proc.pid, attempt=attempt)
 
@@ -345,14 +346,14 @@ class Jobs:
 
     def _exit_file(self, job: Job) -> int:
         try:
-            return int((self.agent.layout.run_dir(job.run_id) / "exit_code").read_text().strip())
+            return int((self.ctx.layout.run_dir(job.run_id) / "exit_code").read_text().strip())
         except (OSError, ValueError):
             return LOST
 
     def _exit_time(self, job: Job) -> float:
         """When a job that ended unwatched ended: its exit file's time, else its start."""
         try:
-            return (self.agent.layout.run_dir(job.run_id) / "exit_code").stat().st_mtime
+            return (self.ctx.layout.run_dir(job.run_id) / "exit_code").stat().st_mtime
         except OSError:
             return job.create_time
 
@@ -381,6 +382,7 @@ class Jobs:
         job.peak_gpu_mem = max(job.peak_gpu_mem, mem)
 
     def cost_of(self, job: Job) -> dict[str, Any]:
+        """What a running job has cost so far, and what it costs per hour while it runs."""
         return {
             "cost_usd": costs.run_cost(job.gpu_seconds, job.cpu_seconds, self.prices),
             "gpu_seconds": job.gpu_seconds, "cpu_seconds": job.cpu_seconds,
@@ -389,9 +391,16 @@ class Jobs:
             else self.prices.cpu_core_per_hour,
         }
 
+    def live_costs(self) -> dict[str, dict[str, Any]]:
+        """Each running job's cost so far by run id: fresher than the store's, written every cost_update_s."""
+        return {job.run_id: self.cost_of(job) for job in self.active.values()}
+
+    def busy_gpus(self) -> list[int]:
+        return sorted(i for job in self.active.values() for i in job.gpus)
+
     def _gpu_processes(self) -> dict[int, int]:
         out: dict[int, int] = {}
-        for gpu in (self.agent.collector.latest or {}).get("gpus") or []:
+        for gpu in (self.collector.latest or {}).get("gpus") or []:
             for pid, mem in gpu.get("processes") or []:
                 out[pid] = out.get(pid, 0) + (mem or 0)
         return out
@@ -410,9 +419,7 @@ class Jobs:
                 self._signal(job, signal.SIGKILL)
         if self.active and now - self._last_cost_write >= self.cfg.cost_update_s:
             self._last_cost_write = now
-            await self.agent.db(
-                q.update_costs, self.store, {j.run_id: self.cost_of(j) for j in self.active.values()}
-            )
+            await self.ctx.db(q.update_costs, self.store, self.live_costs())
 
     async def _finish(self, job: Job, code: int) -> None:
         requeue = False
@@ -429,16 +436,16 @@ class Jobs:
             status, reason = "failed", job.reason or f"exit code {code}"
         exit_code = None if code == LOST else code
         self.active.pop(job.run_id, None)
-        if self.agent.simulated and job.pid:
-            self.agent.simulated.remove(job.pid)
-        await self.agent.db(
+        if self.simulated and job.pid:
+            self.simulated.remove(job.pid)
+        await self.ctx.db(
             q.mark_ended, self.store, job.run_id, status, exit_code, reason, requeue, time.time(),
             self.cost_of(job),
         )
         self._publish(job.run_id, status, exit_code=exit_code, reason=reason, requeued=requeue,
                       sweep_id=job.spec.get("sweep_id"))
         if requeue:
-            self.queue.append(await self.agent.read(q.get_job, self.store, job.run_id))
+            self.queue.append(await self.ctx.read(q.get_job, self.store, job.run_id))
             self._sort_queue()
         else:
             await self._resolve(job.run_id)
@@ -448,13 +455,13 @@ class Jobs:
         waiters = self._waiters.pop(run_id, [])
         if not waiters:
             return
-        run = await self.agent.read(self.store.get_run, run_id)
+        run = await self.ctx.read(self.store.get_run, run_id)
         for fut in waiters:
             if not fut.done():
                 fut.set_result(run or {})
 
     def _publish(self, run_id: str, status: str, **data: Any) -> None:
-        self.agent.hub.publish("runs", {"run_id": run_id, "status": status, "managed": True, **data})
+        self.ctx.hub.publish("runs", {"run_id": run_id, "status": status, "managed": True, **data})
 
     def _signal(self, job: Job, sig: int) -> None:
         with contextlib.suppress(ProcessLookupError, PermissionError):
@@ -462,7 +469,7 @@ class Jobs:
 
     # control ------------------------------------------------------------------
 
-    async def stop(
+    async def stop_run(
         self, run_id: str, requeue: bool = False, grace_s: float | None = None, reason: str | None = None
     ) -> dict[str, Any]:
         """SIGTERM to the job's group (SIGKILL after the grace period), or drop it from the queue."""
@@ -471,7 +478,7 @@ class Jobs:
             job.stop = "requeue" if requeue else "stop"
             job.reason = reason
             job.deadline = time.monotonic() + (self.cfg.grace_s if grace_s is None else grace_s)
-            await self.agent.db(q.mark_stop_requested, self.store, run_id, job.stop, reason)
+            await self.ctx.db(q.mark_stop_requested, self.store, run_id, job.stop, reason)
             self._signal(job, signal.SIGTERM)
             return {"run_id": run_id, "status": "stopping", "requeue": requeue}
         row = next((r for r in self.queue if r["run_id"] == run_id), None)
@@ -481,17 +488,17 @@ class Jobs:
             gone.reason = reason or "stopped while queued"
             await self._finish(gone, LOST)
             return {"run_id": run_id, "status": "stopped", "requeue": False}
-        run = await self.agent.read(self.store.get_run, run_id)
+        run = await self.ctx.read(self.store.get_run, run_id)
         if run is None:
-            raise NotFound(f"no run {run_id!r} on this host (`mldeck runs ls` lists them)")
+            raise no_run(run_id)
         raise Conflict(f"run {run_id} is not running or queued (it is {run['status']})")
 
     async def resume(self, run_id: str) -> dict[str, Any]:
         """Queue a stopped, failed or preempted run again in its own folder, from its last checkpoint."""
-        row = await self.agent.read(q.get_job, self.store, run_id)
-        run = await self.agent.read(self.store.get_run, run_id)
+        row = await self.ctx.read(q.get_job, self.store, run_id)
+        run = await self.ctx.read(self.store.get_run, run_id)
         if run is None:
-            raise NotFound(f"no run {run_id!r} on this host")
+            raise no_run(run_id)
         if row is None:
             raise Conflict(f"run {run_id} was not launched by the agent, so it cannot "
                            "be resumed here; launch it with `mldeck run`")
@@ -499,8 +506,8 @@ class Jobs:
             raise Conflict(f"run {run_id} is already {run['status']}")
         if run["status"] == "succeeded":
             raise Conflict(f"run {run_id} succeeded; there is nothing to resume")
-        await self.agent.db(q.requeue_job, self.store, run_id, "resume requested", time.time())
-        self.queue.append(await self.agent.read(q.get_job, self.store, run_id))
+        await self.ctx.db(q.requeue_job, self.store, run_id, "resume requested", time.time())
+        self.queue.append(await self.ctx.read(q.get_job, self.store, run_id))
         self._sort_queue()
         self._publish(run_id, "queued", reason="resume requested")
         self._wake.set()
@@ -510,29 +517,17 @@ class Jobs:
         """The run's row once it has ended for good (succeeded, failed or stopped)."""
         fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         self._waiters.setdefault(run_id, []).append(fut)
-        run = await self.agent.read(self.store.get_run, run_id)
+        run = await self.ctx.read(self.store.get_run, run_id)
         if run is None:
             self._waiters[run_id].remove(fut)
-            raise NotFound(f"no run {run_id!r} on this host")
-        pending = run_id in self.active or any(r["run_id"] == run_id for r in self.queue)
-        if not pending and run["status"] in TERMINAL:
+            raise no_run(run_id)
+        if not self.pending(run_id) and run["status"] in TERMINAL:
             self._waiters[run_id].remove(fut)
             return run
         return await fut
 
-    def read_log(self, run_id: str, offset: int | None, max_bytes: int) -> tuple[str, int, int]:
-        path = self.agent.layout.run_dir(run_id) / "stdout.log"
-        try:
-            size = path.stat().st_size
-        except FileNotFoundError:
-            return "", 0, 0
-        start = max(0, size - max_bytes) if offset is None else min(offset, size)
-        with open(path, "rb") as fh:
-            fh.seek(start)
-            data = fh.read(max_bytes)
-        return data.decode("utf-8", errors="replace"), start + len(data), size
-
-    def queue_view(self) -> dict[str, Any]:
+    @rpc("jobs.queue")
+    async def queue_view(self, p: QueueParams) -> dict[str, Any]:
         running = [
             {"run_id": j.run_id, "name": j.spec.get("name"), "gpus": j.gpus, "pid": j.pid,
              "attempt": j.attempt, "stopping": j.stop is not None, **self.cost_of(j)}
@@ -544,106 +539,5 @@ class Jobs:
              "enqueued_at": r.get("enqueued_at"), "attempts": r.get("attempts")}
             for i, r in enumerate(self.queue)
         ]
-        used = sorted(i for j in self.active.values() for i in j.gpus)
-        return {"running": running, "queued": queued, "gpu_count": self.gpu_count, "gpus_busy": used}
-
-
-def register(agent: Agent) -> None:
-    jobs = Jobs(agent)
-    agent.jobs = jobs  # type: ignore[attr-defined]
-    agent.topics.add("runs")
-    d = agent.dispatcher
-
-    async def launch(p: LaunchParams, conn: Connection) -> dict[str, Any]:
-        try:
-            run_id = await jobs.launch(p)
-        except ValueError as exc:
-            raise Invalid(str(exc)) from None
-        spec = await agent.read(q.get_job, agent.store, run_id)
-        dist = spec["spec"].get("dist") if spec else None
-        return {"run_id": run_id, "status": "queued", "dir": str(agent.layout.run_dir(run_id)),
-                "command": spec["spec"]["command"] if spec else None, "dist": dist}
-
-    async def stop(p: StopParams, conn: Connection) -> dict[str, Any]:
-        if p.grace_s is not None and p.grace_s < 0:
-            raise Invalid("grace_s must be 0 or more seconds")
-        return await jobs.stop(p.run_id, p.requeue, p.grace_s)
-
-    async def resume(p: RunRef, conn: Connection) -> dict[str, Any]:
-        return await jobs.resume(p.run_id)
-
-    async def logs(p: LogsParams, conn: Connection) -> dict[str, Any]:
-        if p.offset is not None and p.offset < 0:
-            raise Invalid("offset must be 0 or more (leave it out for the tail)")
-        if not 1 <= p.max_bytes <= MAX_LOG_BYTES:
-            raise Invalid(f"max_bytes must be between 1 and {MAX_LOG_BYTES}")
-        run = await agent.read(agent.store.get_run, p.run_id)
-        if run is None:
-            raise NotFound(f"no run {p.run_id!r} on this host (`mldeck runs ls` lists them)")
-        data, offset, size = await asyncio.to_thread(jobs.read_log, p.run_id, p.offset, p.max_bytes)
-        pending = p.run_id in jobs.active or any(r["run_id"] == p.run_id for r in jobs.queue)
-        done = not pending and offset >= size
-        return {"run_id": p.run_id, "data": data, "offset": offset, "size": size,
-                "status": run["status"], "done": done}
-
-    async def queue(p: QueueParams, conn: Connection) -> dict[str, Any]:
-        return jobs.queue_view()
-
-    async def cost_host(p: CostParams, conn: Connection) -> dict[str, Any]:
-        if p.since_s <= 0:
-            raise Invalid("since_s must be a positive number of seconds")
-        now = time.time()
-        first = await agent.read(costs.first_sample_ts, agent.store)
-        since = max(now - p.since_s, first or now)
-        held = await agent.read(costs.held_gpu_seconds, agent.store, since, now)
-        window = await agent.read(costs.cost_in_window, agent.store, since)
-        idle = max(0.0, jobs.gpu_count * (now - since) - held)
-        busy = sorted(i for j in jobs.active.values() for i in j.gpus)
-        live = sum(jobs.cost_of(j)["cost_usd"] for j in jobs.active.values())
-        burn = sum(jobs.cost_of(j)["price_per_hour"] for j in jobs.active.values())
-        return {
-            **jobs.prices.as_dict(), "gpu_count": jobs.gpu_count, "gpus_busy": busy,
-            "running_jobs": len(jobs.active), "burn_per_hour": burn,
-            "host_per_hour": jobs.prices.gpu_per_hour * jobs.gpu_count, "since": since, "until": now,
-            "runs": window["runs"], "runs_cost_usd": window["cost_usd"], "live_cost_usd": live,
-            "gpu_seconds_held": held, "idle_gpu_seconds": idle,
-            "idle_cost_usd": idle / 3600 * jobs.prices.gpu_per_hour,
-        }
-
-    async def cost_runs(p: CostParams, conn: Connection) -> list[dict[str, Any]]:
-        if p.since_s <= 0 or p.limit < 1:
-            raise Invalid("since_s must be positive and limit at least 1")
-        rows = await agent.read(costs.runs_by_cost, agent.store, time.time() - p.since_s, p.limit)
-        for row in rows:
-            job = jobs.active.get(row["run_id"])
-            if job is not None:
-                row.update(jobs.cost_of(job))
-        return rows
-
-    async def cost_models(p: CostParams, conn: Connection) -> list[dict[str, Any]]:
-        if p.since_s <= 0:
-            raise Invalid("since_s must be a positive number of seconds")
-        since = time.time() - p.since_s
-        return await agent.read(costs.serving_cost_by_model, agent.store, since, jobs.prices)
-
-    async def cost_run(p: RunRef, conn: Connection) -> dict[str, Any]:
-        run = await agent.read(agent.store.get_run, p.run_id)
-        if run is None:
-            raise NotFound(f"no run {p.run_id!r} on this host")
-        keys = ("cost_usd", "gpu_seconds", "cpu_seconds", "peak_gpu_mem", "held_gpu_mem", "price_per_hour")
-        out = {"run_id": p.run_id, "status": run["status"], **{k: run.get(k) for k in keys}}
-        job = jobs.active.get(p.run_id)
-        if job is not None:
-            out.update(jobs.cost_of(job))
-        return out
-
-    d.add("runs.launch", LaunchParams, launch)
-    d.add("runs.stop", StopParams, stop)
-    d.add("runs.resume", RunRef, resume)
-    d.add("runs.logs", LogsParams, logs)
-    d.add("jobs.queue", QueueParams, queue)
-    d.add("cost.host", CostParams, cost_host)
-    d.add("cost.runs", CostParams, cost_runs)
-    d.add("cost.run", RunRef, cost_run)
-    d.add("cost.models", CostParams, cost_models)
-    agent.spawn(jobs.start(), "jobs-start")
+        return {"running": running, "queued": queued, "gpu_count": self.gpu_count,
+                "gpus_busy": self.busy_gpus()}

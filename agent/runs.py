@@ -1,26 +1,46 @@
-"""Every runs.* method: list, table, get, metrics, checkpoints."""
+"""Every runs.* method: list, table, get, metrics, checkpoints, and launch, stop, resume, logs."""
 
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from mldeck.agent.service import Context, rpc
+from mldeck.core import jobs as q
 from mldeck.core.errors import NotFound
+from mldeck.core.jobs import LaunchParams, LogsParams, StopParams
 from mldeck.core.protocol import RunRef, RunsListParams, RunsMetricsParams, RunsTableParams
 from mldeck.core.runlog import list_checkpoints
+
+if TYPE_CHECKING:
+    from mldeck.agent.jobs import Jobs
 
 
 def no_run(run_id: str) -> NotFound:
     return NotFound(f"no run {run_id!r} on this host (`mldeck runs ls` lists them)")
 
 
-class Runs:
-    """Reads of runs and their metrics; launching and stopping are the job runner's, reached from here."""
+def read_log(path: Path, offset: int | None, max_bytes: int) -> tuple[str, int, int]:
+    """Up to max_bytes of a log from offset (the tail when None): the text, the next offset, the size."""
+    try:
+        size = path.stat().st_size
+    except FileNotFoundError:
+        return "", 0, 0
+    start = max(0, size - max_bytes) if offset is None else min(offset, size)
+    with open(path, "rb") as fh:
+        fh.seek(start)
+        data = fh.read(max_bytes)
+    return data.decode("utf-8", errors="replace"), start + len(data), size
 
-    def __init__(self, ctx: Context) -> None:
+
+class Runs:
+    """Reads of runs and their metrics; launching, stopping and resuming go to the job runner."""
+
+    def __init__(self, ctx: Context, jobs: Jobs) -> None:
         self.ctx = ctx
         self.store = ctx.store
+        self.jobs = jobs
         ctx.hub.declare("runs", "run.metrics", "run.event")
 
     async def get_run(self, run_id: str) -> dict[str, Any]:
@@ -63,3 +83,28 @@ class Runs:
         await self.get_run(p.run_id)
         series = await self.ctx.read(self.store.run_metrics, p.run_id, p.keys, p.max_points)
         return {"run_id": p.run_id, "series": series}
+
+    @rpc("runs.launch")
+    async def launch(self, p: LaunchParams) -> dict[str, Any]:
+        run_id = await self.jobs.launch(p)
+        job = await self.ctx.read(q.get_job, self.store, run_id)
+        spec = job["spec"] if job else {}
+        return {"run_id": run_id, "status": "queued", "dir": str(self.ctx.layout.run_dir(run_id)),
+                "command": spec.get("command"), "dist": spec.get("dist")}
+
+    @rpc("runs.stop")
+    async def stop_run(self, p: StopParams) -> dict[str, Any]:
+        return await self.jobs.stop_run(p.run_id, p.requeue, p.grace_s)
+
+    @rpc("runs.resume")
+    async def resume(self, p: RunRef) -> dict[str, Any]:
+        return await self.jobs.resume(p.run_id)
+
+    @rpc("runs.logs")
+    async def logs(self, p: LogsParams) -> dict[str, Any]:
+        run = await self.get_run(p.run_id)
+        path = self.ctx.layout.run_dir(p.run_id) / "stdout.log"
+        data, offset, size = await asyncio.to_thread(read_log, path, p.offset, p.max_bytes)
+        done = not self.jobs.pending(p.run_id) and offset >= size
+        return {"run_id": p.run_id, "data": data, "offset": offset, "size": size,
+                "status": run["status"], "done": done}

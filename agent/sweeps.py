@@ -7,7 +7,6 @@ the rule's sentence as the run's status reason. Publishes `sweeps` events {sweep
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import math
 import time
@@ -16,17 +15,16 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from mldeck.core import jobs as q
+from mldeck.agent.service import Context, rpc
 from mldeck.core import sweep as sw
 from mldeck.core.errors import Invalid, NotFound
-from mldeck.core.jobs import LaunchParams, SweepCreateParams, SweepListParams, SweepRef
+from mldeck.core.jobs import LaunchParams
 from mldeck.core.paths import new_run_id
 from mldeck.core.runlog import TERMINAL
+from mldeck.core.sweep import SweepCreateParams, SweepListParams, SweepRef
 
 if TYPE_CHECKING:
-    from mldeck.agent.daemon import Agent
     from mldeck.agent.jobs import Jobs
-    from mldeck.agent.rpc import Connection
 
 log = logging.getLogger("mldeck.sweeps")
 
@@ -46,13 +44,18 @@ class SweepState:
 
 
 class Sweeps:
-    def __init__(self, agent: Agent, jobs: Jobs) -> None:
-        self.agent = agent
+    """Every sweeps.* method, and the controller that stops clearly worse trials early."""
+
+    def __init__(self, ctx: Context, jobs: Jobs) -> None:
+        self.ctx = ctx
+        self.store = ctx.store
         self.jobs = jobs
         self.active: dict[str, SweepState] = {}
         self.trial_of: dict[str, str] = {}
         self.stopping: set[str] = set()
-        self._tasks: set[asyncio.Task[Any]] = set()
+        ctx.hub.declare("sweeps")
+        ctx.hub.on("run.metrics", self.on_metrics)
+        ctx.hub.on("runs", self.on_status)
 
     def _state(self, sweep: dict[str, Any]) -> SweepState:
         spec = sweep["spec"]
@@ -65,14 +68,15 @@ class Sweeps:
 
     async def start(self) -> None:
         """Pick up the sweeps that were running when the agent last stopped."""
-        store = self.agent.store
-        for sweep in await self.agent.read(q.list_sweeps, store, 1000, "running"):
+        for sweep in await self.ctx.read(sw.list_sweeps, self.store, 1000, "running"):
             state = self._state(sweep)
-            runs = await self.agent.read(store.list_runs, None, None, sweep["sweep_id"], 100_000)
+            runs = await self.ctx.read(self.store.list_runs, None, None, sweep["sweep_id"], 100_000)
             for run in runs:
                 state.status[run["run_id"]] = run["status"]
                 self.trial_of[run["run_id"]] = state.sweep_id
-            state.history = await self.agent.read(q.metric_history, store, list(state.status), state.metric)
+            state.history = await self.ctx.read(
+                sw.metric_history, self.store, list(state.status), state.metric
+            )
             if state.asha:
                 for run_id, points in state.history.items():
                     for step, value in points:
@@ -80,24 +84,16 @@ class Sweeps:
             self.active[state.sweep_id] = state
             await self._maybe_done(state)
 
+    @rpc("sweeps.create")
     async def create(self, p: SweepCreateParams) -> dict[str, Any]:
         """Validate everything first, then write the sweep and queue its trials."""
-        sw.check_mode(p.mode)
-        if p.early_stop not in (None, *sw.EARLY_STOP):
-            raise sw.SweepError(f"early_stop must be median or asha, not {p.early_stop!r}")
         if not p.metric.strip():
-            raise sw.SweepError("metric must name the logged metric to optimize, e.g. val_loss")
-        if p.early_stop == "asha":
-            sw.asha_rungs(p.min_steps, p.reduction_factor, p.max_steps)
+            raise Invalid("metric must name the logged metric to optimize, e.g. val_loss")
         grid, rand = sw.parse_grid(p.grid), sw.parse_random(p.random)
         points = sw.trials(grid, rand, p.trials, p.seed)
-        if len(points) > 10_000:
-            raise sw.SweepError(f"{len(points)} trials is too many for one sweep (at most 10000)")
-        base = LaunchParams(
-            script=p.script, module=p.module, args=p.args, params=p.params, gpus=p.gpus, amp=p.amp,
-            cwd=p.cwd, env=p.env,
-        )
-        self.jobs._validate(base)
+        if len(points) > sw.MAX_TRIALS:
+            raise Invalid(f"{len(points)} trials is too many for one sweep (at most {sw.MAX_TRIALS})")
+        self.jobs.validate(p)
         sweep_id = "sweep-" + new_run_id()
         name = p.name or sweep_id
         spec = msgspec.to_builtins(p)
@@ -105,7 +101,7 @@ class Sweeps:
             "sweep_id": sweep_id, "name": name, "experiment": p.experiment or name, "spec": spec,
             "metric": p.metric, "mode": p.mode, "early_stop": p.early_stop, "created_at": time.time(),
         }
-        await self.agent.db(q.insert_sweep, self.agent.store, sweep)
+        await self.ctx.db(sw.insert_sweep, self.store, sweep)
         state = self._state(sweep)
         self.active[sweep_id] = state
         run_ids = []
@@ -119,7 +115,7 @@ class Sweeps:
             state.status[run_id] = "queued"
             self.trial_of[run_id] = sweep_id
             run_ids.append(run_id)
-        self.agent.hub.publish("sweeps", {"sweep_id": sweep_id, "status": "running", "trials": len(run_ids)})
+        self.ctx.hub.publish("sweeps", {"sweep_id": sweep_id, "status": "running", "trials": len(run_ids)})
         return {"sweep_id": sweep_id, "run_ids": run_ids, "trials": points}
 
     # early stopping -------------------------------------------------------------
@@ -154,11 +150,11 @@ class Sweeps:
         if decision.stop:
             self.stopping.add(run_id)
             log.info("sweep %s: stopping trial %s early: %s", state.sweep_id, run_id, decision.reason)
-            task = asyncio.get_running_loop().create_task(
-                self.jobs.stop(run_id, reason=f"early stop ({decision.reason})")
-            )
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            self.ctx.tasks.spawn(self._stop_early(run_id, decision.reason), "sweep-early-stop")
+
+    async def _stop_early(self, run_id: str, reason: str) -> None:
+        if self.jobs.pending(run_id):  # it may have ended since its last metrics
+            await self.jobs.stop_run(run_id, reason=f"early stop ({reason})")
 
     def on_status(self, data: dict[str, Any]) -> None:
         sweep_id = self.trial_of.get(data.get("run_id", ""))
@@ -167,63 +163,35 @@ class Sweeps:
             return
         state.status[data["run_id"]] = data["status"]
         if data["status"] in TERMINAL:
-            task = asyncio.get_running_loop().create_task(self._maybe_done(state))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            self.stopping.discard(data["run_id"])
+            self.ctx.tasks.spawn(self._maybe_done(state), "sweep-done")
 
     async def _maybe_done(self, state: SweepState) -> None:
         if state.sweep_id not in self.active or not all(s in TERMINAL for s in state.status.values()):
             return
         del self.active[state.sweep_id]
-        await self.agent.db(q.finish_sweep, self.agent.store, state.sweep_id, time.time())
-        self.agent.hub.publish("sweeps", {"sweep_id": state.sweep_id, "status": "done"})
+        await self.ctx.db(sw.finish_sweep, self.store, state.sweep_id, time.time())
+        self.ctx.hub.publish("sweeps", {"sweep_id": state.sweep_id, "status": "done"})
 
-    async def show(self, sweep_id: str) -> dict[str, Any]:
-        sweep = await self.agent.read(q.get_sweep, self.agent.store, sweep_id)
+    @rpc("sweeps.show")
+    async def show(self, p: SweepRef) -> dict[str, Any]:
+        sweep = await self.ctx.read(sw.get_sweep, self.store, p.sweep_id)
         if sweep is None:
-            raise NotFound(f"no sweep {sweep_id!r} on this host (`mldeck sweep ls` lists them)")
-        trials = await self.agent.read(
-            q.sweep_trials, self.agent.store, sweep_id, sweep["metric"], sweep["mode"]
-        )
+            raise NotFound(f"no sweep {p.sweep_id!r} on this host (`mldeck sweep ls` lists them)")
+        trials = await self.ctx.read(sw.sweep_trials, self.store, p.sweep_id, sweep["metric"], sweep["mode"])
         return {**sweep, "trials": trials}
 
-    async def stop(self, sweep_id: str) -> dict[str, Any]:
-        sweep = await self.show(sweep_id)
+    @rpc("sweeps.list")
+    async def list(self, p: SweepListParams) -> list[dict[str, Any]]:
+        return await self.ctx.read(sw.list_sweeps, self.store, p.limit)
+
+    @rpc("sweeps.stop")
+    async def stop_sweep(self, p: SweepRef) -> dict[str, Any]:
+        sweep = await self.show(p)
         stopped = []
         for trial in sweep["trials"]:
-            if trial["status"] in ("queued", "running", "preempted"):
-                await self.jobs.stop(trial["run_id"], reason="sweep stopped")
+            if self.jobs.pending(trial["run_id"]):
+                await self.jobs.stop_run(trial["run_id"], reason="sweep stopped")
                 stopped.append(trial["run_id"])
-        return {"sweep_id": sweep_id, "stopped": stopped}
+        return {"sweep_id": p.sweep_id, "stopped": stopped}
 
-
-def register(agent: Agent) -> None:
-    sweeps = Sweeps(agent, agent.jobs)  # type: ignore[attr-defined]
-    agent.sweeps = sweeps  # type: ignore[attr-defined]
-    agent.topics.add("sweeps")
-    agent.hub.on("run.metrics", sweeps.on_metrics)
-    agent.hub.on("runs", sweeps.on_status)
-    d = agent.dispatcher
-
-    async def create(p: SweepCreateParams, conn: Connection) -> dict[str, Any]:
-        try:
-            return await sweeps.create(p)
-        except ValueError as exc:
-            raise Invalid(str(exc)) from None
-
-    async def show(p: SweepRef, conn: Connection) -> dict[str, Any]:
-        return await sweeps.show(p.sweep_id)
-
-    async def ls(p: SweepListParams, conn: Connection) -> list[dict[str, Any]]:
-        if p.limit < 1:
-            raise Invalid("limit must be at least 1")
-        return await agent.read(q.list_sweeps, agent.store, p.limit)
-
-    async def stop(p: SweepRef, conn: Connection) -> dict[str, Any]:
-        return await sweeps.stop(p.sweep_id)
-
-    d.add("sweeps.create", SweepCreateParams, create)
-    d.add("sweeps.show", SweepRef, show)
-    d.add("sweeps.list", SweepListParams, ls)
-    d.add("sweeps.stop", SweepRef, stop)
-    agent.spawn(sweeps.start(), "sweeps-start")

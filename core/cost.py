@@ -1,4 +1,4 @@
-"""What GPU and CPU time costs: default prices by GPU model, and cost from seconds held.
+"""What GPU and CPU time costs: default prices by GPU model, cost from seconds held, the cost.* params.
 
 Defaults are typical cloud list prices per GPU-hour (USD, on-demand and spot), as a
 starting point; `[cost]` in agent.toml overrides them for the host's real price.
@@ -9,9 +9,12 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any
+
+import msgspec
 
 from mldeck.core.config import CostSection
+from mldeck.core.protocol import Params, Seconds
 from mldeck.core.store import Store, rows_as_dicts
 
 # (name fragments that must all appear in the NVML name, on-demand, spot), most specific first.
@@ -31,6 +34,13 @@ GPU_PRICES: list[tuple[tuple[str, ...], float, float]] = [
 ]
 UNKNOWN_GPU_PRICE = (2.00, 0.80)
 CPU_CORE_PRICE = 0.04
+
+
+class CostParams(Params, kw_only=True):
+    """cost.host, cost.runs, cost.models: the window (seconds back from now) and the most rows."""
+
+    since_s: Seconds = 86400.0
+    limit: Annotated[int, msgspec.Meta(ge=1, le=1_000_000)] = 100
 
 
 @dataclass(frozen=True)

@@ -1,5 +1,5 @@
-"""Jobs: the params of runs.launch/stop/resume/logs and sweeps.*, the command a job runs, and
-the queue's queries. The agent's runner (agent.jobs) is the only caller of the writes."""
+"""Jobs: the params of runs.launch/stop/resume/logs and jobs.queue, the command a job runs, and the
+queue's queries. The agent's runner (agent/jobs.py) is the only caller of the writes."""
 
 from __future__ import annotations
 
@@ -7,16 +7,19 @@ import json
 import re
 import sys
 import time
-from typing import Any
+from typing import Annotated, Any, Literal, get_args
 
 import msgspec
 
-from mldeck.core.protocol import Params
+from mldeck.core.errors import Invalid
+from mldeck.core.protocol import MAX_OFFSET, Params
 from mldeck.core.store import Store, rows_as_dicts
 
-STATUSES = ("queued", "running", "succeeded", "failed", "stopped", "preempted")
-PREEMPTED_EXIT = 143
-AMP = ("bf16", "fp16")
+PREEMPTED_EXIT = 143  # 128 + SIGTERM, as the SDK exits when preempted (core/track.py)
+Amp = Literal["bf16", "fp16"]
+AMP: tuple[str, ...] = get_args(Amp)
+MAX_PRIORITY = 1000
+MAX_LOG_BYTES = 1024 * 1024
 _PARAM = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]*$")
 _ENV = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
@@ -24,8 +27,8 @@ _ENV = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 class Distributed(Params, kw_only=True):
     """One node's part in a multi-host torchrun rendezvous (c10d)."""
 
-    nnodes: int
-    node_rank: int
+    nnodes: Annotated[int, msgspec.Meta(ge=2)]
+    node_rank: Annotated[int, msgspec.Meta(ge=0)]
     endpoint: str | None = None
     rdzv_host: str | None = None
 
@@ -39,14 +42,14 @@ class JobSpec(Params, kw_only=True):
     name: str | None = None
     experiment: str | None = None
     params: dict[str, Any] = msgspec.field(default_factory=dict)
-    gpus: int = 0
-    amp: str | None = None
+    gpus: Annotated[int, msgspec.Meta(ge=0)] = 0
+    amp: Amp | None = None
     cwd: str | None = None
     env: dict[str, str] = msgspec.field(default_factory=dict)
 
 
 class LaunchParams(JobSpec, kw_only=True):
-    priority: int = 0
+    priority: Annotated[int, msgspec.Meta(ge=-MAX_PRIORITY, le=MAX_PRIORITY)] = 0
     sweep_id: str | None = None
     run_id: str | None = None
     dist: Distributed | None = None
@@ -55,57 +58,31 @@ class LaunchParams(JobSpec, kw_only=True):
 class StopParams(Params, kw_only=True):
     run_id: str
     requeue: bool = False
-    grace_s: float | None = None
+    grace_s: Annotated[float, msgspec.Meta(ge=0)] | None = None
 
 
 class LogsParams(Params, kw_only=True):
+    """A slice of a run's stdout.log: from `offset`, or the tail when it is left out."""
+
     run_id: str
-    offset: int | None = None
-    max_bytes: int = 64 * 1024
+    offset: Annotated[int, msgspec.Meta(ge=0, le=MAX_OFFSET)] | None = None
+    max_bytes: Annotated[int, msgspec.Meta(ge=1, le=MAX_LOG_BYTES)] = 64 * 1024
 
 
 class QueueParams(Params, kw_only=True):
     pass
 
 
-class SweepCreateParams(JobSpec, kw_only=True):
-    grid: list[str] = msgspec.field(default_factory=list)
-    random: list[str] = msgspec.field(default_factory=list)
-    trials: int | None = None
-    seed: int = 0
-    metric: str
-    mode: str = "min"
-    early_stop: str | None = None
-    warmup_steps: int = 2
-    min_trials: int = 2
-    min_steps: int = 1
-    reduction_factor: int = 3
-    max_steps: int = 100
-
-
-class SweepRef(Params, kw_only=True):
-    sweep_id: str
-
-
-class SweepListParams(Params, kw_only=True):
-    limit: int = 100
-
-
-class CostParams(Params, kw_only=True):
-    since_s: float = 86400.0
-    limit: int = 100
-
-
 def check_param_names(params: dict[str, Any]) -> None:
     for key in params:
         if not _PARAM.match(key):
-            raise ValueError(f"param name {key!r} must start with a letter and hold letters, digits, _ . -")
+            raise Invalid(f"param name {key!r} must start with a letter and hold letters, digits, _ . -")
 
 
 def check_env(env: dict[str, str]) -> None:
     for key in env:
         if not _ENV.match(key):
-            raise ValueError(f"environment variable name {key!r} is not valid")
+            raise Invalid(f"environment variable name {key!r} is not valid")
 
 
 def param_args(params: dict[str, Any]) -> list[str]:
@@ -244,12 +221,6 @@ def requeue_job(store: Store, run_id: str, reason: str, at: float) -> None:
         )
 
 
-def set_run_status(store: Store, run_id: str, status: str, reason: str | None) -> None:
-    store.cur().execute(
-        "UPDATE runs SET status = ?, status_reason = ? WHERE run_id = ?", [status, reason, run_id]
-    )
-
-
 def update_cost(store: Store, run_id: str, cost: dict[str, Any]) -> None:
     store.cur().execute(
         "UPDATE runs SET cost_usd = ?, gpu_seconds = ?, cpu_seconds = ?, peak_gpu_mem = ?, "
@@ -263,79 +234,3 @@ def update_costs(store: Store, costs: dict[str, dict[str, Any]]) -> None:
     with store.transaction():
         for run_id, cost in costs.items():
             update_cost(store, run_id, cost)
-
-
-# sweeps ------------------------------------------------------------------------
-
-
-def insert_sweep(store: Store, sweep: dict[str, Any]) -> None:
-    store.cur().execute(
-        "INSERT INTO sweeps (sweep_id, name, experiment, spec, metric, mode, early_stop, status, "
-        "created_at) VALUES (?, ?, ?, ?, ?, ?, ?, 'running', ?)",
-        [sweep["sweep_id"], sweep["name"], sweep["experiment"], json.dumps(sweep["spec"]),
-         sweep["metric"], sweep["mode"], sweep["early_stop"], sweep["created_at"]],
-    )
-
-
-def _decode_sweep(row: dict[str, Any]) -> dict[str, Any]:
-    if isinstance(row.get("spec"), str):
-        row["spec"] = json.loads(row["spec"])
-    return row
-
-
-def get_sweep(store: Store, sweep_id: str) -> dict[str, Any] | None:
-    rows = rows_as_dicts(store.cur().execute("SELECT * FROM sweeps WHERE sweep_id = ?", [sweep_id]))
-    return _decode_sweep(rows[0]) if rows else None
-
-
-def list_sweeps(store: Store, limit: int, status: str | None = None) -> list[dict[str, Any]]:
-    cur = store.cur().execute(
-        "SELECT * FROM sweeps WHERE ? IS NULL OR status = ? ORDER BY created_at DESC LIMIT ?",
-        [status, status, limit],
-    )
-    return [_decode_sweep(r) for r in rows_as_dicts(cur)]
-
-
-def finish_sweep(store: Store, sweep_id: str, at: float) -> None:
-    store.cur().execute(
-        "UPDATE sweeps SET status = 'done', ended_at = ? WHERE sweep_id = ?", [at, sweep_id]
-    )
-
-
-def sweep_trials(store: Store, sweep_id: str, metric: str, mode: str) -> list[dict[str, Any]]:
-    """A sweep's trials, ranked by their best value of the metric (unreported ones last)."""
-    best = "min" if mode == "min" else "max"
-    order = "ASC" if mode == "min" else "DESC"
-    cur = store.cur().execute(
-        f"""
-        SELECT r.run_id, r.name, r.status, r.status_reason, r.params, r.cost_usd,
-               m.best, m.last_step
-        FROM runs r LEFT JOIN (
-            SELECT run_id, {best}(value) AS best, max(step) AS last_step FROM metrics
-            WHERE key = ? AND NOT isnan(value) GROUP BY run_id
-        ) m USING (run_id)
-        WHERE r.sweep_id = ? ORDER BY m.best {order} NULLS LAST, r.created_at
-        """,
-        [metric, sweep_id],
-    )
-    rows = rows_as_dicts(cur)
-    for rank, row in enumerate(rows, start=1):
-        row["rank"] = rank
-        if isinstance(row.get("params"), str):
-            row["params"] = json.loads(row["params"])
-    return rows
-
-
-def metric_history(store: Store, run_ids: list[str], key: str) -> dict[str, list[tuple[int, float]]]:
-    """Each run's (step, value) points of one metric, for early stopping after an agent restart."""
-    if not run_ids:
-        return {}
-    cur = store.cur().execute(
-        "SELECT run_id, step, value FROM metrics WHERE key = ? AND run_id IN (SELECT unnest(?)) "
-        "ORDER BY run_id, step",
-        [key, run_ids],
-    )
-    out: dict[str, list[tuple[int, float]]] = {}
-    for run_id, step, value in cur.fetchall():
-        out.setdefault(run_id, []).append((step, value))
-    return out

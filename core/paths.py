@@ -8,10 +8,12 @@ import secrets
 import time
 from pathlib import Path
 
+from mldeck.core.errors import Invalid
+
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 
-class BadName(ValueError):
+class BadName(Invalid):
     """A name that would not be safe as a single path component."""
 
 

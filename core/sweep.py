@@ -1,4 +1,5 @@
-"""Sweeps as plain functions: the search-space grammar, trial generation, and early-stopping rules.
+"""Sweeps: the params of sweeps.*, the search-space grammar, trial generation, early-stopping rules,
+and the sweeps table's queries.
 
 Grammar: a grid axis is `name=v1,v2,...`; a random axis is `name=DIST(a,b)` with DIST one of
 uniform, loguniform, int (uniform integers, inclusive) or choice(v1,v2,...). The grid is
@@ -10,22 +11,52 @@ MedianPruner and SuccessiveHalvingPruner decide them.
 from __future__ import annotations
 
 import itertools
+import json
 import math
 import random
 import re
 import statistics
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any, Literal
+
+import msgspec
+
+from mldeck.core.errors import Invalid
+from mldeck.core.jobs import JobSpec
+from mldeck.core.protocol import Params
+from mldeck.core.store import Store, rows_as_dicts
 
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]*$")
 _DIST = re.compile(r"^(uniform|loguniform|int|choice)\((.*)\)$")
-MODES = ("min", "max")
-EARLY_STOP = ("median", "asha")
+MAX_TRIALS = 10_000
+Mode = Literal["min", "max"]
+EarlyStop = Literal["median", "asha"]
 
 
-class SweepError(ValueError):
-    """A search space or rule that cannot be used, said so a person can fix it."""
+class SweepCreateParams(JobSpec, kw_only=True):
+    """sweeps.create: the job every trial runs, its search space, and the early-stopping rule."""
+
+    grid: list[str] = msgspec.field(default_factory=list)
+    random: list[str] = msgspec.field(default_factory=list)
+    trials: Annotated[int, msgspec.Meta(ge=1, le=MAX_TRIALS)] | None = None
+    seed: int = 0
+    metric: str
+    mode: Mode = "min"
+    early_stop: EarlyStop | None = None
+    warmup_steps: Annotated[int, msgspec.Meta(ge=0)] = 2
+    min_trials: Annotated[int, msgspec.Meta(ge=1)] = 2
+    min_steps: Annotated[int, msgspec.Meta(ge=1)] = 1
+    reduction_factor: Annotated[int, msgspec.Meta(ge=2)] = 3
+    max_steps: Annotated[int, msgspec.Meta(ge=1)] = 100
+
+
+class SweepRef(Params, kw_only=True):
+    sweep_id: str
+
+
+class SweepListParams(Params, kw_only=True):
+    limit: Annotated[int, msgspec.Meta(ge=1, le=1_000_000)] = 100
 
 
 def parse_value(text: str) -> Any:
@@ -46,9 +77,9 @@ def _split_axis(spec: str, what: str) -> tuple[str, str]:
     name, sep, rest = spec.partition("=")
     name = name.strip()
     if not sep or not rest.strip():
-        raise SweepError(f"{what} {spec!r} must look like name=values (e.g. lr=1e-3,1e-2)")
+        raise Invalid(f"{what} {spec!r} must look like name=values (e.g. lr=1e-3,1e-2)")
     if not _NAME.match(name):
-        raise SweepError(f"{what} {spec!r}: {name!r} is not a parameter name")
+        raise Invalid(f"{what} {spec!r}: {name!r} is not a parameter name")
     return name, rest.strip()
 
 
@@ -59,9 +90,9 @@ def parse_grid(specs: Sequence[str]) -> dict[str, list[Any]]:
         name, rest = _split_axis(spec, "grid axis")
         values = [v for v in rest.split(",")]
         if any(not v.strip() for v in values):
-            raise SweepError(f"grid axis {spec!r} has an empty value")
+            raise Invalid(f"grid axis {spec!r} has an empty value")
         if name in grid:
-            raise SweepError(f"grid axis {name!r} is given twice")
+            raise Invalid(f"grid axis {name!r} is given twice")
         grid[name] = [parse_value(v) for v in values]
     return grid
 
@@ -89,24 +120,24 @@ def parse_dist(spec: str) -> tuple[str, Dist]:
     name, rest = _split_axis(spec, "random axis")
     match = _DIST.match(rest.replace(" ", ""))
     if not match:
-        raise SweepError(
+        raise Invalid(
             f"random axis {spec!r}: write uniform(a,b), loguniform(a,b), int(a,b) or choice(v1,v2,...)"
         )
     kind, body = match.groups()
     args = tuple(parse_value(v) for v in body.split(",")) if body else ()
     if kind == "choice":
         if not args:
-            raise SweepError(f"random axis {spec!r}: choice needs at least one value")
+            raise Invalid(f"random axis {spec!r}: choice needs at least one value")
         return name, Dist(kind, args)
     if len(args) != 2 or not all(isinstance(a, int | float) and not isinstance(a, bool) for a in args):
-        raise SweepError(f"random axis {spec!r}: {kind} takes two numbers, low and high")
+        raise Invalid(f"random axis {spec!r}: {kind} takes two numbers, low and high")
     lo, hi = args
     if not lo < hi:
-        raise SweepError(f"random axis {spec!r}: low must be below high")
+        raise Invalid(f"random axis {spec!r}: low must be below high")
     if kind == "loguniform" and lo <= 0:
-        raise SweepError(f"random axis {spec!r}: loguniform needs low > 0")
+        raise Invalid(f"random axis {spec!r}: loguniform needs low > 0")
     if kind == "int" and not (isinstance(lo, int) and isinstance(hi, int)):
-        raise SweepError(f"random axis {spec!r}: int takes whole numbers")
+        raise Invalid(f"random axis {spec!r}: int takes whole numbers")
     return name, Dist(kind, (lo, hi))
 
 
@@ -115,7 +146,7 @@ def parse_random(specs: Sequence[str]) -> dict[str, Dist]:
     for spec in specs:
         name, dist = parse_dist(spec)
         if name in out:
-            raise SweepError(f"random axis {name!r} is given twice")
+            raise Invalid(f"random axis {name!r} is given twice")
         out[name] = dist
     return out
 
@@ -129,15 +160,15 @@ def trials(
     """Every grid point (repeated to reach n when random axes are given), each with its random draws."""
     overlap = set(grid) & set(rand)
     if overlap:
-        raise SweepError(f"parameter(s) {', '.join(sorted(overlap))} are both grid and random axes")
+        raise Invalid(f"parameter(s) {', '.join(sorted(overlap))} are both grid and random axes")
     if not grid and not rand:
-        raise SweepError("a sweep needs at least one --grid or --random axis")
+        raise Invalid("a sweep needs at least one --grid or --random axis")
     names = list(grid)
     points = [dict(zip(names, combo, strict=True)) for combo in itertools.product(*grid.values())]
     if n is None:
         n = len(points)
     if n < 1:
-        raise SweepError("--trials must be at least 1")
+        raise Invalid("--trials must be at least 1")
     if not rand and n > len(points):
         n = len(points)
     rng = random.Random(seed)
@@ -148,12 +179,6 @@ def trials(
             trial[name] = dist.sample(rng)
         out.append(trial)
     return out
-
-
-def check_mode(mode: str) -> str:
-    if mode not in MODES:
-        raise SweepError(f"mode must be min or max, not {mode!r}")
-    return mode
 
 
 def _better(a: float, b: float, mode: str) -> bool:
@@ -209,7 +234,7 @@ def median_rule(
 def asha_rungs(min_steps: int, reduction_factor: int, max_steps: int) -> list[int]:
     """Rung steps min_steps·η^k below max_steps."""
     if min_steps < 1 or reduction_factor < 2:
-        raise SweepError("ASHA needs min_steps ≥ 1 and reduction_factor ≥ 2")
+        raise Invalid("ASHA needs min_steps ≥ 1 and reduction_factor ≥ 2")
     rungs, r = [], min_steps
     while r < max_steps:
         rungs.append(r)
@@ -255,3 +280,79 @@ class AshaState:
                     f"1/{self.reduction_factor} of {len(others) + 1} trials there",
                 )
         return CONTINUE
+
+
+# the sweeps table ---------------------------------------------------------------
+
+
+def insert_sweep(store: Store, sweep: dict[str, Any]) -> None:
+    store.cur().execute(
+        "INSERT INTO sweeps (sweep_id, name, experiment, spec, metric, mode, early_stop, status, "
+        "created_at) VALUES (?, ?, ?, ?, ?, ?, ?, 'running', ?)",
+        [sweep["sweep_id"], sweep["name"], sweep["experiment"], json.dumps(sweep["spec"]),
+         sweep["metric"], sweep["mode"], sweep["early_stop"], sweep["created_at"]],
+    )
+
+
+def _decode_sweep(row: dict[str, Any]) -> dict[str, Any]:
+    if isinstance(row.get("spec"), str):
+        row["spec"] = json.loads(row["spec"])
+    return row
+
+
+def get_sweep(store: Store, sweep_id: str) -> dict[str, Any] | None:
+    rows = rows_as_dicts(store.cur().execute("SELECT * FROM sweeps WHERE sweep_id = ?", [sweep_id]))
+    return _decode_sweep(rows[0]) if rows else None
+
+
+def list_sweeps(store: Store, limit: int, status: str | None = None) -> list[dict[str, Any]]:
+    cur = store.cur().execute(
+        "SELECT * FROM sweeps WHERE ? IS NULL OR status = ? ORDER BY created_at DESC LIMIT ?",
+        [status, status, limit],
+    )
+    return [_decode_sweep(r) for r in rows_as_dicts(cur)]
+
+
+def finish_sweep(store: Store, sweep_id: str, at: float) -> None:
+    store.cur().execute(
+        "UPDATE sweeps SET status = 'done', ended_at = ? WHERE sweep_id = ?", [at, sweep_id]
+    )
+
+
+def sweep_trials(store: Store, sweep_id: str, metric: str, mode: str) -> list[dict[str, Any]]:
+    """A sweep's trials, ranked by their best value of the metric (unreported ones last)."""
+    best = "min" if mode == "min" else "max"
+    order = "ASC" if mode == "min" else "DESC"
+    cur = store.cur().execute(
+        f"""
+        SELECT r.run_id, r.name, r.status, r.status_reason, r.params, r.cost_usd,
+               m.best, m.last_step
+        FROM runs r LEFT JOIN (
+            SELECT run_id, {best}(value) AS best, max(step) AS last_step FROM metrics
+            WHERE key = ? AND NOT isnan(value) GROUP BY run_id
+        ) m USING (run_id)
+        WHERE r.sweep_id = ? ORDER BY m.best {order} NULLS LAST, r.created_at
+        """,
+        [metric, sweep_id],
+    )
+    rows = rows_as_dicts(cur)
+    for rank, row in enumerate(rows, start=1):
+        row["rank"] = rank
+        if isinstance(row.get("params"), str):
+            row["params"] = json.loads(row["params"])
+    return rows
+
+
+def metric_history(store: Store, run_ids: list[str], key: str) -> dict[str, list[tuple[int, float]]]:
+    """Each run's (step, value) points of one metric, for early stopping after an agent restart."""
+    if not run_ids:
+        return {}
+    cur = store.cur().execute(
+        "SELECT run_id, step, value FROM metrics WHERE key = ? AND run_id IN (SELECT unnest(?)) "
+        "ORDER BY run_id, step",
+        [key, run_ids],
+    )
+    out: dict[str, list[tuple[int, float]]] = {}
+    for run_id, step, value in cur.fetchall():
+        out.setdefault(run_id, []).append((step, value))
+    return out

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import re
 import signal
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,7 +15,7 @@ import psutil
 import pytest
 
 from mldeck.core.client import connect_unix
-from mldeck.core.errors import MldeckError
+from mldeck.core.errors import Conflict, Invalid, MldeckError, NotFound
 from tests.conftest import AgentProc, start_agent, wait_for
 
 CONFIG = """
@@ -265,6 +266,59 @@ def test_bad_input_creates_nothing(agent: AgentProc, scripts: Path) -> None:
         assert message in result.err and "Traceback" not in result.err, (args, result.err)
         assert len(result.err.strip().splitlines()) == 1, result.err
     assert len(agent.cli("runs", "ls", "--json", check=True).json()) == before
+
+
+@pytest.mark.timeout(60)
+def test_params_out_of_range_are_refused_before_anything_is_written(agent: AgentProc, scripts: Path) -> None:
+    """The Params structs declare the ranges; each method answers Invalid naming the field."""
+    job = {"script": str(scripts / "sleeper.py")}
+    sweep = {**job, "grid": ["x=1,2"], "metric": "loss"}
+    before = len(rpc(agent, "runs.list")), len(rpc(agent, "sweeps.list"))
+    cases = [
+        ("runs.launch", {**job, "priority": 1001}, "$.priority"),
+        ("runs.launch", {**job, "gpus": -1}, "$.gpus"),
+        ("runs.launch", {**job, "amp": "fp8"}, "$.amp"),
+        ("runs.launch", {**job, "dist": {"nnodes": 1, "node_rank": 0}}, "$.dist.nnodes"),
+        ("runs.launch", {**job, "dist": {"nnodes": 2, "node_rank": 2}}, "node_rank 2 must be below nnodes 2"),
+        ("runs.launch", {**job, "run_id": "../escape"}, "run id '../escape' is not allowed"),
+        ("runs.launch", {**job, "env": {"1BAD": "x"}}, "environment variable name '1BAD'"),
+        ("runs.stop", {"run_id": "x", "grace_s": -1}, "$.grace_s"),
+        ("runs.logs", {"run_id": "x", "offset": -1}, "$.offset"),
+        ("runs.logs", {"run_id": "x", "max_bytes": 0}, "$.max_bytes"),
+        ("runs.logs", {"run_id": "x", "max_bytes": 1024 * 1024 + 1}, "$.max_bytes"),
+        ("cost.host", {"since_s": 0}, "$.since_s"),
+        ("cost.runs", {"limit": 0}, "$.limit"),
+        ("sweeps.list", {"limit": 0}, "$.limit"),
+        ("sweeps.create", {**sweep, "min_trials": 0}, "$.min_trials"),
+        ("sweeps.create", {**sweep, "reduction_factor": 1, "early_stop": "asha"}, "$.reduction_factor"),
+        ("sweeps.create", {**sweep, "mode": "best"}, "$.mode"),
+        ("sweeps.create", {**sweep, "trials": 10_001}, "$.trials"),
+        ("sweeps.create", {**sweep, "grid": ["x=1,,2"]}, "has an empty value"),
+        ("sweeps.create", {**sweep, "metric": " "}, "metric must name the logged metric"),
+    ]
+    for method, params, message in cases:
+        with pytest.raises(Invalid, match=re.escape(message)):
+            rpc(agent, method, **params)
+    assert (len(rpc(agent, "runs.list")), len(rpc(agent, "sweeps.list"))) == before
+
+
+@pytest.mark.timeout(60)
+def test_unknown_and_taken_run_ids(agent: AgentProc, scripts: Path) -> None:
+    no_run = re.escape("no run 'nope' on this host (`mldeck runs ls` lists them)")
+    for method in ("runs.stop", "runs.resume", "runs.logs", "cost.run"):
+        with pytest.raises(NotFound, match=no_run):
+            rpc(agent, method, run_id="nope")
+    with pytest.raises(NotFound, match="no sweep 'nope'"):
+        rpc(agent, "sweeps.stop", sweep_id="nope")
+    run_id = rpc(agent, "runs.launch", script=str(scripts / "sleeper.py"), env={"SLEEP_S": "0"})["run_id"]
+    with pytest.raises(Conflict, match="already exists"):
+        rpc(agent, "runs.launch", script=str(scripts / "sleeper.py"), run_id=run_id)
+    run = wait_status(agent, run_id, "succeeded")
+    assert rpc(agent, "cost.run", run_id=run_id)["cpu_seconds"] == run["cpu_seconds"]
+    logs = rpc(agent, "runs.logs", run_id=run_id, offset=0, max_bytes=8)
+    assert logs["offset"] == 8 and not logs["done"] and len(logs["data"]) == 8
+    rest = rpc(agent, "runs.logs", run_id=run_id, offset=logs["offset"])
+    assert rest["done"] and (logs["data"] + rest["data"]).endswith("slept\n")
 
 
 @pytest.mark.timeout(120)

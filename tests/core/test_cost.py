@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from mldeck.core import cost
+from mldeck.core import cost, protocol
 from mldeck.core.config import CostSection
+from mldeck.core.errors import Invalid
 from mldeck.core.store import Store
 
 
@@ -53,3 +54,10 @@ def test_held_gpu_seconds_in_a_window(tmp_path: Path) -> None:
     assert cost.held_gpu_seconds(store, now - 60, now) == pytest.approx(2 * 10 + 30)
     assert json.dumps(cost.runs_by_cost(store, now - 1000, 10)[0]["gpus"]) in ("[0, 1]", "[0]", "[]")
     store.close()
+
+
+def test_cost_params_declare_their_ranges() -> None:
+    assert protocol.validate(None, cost.CostParams) == cost.CostParams(since_s=86400.0, limit=100)
+    for field, bad in (("since_s", 0), ("since_s", -1.5), ("limit", 0), ("limit", 1_000_001)):
+        with pytest.raises(Invalid, match=rf"\$\.{field}"):
+            protocol.validate({field: bad}, cost.CostParams)

@@ -7,7 +7,9 @@ import random
 
 import pytest
 
+from mldeck.core import protocol
 from mldeck.core import sweep as sw
+from mldeck.core.errors import Invalid
 
 
 def test_grid_and_random_grammar() -> None:
@@ -36,8 +38,20 @@ def test_grid_and_random_grammar() -> None:
     ],
 )
 def test_grammar_errors(grid: list[str], rand: list[str], message: str) -> None:
-    with pytest.raises(sw.SweepError, match=message):
+    with pytest.raises(Invalid, match=message):
         sw.trials(sw.parse_grid(grid), sw.parse_random(rand), 2)
+
+
+@pytest.mark.parametrize(
+    ("field", "bad"),
+    [("mode", "best"), ("early_stop", "hyperband"), ("trials", 0), ("trials", sw.MAX_TRIALS + 1),
+     ("min_trials", 0), ("warmup_steps", -1), ("min_steps", 0), ("reduction_factor", 1), ("max_steps", 0)],
+)
+def test_sweep_params_declare_their_ranges(field: str, bad: object) -> None:
+    good = {"script": "train.py", "grid": ["lr=1,2"], "metric": "loss"}
+    assert protocol.validate(good, sw.SweepCreateParams).mode == "min"
+    with pytest.raises(Invalid, match=rf"\$\.{field}"):
+        protocol.validate({**good, field: bad}, sw.SweepCreateParams)
 
 
 def test_trials_cross_grid_and_draw_random() -> None:
@@ -50,9 +64,9 @@ def test_trials_cross_grid_and_draw_random() -> None:
     assert out == sw.trials(grid, sw.parse_random(["wd=loguniform(1e-5,1e-2)"]), 10, seed=1)
     logs = [math.log10(t["wd"]) for t in sw.trials({}, sw.parse_random(["wd=loguniform(1e-5,1e-2)"]), 2000)]
     assert -3.7 < sum(logs) / len(logs) < -3.3  # uniform in log space: mean exponent -3.5
-    with pytest.raises(sw.SweepError, match="both grid and random"):
+    with pytest.raises(Invalid, match="both grid and random"):
         sw.trials({"a": [1]}, {"a": sw.Dist("uniform", (0, 1))})
-    with pytest.raises(sw.SweepError, match="at least one"):
+    with pytest.raises(Invalid, match="at least one"):
         sw.trials({}, {})
 
 
