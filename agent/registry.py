@@ -1,10 +1,12 @@
-"""The models.* methods: register a run's model, move aliases through their gates, audit it all.
+"""The registry service and its models.* methods: register a run's model, move aliases through
+their gates, audit it all.
 
 Registration verifies the artifact in a child process (`python -m mldeck.core.modelfile verify`),
 because the agent never imports torch, then copies it into models/<name>/<version>/.
 Every committed change is published once on the `models` topic, after its transaction,
 so the model server and the TUI see an alias move as one event, never a half state.
-Runs that call `run.register_model(...)` are registered when their event is ingested.
+Runs that call `run.register_model(...)` are registered when their event is ingested; pipelines
+and the monitor call register / promote / rollback here directly.
 """
 
 from __future__ import annotations
@@ -19,8 +21,10 @@ import secrets
 import shutil
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from mldeck.agent.runs import no_run
+from mldeck.agent.service import Context, rpc
 from mldeck.core import registry
 from mldeck.core.errors import Conflict, Invalid, MldeckError, NotFound
 from mldeck.core.registry import (
@@ -34,10 +38,6 @@ from mldeck.core.registry import (
     RollbackParams,
     VersionsParams,
 )
-
-if TYPE_CHECKING:
-    from mldeck.agent.daemon import Agent
-    from mldeck.agent.rpc import Connection
 
 log = logging.getLogger("mldeck.registry")
 
@@ -106,39 +106,43 @@ def build_profile(folder: Path) -> dict[str, Any] | None:
             "columns": list(summary["columns"])}
 
 
-def register(agent: Agent) -> None:
-    store = agent.store
-    d = agent.dispatcher
-    agent.topics.add(TOPIC)
-    agent_user = getpass.getuser()
-    for stale in agent.layout.models.glob("*/.incoming-*"):  # copies cut short by a crash
-        shutil.rmtree(stale, ignore_errors=True)
+class Registry:
+    """Versions, aliases and the audit log: what `models.*`, pipelines and the monitor change them with."""
 
-    def publish(result: dict[str, Any]) -> None:
-        agent.hub.publish(TOPIC, {k: result.get(k) for k in EVENT_FIELDS})
+    def __init__(self, ctx: Context) -> None:
+        self.ctx = ctx
+        self.store = ctx.store
+        self.user = getpass.getuser()
+        self._requests: asyncio.Queue[tuple[str, dict[str, Any]]] = asyncio.Queue()
+        ctx.hub.declare(TOPIC)
 
-    async def call(fn: Any, *args: Any, write: bool = False) -> Any:
-        return await (agent.db if write else agent.read)(fn, store, *args)
+    async def start(self) -> None:
+        for stale in self.ctx.layout.models.glob("*/.incoming-*"):  # copies cut short by a crash
+            await asyncio.to_thread(shutil.rmtree, stale, ignore_errors=True)
+        self.ctx.hub.on("run.event", self._on_run_event)
+        self.ctx.tasks.spawn(self._register_in_order(), "register-models")
 
-    async def do_register(
-        run_id: str, name: str, artifact: str | None, actor: str, verified_by_job: bool = False
+    def _publish(self, result: dict[str, Any]) -> None:
+        self.ctx.hub.publish(TOPIC, {k: result.get(k) for k in EVENT_FIELDS})
+
+    async def register(
+        self, run_id: str, name: str, artifact: str | None, actor: str, verified_by_job: bool = False
     ) -> dict[str, Any]:
-        try:
-            registry.check_model_name(name)
-            run_dir = agent.layout.run_dir(run_id)
-        except ValueError as exc:
-            raise Invalid(str(exc)) from None
-        run = await agent.read(store.get_run, run_id)
+        """Copy the run's model folder in as the next version of `name`; a job's own export is trusted,
+        any other folder is verified by loading it in a child process first."""
+        registry.check_model_name(name)
+        run = await self.ctx.read(self.store.get_run, run_id)
         if run is None:
-            raise NotFound(f"no run {run_id!r} on this host (`mldeck runs ls` lists them)")
+            raise no_run(run_id)
         if run.get("status") in REFUSED_STATUSES:
             why = f": {run['status_reason']}" if run.get("status_reason") else ""
             raise Conflict(
                 f"run {run_id} is {run['status']}{why}; only a trained model can be registered"
             )
-        existing = await agent.read(registry.version_of_run, store, name, run_id)
+        existing = await self.ctx.read(registry.version_of_run, self.store, name, run_id)
         if existing is not None:
             raise Conflict(f"run {run_id} is already version {existing} of {name!r}")
+        run_dir = self.ctx.layout.run_dir(run_id)
         source = Path(artifact) if artifact else run_dir / "artifacts" / "model"
         if not source.is_absolute():
             source = run_dir / source
@@ -148,7 +152,7 @@ def register(agent: Agent) -> None:
                 "training script, or pass --artifact FOLDER"
             )
         signature = exported_signature(source) if verified_by_job else await verify_artifact(source)
-        models_dir = agent.layout.models
+        models_dir = self.ctx.layout.models
         staged = models_dir / name / f".incoming-{secrets.token_hex(4)}"
         try:
             try:
@@ -157,9 +161,8 @@ def register(agent: Agent) -> None:
                 raise Invalid(f"could not copy {source} into the registry: {exc}") from None
             profile = await asyncio.to_thread(build_profile, staged)
             details = {"source": str(source), "reference": profile}
-            row = await agent.db(
-                registry.register_version, store, models_dir, name, run, staged, signature, actor, details
-            )
+            row = await self.ctx.db(registry.register_version, self.store, models_dir, name, run, staged,
+                                    signature, actor, details)
         finally:
             with contextlib.suppress(FileNotFoundError):
                 await asyncio.to_thread(shutil.rmtree, staged)
@@ -167,87 +170,92 @@ def register(agent: Agent) -> None:
         row["notes"] = [] if profile else [
             f"no {REFERENCE_FILE} next to the model: this version has no drift reference"
         ]
-        publish({"name": name, "version": row["version"], "action": "register"})
+        self._publish({"name": name, "version": row["version"], "action": "register"})
         return row
 
-    async def models_register(p: RegisterParams, conn: Connection) -> dict[str, Any]:
-        return await do_register(p.run_id, p.name, p.artifact, p.actor or agent_user)
+    async def promote(
+        self, name: str, version: int, alias: str, actor: str, reason: str | None = None, force: bool = False
+    ) -> dict[str, Any]:
+        """Point the alias at the version through the alias's gates (or past them, forced with a reason)."""
+        gate = registry.gate_for(self.ctx.config.registry, name, alias)
+        result = await self.ctx.db(registry.promote, self.store, name, version, alias, actor, gate, reason,
+                                   force)
+        if result["changed"]:
+            self._publish(result)
+        return result
 
-    async def models_list(p: ModelsListParams, conn: Connection) -> list[dict[str, Any]]:
-        rows = await call(registry.list_models)
+    async def rollback(self, name: str, alias: str, actor: str, reason: str | None = None) -> dict[str, Any]:
+        """Move the alias back to the version it held before."""
+        result = await self.ctx.db(registry.rollback, self.store, name, alias, actor, reason)
+        self._publish(result)
+        return result
+
+    async def archive(self, name: str, version: int, actor: str, reason: str | None = None) -> dict[str, Any]:
+        """Retire a version that holds no alias."""
+        result = await self.ctx.db(registry.archive, self.store, name, version, actor, reason)
+        self._publish(result)
+        return result
+
+    @rpc("models.register")
+    async def models_register(self, p: RegisterParams) -> dict[str, Any]:
+        return await self.register(p.run_id, p.name, p.artifact, p.actor or self.user)
+
+    @rpc("models.list")
+    async def list(self, p: ModelsListParams) -> list[dict[str, Any]]:
+        rows = await self.ctx.read(registry.list_models, self.store)
         return rows if p.include_archived else [r for r in rows if r["archived"] < r["versions"]]
 
-    async def models_versions(p: VersionsParams, conn: Connection) -> list[dict[str, Any]]:
-        return await call(registry.list_versions, p.name)
+    @rpc("models.versions")
+    async def versions(self, p: VersionsParams) -> list[dict[str, Any]]:
+        return await self.ctx.read(registry.list_versions, self.store, p.name)
 
-    async def models_get(p: GetParams, conn: Connection) -> dict[str, Any]:
-        return await call(registry.get_version, p.name, p.version, p.alias)
+    @rpc("models.get")
+    async def get(self, p: GetParams) -> dict[str, Any]:
+        return await self.ctx.read(registry.get_version, self.store, p.name, p.version, p.alias)
 
-    async def models_promote(p: PromoteParams, conn: Connection) -> dict[str, Any]:
-        gate = registry.gate_for(agent.config.registry, p.name, p.alias)
+    @rpc("models.promote")
+    async def models_promote(self, p: PromoteParams) -> dict[str, Any]:
         if p.dry_run:
-            return await call(registry.preview_promotion, p.name, p.version, p.alias, gate)
-        result = await call(
-            registry.promote, p.name, p.version, p.alias, p.actor or agent_user, gate, p.reason, p.force,
-            write=True,
-        )
-        if result["changed"]:
-            publish(result)
-        return result
+            gate = registry.gate_for(self.ctx.config.registry, p.name, p.alias)
+            return await self.ctx.read(registry.preview_promotion, self.store, p.name, p.version, p.alias,
+                                       gate)
+        return await self.promote(p.name, p.version, p.alias, p.actor or self.user, p.reason, p.force)
 
-    async def models_rollback(p: RollbackParams, conn: Connection) -> dict[str, Any]:
-        result = await call(registry.rollback, p.name, p.alias, p.actor or agent_user, p.reason, write=True)
-        publish(result)
-        return result
+    @rpc("models.rollback")
+    async def models_rollback(self, p: RollbackParams) -> dict[str, Any]:
+        return await self.rollback(p.name, p.alias, p.actor or self.user, p.reason)
 
-    async def models_archive(p: ArchiveParams, conn: Connection) -> dict[str, Any]:
-        result = await call(registry.archive, p.name, p.version, p.actor or agent_user, p.reason, write=True)
-        publish(result)
-        return result
+    @rpc("models.archive")
+    async def models_archive(self, p: ArchiveParams) -> dict[str, Any]:
+        return await self.archive(p.name, p.version, p.actor or self.user, p.reason)
 
-    async def models_audit(p: AuditParams, conn: Connection) -> list[dict[str, Any]]:
-        if not 1 <= p.limit <= 100_000:
-            raise Invalid("limit must be between 1 and 100000")
-        return await call(registry.audit_rows, p.name, p.limit)
+    @rpc("models.audit")
+    async def audit(self, p: AuditParams) -> list[dict[str, Any]]:
+        return await self.ctx.read(registry.audit_rows, self.store, p.name, p.limit)
 
-    async def models_lineage(p: LineageParams, conn: Connection) -> dict[str, Any]:
-        return await call(registry.lineage, p.name, p.version)
+    @rpc("models.lineage")
+    async def lineage(self, p: LineageParams) -> dict[str, Any]:
+        return await self.ctx.read(registry.lineage, self.store, p.name, p.version)
 
-    async def register_from_event(run_id: str, data: dict[str, Any]) -> None:
+    def _on_run_event(self, event: dict[str, Any]) -> None:
+        if event.get("event") == "register_model":
+            self._requests.put_nowait((event["run_id"], event.get("data") or {}))
+
+    async def _register_in_order(self) -> None:
+        """One at a time, in the order the runs asked: versions are numbered as the events came."""
+        while True:
+            run_id, data = await self._requests.get()
+            await self._register_from_event(run_id, data)
+
+    async def _register_from_event(self, run_id: str, data: dict[str, Any]) -> None:
         name = str(data.get("name"))
         try:
-            row = await do_register(
-                run_id, name, data.get("artifact"), str(data.get("actor") or agent_user), verified_by_job=True
-            )
+            row = await self.register(run_id, name, data.get("artifact"), str(data.get("actor") or self.user),
+                                      verified_by_job=True)
             log.info("registered %s v%d from run %s", name, row["version"], run_id)
-        except Exception as exc:  # a background task: every failure is logged and published, never lost
+        except Exception as exc:  # one run's request failing must not end the loop: logged and published
             if not isinstance(exc, MldeckError):
                 log.exception("registering %r from run %s failed", name, run_id)
             log.warning("run %s asked to register %r: %s", run_id, name, exc)
-            agent.hub.publish(TOPIC, {"name": name, "alias": None, "version": None, "from_version": None,
-                                      "action": "register_failed", "run_id": run_id, "message": str(exc)})
-
-    requests: asyncio.Queue[tuple[str, dict[str, Any]]] = asyncio.Queue()
-
-    async def register_in_order() -> None:
-        """One at a time, in the order the runs asked: versions are numbered as the events came."""
-        while True:
-            run_id, data = await requests.get()
-            await register_from_event(run_id, data)
-
-    def on_run_event(event: dict[str, Any]) -> None:
-        if event.get("event") == "register_model":
-            requests.put_nowait((event["run_id"], event.get("data") or {}))
-
-    agent.spawn(register_in_order(), "register-models")
-
-    agent.hub.on("run.event", on_run_event)
-    d.add("models.register", RegisterParams, models_register)
-    d.add("models.list", ModelsListParams, models_list)
-    d.add("models.versions", VersionsParams, models_versions)
-    d.add("models.get", GetParams, models_get)
-    d.add("models.promote", PromoteParams, models_promote)
-    d.add("models.rollback", RollbackParams, models_rollback)
-    d.add("models.archive", ArchiveParams, models_archive)
-    d.add("models.audit", AuditParams, models_audit)
-    d.add("models.lineage", LineageParams, models_lineage)
+            self.ctx.hub.publish(TOPIC, {"name": name, "alias": None, "version": None, "from_version": None,
+                                         "action": "register_failed", "run_id": run_id, "message": str(exc)})

@@ -13,25 +13,26 @@ import math
 import re
 import secrets
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
 import numpy as np
 import pyarrow as pa
 
 from mldeck.core import registry
-from mldeck.core.errors import Conflict, NotFound
+from mldeck.core.errors import Conflict, Invalid, NotFound
 from mldeck.core.protocol import Params
-from mldeck.core.serving import LATEST_LABELS
+from mldeck.core.serving import LATEST_LABELS, PRODUCTION
 from mldeck.core.store import Store, decode_json_fields, rows_as_dicts
 
 ACTOR = "mldeck-monitor"
-PRODUCTION = "production"
 _WINDOW = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|sec|m|min|h|rows?|requests?)\s*$", re.IGNORECASE)
 _UNITS = {"s": 1.0, "sec": 1.0, "m": 60.0, "min": 60.0, "h": 3600.0}
 MAX_WINDOW_ROWS = 1_000_000
+MAX_BINS = 200
+Limit = Annotated[int, msgspec.Meta(ge=1, le=100_000)]
 
 
 # params of the drift.* and alerts.* methods --------------------------------------------
@@ -51,12 +52,12 @@ class DriftDistributionParams(Params):
     name: str
     column: str
     version: int | None = None
-    bins: int | None = None
+    bins: Annotated[int, msgspec.Meta(ge=1, le=MAX_BINS)] | None = None
 
 
 class DriftHistoryParams(Params):
     name: str
-    limit: int = 200
+    limit: Limit = 200
 
 
 class DriftCheckParams(Params):
@@ -66,7 +67,7 @@ class DriftCheckParams(Params):
 class AlertsListParams(Params):
     all: bool = False
     name: str | None = None
-    limit: int = 200
+    limit: Limit = 200
 
 
 class AlertResolveParams(Params):
@@ -90,20 +91,18 @@ class WindowSpec:
 
 
 def parse_window(text: str) -> WindowSpec:
-    """`30s`, `5m`, `1h` or `500rows`; anything else is a ValueError that shows the forms."""
+    """`30s`, `5m`, `1h` or `500rows`; anything else is Invalid, with the forms it may take."""
     match = _WINDOW.match(text) if isinstance(text, str) else None
     if not match:
-        raise ValueError(
-            f"window {text!r} is not a time like 30s, 5m, 1h or a count like 500rows"
-        )
+        raise Invalid(f"window {text!r} is not a time like 30s, 5m, 1h or a count like 500rows")
     value, unit = float(match[1]), match[2].lower()
     if unit.startswith(("row", "request")):
         if value != int(value) or not 1 <= value <= MAX_WINDOW_ROWS:
-            raise ValueError(f"a row window holds a whole number of rows from 1 to {MAX_WINDOW_ROWS}")
+            raise Invalid(f"a row window holds a whole number of rows from 1 to {MAX_WINDOW_ROWS}")
         return WindowSpec("rows", float(int(value)))
     seconds = value * _UNITS[unit]
     if seconds < 1:
-        raise ValueError(f"window {text!r} is shorter than a second")
+        raise Invalid(f"window {text!r} is shorter than a second")
     return WindowSpec("time", seconds)
 
 
@@ -152,49 +151,6 @@ def trailing_true(flags: Sequence[bool]) -> int:
 
 
 # predictions → columns ---------------------------------------------------------------------
-
-
-def tensor_columns(
-    tensors: Sequence[Mapping[str, Any]], names: Mapping[str, list[str]] | None = None
-) -> dict[str, list[str]]:
-    """Tensor name → the column names its last dimension holds.
-
-    A 1-D tensor is one column named after it; a 2-D tensor's columns come from
-    columns.json when it names them, else `<tensor>[i]`.
-    """
-    out: dict[str, list[str]] = {}
-    for spec in tensors:
-        name, shape = spec["name"], list(spec.get("shape") or [-1])
-        if len(shape) <= 1:
-            out[name] = [name]
-        elif len(shape) == 2 and shape[1] > 0:
-            given = (names or {}).get(name)
-            out[name] = list(given) if given and len(given) == shape[1] else [
-                f"{name}[{i}]" for i in range(shape[1])
-            ]
-    return out
-
-
-def decode_tensors(rows: Sequence[str | None], layout: Mapping[str, list[str]]) -> dict[str, np.ndarray]:
-    """Logged JSON tensors ({tensor: rows}) of many requests → one array per column."""
-    out: dict[str, list[np.ndarray]] = {c: [] for cols in layout.values() for c in cols}
-    for text in rows:
-        if not text:
-            continue
-        obj = msgspec.json.decode(text)
-        if not isinstance(obj, dict):
-            continue
-        for tensor, cols in layout.items():
-            data = obj.get(tensor)
-            if data is None:
-                continue
-            arr = np.asarray(data)
-            if arr.ndim == 1 and len(cols) == 1:
-                out[cols[0]].append(arr)
-            elif arr.ndim == 2 and arr.shape[1] == len(cols):
-                for i, c in enumerate(cols):
-                    out[c].append(arr[:, i])
-    return {c: np.concatenate(parts) if parts else np.empty(0) for c, parts in out.items()}
 
 
 def label_accuracy(probs: np.ndarray, labels: np.ndarray) -> float:
@@ -389,11 +345,6 @@ def open_alert(store: Store, name: str, version: int, kind: str) -> dict[str, An
         [name, version, kind],
     ))
     return rows[0] if rows else None
-
-
-def open_alerts(store: Store, name: str) -> list[dict[str, Any]]:
-    """A model's open alerts, of every version and kind, oldest first."""
-    return registry.open_alerts(store.cur(), name)
 
 
 def raise_alert(

@@ -27,13 +27,14 @@ import sys
 import time
 import tomllib
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
 
 from mldeck.core import registry
 from mldeck.core.errors import Invalid
 from mldeck.core.protocol import Params
+from mldeck.core.rules import MetricRule, parse_rule
 from mldeck.core.store import Store, decode_json_fields, rows_as_dicts
 
 STEP_ORDER = ("data", "preprocess", "train", "evaluate")
@@ -43,7 +44,7 @@ _PYTHON = re.compile(r"^(.*/)?python(3(\.\d+)?)?$")
 _AND = re.compile(r"\s+and\s+|\s*&&\s*", re.IGNORECASE)
 
 
-class PipelineError(ValueError):
+class PipelineError(Invalid):
     """A pipeline that cannot run; the message names the file, line and field where it can."""
 
 
@@ -71,7 +72,7 @@ class PipelineSpec(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
 
 class PipelineRunParams(Params):
     file: str | None = None
-    spec: str | None = None
+    spec: Annotated[str, msgspec.Meta(max_length=MAX_FILE_BYTES)] | None = None
     trigger: dict[str, Any] | None = None
     actor: str | None = None
 
@@ -81,7 +82,7 @@ class PipelineRef(Params):
 
 
 class PipelineListParams(Params):
-    limit: int = 100
+    limit: Annotated[int, msgspec.Meta(ge=1, le=10_000)] = 100
 
 
 # parsing ----------------------------------------------------------------------------------
@@ -122,14 +123,14 @@ def _convert(obj: Any, kind: type[Any], source: str, text: str, table: str) -> A
         raise PipelineError(f"{_where(source, text, table, path)}: {message}") from None
 
 
-def parse_gate(text: str) -> list[registry.MetricRule]:
+def parse_gate(text: str) -> list[MetricRule]:
     """`val_acc >= 0.92 and val_loss < 0.3` → rules; parsed by pattern, never evaluated as code."""
     if not isinstance(text, str) or not text.strip():
         raise PipelineError("the gate is empty; write it as METRIC OP NUMBER, e.g. \"val_acc >= 0.92\"")
     rules = []
     for clause in _AND.split(text.strip()):
         try:
-            rules.append(registry.parse_rule(clause))
+            rules.append(parse_rule(clause))
         except ValueError as exc:
             raise PipelineError(str(exc) + ("" if clause == text else f" in gate {text!r}")) from None
     return rules

@@ -9,39 +9,25 @@ log is append-only: this module only ever INSERTs into it and SELECTs from it.
 from __future__ import annotations
 
 import json
-import operator
 import os
-import re
 import shutil
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import duckdb
+import msgspec
 
 from mldeck.core.errors import Conflict, GateRefused, Invalid, NotFound
 from mldeck.core.paths import BadName, check_name
 from mldeck.core.protocol import Params
+from mldeck.core.rules import check_alias, parse_direction, parse_rule
 from mldeck.core.store import Store, decode_json_fields, rows_as_dicts
 
 if TYPE_CHECKING:
     from mldeck.core.config import GateSection, RegistrySection
 
-ALIAS_PATTERN = re.compile(r"^[a-z0-9_-]{1,64}$")
-CONVENTIONAL_ALIASES = ("production", "staging", "challenger")
 ALIAS_ACTIONS = ("promote", "rollback")
-LOWER_IS_BETTER = re.compile(r"(loss|error|err|mse|mae|rmse|perplexity|latency|ece)$")
-_RULE = re.compile(r"^\s*([A-Za-z0-9_./-]+)\s*(>=|<=|==|!=|>|<)\s*([-+0-9.eE]+|nan|inf)\s*$")
-_OPS: dict[str, Callable[[float, float], bool]] = {
-    ">=": operator.ge, ">": operator.gt, "<=": operator.le, "<": operator.lt,
-    "==": operator.eq, "!=": operator.ne,
-}
-_NEGATED = {">=": "<", ">": "<=", "<=": ">", "<": ">=", "==": "!=", "!=": "=="}
-
-
-# errors ---------------------------------------------------------------------
 
 
 # params of the models.* methods ------------------------------------------------
@@ -94,7 +80,7 @@ class ArchiveParams(Params):
 
 class AuditParams(Params):
     name: str | None = None
-    limit: int = 1000
+    limit: Annotated[int, msgspec.Meta(ge=1, le=100_000)] = 1000
 
 
 class LineageParams(Params):
@@ -113,51 +99,10 @@ def check_model_name(name: str) -> str:
         raise Invalid(str(exc)) from None
 
 
-def check_alias(alias: str) -> str:
-    if not isinstance(alias, str) or not ALIAS_PATTERN.match(alias):
-        raise Invalid(
-            f"alias {alias!r} is not allowed: use 1-64 characters from a-z, 0-9, '_' and '-' "
-            f"(e.g. {', '.join(CONVENTIONAL_ALIASES)})"
-        )
-    return alias
-
-
 def check_version(version: int) -> int:
     if not isinstance(version, int) or version < 1:
         raise Invalid(f"version must be a whole number from 1 up, got {version!r}")
     return version
-
-
-@dataclass(frozen=True)
-class MetricRule:
-    """One threshold gate, `val_acc >= 0.92`."""
-
-    key: str
-    op: str
-    threshold: float
-
-    def __str__(self) -> str:
-        return f"{self.key} {self.op} {self.threshold:g}"
-
-
-def parse_rule(text: str) -> MetricRule:
-    """Parse `KEY OP NUMBER`; config loading calls this so a typo fails at start, not at promotion."""
-    match = _RULE.match(text)
-    if not match:
-        raise ValueError(
-            f"gate {text!r} is not `METRIC OP NUMBER` with OP one of {', '.join(_OPS)} "
-            "(e.g. \"val_acc >= 0.92\")"
-        )
-    return MetricRule(match[1], match[2], float(match[3]))
-
-
-def parse_direction(text: str) -> tuple[str, bool]:
-    """`min:KEY` or `max:KEY`, or a bare KEY where loss/error-like names are lower-is-better."""
-    direction, _, key = text.rpartition(":")
-    if direction not in ("", "min", "max") or not re.fullmatch(r"[A-Za-z0-9_./-]+", key):
-        raise ValueError(f"no_worse_than_current {text!r} must be METRIC, min:METRIC or max:METRIC")
-    lower = direction == "min" or (direction == "" and bool(LOWER_IS_BETTER.search(key)))
-    return key, lower
 
 
 def gate_for(config: RegistrySection, name: str, alias: str) -> GateSection | None:
@@ -191,8 +136,8 @@ def evaluate_gate(
         value = metrics.get(rule.key)
         if value is None:
             failed.append(f"{rule.key} is missing (gate needs {rule})")
-        elif not _OPS[rule.op](value, rule.threshold):
-            failed.append(f"{rule.key} {_num(value)} {_NEGATED[rule.op]} {rule.threshold:g}")
+        elif not rule.holds(value):
+            failed.append(rule.broken_by(value))
     if gate.no_worse_than_current and current is not None and current["version"] != candidate["version"]:
         key, lower = parse_direction(gate.no_worse_than_current)
         mine, theirs = metrics.get(key), (current.get("metrics") or {}).get(key)
@@ -345,8 +290,9 @@ def _aliases_ever_held(cur: duckdb.DuckDBPyConnection, name: str, version: int) 
     ).fetchall()}
 
 
-def open_alerts(cur: duckdb.DuckDBPyConnection, name: str) -> list[dict[str, Any]]:
-    return rows_as_dicts(cur.execute(
+def open_alerts(store: Store, name: str) -> list[dict[str, Any]]:
+    """A model's open alerts, of every version and kind, oldest first (a gate may refuse on them)."""
+    return rows_as_dicts(store.cur().execute(
         "SELECT alert_id, kind, version, message FROM alerts WHERE model = ? AND status = 'open' "
         "ORDER BY ts", [name]
     ))
@@ -475,9 +421,10 @@ def register_version(
 
 
 def _judge(
-    cur: duckdb.DuckDBPyConnection, name: str, version: int, alias: str, gate: GateSection | None
+    store: Store, name: str, version: int, alias: str, gate: GateSection | None
 ) -> tuple[dict[str, Any], int | None, dict[str, Any] | None, list[str]]:
     """The candidate, the version the alias holds, that version, and every gate that fails."""
+    cur = store.cur()
     candidate = _require_version(cur, name, version)
     if candidate["archived"]:
         raise Conflict(f"{name} v{version} is archived and can hold no alias; register a new version")
@@ -486,7 +433,7 @@ def _judge(
     if holder == version:
         return candidate, holder, current, []
     failed = evaluate_gate(
-        gate, alias, candidate, current, _aliases_ever_held(cur, name, version), open_alerts(cur, name)
+        gate, alias, candidate, current, _aliases_ever_held(cur, name, version), open_alerts(store, name)
     )
     return candidate, holder, current, failed
 
@@ -497,8 +444,7 @@ def preview_promotion(store: Store, name: str, version: int, alias: str,
     check_model_name(name)
     check_alias(alias)
     check_version(version)
-    cur = store.cur()
-    candidate, holder, current, failed = _judge(cur, name, version, alias, gate)
+    candidate, holder, current, failed = _judge(store, name, version, alias, gate)
     mine, theirs = candidate.get("metrics") or {}, (current or {}).get("metrics") or {}
     deltas = {
         k: {"candidate": mine.get(k), "current": theirs.get(k),
@@ -509,7 +455,7 @@ def preview_promotion(store: Store, name: str, version: int, alias: str,
     return {"name": name, "alias": alias, "version": version, "from_version": holder, "action": "promote",
             "dry_run": True, "changed": False, "would_change": holder != version and not failed,
             "failed_gates": failed, "gated": gate is not None, "deltas": deltas,
-            "open_alerts": len(open_alerts(cur, name))}
+            "open_alerts": len(open_alerts(store, name))}
 
 
 def promote(
@@ -529,7 +475,7 @@ def promote(
     if force and not (reason and reason.strip()):
         raise Invalid("--force needs a --reason that says why the gates are overridden")
     with store.transaction() as cur:
-        _, holder, _, failed = _judge(cur, name, version, alias, gate)
+        _, holder, _, failed = _judge(store, name, version, alias, gate)
         if holder == version:
             return {"name": name, "alias": alias, "version": version, "from_version": holder,
                     "action": "promote", "changed": False, "forced": False, "failed_gates": []}

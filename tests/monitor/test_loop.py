@@ -192,7 +192,8 @@ def test_shift_alert_retrain_gate_challenger_promotion(agent: AgentProc, tmp_pat
 
     # an untrained v3 promoted over v2 does worse on live labels: the policy rolls production back
     trained = subprocess.run(
-        [sys.executable, "-m", "mldeck.agent.demo.train", "--epochs", "0", "--hidden", "4", "--name", "untrained"],
+        [sys.executable, "-m", "mldeck.agent.demo.train", "--epochs", "0", "--hidden", "4",
+         "--name", "untrained"],
         capture_output=True, text=True, env=agent_env(agent.home), cwd=REPO, timeout=180,
     )
     assert trained.returncode == 0, trained.stderr

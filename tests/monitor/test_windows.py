@@ -1,4 +1,5 @@
-"""Windows, the consecutive-window rule, logged tensors → columns, accuracy and ECE, pipeline files."""
+"""Windows, the consecutive-window rule, logged tensors → columns, judging a window, accuracy and ECE,
+pipeline files."""
 
 from __future__ import annotations
 
@@ -10,7 +11,9 @@ import pytest
 
 from mldeck.core import drift
 from mldeck.core import monitor as mon
-from mldeck.core.config import ConfigError, load_config
+from mldeck.core.config import ConfigError, ModelPolicy, load_config
+from mldeck.core.errors import Invalid
+from mldeck.core.judge import Reference, judge_window
 from mldeck.core.pipeline import (
     PipelineError,
     check_gate,
@@ -19,6 +22,7 @@ from mldeck.core.pipeline import (
     parse_pipeline,
     read_pipeline,
 )
+from mldeck.core.signature import decode_tensors, tensor_columns
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -66,12 +70,12 @@ def test_consecutive_windows() -> None:
 def test_logged_tensors_become_columns() -> None:
     signature = [{"name": "features", "datatype": "FP32", "shape": [-1, 3]},
                  {"name": "age", "datatype": "INT64", "shape": [-1]}]
-    layout = mon.tensor_columns(signature, {"features": ["a", "b", "c"]})
+    layout = tensor_columns(signature, {"features": ["a", "b", "c"]})
     assert layout == {"features": ["a", "b", "c"], "age": ["age"]}
-    assert mon.tensor_columns(signature[:1]) == {"features": ["features[0]", "features[1]", "features[2]"]}
+    assert tensor_columns(signature[:1]) == {"features": ["features[0]", "features[1]", "features[2]"]}
     rows = ['{"features": [[1, 2, 3]], "age": [40]}', '{"features": [[4, 5, 6], [7, 8, 9]], "age": [41, 42]}',
             None, "[1, 2]"]
-    cols = mon.decode_tensors(rows, layout)
+    cols = decode_tensors(rows, layout)
     assert cols["a"].tolist() == [1, 4, 7] and cols["c"].tolist() == [3, 6, 9]
     assert cols["age"].tolist() == [40, 41, 42]
 
@@ -177,3 +181,26 @@ def test_unshifted_simulated_rows_do_not_drift_and_shifted_ones_do() -> None:
     moved = shift_rows(frame, ["mean_area"], 1.0, 1.0, stats)
     assert drift.drift_report(frame, {c: v[idx] for c, v in frame.items()}).drifted_columns == []
     assert drift.drift_report(frame, {c: v[idx] for c, v in moved.items()}).drifted_columns == ["mean_area"]
+
+
+def test_a_window_is_judged_against_its_reference_and_unusable_traffic_is_invalid() -> None:
+    rng = np.random.default_rng(7)
+    reference = {"a": rng.normal(0, 1, 500), "b": rng.normal(0, 1, 500)}
+    ref = Reference(drift.ReferenceProfile.build(reference), {"x": ["a", "b"]}, None, {}, {"val_acc": 0.9})
+
+    def rows(shift: float) -> list[tuple[str | None, str | None, str | None]]:
+        """200 of the reference's own rows in requests of 20, column a moved by `shift`."""
+        pick = rng.permutation(500)[:200]
+        batch = np.column_stack([reference["a"][pick] + shift, reference["b"][pick]])
+        return [(msgspec.json.encode({"x": batch[i:i + 20].tolist()}).decode(), None, None)
+                for i in range(0, 200, 20)]
+
+    steady, _ = judge_window(ref, ModelPolicy(), rows(0.0))
+    summary, columns = judge_window(ref, ModelPolicy(drift_share=0.5), rows(2.0))
+    assert steady["drifted_columns"] == [] and not steady["dataset_drifted"]
+    assert summary["drifted_columns"] == ["a"] and summary["dataset_drifted"] and summary["n_rows"] == 200
+    assert summary["n_requests"] == 10 and summary["baseline"] == 0.9 and summary["accuracy"] is None
+    assert [(c["column"], c["role"], c["drifted"]) for c in columns] == [("a", "input", True),
+                                                                         ("b", "input", False)]
+    with pytest.raises(Invalid, match="cannot test this window: column 'a' has no usable values"):
+        judge_window(ref, ModelPolicy(), [('{"other": [1]}', None, None)])

@@ -268,6 +268,8 @@ def test_bad_input_gets_one_clear_message_and_changes_nothing(reg: dict[str, Any
     assert archived.code == 1 and "demo v1 is archived and can hold no alias" in archived.err
     with pytest.raises(MldeckError, match="invalid params"):
         rpc(agent, "models.promote", name="demo", version="one", alias="x")
+    with pytest.raises(MldeckError, match=r"invalid params: .* at `\$\.limit`"):
+        rpc(agent, "models.audit", limit=0)
     assert rpc(agent, "agent.status")["pid"] == agent.proc.pid
 
 
