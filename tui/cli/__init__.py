@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import difflib
 import inspect
 import sys
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NoReturn
 
-from mldeck.core.errors import MldeckError
+from mldeck.core.errors import MldeckError, UsageError
+from mldeck.core.version import VERSION
 from mldeck.tui.cli import (
     agent_cmd,
     alerts_cmd,
+    completion,
     cost_cmd,
     demo_cmd,
     drift_cmd,
@@ -42,7 +45,32 @@ COMMANDS: list[Callable[[Any, argparse.ArgumentParser], None]] = [
     drift_cmd.register,
     alerts_cmd.register,
     pipeline_cmd.register,
+    completion.register,
 ]
+# Commands whose command line goes through run_cmd.parse_launch: the script's arguments after `--`.
+LAUNCHERS = ("run", "sweep")
+EXIT_CODES = """exit codes:
+  0    done
+  1    failed: the message on stderr says why and what to do
+  2    usage: the command line cannot work as written
+  3    a host or agent is down or cannot be reached
+  130  interrupted (Ctrl-C)"""
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse that says usage errors in one line (exit 2) and suggests the closest choice."""
+
+    def _check_value(self, action: argparse.Action, value: Any) -> None:  # argparse's check of a choice
+        choices = action.choices
+        if choices is not None and value not in choices:
+            close = difflib.get_close_matches(str(value), [str(c) for c in choices], n=1)
+            if close:
+                typed = " ".join([self.prog, *action.option_strings[:1], str(value)])
+                raise UsageError(f"`{typed}`: did you mean `{close[0]}`?")
+        super()._check_value(action, value)
+
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(f"{message} (`{self.prog} --help` shows the usage)")
 
 
 def common_options() -> argparse.ArgumentParser:
@@ -57,30 +85,44 @@ def common_options() -> argparse.ArgumentParser:
     return common
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="mldeck",
-        description="MLOps control center: run with no arguments for the TUI.",
+def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
+    """The whole command line, and each command's own parser by name."""
+    parser = Parser(
+        prog="mldeck", description="MLOps control center: run with no arguments for the TUI.",
+        epilog=EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    parser.add_argument("--version", action="version", version=f"mldeck {VERSION}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     common = common_options()
     for register in COMMANDS:
         register(sub, common)
-    return parser
+    completion.attach(parser)
+    return parser, sub.choices
+
+
+def parse(
+    parser: argparse.ArgumentParser, commands: dict[str, argparse.ArgumentParser], argv: list[str]
+) -> argparse.Namespace:
+    """`run` and `sweep` keep all after `--` for the script (run_cmd.parse_launch); the rest is argparse."""
+    if argv[0] in LAUNCHERS:
+        return run_cmd.parse_launch(commands[argv[0]], argv[1:])
+    return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
+    parser, commands = build_parser()
+    if argv is None:
+        completion.complete(parser)  # when the shell is asking, this answers and exits
+        argv = sys.argv[1:]
     if not argv:
         from mldeck.tui.app import run_tui
 
         return run_tui()
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if not getattr(args, "func", None):
-        parser.print_help()
-        return 2
     try:
+        args = parse(parser, commands, argv)
+        if not getattr(args, "func", None):
+            parser.print_help()
+            return 2
         result = args.func(args)
         if inspect.iscoroutine(result):
             result = asyncio.run(result)

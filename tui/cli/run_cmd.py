@@ -3,27 +3,55 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import os
+import shlex
+import sys
 from pathlib import Path
 from typing import Any
 
-from mldeck.core.errors import MldeckError
-from mldeck.core.runlog import TERMINAL
-from mldeck.core.sweep import parse_value
-from mldeck.tui.cli.connect import agent_client, call_agent, remote_host
-from mldeck.tui.cli.output import CliError, print_json
+from mldeck.core.errors import MldeckError, NotFound, UsageError
+from mldeck.tui.cli.connect import call_agent, remote_host
+from mldeck.tui.cli.output import print_json
+from mldeck.tui.cli.watch import Progress, wait_for_end
 
-WAIT_POLL_S = 0.3
+USAGE = "%(prog)s [OPTIONS] (SCRIPT | -m MODULE) [-- SCRIPT_ARGS ...]"
+
+
+def order_note(example: str) -> str:
+    """The help's word on argument order, with a command line that shows it."""
+    return ("Options go before or after the script; the script's own arguments go after `--` and reach it "
+            f"exactly as written: `{example}`.")
+
+
+def misplaced(prog: str, words: list[str]) -> UsageError:
+    """Words before `--` that `prog` does not take: most likely meant for the script."""
+    given = shlex.join(words)
+    return UsageError(
+        f"`{prog}` does not take {given}; the script's own arguments go after `--`: "
+        f"{prog} SCRIPT [OPTIONS] -- {given}"
+    )
+
+
+def parse_launch(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace:
+    """`run` and `sweep`: options and the script in any order, and everything after the first `--`
+    for the script exactly as given."""
+    cut = argv.index("--") if "--" in argv else len(argv)
+    args, unknown = parser.parse_known_intermixed_args(argv[:cut])
+    if unknown:
+        raise misplaced(parser.prog, unknown)
+    args.script_args = argv[cut + 1:]
+    return args
 
 
 def parse_params(pairs: list[str] | None) -> dict[str, Any]:
     """`--param k=v` pairs → dict, numbers and booleans typed."""
+    from mldeck.core.sweep import parse_value  # it loads DuckDB, which completion and --help need not
+
     out: dict[str, Any] = {}
     for pair in pairs or []:
         key, sep, value = pair.partition("=")
         if not sep or not key.strip():
-            raise CliError(f"--param {pair!r} must look like name=value (e.g. --param lr=0.01)")
+            raise UsageError(f"--param {pair!r} must look like name=value (e.g. --param lr=0.01)")
         out[key.strip()] = parse_value(value)
     return out
 
@@ -33,7 +61,7 @@ def parse_env(pairs: list[str] | None) -> dict[str, str]:
     for pair in pairs or []:
         key, sep, value = pair.partition("=")
         if not sep or not key:
-            raise CliError(f"--env {pair!r} must look like NAME=value")
+            raise UsageError(f"--env {pair!r} must look like NAME=value")
         out[key] = value
     return out
 
@@ -55,21 +83,21 @@ def is_local(args: argparse.Namespace) -> bool:
 def launch_params(args: argparse.Namespace, local: bool) -> dict[str, Any]:
     """The runs.launch params common to every node; paths resolved here when the agent is local."""
     if (args.script is None) == (args.module is None):
-        raise CliError("give a SCRIPT or -m MODULE (one of them)")
+        raise UsageError("give a SCRIPT or -m MODULE (one of them)")
     params: dict[str, Any] = {
         "args": list(args.script_args or []), "name": args.name, "experiment": args.experiment,
         "params": parse_params(args.param), "gpus": args.gpus, "amp": args.amp,
         "env": parse_env(args.env), "priority": args.priority,
     }
     if args.gpus < 0:
-        raise CliError("--gpus must be 0 or more")
+        raise UsageError("--gpus must be 0 or more")
     cwd = args.cwd
     if args.script is not None:
         script = Path(args.script).expanduser()
         if local:
             script = (Path(cwd) if cwd else Path.cwd()) / script
             if not script.is_file():
-                raise CliError(f"script {args.script} not found (looked at {script.resolve()})")
+                raise NotFound(f"script {args.script} not found (looked at {script.resolve()})")
             script = script.resolve()
         params["script"] = str(script)
     else:
@@ -78,15 +106,6 @@ def launch_params(args: argparse.Namespace, local: bool) -> dict[str, Any]:
         cwd = str(Path(cwd).resolve()) if cwd else os.getcwd()
     params["cwd"] = cwd
     return params
-
-
-async def wait_for_end(args: argparse.Namespace, run_id: str) -> dict[str, Any]:
-    async with agent_client(args) as client:
-        while True:
-            run = await client.call("runs.get", run_id=run_id)
-            if run["status"] in TERMINAL:
-                return run
-            await asyncio.sleep(WAIT_POLL_S)
 
 
 async def launch_on_nodes(args: argparse.Namespace, nodes: list[str]) -> list[dict[str, Any]]:
@@ -107,45 +126,46 @@ async def launch_on_nodes(args: argparse.Namespace, nodes: list[str]) -> list[di
                 extra["run_id"] = done[0][1]["run_id"]
             result = await call_agent(target, "runs.launch", **base, **extra, dist=dist)
             done.append((target, {**result, "node": nodes[rank]}))
-    except (MldeckError, CliError):
+    except MldeckError:
         for target, result in done:
             await call_agent(target, "runs.stop", run_id=result["run_id"])
         raise
     return [r for _, r in done]
 
 
+def parse_nodes(text: str) -> list[str]:
+    nodes = [n.strip() for n in text.split(",") if n.strip()]
+    if len(nodes) < 2:
+        raise UsageError("--nodes takes two or more hosts, comma-separated (e.g. gpu-1,gpu-2)")
+    return nodes
+
+
 async def run(args: argparse.Namespace) -> int:
+    """Launch; print the run id at once; with --wait follow it (progress on stderr) until it ends."""
     if args.nodes:
-        nodes = [n.strip() for n in args.nodes.split(",") if n.strip()]
-        if len(nodes) < 2:
-            raise CliError("--nodes takes two or more hosts, comma-separated (e.g. gpu-1,gpu-2)")
+        nodes = parse_nodes(args.nodes)
         for node in nodes:
             remote_host(node_args(args, node))
         results = await launch_on_nodes(args, nodes)
-        run_id = results[0]["run_id"]
-        if args.wait:
-            ends = [await wait_for_end(node_args(args, n), run_id) for n in nodes]
-            for r, end in zip(results, ends, strict=True):
-                r["status"] = end["status"]
-        if args.json:
-            print_json(results)
-        else:
-            print(run_id)
-        return 0 if not args.wait or all(r["status"] == "succeeded" for r in results) else 1
-    result = await call_agent(args, "runs.launch", **launch_params(args, is_local(args)))
-    if args.wait:
-        result["status"] = (await wait_for_end(args, result["run_id"]))["status"]
-    if args.json:
-        print_json(result)
     else:
-        print(result["run_id"])
-    return 0 if result["status"] in ("queued", "succeeded") else 1
+        results = [await call_agent(args, "runs.launch", **launch_params(args, is_local(args)))]
+    run_id = results[0]["run_id"]
+    if not args.json:
+        print(run_id, flush=True)
+    if args.wait:
+        for r in results:
+            target = node_args(args, r["node"]) if args.nodes else args
+            label = f"{run_id} on {r['node']}" if args.nodes else run_id
+            end = await wait_for_end(target, run_id, None if args.json else Progress(sys.stderr, label))
+            r.update(status=end["status"], status_reason=end.get("status_reason"))
+    if args.json:
+        print_json(results if args.nodes else results[0])
+    return 1 if args.wait and any(r["status"] != "succeeded" for r in results) else 0
 
 
 def add_launch_options(p: argparse.ArgumentParser) -> None:
     """The options `run` and `sweep` share."""
     p.add_argument("script", nargs="?", help="the training script (a path on the agent's host)")
-    p.add_argument("script_args", nargs="*", help="arguments for the script (after --)")
     p.add_argument("-m", "--module", help="run a module (python -m MODULE) instead of a script")
     p.add_argument("--name", help="run name (default: the script's name)")
     p.add_argument("--experiment", help="experiment (default: default)")
@@ -155,11 +175,13 @@ def add_launch_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cwd", help="working directory on the agent's host")
     p.add_argument("--env", action="append", metavar="NAME=VALUE", help="extra environment (repeat)")
     p.add_argument("--priority", type=int, default=0, help="higher runs first")
-    p.add_argument("--wait", action="store_true", help="wait until it ends; exit 1 unless it succeeded")
+    p.add_argument("--wait", action="store_true",
+                   help="follow it until it ends (progress on stderr); exit 1 unless it succeeded")
 
 
 def register(sub: Any, common: argparse.ArgumentParser) -> None:
-    p = sub.add_parser("run", parents=[common], help="launch a training job", description=__doc__)
+    p = sub.add_parser("run", parents=[common], help="launch a training job", description=__doc__,
+                       usage=USAGE, epilog=order_note("mldeck run train.py --gpus 1 -- --epochs 3"))
     add_launch_options(p)
     p.add_argument(
         "--nodes", help="run on several hosts as one torchrun rendezvous: H1,H2 "

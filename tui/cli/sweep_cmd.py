@@ -5,12 +5,15 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from mldeck.core import sweep as sw
+from mldeck.core.errors import UsageError
 from mldeck.tui.cli.connect import call_agent
-from mldeck.tui.cli.output import CliError, print_table, show
-from mldeck.tui.cli.run_cmd import add_launch_options, is_local, launch_params
+from mldeck.tui.cli.output import print_table, show
+from mldeck.tui.cli.run_cmd import add_launch_options, is_local, launch_params, misplaced, order_note
 
 ACTIONS = ("show", "ls", "stop")
+USAGE = """%(prog)s [OPTIONS] (SCRIPT | -m MODULE) --metric NAME [-- SCRIPT_ARGS ...]
+       %(prog)s show|stop SWEEP_ID
+       %(prog)s ls"""
 
 
 def _print_queued(result: dict[str, Any], count: int) -> None:
@@ -19,13 +22,14 @@ def _print_queued(result: dict[str, Any], count: int) -> None:
 
 
 async def create(args: argparse.Namespace) -> int:
+    from mldeck.core import sweep as sw  # it loads DuckDB, which completion and --help need not
+
+    if args.sweep_id is not None:
+        raise misplaced("mldeck sweep", [args.sweep_id])
     if not args.metric:
-        raise CliError("--metric is required: the logged metric the sweep optimizes (e.g. val_loss)")
-    try:
-        grid, rand = sw.parse_grid(args.grid or []), sw.parse_random(args.random or [])
-        count = len(sw.trials(grid, rand, args.trials))
-    except sw.SweepError as exc:
-        raise CliError(str(exc)) from None
+        raise UsageError("--metric is required: the logged metric the sweep optimizes (e.g. val_loss)")
+    grid, rand = sw.parse_grid(args.grid or []), sw.parse_random(args.random or [])
+    count = len(sw.trials(grid, rand, args.trials))
     base = launch_params(args, is_local(args))
     base.pop("priority")
     base.pop("name")
@@ -72,22 +76,28 @@ async def stop(args: argparse.Namespace, sweep_id: str) -> int:
 
 async def sweep(args: argparse.Namespace) -> int:
     """`sweep SCRIPT ...` creates; `sweep show ID`, `sweep ls`, `sweep stop ID` inspect and stop."""
-    if args.script in ACTIONS and not args.module:
-        if args.script == "ls":
-            return await ls(args)
-        if len(args.script_args) != 1:
-            raise CliError(f"usage: mldeck sweep {args.script} SWEEP_ID")
-        action = show_cmd if args.script == "show" else stop
-        return await action(args, args.script_args[0])
-    return await create(args)
+    if args.script not in ACTIONS or args.module:
+        return await create(args)
+    if args.script_args:
+        raise UsageError(f"mldeck sweep {args.script} takes no script arguments (nothing after `--`)")
+    if args.script == "ls":
+        if args.sweep_id is not None:
+            raise UsageError(f"mldeck sweep ls takes no SWEEP_ID (`mldeck sweep show {args.sweep_id}`?)")
+        return await ls(args)
+    if args.sweep_id is None:
+        raise UsageError(f"mldeck sweep {args.script} needs a SWEEP_ID (`mldeck sweep ls` lists them)")
+    action = show_cmd if args.script == "show" else stop
+    return await action(args, args.sweep_id)
 
 
 def register(sub: Any, common: argparse.ArgumentParser) -> None:
     p = sub.add_parser(
         "sweep", parents=[common], help="run a hyperparameter sweep (or: sweep show|ls|stop)",
-        description=__doc__,
+        description=__doc__, usage=USAGE,
+        epilog=order_note("mldeck sweep train.py --grid lr=1e-3,1e-2 --metric val_loss -- --epochs 3"),
     )
     add_launch_options(p)
+    p.add_argument("sweep_id", nargs="?", metavar="SWEEP_ID", help="with show or stop: the sweep")
     p.add_argument("--grid", action="append", metavar="K=V1,V2", help="a grid axis (repeat)")
     p.add_argument("--random", action="append", metavar="K=DIST(A,B)",
                    help="a random axis: uniform, loguniform, int or choice (repeat)")
