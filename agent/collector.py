@@ -1,11 +1,13 @@
-"""Host and GPU sampling at a fixed cadence: psutil for the host, agent.nvml for the GPUs."""
+"""Host and GPU sampling at a fixed cadence: psutil for the host, agent.nvml for the GPUs.
+
+The daemon calls `tick` every `agent.collector_interval_s` (agent/tasks.py, counted from when the
+last tick began); samples are published at once and written to the store in batches.
+"""
 
 from __future__ import annotations
 
 import asyncio
-import logging
 import time
-from collections.abc import Awaitable, Callable
 from dataclasses import asdict
 from typing import Any
 
@@ -13,29 +15,19 @@ import psutil
 import pyarrow as pa
 
 from mldeck.agent.nvml import GpuSample, Nvml
-from mldeck.core.store import Store
-
-log = logging.getLogger("mldeck.collector")
+from mldeck.agent.service import Context
 
 WRITE_EVERY_S = 5.0
+TOPIC = "host.metrics"
 
 
 class Collector:
-    """Samples every interval; the next tick is scheduled when this one is done, so none pile up."""
+    """The latest sample of the host and its GPUs, and the samples not written to the store yet."""
 
-    def __init__(
-        self,
-        nvml: Nvml,
-        store: Store,
-        db: Callable[..., Awaitable[Any]],
-        publish: Callable[[str, Any], None],
-        interval_s: float = 1.0,
-    ) -> None:
+    def __init__(self, ctx: Context, nvml: Nvml) -> None:
+        self.ctx = ctx
         self.nvml = nvml
-        self.store = store
-        self.db = db
-        self.publish = publish
-        self.interval_s = interval_s
+        ctx.hub.declare(TOPIC)
         self.latest: dict[str, Any] = {}
         self._pending: list[tuple[pa.Table, pa.Table]] = []
         self._recorded = False  # the first sample is written at once: it marks when recording began
@@ -90,9 +82,10 @@ class Collector:
         return metrics, processes
 
     def _write(self, batches: list[tuple[pa.Table, pa.Table]]) -> None:
-        with self.store.transaction():
-            self.store.append("system_metrics", pa.concat_tables([m for m, _ in batches]))
-            self.store.append("gpu_processes", pa.concat_tables([p for _, p in batches]))
+        store = self.ctx.store
+        with store.transaction():
+            store.append("system_metrics", pa.concat_tables([m for m, _ in batches]))
+            store.append("gpu_processes", pa.concat_tables([p for _, p in batches]))
 
     def unwritten(self, since: float) -> list[dict[str, Any]]:
         """Samples not in the store yet, as system_metrics rows: a history query adds them."""
@@ -103,7 +96,7 @@ class Collector:
         """Write the samples held since the last flush in one transaction."""
         batches, self._pending = self._pending, []
         if batches:
-            await self.db(self._write, batches)
+            await self.ctx.db(self._write, batches)
 
     async def tick(self) -> dict[str, Any]:
         """Sample and publish now; the store gets samples every WRITE_EVERY_S (the first at once)."""
@@ -114,15 +107,5 @@ class Collector:
             await self.flush()
             self._recorded = True
         self.latest = snapshot
-        self.publish("host.metrics", snapshot)
+        self.ctx.hub.publish(TOPIC, snapshot)
         return snapshot
-
-    async def run(self) -> None:
-        loop = asyncio.get_running_loop()
-        while True:
-            started = loop.time()
-            try:
-                await self.tick()
-            except Exception:
-                log.exception("collector tick failed; trying again next interval")
-            await asyncio.sleep(max(0.0, self.interval_s - (loop.time() - started)))

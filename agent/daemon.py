@@ -13,16 +13,22 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-from mldeck.agent import jobs, monitor, pipelines, registry, servingctl, sweeps
 from mldeck.agent.collector import Collector
+from mldeck.agent.cost import Cost
 from mldeck.agent.host import Host
 from mldeck.agent.ingest import Ingest
+from mldeck.agent.jobs import Jobs
+from mldeck.agent.monitor import Monitor
 from mldeck.agent.nvml import Nvml
+from mldeck.agent.pipelines import Pipelines
 from mldeck.agent.query import Query
+from mldeck.agent.registry import Registry
 from mldeck.agent.rpc import Dispatcher, Hub, RpcServer
 from mldeck.agent.runs import Runs
 from mldeck.agent.service import Context
+from mldeck.agent.servingctl import Serving
 from mldeck.agent.simgpu import SimulatedNvml
+from mldeck.agent.sweeps import Sweeps
 from mldeck.agent.tasks import Tasks
 from mldeck.core.config import AgentConfig, load_config
 from mldeck.core.paths import Layout
@@ -31,10 +37,7 @@ from mldeck.core.store import Store
 log = logging.getLogger("mldeck.agent")
 T = TypeVar("T")
 
-FEATURES: list[Callable[[Agent], None]] = [
-    registry.register, jobs.register, sweeps.register, servingctl.register,
-    pipelines.register, monitor.register,
-]
+FEATURES: list[Callable[[Agent], None]] = []
 
 
 class AlreadyRunning(RuntimeError):
@@ -97,9 +100,16 @@ class Agent:
         """Every service, built in dependency order; each gets exactly what it uses."""
         host = Host(ctx, self.nvml, self.simulated is not None, self.collector, self.ingest,
                     self.dispatcher, self.rpc, self.request_stop)
-        runs = Runs(ctx)
+        jobs = Jobs(ctx, self.nvml, self.simulated, self.collector)
+        runs = Runs(ctx, jobs)
+        cost = Cost(ctx, jobs)
+        sweeps = Sweeps(ctx, jobs)
         query = Query(ctx)
-        return [host, runs, query]
+        serving = Serving(ctx, self.ingest, self.collector)
+        registry = Registry(ctx)
+        pipelines = Pipelines(ctx, jobs, registry, self.ingest)
+        monitor = Monitor(ctx, registry, pipelines)
+        return [host, jobs, runs, cost, sweeps, query, serving, registry, pipelines, monitor]
 
     async def start(self) -> None:
         self.layout.ensure()
@@ -108,9 +118,7 @@ class Agent:
         self.ctx = Context(self.config, self.layout, self.store, self.hub, self.tasks, self._writer,
                            self._readers)
         self.nvml.start()
-        self.collector = Collector(
-            self.nvml, self.store, self.db, self.hub.publish, self.config.agent.collector_interval_s
-        )
+        self.collector = Collector(self.ctx, self.nvml)
         self.ingest = Ingest(self.store, self.layout.home, self.db, self.hub.publish)
         self.services = self.compose(self.ctx)
         for service in self.services:
@@ -122,7 +130,8 @@ class Agent:
                 await service.start()
         await self.rpc.start(self.layout.socket)
         self.layout.pidfile.write_text(str(os.getpid()))
-        self.spawn(self.collector.run(), "collector")
+        self.ctx.tasks.every(self.config.agent.collector_interval_s, self.collector.tick, "collector",
+                             first=0, from_start=True)
         self.spawn(self.ingest.run(), "ingest")
         log.info("agent up: home %s, pid %d", self.layout.home, os.getpid())
 

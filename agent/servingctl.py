@@ -1,4 +1,5 @@
-"""The agent's side of serving: supervise the model server, tell it what to serve, ingest its logs.
+"""The agent's side of serving (the Serving service): supervise the model server, tell it what to
+serve, ingest its logs, and answer the `serving.*` methods.
 
 The server (`python -m mldeck.agent.serving`, which imports torch) is a child process,
 restarted with backoff if it dies while wanted. What it serves comes from
@@ -25,18 +26,19 @@ import psutil
 import pyarrow as pa
 
 from mldeck.agent.ingest import Source, rows_parser
+from mldeck.agent.service import Context, rpc
 from mldeck.core import cost as costs
 from mldeck.core import serving as sv
 from mldeck.core.atomic import write_atomic
 from mldeck.core.errors import Invalid, NotFound, Unavailable
-from mldeck.core.monitor import tensor_columns
 from mldeck.core.protocol import NoParams
 from mldeck.core.registry import get_version
-from mldeck.core.signature import column_names
+from mldeck.core.serving import LabelledParams, StatsParams, TrafficParams
+from mldeck.core.signature import column_names, tensor_columns
 
 if TYPE_CHECKING:
-    from mldeck.agent.daemon import Agent
-    from mldeck.agent.rpc import Connection
+    from mldeck.agent.collector import Collector
+    from mldeck.agent.ingest import Ingest
 
 log = logging.getLogger("mldeck.servingctl")
 
@@ -51,7 +53,6 @@ BACKOFF_MAX_S = 30.0
 STABLE_S = 60.0
 LOG_FILE = "server.log"
 PID_FILE = "server.pid"
-_PACKAGE_ROOT = str(Path(sv.__file__).resolve().parent.parent)
 
 _INT = pa.int32()
 _STR = pa.string()
@@ -74,13 +75,15 @@ parse_alerts = rows_parser(
 )
 
 
-class ServingControl:
-    """One per agent: the server child process, the manifest, and the RPC methods around them."""
+class Serving:
+    """The model server child process, the manifest it serves from, and the `serving.*` methods."""
 
-    def __init__(self, agent: Agent) -> None:
-        self.agent = agent
-        self.config = agent.config.serving
-        self.dir = agent.layout.serving
+    def __init__(self, ctx: Context, ingest: Ingest, collector: Collector) -> None:
+        self.ctx = ctx
+        self.collector = collector
+        self.ingest = ingest
+        self.config = ctx.config.serving
+        self.dir = ctx.layout.serving
         self.proc: asyncio.subprocess.Process | None = None
         self._usage: tuple[int, float, float] | None = None  # pid, monotonic time, CPU seconds
         self.wanted = False
@@ -89,9 +92,28 @@ class ServingControl:
         self.last_exit: dict[str, Any] | None = None
         self.manifest = sv.Manifest()
         self._dirty = asyncio.Event()
+        self._dirty.set()
         self._lock = asyncio.Lock()
         self._launching = asyncio.Lock()
         self._session: aiohttp.ClientSession | None = None
+        ctx.hub.declare(TOPIC)
+        ctx.hub.on("models", self.models_changed)
+        for pattern, parser in ((sv.PREDICTIONS_GLOB, parse_predictions), (sv.FEEDBACK_GLOB, parse_feedback),
+                                (sv.ALERTS_GLOB, parse_alerts)):
+            ingest.add_source(Source(pattern, parser))
+
+    async def start(self) -> None:
+        tasks = self.ctx.tasks
+        tasks.spawn(self.refresher(), "serving-manifest")
+        tasks.every(STATS_EVERY_S, self.publish_stats, "serving-stats")
+        tasks.every(PRUNE_EVERY_S, self.prune_segments, "serving-prune")
+        tasks.every(USAGE_EVERY_S, self.account_usage, "serving-usage")
+
+    async def stop(self) -> None:
+        """The server goes with the agent: it is a child, not a daemon of its own."""
+        await self.terminate()
+        if self._session is not None:
+            await self._session.close()
 
     @property
     def url(self) -> str:
@@ -103,6 +125,76 @@ class ServingControl:
     def running(self) -> bool:
         return self.proc is not None and self.proc.returncode is None
 
+    # the methods ----------------------------------------------------------------
+
+    @rpc("serving.status")
+    async def status(self, p: NoParams) -> dict[str, Any]:
+        return self.describe()
+
+    @rpc("serving.start")
+    async def start_server(self, p: NoParams) -> dict[str, Any]:
+        await self.launch()
+        await self.wait_live()
+        return self.describe()
+
+    @rpc("serving.stop")
+    async def stop_server(self, p: NoParams) -> dict[str, Any]:
+        await self.terminate()
+        return self.describe()
+
+    @rpc("serving.stats")
+    async def stats(self, p: StatsParams) -> dict[str, Any]:
+        return await self.server_stats(p.window_s)
+
+    @rpc("serving.traffic")
+    async def traffic(self, p: TrafficParams) -> dict[str, Any]:
+        if p.shadow is None and p.canary is None:
+            raise Invalid("say what to change: shadow (true/false) and/or canary (percent)")
+        await self.require_model(p.name)
+        split = await self.ctx.db(sv.set_traffic, self.ctx.store, p.name, p.shadow, p.canary)
+        manifest = await self.write_manifest()
+        served = manifest.models.get(p.name)
+        challenger = served.aliases.get(sv.CHALLENGER) if served else None
+        split["challenger"] = challenger.version if challenger else None
+        if challenger is None and (split["shadow"] or split["canary"]):
+            split["warning"] = (
+                f"{p.name} has no challenger alias yet: shadow and canary take effect once one is "
+                f"promoted (`mldeck models promote {p.name} VERSION --to challenger`)"
+            )
+        return split
+
+    @rpc("serving.labelled")
+    async def labelled(self, p: LabelledParams) -> dict[str, Any]:
+        await self.require_model(p.name)
+        store = self.ctx.store
+        rows = await self.ctx.read(sv.labelled_requests, store, p.name, p.since, p.limit)
+        newest = await self.ctx.read(get_version, store, p.name, max((r[1] for r in rows), default=None))
+        layout = tensor_columns((newest.get("signature") or {}).get("inputs") or [],
+                                column_names(Path(newest["artifact"])))
+        columns = await asyncio.to_thread(sv.labelled_columns, rows, layout)
+        return {"name": p.name, "version": newest["version"], "n_requests": len(rows),
+                "n_rows": len(columns["label"]), "columns": columns}
+
+    async def require_model(self, name: str) -> None:
+        if not await self.ctx.read(sv.model_known, self.ctx.store, name):
+            raise NotFound(f"no model {name!r} on this host (`mldeck models ls` lists them)")
+
+    def describe(self) -> dict[str, Any]:
+        """The server's state as `serving.status` reports it."""
+        return {
+            "running": self.running,
+            "wanted": self.wanted,
+            "pid": self.proc.pid if self.running and self.proc else None,
+            "url": self.url,
+            "host": self.config.host,
+            "port": self.config.port,
+            "started_at": self.started_at if self.running else None,
+            "restarts": self.restarts,
+            "last_exit": self.last_exit,
+            "log": str(self.dir / LOG_FILE),
+            "manifest": msgspec.to_builtins(self.manifest),
+        }
+
     # the manifest ------------------------------------------------------------
 
     def models_changed(self, _event: Any = None) -> None:
@@ -111,7 +203,7 @@ class ServingControl:
 
     async def write_manifest(self) -> sv.Manifest:
         async with self._lock:
-            manifest = await self.agent.read(sv.build_manifest, self.agent.store, self.agent.layout.home)
+            manifest = await self.ctx.read(sv.build_manifest, self.ctx.store, self.ctx.layout.home)
             if msgspec.to_builtins(manifest.models) != msgspec.to_builtins(self.manifest.models) or not (
                 self.dir / sv.MANIFEST_FILE
             ).exists():
@@ -124,26 +216,29 @@ class ServingControl:
             return self.manifest
 
     async def refresher(self) -> None:
-        """Keep the manifest in step with the store; start the server once there is something to serve."""
+        """Refresh when the registry says so, and every POLL_S behind that; a failure never ends it."""
         while True:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._dirty.wait(), POLL_S)
             self._dirty.clear()
             try:
-                manifest = await self.write_manifest()
-            except Exception:
-                log.exception("could not write the serving manifest")
-                continue
-            if self.config.autostart and manifest.models and not self.wanted and self.last_exit is None:
-                log.info("models have aliases: starting the model server (serving.autostart)")
-                await self.launch()
+                await self.refresh()
+            except Exception as exc:
+                self.ctx.tasks.failed("serving-manifest", exc)
+
+    async def refresh(self) -> None:
+        """Put the manifest in step with the store; start the server once there is something to serve."""
+        manifest = await self.write_manifest()
+        if self.config.autostart and manifest.models and not self.wanted and self.last_exit is None:
+            log.info("models have aliases: starting the model server (serving.autostart)")
+            await self.launch()
 
     # the process ---------------------------------------------------------------
 
     def command(self) -> list[str]:
         c = self.config
         return [
-            sys.executable, "-m", "mldeck.agent.serving", "--home", str(self.agent.layout.home),
+            sys.executable, "-m", "mldeck.agent.serving", "--home", str(self.ctx.layout.home),
             "--host", c.host, "--port", str(c.port), "--max-batch-size", str(c.max_batch_size),
             "--max-queue-delay-ms", str(c.max_queue_delay_ms), "--max-body-bytes", str(c.max_body_bytes),
             "--device", c.device, "--log-queue", str(c.log_queue), "--segment-bytes", str(c.segment_bytes),
@@ -157,26 +252,26 @@ class ServingControl:
             cmdline = proc.cmdline()
         except (OSError, ValueError, psutil.Error):
             return
-        if "mldeck.agent.serving" in cmdline and str(self.agent.layout.home) in cmdline:
+        if "mldeck.agent.serving" in cmdline and str(self.ctx.layout.home) in cmdline:
             log.warning("ending model server pid %d left by an earlier agent", pid)
             with contextlib.suppress(psutil.Error):
                 proc.terminate()
                 proc.wait(STOP_TIMEOUT_S)
 
-    async def _spawn(self) -> None:
+    async def _spawn(self) -> asyncio.subprocess.Process:
         self.dir.mkdir(parents=True, exist_ok=True)
         await asyncio.to_thread(self._end_orphan)
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [_PACKAGE_ROOT, env.get("PYTHONPATH")]))
         with open(self.dir / LOG_FILE, "ab") as out:
-            self.proc = await asyncio.create_subprocess_exec(
+            proc = await asyncio.create_subprocess_exec(
                 *self.command(), stdin=asyncio.subprocess.DEVNULL, stdout=out, stderr=out,
-                env=env, start_new_session=True,
+                env={**os.environ, "PYTHONUNBUFFERED": "1"}, start_new_session=True,
             )
+        self.proc = proc
         self.started_at = time.time()
-        (self.dir / PID_FILE).write_text(str(self.proc.pid))
-        log.info("model server started: pid %d on %s", self.proc.pid, self.url)
-        self.agent.hub.publish(TOPIC, {"kind": "state", "state": "starting", "pid": self.proc.pid})
+        (self.dir / PID_FILE).write_text(str(proc.pid))
+        log.info("model server started: pid %d on %s", proc.pid, self.url)
+        self.ctx.hub.publish(TOPIC, {"kind": "state", "state": "starting", "pid": proc.pid})
+        return proc
 
     async def launch(self) -> None:
         """Start the process under supervision, without waiting for it to answer.
@@ -189,13 +284,8 @@ class ServingControl:
             await self.write_manifest()
             self.wanted = True
             self.last_exit = None
-            await self._spawn()
-            self.agent.spawn(self.supervise(self.proc), "serving-supervisor")
-
-    async def start(self) -> dict[str, Any]:
-        await self.launch()
-        await self.wait_live()
-        return await self.status()
+            proc = await self._spawn()
+            self.ctx.tasks.spawn(self.supervise(proc), "serving-supervisor")
 
     async def wait_live(self) -> None:
         """Until the server is ready (its first manifest applied), or say why it is not."""
@@ -223,16 +313,16 @@ class ServingControl:
             if not self.wanted or proc is not self.proc:
                 return
             log.warning("model server died (%s); restarting in %.0fs", self.last_exit["message"], backoff)
-            self.agent.hub.publish(TOPIC, {"kind": "state", "state": "died", **self.last_exit})
+            self.ctx.hub.publish(TOPIC, {"kind": "state", "state": "died", **self.last_exit})
             await asyncio.sleep(backoff)
             if not self.wanted or proc is not self.proc:
                 return
             backoff = 1.0 if uptime > STABLE_S else min(BACKOFF_MAX_S, backoff * 2)
             self.restarts += 1
-            await self._spawn()
-            proc = self.proc  # type: ignore[assignment]
+            proc = await self._spawn()
 
-    async def stop(self) -> dict[str, Any]:
+    async def terminate(self) -> None:
+        """End the server on request; it stays down until asked to start again."""
         self.wanted = False
         proc = self.proc
         if proc is not None and proc.returncode is None:
@@ -242,12 +332,11 @@ class ServingControl:
             except TimeoutError:
                 proc.kill()
                 await proc.wait()
-            self.agent.hub.publish(TOPIC, {"kind": "state", "state": "stopped", "pid": proc.pid})
+            self.ctx.hub.publish(TOPIC, {"kind": "state", "state": "stopped", "pid": proc.pid})
         self.last_exit = {"code": proc.returncode if proc else None, "at": time.time(),
                           "message": "stopped on request"}
-        return await self.status()
 
-    # talking to the server -----------------------------------------------------
+    # talking to the server and watching it ---------------------------------------
 
     async def _get(self, path: str, **query: str) -> Any:
         if self._session is None:
@@ -258,7 +347,7 @@ class ServingControl:
         except (aiohttp.ClientError, TimeoutError, ValueError):
             return None
 
-    async def stats(self, window_s: float = 60.0) -> dict[str, Any]:
+    async def server_stats(self, window_s: float = 60.0) -> dict[str, Any]:
         if not self.running:
             return {"running": False, "models": {}}
         data = await self._get(sv.STATS_PATH, window_s=str(window_s))
@@ -266,20 +355,10 @@ class ServingControl:
             return {"running": True, "ready": False, "models": {}}
         return {"running": True, **data}
 
-    async def status(self) -> dict[str, Any]:
-        return {
-            "running": self.running,
-            "wanted": self.wanted,
-            "pid": self.proc.pid if self.running and self.proc else None,
-            "url": self.url,
-            "host": self.config.host,
-            "port": self.config.port,
-            "started_at": self.started_at if self.running else None,
-            "restarts": self.restarts,
-            "last_exit": self.last_exit,
-            "log": str(self.dir / LOG_FILE),
-            "manifest": msgspec.to_builtins(self.manifest),
-        }
+    async def publish_stats(self) -> None:
+        """Stats on the `serving` topic, while someone listens."""
+        if self.running and self.ctx.hub.has_subscribers(TOPIC):
+            self.ctx.hub.publish(TOPIC, {"kind": "stats", **await self.server_stats()})
 
     async def account_usage(self) -> None:
         """What the server used since the last tick: its GPUs' time and its CPU time."""
@@ -294,33 +373,22 @@ class ServingControl:
         now, cpu = time.monotonic(), times.user + times.system
         last, self._usage = self._usage, (pid, now, cpu)
         if last is not None and last[0] == pid:
-            gpus = sum(1 for g in (self.agent.collector.latest or {}).get("gpus") or []
+            gpus = sum(1 for g in (self.collector.latest or {}).get("gpus") or []
                        if any(p == pid for p, _ in g.get("processes") or []))
-            await self.agent.db(costs.record_serving_usage, self.agent.store, time.time(), pid,
-                                gpus * (now - last[1]), cpu - last[2])
+            await self.ctx.db(costs.record_serving_usage, self.ctx.store, time.time(), pid,
+                              gpus * (now - last[1]), cpu - last[2])
 
     async def prune_segments(self) -> None:
         """Delete log segments past the newest keep_segments (per model and kind) once they are stored."""
         if not self.config.keep_segments:
             return
         old = sv.old_segments(self.dir, self.config.keep_segments)
-        gone = [p for p in old if self.agent.ingest.ingested(p)]
+        gone = [p for p in old if self.ingest.ingested(p)]
         for path in gone:
             path.unlink(missing_ok=True)
         if gone:
-            await self.agent.db(self.agent.store.forget_offsets, [str(p) for p in gone])
+            await self.ingest.forget(gone)
             log.info("deleted %d ingested log segments: %s", len(gone), ", ".join(p.name for p in gone))
-
-    async def publish_stats(self) -> None:
-        """Stats on the `serving` topic, while someone listens."""
-        if self.running and self.agent.hub.has_subscribers(TOPIC):
-            self.agent.hub.publish(TOPIC, {"kind": "stats", **await self.stats()})
-
-    async def close(self) -> None:
-        await self.stop()
-        if self._session is not None:
-            await self._session.close()
-
 
 def _tail(path: Path, lines: int = 1) -> str:
     try:
@@ -329,72 +397,3 @@ def _tail(path: Path, lines: int = 1) -> str:
             return " ".join(fh.read().decode(errors="replace").strip().splitlines()[-lines:])
     except OSError:
         return ""
-
-
-def register(agent: Agent) -> None:
-    ctl = ServingControl(agent)
-    agent.topics.add(TOPIC)
-    agent.hub.on("models", ctl.models_changed)
-    for pattern, parser in ((sv.PREDICTIONS_GLOB, parse_predictions), (sv.FEEDBACK_GLOB, parse_feedback),
-                            (sv.ALERTS_GLOB, parse_alerts)):
-        agent.ingest.add_source(Source(pattern, parser))
-    agent.spawn(ctl.refresher(), "serving-manifest")
-    agent.every(STATS_EVERY_S, ctl.publish_stats, "serving-stats")
-    agent.every(PRUNE_EVERY_S, ctl.prune_segments, "serving-prune")
-    agent.every(USAGE_EVERY_S, ctl.account_usage, "serving-usage")
-    agent.on_stop.append(ctl.close)
-    ctl._dirty.set()
-
-    async def status(p: NoParams, conn: Connection) -> dict[str, Any]:
-        return await ctl.status()
-
-    async def start(p: NoParams, conn: Connection) -> dict[str, Any]:
-        return await ctl.start()
-
-    async def stop(p: NoParams, conn: Connection) -> dict[str, Any]:
-        return await ctl.stop()
-
-    async def stats(p: sv.StatsParams, conn: Connection) -> dict[str, Any]:
-        if not 1 <= p.window_s <= 60:
-            raise Invalid("window_s must be between 1 and 60 seconds")
-        return await ctl.stats(p.window_s)
-
-    async def traffic(p: sv.TrafficParams, conn: Connection) -> dict[str, Any]:
-        if p.canary is not None and not 0 <= p.canary <= 100:
-            raise Invalid(f"canary is a share of requests in percent, 0 to 100; got {p.canary}")
-        if p.shadow is None and p.canary is None:
-            raise Invalid("say what to change: shadow (true/false) and/or canary (percent)")
-        if not await agent.read(sv.model_known, agent.store, p.name):
-            raise NotFound(f"no model {p.name!r} on this host (`mldeck models ls` lists them)")
-        split = await agent.db(sv.set_traffic, agent.store, p.name, p.shadow, p.canary)
-        manifest = await ctl.write_manifest()
-        served = manifest.models.get(p.name)
-        challenger = served.aliases.get(sv.CHALLENGER) if served else None
-        split["challenger"] = challenger.version if challenger else None
-        if challenger is None and (split["shadow"] or split["canary"]):
-            split["warning"] = (
-                f"{p.name} has no challenger alias yet: shadow and canary take effect once one is "
-                f"promoted (`mldeck models promote {p.name} VERSION --to challenger`)"
-            )
-        return split
-
-    async def labelled(p: sv.LabelledParams, conn: Connection) -> dict[str, Any]:
-        if not 1 <= p.limit <= sv.LABELLED_MAX:
-            raise Invalid(f"limit is a number of requests, 1 to {sv.LABELLED_MAX}; got {p.limit}")
-        if not await agent.read(sv.model_known, agent.store, p.name):
-            raise NotFound(f"no model {p.name!r} on this host (`mldeck models ls` lists them)")
-        rows = await agent.read(sv.labelled_requests, agent.store, p.name, p.since, p.limit)
-        newest = await agent.read(get_version, agent.store, p.name, max((r[1] for r in rows), default=None))
-        layout = tensor_columns((newest.get("signature") or {}).get("inputs") or [],
-                                column_names(Path(newest["artifact"])))
-        columns = await asyncio.to_thread(sv.labelled_columns, rows, layout)
-        return {"name": p.name, "version": newest["version"], "n_requests": len(rows),
-                "n_rows": len(columns["label"]), "columns": columns}
-
-    d = agent.dispatcher
-    d.add("serving.labelled", sv.LabelledParams, labelled)
-    d.add("serving.status", NoParams, status)
-    d.add("serving.start", NoParams, start)
-    d.add("serving.stop", NoParams, stop)
-    d.add("serving.stats", sv.StatsParams, stats)
-    d.add("serving.traffic", sv.TrafficParams, traffic)

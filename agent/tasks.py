@@ -59,21 +59,27 @@ class Tasks:
 
     def every(
         self, seconds: float | Callable[[], float], tick: Callable[[], Awaitable[Any]], name: str,
-        *, first: float | None = None,
+        *, first: float | None = None, from_start: bool = False,
     ) -> asyncio.Task[Any]:
-        """Call `tick` `seconds` after the last call ended (first after `first`, default `seconds`)."""
+        """Call `tick` `seconds` after the last call ended (first after `first`, default `seconds`).
+
+        With `from_start`, `seconds` counts from when the last call began, so ticks keep a steady
+        rate (a sampler's); a call that takes longer is followed at once, never overlapped.
+        """
         interval = seconds if callable(seconds) else (lambda: seconds)
 
         async def loop() -> None:
+            clock = asyncio.get_running_loop().time
             await asyncio.sleep(interval() if first is None else first)
             while True:
+                began = clock()
                 try:
                     await tick()
                 except asyncio.CancelledError:
                     raise
                 except Exception as exc:
                     self.failed(name, exc)
-                await asyncio.sleep(interval())
+                await asyncio.sleep(max(0.0, interval() - (clock() - began)) if from_start else interval())
 
         return self.spawn(loop(), name)
 

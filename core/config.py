@@ -7,10 +7,11 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Annotated
 
 import msgspec
 
-from mldeck.core.registry import check_alias, parse_direction, parse_rule
+from mldeck.core.rules import check_alias, parse_direction, parse_rule
 
 
 class Section(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -95,10 +96,10 @@ class ColumnOverride(Section):
 
     def __post_init__(self) -> None:
         if self.method is not None:
-            from mldeck.core.drift import DEFAULT_THRESHOLDS
+            from mldeck.core.drift import STATISTICS
 
-            if self.method not in DEFAULT_THRESHOLDS:
-                raise ValueError(f"drift method {self.method!r} is not one of {sorted(DEFAULT_THRESHOLDS)}")
+            if self.method not in STATISTICS:
+                raise ValueError(f"drift method {self.method!r} is not one of {sorted(STATISTICS)}")
 
 
 class ModelPolicy(Section):
@@ -144,6 +145,12 @@ class MonitorSection(Section):
         return self.models.get(name) or self.models.get("*") or ModelPolicy()
 
 
+class QuerySection(Section):
+    """`mldeck query`: how long one read-only SQL query may run before the agent cancels it."""
+
+    time_limit_s: Annotated[float, msgspec.Meta(gt=0)] = 30.0
+
+
 class AgentConfig(Section):
     agent: AgentSection = msgspec.field(default_factory=AgentSection)
     registry: RegistrySection = msgspec.field(default_factory=RegistrySection)
@@ -151,6 +158,7 @@ class AgentConfig(Section):
     jobs: JobsSection = msgspec.field(default_factory=JobsSection)
     cost: CostSection = msgspec.field(default_factory=CostSection)
     monitor: MonitorSection = msgspec.field(default_factory=MonitorSection)
+    query: QuerySection = msgspec.field(default_factory=QuerySection)
 
 
 class ConfigError(ValueError):

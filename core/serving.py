@@ -11,11 +11,13 @@ from __future__ import annotations
 import re
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import msgspec
+import numpy as np
 
 from mldeck.core.protocol import Params
+from mldeck.core.signature import decode_tensors
 
 if TYPE_CHECKING:  # the server process reads the manifest without loading the store's DuckDB
     from mldeck.core.store import Store
@@ -117,23 +119,25 @@ class AlertLine(msgspec.Struct, kw_only=True):
     details: dict[str, Any] = {}
 
 
+LABELLED_MAX = 100_000
+
+
 class TrafficParams(Params):
     name: str
     shadow: bool | None = None
-    canary: float | None = None
+    canary: Annotated[float, msgspec.Meta(ge=0, le=100)] | None = None  # percent of requests
 
 
 class StatsParams(Params):
-    window_s: float = 60.0
+    window_s: Annotated[float, msgspec.Meta(ge=1, le=60)] = 60.0
 
 
 class LabelledParams(Params):
     name: str
     since: float | None = None
-    limit: int = 10_000
+    limit: Annotated[int, msgspec.Meta(ge=1, le=LABELLED_MAX)] = 10_000
 
 
-LABELLED_MAX = 100_000
 SEGMENT_NAME = re.compile(r"^(predictions|feedback)-(\d+)\.jsonl$")
 
 
@@ -222,10 +226,6 @@ def labelled_columns(
     A request of several rows takes a label list of the same length, or one label for all;
     requests whose inputs or label do not fit the layout are left out.
     """
-    import numpy as np
-
-    from mldeck.core.monitor import decode_tensors
-
     columns = [c for cols in layout.values() for c in cols]
     out: dict[str, list[Any]] = {c: [] for c in ["ts", "version", "request_id", *columns, "label"]}
     for ts, version, request_id, inputs, label_text in reversed(rows):

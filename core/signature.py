@@ -1,8 +1,8 @@
-"""A model's signature and the request checks built on it: importable where torch never is.
+"""A model's signature, the request checks built on it, and logged tensors as columns: no torch here.
 
-The registry, the model server's codec, the monitor and batch inference share these: the
-files of a model folder, the KServe v2 datatypes, and checks that turn a bad request into
-one clear message.
+The registry, the model server's codec, the monitor, serving and batch inference share these:
+the files of a model folder, the KServe v2 datatypes, checks that turn a bad request into one
+clear message, and the layout that turns logged JSON tensors into named columns.
 """
 
 from __future__ import annotations
@@ -209,3 +209,46 @@ def column_names(folder: Path) -> dict[str, list[str]]:
     if not isinstance(names, dict):
         return {}
     return {k: [str(c) for c in v] for k, v in names.items() if isinstance(v, list)}
+
+
+def tensor_columns(
+    tensors: Sequence[Mapping[str, Any]], names: Mapping[str, list[str]] | None = None
+) -> dict[str, list[str]]:
+    """Tensor name → the column names its last dimension holds.
+
+    A 1-D tensor is one column named after it; a 2-D tensor's columns come from
+    columns.json when it names them, else `<tensor>[i]`.
+    """
+    out: dict[str, list[str]] = {}
+    for spec in tensors:
+        name, shape = spec["name"], list(spec.get("shape") or [-1])
+        if len(shape) <= 1:
+            out[name] = [name]
+        elif len(shape) == 2 and shape[1] > 0:
+            given = (names or {}).get(name)
+            out[name] = list(given) if given and len(given) == shape[1] else [
+                f"{name}[{i}]" for i in range(shape[1])
+            ]
+    return out
+
+
+def decode_tensors(rows: Sequence[str | None], layout: Mapping[str, list[str]]) -> dict[str, np.ndarray]:
+    """Logged JSON tensors ({tensor: rows}) of many requests → one array per column."""
+    out: dict[str, list[np.ndarray]] = {c: [] for cols in layout.values() for c in cols}
+    for text in rows:
+        if not text:
+            continue
+        obj = msgspec.json.decode(text)
+        if not isinstance(obj, dict):
+            continue
+        for tensor, cols in layout.items():
+            data = obj.get(tensor)
+            if data is None:
+                continue
+            arr = np.asarray(data)
+            if arr.ndim == 1 and len(cols) == 1:
+                out[cols[0]].append(arr)
+            elif arr.ndim == 2 and arr.shape[1] == len(cols):
+                for i, c in enumerate(cols):
+                    out[c].append(arr[:, i])
+    return {c: np.concatenate(parts) if parts else np.empty(0) for c, parts in out.items()}

@@ -148,8 +148,8 @@ def test_verify_names_what_is_missing(tmp_path: Path, capsys: pytest.CaptureFixt
     assert code == 1 and not result["ok"] and "signature.json is missing" in result["message"]
 
 
-def test_signature_module_does_not_import_torch() -> None:
-    code = "import sys, core.modelfile; sys.exit('torch' in sys.modules)"
+def test_signature_and_serving_modules_do_not_import_torch() -> None:
+    code = "import sys, mldeck.core.modelfile, mldeck.core.serving; sys.exit('torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], cwd=REPO, timeout=60).returncode == 0
 
 

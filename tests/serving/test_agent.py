@@ -113,7 +113,8 @@ def test_labelled_traffic_comes_back_one_row_per_example(agent: AgentProc) -> No
         return rpc(agent.home, "serving.labelled", params)["error"]
 
     assert "no model 'nope'" in error({"name": "nope"})["message"]
-    assert "1 to 100000" in error({"name": "tiny", "limit": 0})["message"]
+    assert ">= 1 - at `$.limit`" in error({"name": "tiny", "limit": 0})["message"]
+    assert "<= 100000 - at `$.limit`" in error({"name": "tiny", "limit": 100_001})["message"]
     assert error({"name": "tiny", "since": "x"})["code"] < 0
 
 
@@ -174,7 +175,9 @@ def test_traffic_settings_persist_and_bad_ones_are_refused(agent: AgentProc) -> 
     assert bad.code != 0 and "0 to 100" in bad.err
     assert agent.cli("serve", "traffic", "tiny").code != 0
     reply = rpc(agent.home, "serving.traffic", {"name": "tiny", "canary": -1})
-    assert "0 to 100" in reply["error"]["message"]
+    assert ">= 0.0 - at `$.canary`" in reply["error"]["message"]
+    reply = rpc(agent.home, "serving.traffic", {"name": "tiny", "canary": 150})
+    assert "<= 100.0 - at `$.canary`" in reply["error"]["message"]
     reply = rpc(agent.home, "serving.traffic", {"name": "ghost", "shadow": True})
     assert "no model 'ghost'" in reply["error"]["message"]
     reply = rpc(agent.home, "serving.traffic", {"name": "tiny", "bogus": 1})
@@ -232,3 +235,5 @@ def test_stop_and_status(agent: AgentProc) -> None:
     assert not stopped["running"] and stopped["last_exit"]["message"] == "stopped on request"
     assert "not running" in agent.cli("serve", "status", check=True).out
     assert rpc(agent.home, "serving.stats")["result"] == {"running": False, "models": {}}
+    too_short = rpc(agent.home, "serving.stats", {"window_s": 0.5})["error"]
+    assert ">= 1.0 - at `$.window_s`" in too_short["message"]
