@@ -39,6 +39,12 @@ class TooLarge(Invalid):
     """A message or result over a size limit."""
 
 
+class UsageError(Invalid):
+    """A command line that cannot work as written (missing or clashing options): exit 2, like argparse."""
+
+    exit_code = 2
+
+
 class NotFound(MldeckError):
     """The run, model, version, host or file named does not exist."""
 

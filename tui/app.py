@@ -17,10 +17,9 @@ from textual.command import Hit, Hits, Provider
 
 from mldeck.core.client import Client
 from mldeck.tui.fleet import LOCAL, Fleet
-from mldeck.tui.screens.base import DeckScreen
+from mldeck.tui.screens.base import RUNS_FIRST_PAGE, DeckScreen
 from mldeck.tui.screens.dialogs import CommandLine, DemoLog, HelpScreen
 
-RUNS_FIRST_PAGE = 1000  # the newest runs of each host, fetched after the first frame so Runs opens full
 PREWARM = ["mldeck.tui.screens.runs", "mldeck.tui.screens.registry", "mldeck.tui.widgets.metric_chart"]
 SCREENS_BY_KEY = ["fleet", "runs", "compare", "launch", "registry", "serving", "drift", "cost"]
 Say = Callable[[str], None]

@@ -12,9 +12,10 @@ from typing import TYPE_CHECKING, Any
 
 from mldeck.core import protocol
 from mldeck.core.client import Client, ConnectionLost
-from mldeck.core.errors import MldeckError, Unavailable
+from mldeck.core.errors import Conflict, MldeckError, Unavailable
 from mldeck.core.paths import Layout, mldeck_home
 from mldeck.tui.hosts import LOCAL, Host, load_hosts, parse_target
+from mldeck.tui.local_agent import ensure_agent
 
 if TYPE_CHECKING:
     import asyncssh
@@ -51,11 +52,18 @@ class Outcome:
     """One host's answer in a fan-out: a value, or the error that replaced it."""
 
     value: Any = None
-    error: str | None = None
+    error: MldeckError | None = None
 
     @property
     def ok(self) -> bool:
         return self.error is None
+
+    @property
+    def why(self) -> str | None:
+        """The error in words (a host that is down: why, without its name again)."""
+        if self.error is None:
+            return None
+        return self.error.why if isinstance(self.error, HostDown) else self.error.message
 
 
 class _WatchedReader:
@@ -207,7 +215,7 @@ class Fleet:
     def add(self, name: str, host: Host | None) -> None:
         """Add a host (None: the local agent); connecting starts at its first use."""
         if name in self._links:
-            raise ValueError(f"host {name!r} is in the fleet already")
+            raise Conflict(f"host {name!r} is in the fleet already")
         if host is not None:
             parse_target(host.target)
         self._links[name] = _Link(name, host, self._local_home)
@@ -280,7 +288,7 @@ class Fleet:
             try:
                 return Outcome(await self.call(name, method, timeout_s=timeout_s, **params))
             except MldeckError as exc:
-                return Outcome(error=exc.why if isinstance(exc, HostDown) else exc.message)
+                return Outcome(error=exc)
 
         results = await asyncio.gather(*(one(n) for n in names))
         return dict(zip(names, results, strict=True))
@@ -361,8 +369,6 @@ class Fleet:
         if link.host is None:
             layout = Layout(mldeck_home(link.local_home))
             if self._start_local:
-                from mldeck.tui.cli.agent_cmd import ensure_agent
-
                 await ensure_agent(layout)
             sock = layout.socket
             reader, writer = await asyncio.open_unix_connection(str(sock), limit=protocol.MAX_MESSAGE)

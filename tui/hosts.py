@@ -10,6 +10,7 @@ from urllib.parse import urlsplit
 
 import msgspec
 
+from mldeck.core.errors import Invalid
 from mldeck.core.paths import BadName, check_name, config_dir
 
 LOCAL = "local"
@@ -17,7 +18,7 @@ ALL = "all"  # every host at once, for the commands that list (`runs ls --host a
 DEFAULT_PORT = 22
 
 
-class HostsError(ValueError):
+class HostsError(Invalid):
     """A hosts-file or target problem, phrased so a person can fix it."""
 
 

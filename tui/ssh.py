@@ -12,15 +12,16 @@ from typing import Any
 
 import asyncssh
 
+from mldeck.core.errors import Unavailable
 from mldeck.tui.hosts import DEFAULT_PORT, Target
 
 KEEPALIVE_INTERVAL_S = 5.0
 KEEPALIVE_COUNT_MAX = 3
 DEFAULT_PYTHON = "python3"
-REMOTE_HOME_CODE = "from core.paths import mldeck_home; print(mldeck_home())"
+REMOTE_HOME_CODE = "from mldeck.core.paths import mldeck_home; print(mldeck_home())"
 
 
-class SshError(Exception):
+class SshError(Unavailable):
     """A failure to reach a host, in one line that says what to do about it."""
 
 

@@ -34,7 +34,7 @@ def test_agent_start_status_stop(tmp_path: Path) -> None:
 
 def test_commands_without_an_agent_say_what_to_do(tmp_path: Path) -> None:
     result = mldeck(tmp_path / "nowhere", "runs", "ls")
-    assert result.code == 1
+    assert result.code == 3  # unavailable, as `agent status` says of an agent that does not run
     assert result.err.count("\n") == 1 and "mldeck agent start" in result.err
 
 

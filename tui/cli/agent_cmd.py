@@ -11,68 +11,20 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from mldeck.core.client import ConnectionLost, connect_unix
-from mldeck.core.errors import MldeckError
-from mldeck.core.paths import Layout
-from mldeck.tui.cli.connect import agent_client, local_layout, remote_host
-from mldeck.tui.cli.output import CliError, print_json
+from mldeck.core.errors import Conflict, Invalid, NotFound, Unavailable, UsageError
+from mldeck.tui import local_agent
+from mldeck.tui.cli.connect import local_layout, remote_host
+from mldeck.tui.cli.output import print_json
+from mldeck.tui.cli.versions import warn_version_skew
+from mldeck.tui.fleet import Fleet, HostDown
 from mldeck.tui.hosts import Host, load_hosts, parse_target, update_host
 from mldeck.tui.units import duration
 
 if TYPE_CHECKING:
     import asyncssh
-
-    from mldeck.tui.fleet import Fleet
-
-START_TIMEOUT_S = 30.0
-
-
-async def ping(layout: Layout) -> dict[str, Any] | None:
-    """The agent's status if one answers on this home's socket."""
-    try:
-        client = await asyncio.wait_for(connect_unix(layout.socket), 2)
-    except (OSError, TimeoutError):
-        return None
-    try:
-        return await asyncio.wait_for(client.call("agent.status"), 5)
-    except (MldeckError, TimeoutError):
-        return None
-    finally:
-        await client.close()
-
-
-def spawn_agent(layout: Layout) -> subprocess.Popen[bytes]:
-    """Start `python -m mldeck.agent run` detached from this terminal, logging to agent.log."""
-    layout.ensure()
-    log = open(layout.log, "ab")  # noqa: SIM115 (handed to the child)
-    return subprocess.Popen(
-        [sys.executable, "-m", "mldeck.agent", "run", "--home", str(layout.home)],
-        stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
-
-
-async def ensure_agent(layout: Layout, timeout_s: float = START_TIMEOUT_S) -> dict[str, Any]:
-    """Return the running agent's status, starting one first if none answers."""
-    status = await ping(layout)
-    if status:
-        return status
-    proc = spawn_agent(layout)
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            tail = layout.log.read_text(errors="replace").strip().splitlines()[-1:]
-            why = " ".join(tail) or f"see {layout.log}"
-            raise CliError(f"the agent exited at start: {why}")
-        status = await ping(layout)
-        if status:
-            return status
-        await asyncio.sleep(0.1)
-    raise CliError(f"the agent did not answer within {timeout_s:.0f}s; see {layout.log}")
 
 
 async def start(args: argparse.Namespace) -> int:
@@ -82,8 +34,8 @@ async def start(args: argparse.Namespace) -> int:
     layout = local_layout(args)
     if args.foreground:
         os.execv(sys.executable, [sys.executable, "-m", "mldeck.agent", "run", "--home", str(layout.home)])
-    already = await ping(layout)
-    status = already or await ensure_agent(layout)
+    already = await local_agent.ping(layout)
+    status = already or await local_agent.ensure_agent(layout)
     if args.json:
         print_json({**status, "already_running": bool(already)})
     else:
@@ -92,49 +44,34 @@ async def start(args: argparse.Namespace) -> int:
     return 0
 
 
-async def stop_call(call: Awaitable[Any]) -> None:
-    """agent.stop; a connection that closes before its reply also means the agent is stopping."""
-    from mldeck.tui.fleet import HostDown  # a remote link that drops mid-call
-
-    with contextlib.suppress(ConnectionLost, HostDown):
-        await call
-
-
 async def stop(args: argparse.Namespace) -> int:
     name, host = remote_host(args)
     if host is not None:
         return await stop_remote(args, name, host)
     layout = local_layout(args)
-    status = await ping(layout)
-    if not status:
-        if args.json:
-            print_json({"stopped": False, "running": False})
-        else:
-            print(f"no agent running for {layout.home}")
-        return 0
-    async with agent_client(args) as client:
-        await stop_call(client.call("agent.stop"))
-    for _ in range(100):
-        if not layout.socket.exists():
-            break
-        await asyncio.sleep(0.1)
+
+    def say(line: str) -> None:
+        if not args.json:
+            print(line, flush=True)
+
+    pid = await local_agent.stop(layout, args.timeout, say)
     if args.json:
-        print_json({"stopped": True, "pid": status["pid"]})
+        print_json({"stopped": pid is not None, "running": False, "pid": pid})
+    elif pid is None:
+        print(f"no agent running for {layout.home}")
     else:
-        print(f"agent stopped (pid {status['pid']})")
+        print(f"agent stopped (pid {pid})")
     return 0
 
 
 async def status_cmd(args: argparse.Namespace) -> int:
     name, host = remote_host(args)
     if host is not None:
-        from mldeck.tui.fleet import Fleet
-
         async with Fleet({name: host}) as fleet:
             status, where, why = await _remote_status(fleet, name), name, fleet.status(name).why
     else:
         layout = local_layout(args)
-        status, where, why = await ping(layout), str(layout.home), ""
+        status, where, why = await local_agent.ping(layout), str(layout.home), ""
     if args.json:
         print_json({"running": bool(status), **(status or {"home": where, "why": why or None})})
         return 0 if status else 3
@@ -142,11 +79,13 @@ async def status_cmd(args: argparse.Namespace) -> int:
         print(f"agent: not running ({where}{': ' + why if why else ''})")
         return 3
     print_status(status)
+    warn_version_skew(name, status.get("version"))
     return 0
 
 
 def print_status(status: dict[str, Any]) -> None:
     print(f"agent: running, pid {status['pid']}, up {duration(status['uptime_s'])}")
+    print(f"version: mldeck {status.get('version', '-')}")
     print(f"home: {status['home']}")
     print(f"memory: {status['rss_bytes'] / 2**20:.0f} MiB, clients: {status['connections']}")
     print(f"ingest: {status['ingest']['rows']} lines, {status['ingest']['bad_lines']} bad")
@@ -154,8 +93,6 @@ def print_status(status: dict[str, Any]) -> None:
 
 
 async def _remote_status(fleet: Fleet, name: str, timeout_s: float | None = None) -> dict[str, Any] | None:
-    from mldeck.tui.fleet import HostDown
-
     try:
         return await fleet.call(name, "agent.status", timeout_s=timeout_s)
     except HostDown:
@@ -170,7 +107,11 @@ async def _wait_remote(fleet: Fleet, name: str, running: bool, timeout_s: float)
         if bool(status) == running:
             return status
         await asyncio.sleep(0.2)
-    raise CliError(f"{name}: the agent did not {'start' if running else 'stop'} within {timeout_s:.0f}s")
+    if running:
+        raise Unavailable(f"{name}: the agent did not answer within {timeout_s:g}s of its start; "
+                          f"its log is agent.log in its home there")
+    raise Conflict(f"{name}: the agent still answers {timeout_s:g}s after it was asked to stop; "
+                   f"wait and run `mldeck agent stop --host {name}` again")
 
 
 async def _ssh(host: Host) -> asyncssh.SSHClientConnection:
@@ -182,13 +123,12 @@ async def _ssh(host: Host) -> asyncssh.SSHClientConnection:
     try:
         return await ssh.connect(target, host.timeout_s)
     except (OSError, asyncssh.Error, ssh.SshError, TimeoutError) as exc:
-        raise CliError(ssh.describe(exc, target, host.timeout_s)) from None
+        raise Unavailable(ssh.describe(exc, target, host.timeout_s)) from None
 
 
 async def start_remote(args: argparse.Namespace, name: str, host: Host) -> int:
     """`python -m mldeck.agent run` on the host, detached by setsid, its output in agent.log there."""
     from mldeck.tui import ssh
-    from mldeck.tui.fleet import Fleet
 
     async with Fleet({name: host}) as fleet:
         already = await _remote_status(fleet, name)
@@ -204,8 +144,8 @@ async def start_remote(args: argparse.Namespace, name: str, host: Host) -> int:
                 )
                 done = await conn.run(command, timeout=host.timeout_s)
                 if done.exit_status != 0:
-                    raise CliError(f"{name}: starting the agent failed: {str(done.stderr).strip()}")
-        status = already or await _wait_remote(fleet, name, True, START_TIMEOUT_S)
+                    raise Unavailable(f"{name}: starting the agent failed: {str(done.stderr).strip()}")
+        status = already or await _wait_remote(fleet, name, True, local_agent.START_TIMEOUT_S)
     assert status is not None
     if args.json:
         print_json({**status, "host": name, "already_running": bool(already)})
@@ -216,13 +156,13 @@ async def start_remote(args: argparse.Namespace, name: str, host: Host) -> int:
 
 
 async def stop_remote(args: argparse.Namespace, name: str, host: Host) -> int:
-    from mldeck.tui.fleet import Fleet
-
+    """agent.stop, then wait until it no longer answers (a link dropped before the reply: it is stopping)."""
     async with Fleet({name: host}) as fleet:
         status = await _remote_status(fleet, name)
         if status:
-            await stop_call(fleet.call(name, "agent.stop"))
-            await _wait_remote(fleet, name, False, START_TIMEOUT_S)
+            with contextlib.suppress(HostDown):
+                await fleet.call(name, "agent.stop")
+            await _wait_remote(fleet, name, False, args.timeout)
     if args.json:
         print_json({"stopped": bool(status), "pid": status and status["pid"], "host": name})
     else:
@@ -233,7 +173,7 @@ async def stop_remote(args: argparse.Namespace, name: str, host: Host) -> int:
 def source_checkout() -> Path:
     root = Path(__file__).resolve().parents[2]
     if not (root / "pyproject.toml").exists():
-        raise CliError("`agent install` builds a wheel from a source checkout of mldeck; run it from one")
+        raise NotFound("`agent install` builds a wheel from a source checkout of mldeck; run it from one")
     return root
 
 
@@ -245,7 +185,7 @@ def build_wheel(out: Path) -> Path:
     )
     wheels = sorted(out.glob("mldeck-*.whl"))
     if done.returncode != 0 or not wheels:
-        raise CliError(f"building the wheel failed: {(done.stderr.strip().splitlines() or ['?'])[-1]}")
+        raise Invalid(f"building the wheel failed: {(done.stderr.strip().splitlines() or ['?'])[-1]}")
     return wheels[-1]
 
 
@@ -255,7 +195,7 @@ async def install(args: argparse.Namespace) -> int:
 
     name, host = remote_host(args)
     if host is None:
-        raise CliError("`agent install` needs --host NAME (locally, `pip install .` does it)")
+        raise UsageError("`agent install` needs --host NAME (locally, `pip install .` does it)")
     with tempfile.TemporaryDirectory(prefix="mldeck-wheel-") as tmp:
         wheel = await asyncio.to_thread(build_wheel, Path(tmp))
         conn = await _ssh(host)
@@ -278,7 +218,7 @@ async def install(args: argparse.Namespace) -> int:
                 await ssh.run_checked(conn, [*pip, remote_wheel], slow, "installing mldeck's dependencies")
             await ssh.run_checked(conn, [*pip, "--no-deps", "--force-reinstall", remote_wheel], slow,
                                   "installing mldeck")
-            check = [python, "-c", "import agent; print(agent.__file__)"]
+            check = [python, "-c", "import mldeck.agent; print(mldeck.agent.__file__)"]
             where = await ssh.run_checked(conn, check, step, "checking the install")
     if name in load_hosts():
         update_host(name, python=python)
@@ -321,7 +261,10 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     p = cmds.add_parser("start", parents=[common], help="start the agent in the background")
     p.add_argument("--foreground", action="store_true", help="run in this terminal")
     p.set_defaults(func=start)
-    p = cmds.add_parser("stop", parents=[common], help="stop the agent")
+    p = cmds.add_parser("stop", parents=[common], help="stop the agent and wait until it has exited")
+    p.add_argument("--timeout", type=float, default=local_agent.STOP_TIMEOUT_S, metavar="SECONDS",
+                   help="how long to wait for it to exit (default %(default)g); if it still runs after "
+                        "that, say so and exit 1")
     p.set_defaults(func=stop)
     p = cmds.add_parser("status", parents=[common], help="is it running, and how is it doing")
     p.set_defaults(func=status_cmd)

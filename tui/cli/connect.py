@@ -8,9 +8,10 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from mldeck.core.client import Client, connect_unix
+from mldeck.core.errors import Refused, Unavailable
 from mldeck.core.paths import Layout, mldeck_home
-from mldeck.tui.cli.output import CliError
-from mldeck.tui.hosts import LOCAL, Host, HostsError, resolve
+from mldeck.tui.fleet import Fleet
+from mldeck.tui.hosts import LOCAL, Host, resolve
 
 
 def local_layout(args: argparse.Namespace) -> Layout:
@@ -21,12 +22,12 @@ async def open_local(layout: Layout) -> Client:
     try:
         return await connect_unix(layout.socket)
     except (FileNotFoundError, ConnectionRefusedError):
-        raise CliError(
+        raise Unavailable(
             f"no agent running for {layout.home}; start one with `mldeck agent start`"
             + (f" --home {layout.home}" if layout.home != mldeck_home() else "")
         ) from None
     except PermissionError:
-        raise CliError(f"{layout.socket} belongs to another user") from None
+        raise Refused(f"{layout.socket} belongs to another user") from None
 
 
 @contextlib.asynccontextmanager
@@ -40,14 +41,8 @@ async def agent_client(args: argparse.Namespace) -> AsyncIterator[Client]:
         finally:
             await client.close()
         return
-    from mldeck.tui.fleet import Fleet, HostDown  # asyncssh loads only for remote hosts
-
     async with Fleet({name: host}) as fleet:
-        try:
-            client = await fleet.client(name)
-        except HostDown as exc:
-            raise CliError(f"host {exc.message}") from None
-        yield client
+        yield await fleet.client(name)
 
 
 async def call_agent(args: argparse.Namespace, method: str, /, **params: Any) -> Any:
@@ -57,11 +52,8 @@ async def call_agent(args: argparse.Namespace, method: str, /, **params: Any) ->
 
 
 def remote_host(args: argparse.Namespace) -> tuple[str, Host | None]:
-    """--host → (name, Host), Host None for the local agent; unknown names are a CliError."""
-    try:
-        name, host = resolve(getattr(args, "host", None))
-    except HostsError as exc:
-        raise CliError(str(exc)) from None
+    """--host → (name, Host), Host None for the local agent; an unknown name is a HostsError."""
+    name, host = resolve(getattr(args, "host", None))
     if host is not None and getattr(args, "home", None) and name.startswith("ssh://"):
         host = Host(target=host.target, home=args.home)
     return (LOCAL, None) if host is None else (name, host)

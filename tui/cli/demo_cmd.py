@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
-import io
 import os
 import tempfile
 import time
@@ -14,11 +12,11 @@ from typing import Any
 
 import pynvml
 
+from mldeck.core.errors import MldeckError
 from mldeck.core.paths import Layout, mldeck_home
-from mldeck.tui import demo
-from mldeck.tui.cli.agent_cmd import ensure_agent, stop
+from mldeck.tui import demo, local_agent
 from mldeck.tui.cli.connect import agent_client, remote_host
-from mldeck.tui.cli.output import CliError, print_json
+from mldeck.tui.cli.output import print_json
 
 RETRAIN_PIPELINE = Path(demo.__file__).resolve().parents[1] / "agent" / "demo" / "retrain.toml"
 
@@ -55,7 +53,7 @@ async def headless(args: argparse.Namespace, gpus: int) -> int:
         try:
             figures = await demo.run_story(client, say, gpus=gpus, auto=True)
         except demo.DemoFailed as exc:
-            raise CliError(f"demo failed at {exc}") from None
+            raise MldeckError(f"demo failed at {exc}") from None
     if args.json:
         print_json(figures)
     else:
@@ -76,7 +74,7 @@ def demo_cmd(args: argparse.Namespace) -> int:
         if not has_gpu():
             os.environ["MLDECK_SIMULATE_GPUS"] = "2"
         started = time.monotonic()
-        status = asyncio.run(ensure_agent(layout))
+        status = asyncio.run(local_agent.ensure_agent(layout))
         if not args.json:
             print(f"agent up in {time.monotonic() - started:.1f}s: home {status['home']}"
                   + (" (2 simulated GPUs)" if os.environ.get("MLDECK_SIMULATE_GPUS") else ""))
@@ -91,8 +89,7 @@ def demo_cmd(args: argparse.Namespace) -> int:
         return run_tui(Path(args.home) if args.home else mldeck_home(), story)
     finally:
         if throwaway:
-            with contextlib.redirect_stdout(io.StringIO()):
-                asyncio.run(stop(args))
+            asyncio.run(local_agent.stop(Layout(Path(args.home)), local_agent.STOP_TIMEOUT_S, lambda _: None))
         elif local and not args.json:
             print(f"the agent keeps running for {args.home}: `mldeck runs ls --home {args.home}`; "
                   f"`mldeck agent stop --home {args.home}` stops it")

@@ -4,31 +4,20 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from mldeck.tui.cli.output import CliError, print_json, print_table, show
-from mldeck.tui.hosts import LOCAL, Host, HostsError, add_host, hosts_path, load_hosts, remove_host
-
-if TYPE_CHECKING:
-    from mldeck.tui.fleet import Fleet, Outcome
+from mldeck.core.errors import NotFound
+from mldeck.tui.cli.output import print_json, print_table, show
+from mldeck.tui.cli.versions import warn_version_skew
+from mldeck.tui.fleet import Fleet, Outcome
+from mldeck.tui.hosts import LOCAL, Host, add_host, hosts_path, load_hosts, remove_host
 
 COST_METHOD = "cost.now"
 COST_KEYS = ("cost_per_hour", "per_hour", "usd_per_hour", "rate_per_hour")
 
 
-def _hosts() -> dict[str, Host]:
-    try:
-        return load_hosts()
-    except HostsError as exc:
-        raise CliError(str(exc)) from None
-
-
 def add(args: argparse.Namespace) -> int:
-    try:
-        host = add_host(args.name, args.target, home=args.remote_home, python=args.python,
-                        replace=args.replace)
-    except HostsError as exc:
-        raise CliError(str(exc)) from None
+    host = add_host(args.name, args.target, home=args.remote_home, python=args.python, replace=args.replace)
     return show(args, {"name": args.name, **_entry(host)}, lambda _: print(
         f"added {args.name} -> {host.target} (in {hosts_path()}); "
         f"try `mldeck hosts status` or `mldeck agent install --host {args.name}`"
@@ -48,15 +37,12 @@ def _print_hosts(rows: list[dict[str, Any]]) -> None:
 
 
 def ls(args: argparse.Namespace) -> int:
-    rows = [{"name": name, **_entry(h)} for name, h in sorted(_hosts().items())]
+    rows = [{"name": name, **_entry(h)} for name, h in sorted(load_hosts().items())]
     return show(args, rows, _print_hosts)
 
 
 def rm(args: argparse.Namespace) -> int:
-    try:
-        remove_host(args.name)
-    except HostsError as exc:
-        raise CliError(str(exc)) from None
+    remove_host(args.name)
     return show(args, {"removed": args.name}, lambda _: print(f"removed {args.name}"))
 
 
@@ -88,7 +74,7 @@ async def fleet_status(fleet: Fleet, timeout_s: float | None = None) -> list[dic
     rows = []
     for name, out in hello.items():
         status = fleet.status(name)
-        row: dict[str, Any] = {"host": name, "up": out.ok, "state": fleet.state(name), "why": out.error,
+        row: dict[str, Any] = {"host": name, "up": out.ok, "state": fleet.state(name), "why": out.why,
                                "transport": status.mode or None}
         if out.ok:
             jobs = running.get(name)
@@ -115,14 +101,12 @@ def _gpu_cell(gpus: list[dict[str, Any]]) -> str:
 
 async def status(args: argparse.Namespace) -> int:
     hosts: dict[str, Host | None] = {} if args.no_local else {LOCAL: None}
-    hosts.update(_hosts())
+    hosts.update(load_hosts())
     if args.only:
         missing = [n for n in args.only if n not in hosts]
         if missing:
-            raise CliError(f"unknown host(s): {', '.join(missing)}; `mldeck hosts ls` lists them")
+            raise NotFound(f"unknown host(s): {', '.join(missing)}; `mldeck hosts ls` lists them")
         hosts = {n: hosts[n] for n in args.only}
-    from mldeck.tui.fleet import Fleet  # asyncssh loads only when a command needs it
-
     async with Fleet(hosts, local_home=args.home) as fleet:
         rows = await fleet_status(fleet, args.timeout)
     if args.json:
@@ -134,6 +118,8 @@ async def status(args: argparse.Namespace) -> int:
               _gpu_cell(r["gpus"]) if r["up"] else "-", r.get("running_jobs"),
               None if r.get("cost_per_hour") is None else f"{r['cost_per_hour']:.2f}"] for r in rows],
         )
+    for r in rows:
+        warn_version_skew(r["host"], r.get("agent_version"))
     return 0 if all(r["up"] for r in rows) else 3
 
 

@@ -1,4 +1,4 @@
-"""How the CLI prints: stable JSON with --json, aligned tables for people, errors as one line."""
+"""How the CLI prints: stable JSON with --json, aligned tables for people (errors: main() in __init__)."""
 
 from __future__ import annotations
 
@@ -10,16 +10,7 @@ from typing import Any
 
 import msgspec
 
-from mldeck.core.errors import MldeckError
 from mldeck.tui.units import number
-
-
-class CliError(MldeckError):
-    """A command that cannot go on, with the exit code it ends with (see `mldeck --help`)."""
-
-    def __init__(self, message: str, code: int = 1) -> None:
-        super().__init__(message)
-        self.exit_code = code
 
 
 def print_json(data: Any) -> None:

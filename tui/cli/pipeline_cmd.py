@@ -9,8 +9,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from mldeck.core.errors import Invalid, NotFound
 from mldeck.tui.cli.connect import agent_client, call_agent, remote_host
-from mldeck.tui.cli.output import CliError, print_json, print_table, show, when
+from mldeck.tui.cli.output import print_json, print_table, show, when
 from mldeck.tui.units import duration
 
 POLL_S = 1.0
@@ -37,13 +38,13 @@ async def run(args: argparse.Namespace) -> int:
     params: dict[str, Any] = {"actor": getpass.getuser()}
     if host is None:
         if not path.is_file():
-            raise CliError(f"no pipeline file {path}")
+            raise NotFound(f"no pipeline file {path}")
         params["file"] = str(path.resolve())
     else:
         try:
             params["spec"] = path.read_text()
         except (OSError, UnicodeDecodeError) as exc:
-            raise CliError(f"cannot read {path}: {exc}") from None
+            raise Invalid(f"cannot read {path}: {exc}") from None
     async with agent_client(args) as client:
         row = await client.call("pipelines.run", **params)
         if args.detach:

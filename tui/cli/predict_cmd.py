@@ -17,8 +17,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from mldeck.core.errors import Invalid, NotFound, UsageError
 from mldeck.tui.cli.connect import call_agent, remote_host
-from mldeck.tui.cli.output import CliError, show
+from mldeck.tui.cli.output import show
 
 if TYPE_CHECKING:
     import numpy as np
@@ -36,7 +37,7 @@ def parse_ref(ref: str) -> dict[str, Any]:
     if "/" in ref:
         name, version = ref.split("/", 1)
         if not version.lstrip("v").isdigit():
-            raise CliError(f"{ref!r}: the version after '/' must be a number, like {name}/3")
+            raise Invalid(f"{ref!r}: the version after '/' must be a number, like {name}/3")
         return {"name": name, "version": int(version.lstrip("v"))}
     return {"name": ref, "alias": "production"}
 
@@ -47,7 +48,7 @@ def _quote(path: Path) -> str:
 
 def _kind(path: Path, table: dict[str, str], what: str) -> str:
     if path.suffix.lower() not in table:
-        raise CliError(f"{what} {path} must be .parquet or .csv")
+        raise Invalid(f"{what} {path} must be .parquet or .csv")
     return table[path.suffix.lower()]
 
 
@@ -67,7 +68,7 @@ class Feeder:
         if self.by_name:
             return
         if len(self.specs) != 1 or len(self.specs[0].shape) != 2:
-            raise CliError(
+            raise Invalid(
                 f"the model takes inputs {', '.join(s.describe() for s in self.specs)}: give the file a "
                 "column named after each input"
             )
@@ -80,9 +81,9 @@ class Feeder:
             self.features = [f.name for f in schema if any(test(f.type) for test in numeric)]
         missing = [c for c in self.features if c not in names]
         if missing:
-            raise CliError(f"the input file lacks the model's feature columns {missing}")
+            raise Invalid(f"the input file lacks the model's feature columns {missing}")
         if width != -1 and len(self.features) != width:
-            raise CliError(
+            raise Invalid(
                 f"the model's input {self.specs[0].name!r} takes {width} features; the file has "
                 f"{len(self.features)} numeric columns ({', '.join(self.features)}): keep only the features"
             )
@@ -130,14 +131,14 @@ async def predict(args: argparse.Namespace) -> int:
     from mldeck.core.signature import InvalidInput
 
     if args.batch_size < 1:
-        raise CliError("--batch-size must be at least 1")
+        raise UsageError("--batch-size must be at least 1")
     source, target = Path(args.input), Path(args.output)
     reader = _kind(source, READERS, "--input")
     writer = _kind(target, WRITERS, "--output")
     if not source.is_file():
-        raise CliError(f"no input file {source}")
+        raise NotFound(f"no input file {source}")
     if remote_host(args)[1] is not None:
-        raise CliError("predict runs the model on this machine: run it on the host that has the model")
+        raise UsageError("predict runs the model on this machine: run it on the host that has the model")
     version = await call_agent(args, "models.get", **parse_ref(args.model))
     folder = Path(version["artifact"])
     model = load_model(folder, device=args.device)
@@ -159,7 +160,7 @@ async def predict(args: argparse.Namespace) -> int:
                 outputs = model.predict(feeder.inputs(batch))
             except InvalidInput as exc:
                 failures.append(f"rows {done + 1}-{done + batch.num_rows}: {exc}")
-                raise CliError(failures[-1]) from None
+                raise Invalid(failures[-1]) from None
             done += batch.num_rows
             if progress:
                 progress.update(progress.task_ids[0], completed=done)
@@ -169,7 +170,7 @@ async def predict(args: argparse.Namespace) -> int:
     try:
         head = next(first)
     except StopIteration:
-        raise CliError(f"{source} has no rows") from None
+        raise Invalid(f"{source} has no rows") from None
 
     def chain() -> Iterator[pa.RecordBatch]:
         yield head
@@ -183,7 +184,7 @@ async def predict(args: argparse.Namespace) -> int:
         out.execute(f"COPY (SELECT * FROM predictions) TO {_quote(target)} {writer}")
     except duckdb.Error as exc:
         target.unlink(missing_ok=True)  # nothing half-written
-        raise CliError(failures[-1] if failures else f"writing {target} failed: {exc}") from None
+        raise Invalid(failures[-1] if failures else f"writing {target} failed: {exc}") from None
     finally:
         if progress:
             progress.stop()

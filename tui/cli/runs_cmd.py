@@ -10,6 +10,7 @@ from typing import Any
 
 from mldeck.tui.cli.connect import agent_client, call_agent
 from mldeck.tui.cli.output import print_table, show, when
+from mldeck.tui.fleet import Fleet
 from mldeck.tui.hosts import ALL
 from mldeck.tui.units import duration
 
@@ -45,15 +46,13 @@ async def ls(args: argparse.Namespace) -> int:
 
 async def ls_fleet(args: argparse.Namespace, params: dict[str, Any]) -> int:
     """--host all: the runs of this machine and every host of the hosts file, newest first, as one list."""
-    from mldeck.tui.fleet import Fleet  # asyncssh loads only when a command needs it
-
     async with Fleet.from_config(local_home=args.home) as fleet:
         got = await fleet.gather("runs.list", **params)
     runs = [{**run, FLEET_HOST: name} for name, out in got.items() if out.ok for run in out.value]
     runs.sort(key=lambda r: r["created_at"] or 0, reverse=True)
     for name, out in got.items():
         if not out.ok:
-            print(f"mldeck: {name} left out: {out.error}", file=sys.stderr)
+            print(f"mldeck: {name} left out: {out.why}", file=sys.stderr)
     show(args, runs[:args.limit], _print_runs)
     return 0 if all(out.ok for out in got.values()) else 3
 

@@ -26,7 +26,7 @@ PLAIN_EVERY_S = 10.0
 METRICS_SHOWN = 4
 LOG_TAIL_LINES = 15
 LOG_TAIL_BYTES = 16 * 1024
-COLORS = {"succeeded": "32", "failed": "31", "stopped": "33"}
+COLORS = {"succeeded": "32", "failed": "31", "stopped": "33", "pruned": "33"}
 
 
 def use_color(stream: TextIO) -> bool:

@@ -1,10 +1,11 @@
-"""What every screen shares: RPC through the app's fleet, 'not available' states, help text."""
+"""What every screen shares: RPC through the app's fleet, polling, 'not available' states, help text."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import functools
+import inspect
 from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -20,6 +21,8 @@ if TYPE_CHECKING:
     from mldeck.tui.app import MldeckApp
 
 CALL_TIMEOUT_S = 15.0
+RETRY_S = 2.0  # a poll whose tick failed comes back no sooner than this, so a down host is not hammered
+RUNS_FIRST_PAGE = 1000  # each host's newest runs: the app prefetches them, the Runs screen shows them first
 
 
 def screen_work(**options: Any) -> Callable[[Callable[..., Coroutine[Any, Any, Any]]], Any]:
@@ -54,6 +57,28 @@ def why(exc: BaseException) -> str:
     return str(exc) or type(exc).__name__
 
 
+class Poller:
+    """One periodic call of a screen: the next starts `seconds` after the last one ended, so a slow host
+    never piles calls up; now() brings it forward (after settle_s, so a burst of events makes one call)."""
+
+    def __init__(self, seconds: float, settle_s: float) -> None:
+        self.seconds = seconds
+        self.settle_s = settle_s
+        self._wake = asyncio.Event()
+
+    def now(self) -> None:
+        self._wake.set()
+
+    async def pause(self, at_least: float = 0.0) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wake.wait(), max(self.seconds, at_least))
+            await asyncio.sleep(self.settle_s)
+        self._wake.clear()
+
+
+Tick = Callable[[], Coroutine[Any, Any, bool | None] | bool | None]
+
+
 class DeckScreen(Screen[None]):
     """A top-level or pushed screen with the app's header, a status line and the key footer."""
 
@@ -83,6 +108,30 @@ class DeckScreen(Screen[None]):
 
     async def call(self, host: str, method: str, **params: Any) -> Any:
         return await rpc(self.deck, host, method, **params)
+
+    def poll(self, seconds: float, tick: Tick, settle_s: float = 0.0) -> Poller:
+        """The one way a screen repeats work: tick now, then `seconds` after each tick ended, until it
+        returns True (nothing more to follow) or the screen closes. A host's error is said on the status
+        line and the next tick still comes, RETRY_S later at least. An app that is not live ticks once."""
+        poller = Poller(seconds, settle_s)
+        name = getattr(tick, "__name__", type(tick).__name__)
+        self.run_worker(self._polling(poller, tick), name=f"poll {name}", group="poll")
+        return poller
+
+    async def _polling(self, poller: Poller, tick: Tick) -> None:
+        with contextlib.suppress(NoMatches):  # the screen closed (or the app quit) meanwhile
+            while True:
+                failed = False
+                try:
+                    done = tick()
+                    if inspect.isawaitable(done):
+                        done = await done
+                except MldeckError as exc:
+                    self.say(why(exc))
+                    done, failed = False, True
+                if done or not self.deck.live:
+                    return
+                await poller.pause(RETRY_S if failed else 0.0)
 
     @classmethod
     def key_help(cls) -> list[tuple[str, str]]:

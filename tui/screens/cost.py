@@ -114,7 +114,7 @@ class CostScreen(PolledScreen):
 
     def action_period(self) -> None:
         self.period = (self.period + 1) % len(PERIODS)
-        self.poll()
+        self.reload()
 
     def action_switch(self) -> None:
         ids = ["#cost-hosts", "#cost-runs", "#cost-models"]
@@ -122,4 +122,4 @@ class CostScreen(PolledScreen):
         self.query_one(ids[(at + 1) % len(ids)], DataTable).focus()
 
     def action_reload(self) -> None:
-        self.poll()
+        self.reload()

@@ -175,4 +175,4 @@ class DriftScreen(PolledScreen):
         self.query_one(ids[(at + 1) % len(ids)], DataTable).focus()
 
     def action_reload(self) -> None:
-        self.poll()
+        self.reload()

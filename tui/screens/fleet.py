@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
+import functools
 from typing import Any, ClassVar
 
 from textual.app import ComposeResult
@@ -10,7 +10,8 @@ from textual.binding import Binding, BindingType
 from textual.containers import VerticalScroll
 
 from mldeck.core.errors import MethodNotAvailable, MldeckError
-from mldeck.tui.screens.base import DeckScreen, screen_work
+from mldeck.tui.fleet import HostDown
+from mldeck.tui.screens.base import DeckScreen, screen_work, why
 from mldeck.tui.widgets.host_row import HostRow
 
 PAINT_S = 1.0  # the collector samples at 1 Hz: one batched repaint per sample
@@ -66,6 +67,10 @@ class FleetScreen(DeckScreen):
         Binding("up,k", "move(-1)", "previous host", show=False),
     ]
 
+    def __init__(self) -> None:
+        super().__init__()
+        self.missing: dict[str, set[str]] = {}  # per host: the methods its agent does not have
+
     def compose(self) -> ComposeResult:
         yield self.header()
         with VerticalScroll(id="fleet"):
@@ -86,8 +91,8 @@ class FleetScreen(DeckScreen):
         if self.deck.live:
             for row in rows:
                 self.watch_host(row)
-                self.poll_extras(row)
-            self.set_interval(PAINT_S, self.paint)
+                self.poll(EXTRAS_S, functools.partial(self.refresh_extras, row))
+            self.poll(PAINT_S, self.paint)
 
     def paint(self) -> None:
         for row in self.rows():
@@ -99,29 +104,27 @@ class FleetScreen(DeckScreen):
 
     @screen_work(group="metrics")
     async def watch_host(self, row: HostRow) -> None:
-        """Prefill a minute of history, then follow host.metrics; batches are painted by the timer."""
+        """Prefill a minute of history, then follow host.metrics; the paint poll draws each batch."""
         try:
             first = await self.call(row.host, "host.metrics", window_s=HISTORY_S, max_points=HISTORY_S)
             for snap in _snapshots(first.get("history") or []):
                 row.feed(snap)
             if first.get("latest"):
                 row.feed(first["latest"])
+        except HostDown:
+            pass  # the row shows the host's state and why
         except MldeckError as exc:
-            row.extras["error"] = exc.message
+            self.say(why(exc))
         async for snap in self.deck.fleet.subscribe(row.host, "host.metrics"):
             row.feed(snap)
 
-    @screen_work(group="extras")
-    async def poll_extras(self, row: HostRow) -> None:
-        """Scheduled after the previous poll finishes, so a slow host never piles up calls."""
-        missing: set[str] = set()
-        while True:
-            try:
-                row.extras.update(await host_extras(self, row.host, missing))
-                row.dirty = True
-            except MldeckError:
-                pass
-            await asyncio.sleep(EXTRAS_S)
+    async def refresh_extras(self, row: HostRow) -> None:
+        """Jobs, cost and serving rate of one host; a host that is down says so in its own row."""
+        try:
+            row.extras.update(await host_extras(self, row.host, self.missing.setdefault(row.host, set())))
+        except HostDown:
+            return
+        row.dirty = True
 
     def action_move(self, step: int) -> None:
         rows = self.rows()

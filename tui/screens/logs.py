@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import asyncio
 from typing import ClassVar
 
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.widgets import RichLog
 
-from mldeck.core.errors import MethodNotAvailable, MldeckError
-from mldeck.tui.screens.base import DeckScreen, screen_work, why
+from mldeck.core.errors import MethodNotAvailable
+from mldeck.tui.screens.base import DeckScreen
 
 FOLLOW_S = 0.5
 
@@ -28,6 +27,8 @@ class LogsScreen(DeckScreen):
         self.host = host
         self.run_id = run_id
         self.following = True
+        self.read_at: int | None = None
+        self.partial = ""  # the last line until its newline arrives
 
     def compose(self) -> ComposeResult:
         yield self.header()
@@ -37,39 +38,31 @@ class LogsScreen(DeckScreen):
 
     def on_mount(self) -> None:
         self.sub_title = f"{self.run_id} on {self.host}"
-        self.tail()
+        self.poller = self.poll(FOLLOW_S, self.tail)
 
     def action_follow(self) -> None:
         self.following = not self.following
         self.query_one(RichLog).auto_scroll = self.following
 
-    @screen_work(exclusive=True, group="logs")
-    async def tail(self) -> None:
+    async def tail(self) -> bool:
+        """Read on from where the last read ended; True once the run is done and all of it is shown."""
         log = self.query_one(RichLog)
-        offset: int | None = None
-        partial = ""
-        while True:
-            try:
-                chunk = await self.call(self.host, "runs.logs", run_id=self.run_id, offset=offset)
-            except MethodNotAvailable as exc:
-                self.say(f"{exc}: logs need the jobs feature")
-                return
-            except MldeckError as exc:
-                self.say(why(exc))
-                await asyncio.sleep(2)
-                continue
-            text = partial + (chunk.get("data") or "")
-            lines = text.split("\n")
-            partial = lines.pop()
-            for line in lines:
-                log.write(line)
-            offset = chunk.get("offset")
-            state = "done" if chunk.get("done") else "following" if self.following else "paused"
-            self.say(f"{chunk.get('status')} · {chunk.get('size', 0):,} bytes · {state}")
-            if chunk.get("done"):
-                if partial:
-                    log.write(partial)
-                return
-            if offset is not None and offset < chunk.get("size", 0):
-                continue
-            await asyncio.sleep(FOLLOW_S)
+        try:
+            chunk = await self.call(self.host, "runs.logs", run_id=self.run_id, offset=self.read_at)
+        except MethodNotAvailable as exc:
+            self.say(f"{exc}: logs need the jobs feature")
+            return True
+        lines = (self.partial + (chunk.get("data") or "")).split("\n")
+        self.partial = lines.pop()
+        for line in lines:
+            log.write(line)
+        self.read_at = chunk.get("offset")
+        state = "done" if chunk.get("done") else "following" if self.following else "paused"
+        self.say(f"{chunk.get('status')} · {chunk.get('size', 0):,} bytes · {state}")
+        if chunk.get("done"):
+            if self.partial:
+                log.write(self.partial)
+            return True
+        if self.read_at is not None and self.read_at < chunk.get("size", 0):
+            self.poller.now()  # more is there already: read on at once
+        return False

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 from typing import Any, ClassVar
 
 from textual.widgets import DataTable
 
 from mldeck.core.errors import MethodNotAvailable, MldeckError
-from mldeck.tui.screens.base import DeckScreen, screen_work, why
+from mldeck.tui.screens.base import DeckScreen, Poller, why
 from mldeck.tui.units import number
 
 
@@ -41,10 +40,10 @@ async def per_host(screen: DeckScreen, method: str, notes: list[str], **params: 
     for host, got in outcomes.items():
         if got.ok:
             out[host] = got.value
-        elif (got.error or "").startswith("unknown method"):
+        elif isinstance(got.error, MethodNotAvailable):
             notes.append(f"{host}: {method} is not available on this agent")
         else:
-            notes.append(f"{host}: {got.error}")
+            notes.append(f"{host}: {got.why}")
     return out
 
 
@@ -59,22 +58,18 @@ async def one(screen: DeckScreen, host: str, method: str, notes: list[str], **pa
 
 
 class PolledScreen(DeckScreen):
-    """A screen that asks its hosts every POLL_S; the next poll starts when this one is done."""
+    """A screen that asks its hosts every POLL_S (DeckScreen.poll); reload() asks again now."""
 
     POLL_S: ClassVar[float] = 5.0
     FOCUS: ClassVar[str] = ""
+    poller: Poller
 
     def on_mount(self) -> None:
         self.query_one(self.FOCUS, DataTable).focus()
-        self.poll()
+        self.poller = self.poll(self.POLL_S, self.refresh_once)
 
-    @screen_work(exclusive=True, group="poll")
-    async def poll(self) -> None:
-        while True:
-            await self.refresh_once()
-            if not self.deck.live:
-                return
-            await asyncio.sleep(self.POLL_S)
+    def reload(self) -> None:
+        self.poller.now()
 
     async def refresh_once(self) -> None:
         raise NotImplementedError

@@ -12,7 +12,7 @@ from textual.containers import Vertical
 from textual.screen import ModalScreen
 from textual.widgets import OptionList, Static
 
-from mldeck.core.errors import Invalid, MethodNotAvailable, MldeckError
+from mldeck.core.errors import GateRefused, Invalid, MethodNotAvailable, MldeckError
 from mldeck.tui.screens.base import rpc, screen_work, why
 from mldeck.tui.screens.dialogs import Prompt
 from mldeck.tui.units import number
@@ -110,8 +110,8 @@ class PromoteDialog(ModalScreen[dict[str, Any] | None]):
         except MldeckError as exc:
             if isinstance(exc, Invalid) and "dry_run" in exc.message:
                 gates.update("gates: the agent checks them when you press enter")
-            elif isinstance(exc.data, dict) and "failed_gates" in exc.data:
-                self.show_gates(exc.data["failed_gates"])
+            elif isinstance(exc, GateRefused):
+                self.show_gates(exc.failed)
             else:
                 gates.update(f"gates: {why(exc)}")
         self.query_one("#drift", Static).update(await self.drift_line())

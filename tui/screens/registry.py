@@ -80,10 +80,10 @@ class RegistryScreen(DeckScreen):
         for host, out in outcomes.items():
             if out.ok:
                 models += [(host, m) for m in out.value]
-            elif "unknown method" in (out.error or ""):
+            elif isinstance(out.error, MethodNotAvailable):
                 problems.append(f"{host}: the registry is not available on this agent")
             else:
-                problems.append(f"{host}: {out.error}")
+                problems.append(f"{host}: {out.why}")
         self.models = models
         table = self.query_one("#models", DataTable)
         keep = table.cursor_row

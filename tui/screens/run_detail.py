@@ -94,7 +94,7 @@ class RunDetailScreen(DeckScreen):
     def on_mount(self) -> None:
         self.sub_title = f"{self.run_id} on {self.host}"
         self.load()
-        self.set_interval(APPLY_S, self.apply_pending)
+        self.poll(APPLY_S, self.apply_pending)
 
     def action_logs(self) -> None:
         from mldeck.tui.screens.logs import LogsScreen

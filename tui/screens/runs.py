@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import time
 from collections import Counter
 from typing import Any, ClassVar
@@ -16,18 +17,17 @@ from textual.binding import Binding, BindingType
 from textual.widgets import Input
 
 from mldeck.core.errors import MethodNotAvailable, MldeckError
-from mldeck.tui.app import RUNS_FIRST_PAGE
 from mldeck.tui.screens import run_filter
-from mldeck.tui.screens.base import DeckScreen, screen_work, why
+from mldeck.tui.screens.base import RUNS_FIRST_PAGE, DeckScreen, Poller, screen_work, why
 from mldeck.tui.screens.dialogs import Confirm
 from mldeck.tui.units import duration
 from mldeck.tui.widgets.runs_table import RunsTable
 
 RUNS_LIMIT = 5000  # runs.list fallback, for agents without runs.table
-FIRST_PAGE = RUNS_FIRST_PAGE  # newest runs first: the table paints before the rest arrives
 PAGE = 25_000
 MAX_RUNS_PER_HOST = 500_000
 POLL_S = 5.0
+SETTLE_S = 0.3  # after a run event: the events of one launch or sweep make one reload
 FULL_RELOAD_S = 60.0
 FLOAT_COLUMNS = {"created_at", "started_at", "ended_at", "cost_usd"}
 SHOWN_METRICS = 4
@@ -150,7 +150,8 @@ class RunsScreen(DeckScreen):
         self.descending = True
         self.marks: set[str] = set()
         self.metrics: list[str] = []
-        self.wake = asyncio.Event()
+        self.pollers: dict[str, Poller] = {}
+        self.full_at: dict[str, float] = {}
 
     def compose(self) -> ComposeResult:
         yield self.header()
@@ -166,45 +167,39 @@ class RunsScreen(DeckScreen):
     def on_mount(self) -> None:
         self.table.focus()
         if self.deck.live:
-            self.poll()
             for host in self.deck.fleet.names:
+                self.pollers[host] = self.poll(POLL_S, functools.partial(self.refresh_host, host), SETTLE_S)
                 self.follow(host)
 
-    @screen_work(group="runs-poll")
-    async def poll(self) -> None:
-        """Each host on its own: a full load, then its newest page every few seconds (sooner on a change)."""
-        await asyncio.gather(*(self.poll_host(h) for h in self.deck.fleet.names))
+    async def refresh_host(self, host: str) -> None:
+        """Each host on its own: a full load now and then, else its newest page (sooner on a run event)."""
+        try:
+            if time.monotonic() - self.full_at.get(host, -FULL_RELOAD_S) >= FULL_RELOAD_S:
+                await self.fetch_all(host)
+                self.full_at[host] = time.monotonic()
+            else:
+                fresh = await self.fetch_page(host, 0, RUNS_FIRST_PAGE)
+                old = self.tables.get(host)
+                if old is None or not fresh.equals(old.slice(0, fresh.num_rows)):
+                    self.tables[host] = merge(old, fresh)
+                    self.combine()  # refilters every run: only when the newest ones changed
+            self.errors.pop(host, None)
+        except MethodNotAvailable:
+            await self.fetch_list(host)
+        except MldeckError as exc:
+            self.errors[host] = why(exc)
+            self.describe()
 
-    async def poll_host(self, host: str) -> None:
-        full_at = 0.0
-        while True:
-            self.wake.clear()
-            try:
-                if time.monotonic() - full_at > FULL_RELOAD_S:
-                    await self.fetch_all(host)
-                    full_at = time.monotonic()
-                else:
-                    fresh = await self.fetch_page(host, 0, FIRST_PAGE)
-                    old = self.tables.get(host)
-                    if old is None or not fresh.equals(old.slice(0, fresh.num_rows)):
-                        self.tables[host] = merge(old, fresh)
-                        self.combine()  # refilters every run: only when the newest ones changed
-                self.errors.pop(host, None)
-            except MethodNotAvailable:
-                await self.fetch_list(host)
-            except MldeckError as exc:
-                self.errors[host] = why(exc)
-                self.describe()
-            try:
-                await asyncio.wait_for(self.wake.wait(), POLL_S)
-                await asyncio.sleep(0.3)
-            except TimeoutError:
-                pass
+    def reload(self, host: str | None = None) -> None:
+        """Ask one host (or every host) again now instead of at its next poll."""
+        for name, poller in self.pollers.items():
+            if host in (None, name):
+                poller.now()
 
     async def fetch_page(self, host: str, offset: int, limit: int) -> pa.Table:
         early = self.deck.early_runs.pop(host, None)
         page = None
-        if early is not None and (offset, limit) == (0, FIRST_PAGE) and not self.page_args(host):
+        if early is not None and (offset, limit) == (0, RUNS_FIRST_PAGE) and not self.page_args(host):
             with contextlib.suppress(Exception):  # a failed prefetch is simply asked again
                 page = await early
         if page is None:
@@ -221,7 +216,7 @@ class RunsScreen(DeckScreen):
     async def fetch_all(self, host: str) -> None:
         """The newest page paints at once; the rest follows page by page, shown when all is there."""
         self.metric_keys.pop(host, None)
-        first = await self.fetch_page(host, 0, FIRST_PAGE)
+        first = await self.fetch_page(host, 0, RUNS_FIRST_PAGE)
         if host not in self.tables:
             self.tables[host] = first
             self.combine()
@@ -256,7 +251,7 @@ class RunsScreen(DeckScreen):
     @screen_work(group="runs-follow")
     async def follow(self, host: str) -> None:
         async for _ in self.deck.fleet.subscribe(host, "runs"):
-            self.wake.set()
+            self.reload(host)
 
     def load(self, table: pa.Table) -> None:
         """New data (from the agents, or a benchmark): recompute the view and swap it in."""
@@ -379,7 +374,7 @@ class RunsScreen(DeckScreen):
         self.refilter()
 
     def action_reload(self) -> None:
-        self.wake.set()
+        self.reload()
 
     def action_logs(self) -> None:
         from mldeck.tui.screens.logs import LogsScreen
@@ -421,4 +416,4 @@ class RunsScreen(DeckScreen):
             self.say(why(exc))
             return
         self.say(f"{method} {run_id}: done")
-        self.wake.set()
+        self.reload(host)

@@ -117,7 +117,7 @@ class ServingScreen(PolledScreen):
                         for (_, _, variant), points in series.items()})
 
     def action_reload(self) -> None:
-        self.poll()
+        self.reload()
 
     def action_shadow(self) -> None:
         row = self.current()
@@ -152,4 +152,4 @@ class ServingScreen(PolledScreen):
         warning = split.get("warning")
         self.notify(warning or f"{name}: shadow {'on' if split.get('shadow') else 'off'}, "
                     f"canary {split.get('canary') or 0:g}%", severity="warning" if warning else "information")
-        await self.refresh_once()
+        self.reload()
