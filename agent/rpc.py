@@ -15,7 +15,7 @@ from typing import Any, NamedTuple
 import msgspec
 
 from mldeck.core import protocol
-from mldeck.core.errors import BadRequest, Internal, MethodNotAvailable, MldeckError, ParseError, TooLarge
+from mldeck.core.errors import BadRequest, Internal, MethodNotAvailable, MldeckError, TooLarge
 
 log = logging.getLogger("mldeck.rpc")
 
@@ -33,7 +33,7 @@ def _method(handler: Callable[..., Awaitable[Any]]) -> Method:
     args = list(inspect.signature(handler).parameters.values())
     kind = args[0].annotation
     if isinstance(kind, str):  # postponed annotations: resolve the name where the method was written
-        kind = eval(kind, handler.__globals__)  # noqa: S307 (our own source's annotation, as get_type_hints does)
+        kind = eval(kind, handler.__globals__)  # our own source's annotation, as get_type_hints does
     return Method(kind, handler, len(args) > 1)
 
 
@@ -59,33 +59,48 @@ class Dispatcher:
                 raise ValueError(f"method {name} bound twice")
             self.methods[name] = _method(getattr(service, attr))
 
-    async def handle(self, msg: Any, conn: Connection) -> dict[str, Any] | None:
-        """Answer one decoded message; every failure becomes a JSON-RPC error."""
-        msg_id = msg.get("id") if isinstance(msg, dict) else None
+    async def handle(self, line: bytes, conn: Connection) -> dict[str, Any] | None:
+        """Answer one line: its result or a JSON-RPC error; only a notification (no "id") goes unanswered."""
+        msg: Any = None
+        notification = False
         try:
-            if not isinstance(msg, dict) or msg.get("jsonrpc") != "2.0" or not isinstance(
-                msg.get("method"), str
-            ):
-                raise BadRequest(
-                    'a request is an object with "jsonrpc": "2.0", a "method" string, '
-                    'optional "params" and an "id"'
-                )
+            msg = protocol.decode_request(line)
+            _check_request(msg)
+            notification = "id" not in msg
             entry = self.methods.get(msg["method"])
             if entry is None:
                 raise MethodNotAvailable(
-                    f"unknown method {msg['method']!r}; known: {', '.join(sorted(self.methods))}"
+                    f"unknown method {msg['method'][:100]!r}; known: {', '.join(sorted(self.methods))}"
                 )
             params = protocol.validate(msg.get("params"), entry.params)
             result = await (entry.handler(params, conn) if entry.takes_conn else entry.handler(params))
         except MldeckError as err:  # the one place where errors become wire errors
-            return protocol.error_response(msg_id, err) if isinstance(msg, dict) and "id" in msg else None
+            return None if notification else protocol.error_response(_request_id(msg), err)
         except Exception as exc:
-            log.exception("method %s failed", msg.get("method"))
+            log.exception("method %s failed", msg.get("method") if isinstance(msg, dict) else None)
             err = Internal(f"internal error: {type(exc).__name__}: {exc}")
-            return protocol.error_response(msg_id, err)
-        if not isinstance(msg, dict) or "id" not in msg:
-            return None
-        return protocol.response(msg_id, result)
+            return None if notification else protocol.error_response(_request_id(msg), err)
+        return None if notification else protocol.response(msg["id"], result)
+
+
+def _request_id(msg: Any) -> Any:
+    """The id to answer with: the request's own if it is a valid one, else null (as JSON-RPC says)."""
+    msg_id = msg.get("id") if isinstance(msg, dict) else None
+    valid = msg_id is None or isinstance(msg_id, str) or type(msg_id) in (int, float)
+    return msg_id if valid else None
+
+
+def _check_request(msg: Any) -> None:
+    """Say what is wrong with a message that is not one JSON-RPC request object."""
+    if isinstance(msg, list):
+        raise BadRequest("batches are not supported: send one request object per line" if msg
+                         else "an empty array is not a request: send one request object per line")
+    if not isinstance(msg, dict) or msg.get("jsonrpc") != "2.0" or not isinstance(msg.get("method"), str):
+        raise BadRequest(
+            'a request is an object with "jsonrpc": "2.0", a "method" string, optional "params" and an "id"'
+        )
+    if "id" in msg and msg["id"] is not None and _request_id(msg) is None:
+        raise BadRequest('a request\'s "id" is a string, a number or null')
 
 
 class Hub:
@@ -211,12 +226,7 @@ class RpcServer:
                     break
                 if not line.strip():
                     continue
-                try:
-                    msg = protocol.decode(line)
-                except (msgspec.DecodeError, UnicodeDecodeError) as exc:
-                    conn.send(protocol.error_response(None, ParseError(f"not valid JSON: {exc}")))
-                    continue
-                reply = await self.dispatcher.handle(msg, conn)
+                reply = await self.dispatcher.handle(line, conn)
                 if reply is not None:
                     conn.send(reply)
         except (ConnectionError, asyncio.IncompleteReadError):

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 import msgspec
 
@@ -37,6 +37,18 @@ class ServingSection(Section):
     log_queue: int = 20_000
     segment_bytes: int = 64 * 1024 * 1024
     keep_segments: int = 8
+    # who may do what: feedback always needs the token (serving.token in the home); inference and
+    # reads need it too when require_token is set, which a non-loopback host requires
+    require_token: bool = False
+    # slow and hostile clients: a request's headers, then its body, must arrive within these; an idle
+    # keep-alive connection is closed after idle_timeout_s; past max_connections the longest-idle go
+    header_timeout_s: Annotated[float, msgspec.Meta(gt=0)] = 10.0
+    body_timeout_s: Annotated[float, msgspec.Meta(gt=0)] = 30.0
+    idle_timeout_s: Annotated[float, msgspec.Meta(gt=0)] = 60.0
+    max_connections: Annotated[int, msgspec.Meta(ge=16)] = 8192
+    max_id_chars: Annotated[int, msgspec.Meta(ge=1, le=65_536)] = 256
+    max_feedback_bytes: Annotated[int, msgspec.Meta(ge=64)] = 64 * 1024
+    feedback_ids: Annotated[int, msgspec.Meta(ge=1)] = 1_000_000
 
     def __post_init__(self) -> None:
         if self.keep_segments < 0:
@@ -132,6 +144,8 @@ class MonitorSection(Section):
     grace_s: float = 2.0
     min_rows: int = 30
     models: dict[str, ModelPolicy] = msgspec.field(default_factory=dict)
+    # a column's type instead of Evidently's rule (integer with at most 10 values → categorical …)
+    column_types: dict[str, Literal["categorical", "numeric"]] = msgspec.field(default_factory=dict)
 
     def __post_init__(self) -> None:
         from mldeck.core.monitor import parse_window

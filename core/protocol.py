@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Any
 
 import msgspec
 
-from mldeck.core.errors import Invalid, MldeckError, wire_code
+from mldeck.core.errors import BadRequest, Invalid, MldeckError, ParseError, wire_code
 
 PROTOCOL_VERSION = 1
 MAX_MESSAGE = 8 * 1024 * 1024
@@ -14,6 +15,7 @@ MAX_POINTS = 100_000
 MAX_TABLE_PAGE = 25_000  # ~4 MiB of JSON with a dozen columns: well under the message limit
 MAX_TABLE_METRICS = 32
 MAX_OFFSET = 2**53  # any real offset is far below; larger numbers are mistakes, not pages
+MAX_DEPTH = 64  # requests are a few levels deep; deeper is a broken or hostile client
 
 Points = Annotated[int, msgspec.Meta(ge=2, le=MAX_POINTS)]
 Seconds = Annotated[float, msgspec.Meta(gt=0)]
@@ -27,7 +29,38 @@ def encode(message: Any) -> bytes:
 
 
 def decode(line: bytes) -> Any:
-    return msgspec.json.decode(line)
+    """One line's JSON; anything undecodable, nesting too deep for the decoder included, is a ParseError."""
+    try:
+        return msgspec.json.decode(line)
+    except msgspec.DecodeError as exc:
+        raise ParseError(f"not valid JSON: {exc}") from None
+    except RecursionError:
+        raise ParseError("not accepted: JSON nested too deeply to decode") from None
+
+
+_JSON_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"', re.DOTALL)
+_OBJECTS_AS_ARRAYS = bytes.maketrans(b"{}", b"[]")
+_NOT_BRACKETS = bytes(sorted(set(range(256)) - set(b"[]{}")))
+
+
+def _nests_deeper_than(line: bytes, depth: int) -> bool:
+    """Whether valid JSON nests deeper than depth: peel innermost bracket pairs, depth times, at C speed."""
+    if line.count(b"[") + line.count(b"{") <= depth:
+        return False
+    brackets = _JSON_STRING.sub(b"", line).translate(_OBJECTS_AS_ARRAYS, _NOT_BRACKETS)
+    for _ in range(depth):
+        brackets = brackets.replace(b"[]", b"")
+        if not brackets:
+            return False
+    return True
+
+
+def decode_request(line: bytes) -> Any:
+    """A request line as the agent accepts it: valid JSON, at most MAX_DEPTH levels deep."""
+    message = decode(line)
+    if _nests_deeper_than(line, MAX_DEPTH):
+        raise BadRequest(f"not accepted: a request nests at most {MAX_DEPTH} levels deep")
+    return message
 
 
 def request(msg_id: int | str | None, method: str, params: Any = None) -> dict[str, Any]:

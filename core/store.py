@@ -12,9 +12,10 @@ from pathlib import Path
 from typing import Any
 
 import duckdb
+import msgspec
 import pyarrow as pa
 
-from mldeck.core.errors import Invalid, Refused
+from mldeck.core.errors import Invalid, Refused, TooLarge
 from mldeck.core.schema import migrate
 
 RUN_FIELDS = (
@@ -26,7 +27,11 @@ RUNS_TABLE_COLUMNS = (
     "run_id", "experiment", "name", "status", "sweep_id", "created_at", "started_at", "ended_at", "cost_usd",
 )
 _JSON_FIELDS = {"params", "tags", "command", "gpus"}
-READ_ONLY_STATEMENTS = {"SELECT", "EXPLAIN", "PRAGMA"}
+READ_ONLY_STATEMENTS = {"SELECT", "EXPLAIN"}
+# The agent reads no files and changes no settings through DuckDB, so a user's query can't either.
+SANDBOX = {"enable_external_access": False, "lock_configuration": True}
+QUERY_FETCH_ROWS = 1000
+_json = msgspec.json.Encoder()
 
 
 def _ident(name: str) -> str:
@@ -60,9 +65,20 @@ class Store:
 
     def __init__(self, path: Path | str) -> None:
         self.path = Path(path)
-        self._con = duckdb.connect(str(self.path))
+        self._queries: dict[duckdb.DuckDBPyConnection, str] = {}
+        self._queries_lock = threading.Lock()
+        self._open()
+
+    def _open(self) -> None:
+        self._con = duckdb.connect(str(self.path), config=SANDBOX)
         self._local = threading.local()
         migrate(self._con)
+
+    def reopen(self) -> None:
+        """Open the file again after DuckDB gave up on it (a checkpoint that failed on a full disk
+        invalidates the open database; the file and its WAL are intact). Every thread gets a new cursor."""
+        self._con.close()
+        self._open()
 
     def close(self) -> None:
         self._con.close()
@@ -244,13 +260,22 @@ class Store:
     # ingest ------------------------------------------------------------
 
     def ingest_offsets(self) -> dict[str, tuple[int, int]]:
+        """Each ingested file's committed byte offset and line count, by its path relative to the home."""
         cur = self.cur().execute('SELECT path, "offset", lines FROM ingest_offsets')
         return {p: (o, n) for p, o, n in cur.fetchall()}
 
     def forget_offsets(self, paths: list[str]) -> None:
-        """Drop the offsets of files deleted after they were ingested."""
+        """Drop the offsets of files deleted after they were ingested (paths relative to the home)."""
         with self.transaction() as cur:
             cur.executemany("DELETE FROM ingest_offsets WHERE path = ?", [[p] for p in paths])
+
+    def add_dropped_points(self, run_id: str, points: int) -> None:
+        """Count points the run's SDK had to drop (its disk refused writes) into the run's record."""
+        self.cur().execute(
+            "INSERT INTO runs (run_id, dropped_points) VALUES (?, ?) ON CONFLICT (run_id) DO UPDATE "
+            "SET dropped_points = coalesce(runs.dropped_points, 0) + excluded.dropped_points",
+            [run_id, points],
+        )
 
     def set_offset(self, path: str, offset: int, lines: int) -> None:
         self.cur().execute(
@@ -293,26 +318,90 @@ class Store:
 
     # power users -----------------------------------------------------------
 
-    def read_only_query(self, sql: str, limit: int) -> dict[str, Any]:
-        """Run one SELECT-like statement; anything that could write is refused."""
-        cur = self.cur()
+    def read_only_query(self, sql: str, limit: int, time_limit_s: float, max_bytes: int) -> dict[str, Any]:
+        """Run one user statement where it can do no harm: SELECT or EXPLAIN only, in a read-only
+        transaction on a cursor of its own, in a store that has no file access and locked settings
+        (SANDBOX); interrupted past time_limit_s; its result capped at limit rows and max_bytes of JSON."""
+        cur = self._con.cursor()
+        over_time = f"it ran past the time limit of {time_limit_s:g} s ([query] time_limit_s in agent.toml)"
+        with self._queries_lock:
+            self._queries[cur] = over_time
+        timer = threading.Timer(time_limit_s, self.cancel_queries, (over_time, cur))
+        timer.start()
         try:
-            statements = cur.extract_statements(sql)
+            _check_statement(cur, sql)
+            cur.execute("BEGIN TRANSACTION READ ONLY")
+            cur.execute(sql)
+            return _capped_result(cur, limit, max_bytes)
+        except duckdb.InterruptException:
+            raise Refused(f"query cancelled: {self._queries[cur]}; narrow it with WHERE or LIMIT") from None
         except duckdb.Error as exc:
-            raise Invalid(str(exc).splitlines()[0]) from None
-        if len(statements) != 1:
-            raise Invalid(f"send exactly one statement (got {len(statements)})")
-        kind = statements[0].type.name
-        if kind not in READ_ONLY_STATEMENTS:
-            raise Refused(f"only read-only queries are allowed here, not {kind}")
-        rel = cur.execute(sql)
-        cols = [d[0] for d in rel.description or []]
-        rows = rel.fetchmany(limit + 1)
-        return {
-            "columns": cols,
-            "rows": [list(r) for r in rows[:limit]],
-            "truncated": len(rows) > limit,
-        }
+            raise Invalid(f"query failed: {_first_line(exc)}") from None
+        finally:
+            timer.cancel()
+            with self._queries_lock:
+                del self._queries[cur]
+            cur.close()
+
+    def cancel_queries(self, why: str, only: duckdb.DuckDBPyConnection | None = None) -> None:
+        """Interrupt the user queries running now (or just `only`); their error says why."""
+        with self._queries_lock:
+            for cur in list(self._queries) if only is None else [only]:
+                if cur in self._queries:
+                    self._queries[cur] = why
+                    cur.interrupt()
+
+
+def _first_line(exc: Exception) -> str:
+    """A DuckDB error's first line (the rest repeats the SQL), kept short: it may quote the query."""
+    return (str(exc).splitlines() or [type(exc).__name__])[0][:500]
+
+
+def _check_statement(cur: duckdb.DuckDBPyConnection, sql: str) -> None:
+    """Exactly one statement, and one that only reads (what it reads is the transaction's business)."""
+    statements = cur.extract_statements(sql)
+    if len(statements) != 1:
+        raise Invalid(f"send exactly one statement (got {len(statements)})")
+    kind = statements[0].type.name
+    if kind not in READ_ONLY_STATEMENTS:
+        raise Refused(f"only read-only queries (SELECT, EXPLAIN) are allowed here, not {kind}")
+
+
+def _capped_result(cur: duckdb.DuckDBPyConnection, limit: int, max_bytes: int) -> dict[str, Any]:
+    """The statement's rows, streamed until `limit` rows or max_bytes of JSON, saying where it stopped."""
+    columns = [d[0] for d in cur.description or []]
+    size = len(_json.encode(columns))
+    if size > max_bytes:
+        raise TooLarge(f"the column names alone are {size / 2**20:.1f} MiB; name the columns shorter")
+    rows: list[list[Any]] = []
+    message = None
+    while message is None and (chunk := cur.fetchmany(min(QUERY_FETCH_ROWS, limit + 1 - len(rows)))):
+        for row in chunk:
+            values = list(row)
+            if len(rows) == limit:
+                message = f"result truncated at {limit} rows (the limit); add LIMIT or raise the limit"
+                break
+            size += len(_encode_row(columns, values)) + 1
+            if size > max_bytes:
+                message = (f"result truncated at {len(rows)} rows / {max_bytes / 2**20:.1f} MiB; "
+                           "add LIMIT or select fewer columns")
+                break
+            rows.append(values)
+    return {"columns": columns, "rows": rows, "truncated": message is not None, "message": message}
+
+
+def _encode_row(columns: list[str], values: list[Any]) -> bytes:
+    """A row as the reply will carry it; a value JSON cannot carry names its column."""
+    try:
+        return _json.encode(values)
+    except TypeError as exc:
+        for name, value in zip(columns, values, strict=True):
+            try:
+                _json.encode(value)
+            except TypeError:
+                raise Invalid(f"column {name!r} holds values JSON cannot carry ({exc}); "
+                              "CAST it to VARCHAR") from None
+        raise
 
 
 class _Transaction:
