@@ -163,7 +163,15 @@ class Connection:
 
     def send(self, message: Any) -> None:
         try:
-            self.outbox.put_nowait(protocol.encode(message))
+            data = protocol.encode(message)
+        except (TypeError, ValueError, OverflowError) as exc:  # a result JSON cannot carry: a bug, answered
+            log.exception("a message to %s cannot be encoded", self.peer)
+            if "id" not in message:
+                return
+            data = protocol.encode(protocol.error_response(
+                message["id"], Internal(f"internal error: the result cannot be sent as JSON: {exc}")))
+        try:
+            self.outbox.put_nowait(data)
         except asyncio.QueueFull:
             self.dropped += 1
 

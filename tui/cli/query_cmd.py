@@ -18,7 +18,7 @@ async def query(args: argparse.Namespace) -> int:
         return 0
     print_table(cols, result["rows"])
     if result["truncated"]:
-        print(f"(first {args.limit} rows; raise --limit for more)")
+        print(f"({result.get('message') or f'first {args.limit} rows; raise --limit for more'})")
     return 0
 
 
