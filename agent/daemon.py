@@ -103,13 +103,13 @@ class Agent:
         jobs = Jobs(ctx, self.nvml, self.simulated, self.collector)
         runs = Runs(ctx, jobs)
         cost = Cost(ctx, jobs)
-        sweeps = Sweeps(ctx, jobs)
+        registry = Registry(ctx)
+        sweeps = Sweeps(ctx, jobs, registry)
         query = Query(ctx)
         serving = Serving(ctx, self.ingest, self.collector)
-        registry = Registry(ctx)
         pipelines = Pipelines(ctx, jobs, registry, self.ingest)
         monitor = Monitor(ctx, registry, pipelines)
-        return [host, jobs, runs, cost, sweeps, query, serving, registry, pipelines, monitor]
+        return [host, jobs, runs, cost, registry, sweeps, query, serving, pipelines, monitor]
 
     async def start(self) -> None:
         self.layout.ensure()

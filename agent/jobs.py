@@ -37,10 +37,10 @@ from mldeck.core import jobs as q
 from mldeck.core import protocol
 from mldeck.core.atomic import write_atomic
 from mldeck.core.errors import Conflict, Invalid
-from mldeck.core.jobs import JobSpec, LaunchParams, QueueParams
+from mldeck.core.jobs import JobSpec, LaunchParams, QueueParams, StopHow
 from mldeck.core.paths import check_name, new_run_id
 from mldeck.core.provenance import git_state
-from mldeck.core.runlog import TERMINAL
+from mldeck.core.runlog import TERMINAL, finish_line
 
 if TYPE_CHECKING:
     from mldeck.agent.collector import Collector
@@ -68,7 +68,7 @@ class Job:
     cpu_by_pid: dict[int, float] = field(default_factory=dict)
     peak_gpu_mem: int = 0
     held_gpu_mem: int = 0
-    stop: str | None = None
+    stop: StopHow | None = None
     reason: str | None = None
     deadline: float | None = None
 
@@ -421,13 +421,27 @@ class Jobs:
             self._last_cost_write = now
             await self.ctx.db(q.update_costs, self.store, self.live_costs())
 
+    async def _stopped(self, job: Job, code: int) -> bool:
+        """Whether the job ended because of the stop asked: whatever its exit code, unless the SDK's
+        finish line says the run had ended before it saw the stop (a script that exits 0 after
+        `if run.should_stop: break` stopped; one that finished its work first succeeded)."""
+        if job.stop is None:
+            return False
+        if code != 0:
+            return True
+        finish = await asyncio.to_thread(finish_line, self.ctx.layout.run_dir(job.run_id))
+        return finish is None or bool(finish.get("stop_seen"))
+
     async def _finish(self, job: Job, code: int) -> None:
         requeue = False
-        if code == 0:
-            status, reason = "succeeded", None
-        elif job.stop == "stop":
+        stopped = await self._stopped(job, code)
+        if stopped and job.stop == "prune":
+            status, reason = "pruned", job.reason or "stopped early"
+        elif stopped and job.stop == "stop":
             status, reason = "stopped", job.reason or "stopped on request"
-        elif job.stop == "requeue" or (code == q.PREEMPTED_EXIT and self.cfg.requeue_preempted):
+        elif code == 0 and not stopped:
+            status, reason = "succeeded", None
+        elif stopped or (code == q.PREEMPTED_EXIT and self.cfg.requeue_preempted):
             status, requeue = "preempted", True
             reason = (job.reason or "preempted (SIGTERM)") + "; requeued to resume from its checkpoint"
         elif code == LOST:
@@ -470,12 +484,15 @@ class Jobs:
     # control ------------------------------------------------------------------
 
     async def stop_run(
-        self, run_id: str, requeue: bool = False, grace_s: float | None = None, reason: str | None = None
+        self, run_id: str, how: StopHow = "stop", grace_s: float | None = None, reason: str | None = None
     ) -> dict[str, Any]:
-        """SIGTERM to the job's group (SIGKILL after the grace period), or drop it from the queue."""
+        """SIGTERM to the job's group (SIGKILL after the grace period), or drop it from the queue.
+
+        The run ends as the stop asks (see StopHow) once the job has ended, whatever its exit code."""
+        requeue = how == "requeue"
         job = self.active.get(run_id)
         if job is not None:
-            job.stop = "requeue" if requeue else "stop"
+            job.stop = how
             job.reason = reason
             job.deadline = time.monotonic() + (self.cfg.grace_s if grace_s is None else grace_s)
             await self.ctx.db(q.mark_stop_requested, self.store, run_id, job.stop, reason)
@@ -484,7 +501,8 @@ class Jobs:
         row = next((r for r in self.queue if r["run_id"] == run_id), None)
         if row is not None:
             self.queue.remove(row)
-            gone = Job(run_id, row["spec"], [], 0, 0.0, row.get("attempts") or 0, stop="stop")
+            gone = Job(run_id, row["spec"], [], 0, 0.0, row.get("attempts") or 0,
+                       stop="prune" if how == "prune" else "stop")
             gone.reason = reason or "stopped while queued"
             await self._finish(gone, LOST)
             return {"run_id": run_id, "status": "stopped", "requeue": False}

@@ -92,12 +92,10 @@ def build_profile(folder: Path) -> dict[str, Any] | None:
         return None
     import pyarrow.parquet as pq
 
-    from mldeck.core.drift import ReferenceProfile
+    from mldeck.core.drift import ReferenceProfile, table_frame
 
     try:
-        table = pq.read_table(parquet)
-        frame = {name: table.column(name).to_numpy(zero_copy_only=False) for name in table.column_names}
-        profile = ReferenceProfile.build(frame)
+        profile = ReferenceProfile.build(table_frame(pq.read_table(parquet)))
         profile.save(folder)
     except (OSError, ValueError) as exc:
         raise Invalid(f"{REFERENCE_FILE} next to the model cannot be used: {exc}") from None
@@ -148,7 +146,7 @@ class Registry:
             source = run_dir / source
         if not source.is_dir():
             raise NotFound(
-                f"no model folder at {source}; export one with run.register_model(...) in the "
+                f"no model folder at {source}; export one with run.log_model(...) in the "
                 "training script, or pass --artifact FOLDER"
             )
         signature = exported_signature(source) if verified_by_job else await verify_artifact(source)

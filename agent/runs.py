@@ -94,7 +94,7 @@ class Runs:
 
     @rpc("runs.stop")
     async def stop_run(self, p: StopParams) -> dict[str, Any]:
-        return await self.jobs.stop_run(p.run_id, p.requeue, p.grace_s)
+        return await self.jobs.stop_run(p.run_id, "requeue" if p.requeue else "stop", p.grace_s)
 
     @rpc("runs.resume")
     async def resume(self, p: RunRef) -> dict[str, Any]:

@@ -1,8 +1,9 @@
 """Sweeps: trials generated from a search space, run through the job queue, stopped early by rule.
 
 The controller listens to `run.metrics` in-process; when a trial's objective is clearly worse
-(median stopping rule, or ASHA at its rungs) it stops the trial through the job runner, with
-the rule's sentence as the run's status reason. Publishes `sweeps` events {sweep_id, status}.
+(median stopping rule, or ASHA at its rungs) it stops the trial through the job runner, and the
+trial ends `pruned` with the rule's sentence as its reason. sweeps.register registers the best
+trial through the registry. Publishes `sweeps` events {sweep_id, status}.
 """
 
 from __future__ import annotations
@@ -17,14 +18,15 @@ import msgspec
 
 from mldeck.agent.service import Context, rpc
 from mldeck.core import sweep as sw
-from mldeck.core.errors import Invalid, NotFound
+from mldeck.core.errors import Conflict, Invalid, NotFound
 from mldeck.core.jobs import LaunchParams
 from mldeck.core.paths import new_run_id
 from mldeck.core.runlog import TERMINAL
-from mldeck.core.sweep import SweepCreateParams, SweepListParams, SweepRef
+from mldeck.core.sweep import SweepCreateParams, SweepListParams, SweepRef, SweepRegisterParams
 
 if TYPE_CHECKING:
     from mldeck.agent.jobs import Jobs
+    from mldeck.agent.registry import Registry
 
 log = logging.getLogger("mldeck.sweeps")
 
@@ -46,10 +48,11 @@ class SweepState:
 class Sweeps:
     """Every sweeps.* method, and the controller that stops clearly worse trials early."""
 
-    def __init__(self, ctx: Context, jobs: Jobs) -> None:
+    def __init__(self, ctx: Context, jobs: Jobs, registry: Registry) -> None:
         self.ctx = ctx
         self.store = ctx.store
         self.jobs = jobs
+        self.registry = registry
         self.active: dict[str, SweepState] = {}
         self.trial_of: dict[str, str] = {}
         self.stopping: set[str] = set()
@@ -153,8 +156,9 @@ class Sweeps:
             self.ctx.tasks.spawn(self._stop_early(run_id, decision.reason), "sweep-early-stop")
 
     async def _stop_early(self, run_id: str, reason: str) -> None:
+        """Stop the trial; it ends pruned, with the rule's sentence as its reason."""
         if self.jobs.pending(run_id):  # it may have ended since its last metrics
-            await self.jobs.stop_run(run_id, reason=f"early stop ({reason})")
+            await self.jobs.stop_run(run_id, "prune", reason=reason)
 
     def on_status(self, data: dict[str, Any]) -> None:
         sweep_id = self.trial_of.get(data.get("run_id", ""))
@@ -195,3 +199,16 @@ class Sweeps:
                 stopped.append(trial["run_id"])
         return {"sweep_id": p.sweep_id, "stopped": stopped}
 
+    @rpc("sweeps.register")
+    async def register(self, p: SweepRegisterParams) -> dict[str, Any]:
+        """Register the finished sweep's best trial (by its metric) through the registry."""
+        sweep = await self.show(SweepRef(sweep_id=p.sweep_id))
+        if sweep["status"] != "done":
+            raise Conflict(f"sweep {p.sweep_id} is still running; register its best trial once it is done "
+                           "(`mldeck sweep show` shows its trials)")
+        best = sw.best_trial(sweep["trials"])
+        if best is None:
+            raise Conflict(f"no trial of sweep {p.sweep_id} succeeded with a value of {sweep['metric']}; "
+                           "there is nothing to register")
+        row = await self.registry.register(best["run_id"], p.name, None, p.actor or self.registry.user)
+        return {**row, "sweep_id": p.sweep_id, "metric": sweep["metric"], "best": best["best"]}

@@ -17,6 +17,9 @@ from mldeck.core.store import Store, rows_as_dicts
 
 PREEMPTED_EXIT = 143  # 128 + SIGTERM, as the SDK exits when preempted (core/track.py)
 Amp = Literal["bf16", "fp16"]
+StopHow = Literal["stop", "requeue", "prune"]
+"""What a stop asks: end the run (stopped), end this attempt and queue it again (requeue, the run
+resumes), or end a sweep trial that early stopping judged clearly worse (pruned)."""
 AMP: tuple[str, ...] = get_args(Amp)
 MAX_PRIORITY = 1000
 MAX_LOG_BYTES = 1024 * 1024

@@ -29,6 +29,7 @@ import numpy as np
 from mldeck.core.atomic import write_atomic
 from mldeck.core.paths import check_name
 from mldeck.core.signature import (
+    REFERENCE_FILE,
     SAMPLE_FILE,
     SIGNATURE_FILE,
     InvalidInput,
@@ -38,6 +39,7 @@ from mldeck.core.signature import (
     datatype_of,
     datatype_of_input,
     spec_names,
+    tensor_columns,
 )
 
 if TYPE_CHECKING:
@@ -63,20 +65,24 @@ class ModelMismatch(Exception):
 
 def export_model(
     model: torch.nn.Module,
-    sample: Mapping[str, np.ndarray] | np.ndarray,
+    sample: Any,
     folder: Path,
     input_names: Sequence[str] | None = None,
     output_names: Sequence[str] | None = None,
     *,
     allow_nan: bool = False,
+    reference: Any = None,
     extra_files: Mapping[str, bytes] | None = None,
 ) -> Signature:
     """Save a torch model so it serves without its training code, and prove it gives the same answers.
 
-    The model is called with the inputs as positional arguments in input_names order
-    (the sample dict's order by default; "input__0" for a single array). It is
-    exported as it is: call model.eval() first. extra_files (e.g. reference.parquet)
-    are written into the folder before it appears, so readers never see it half made.
+    The sample is a numpy array, a torch tensor, a pandas or polars DataFrame, a pyarrow
+    Table, or a dict of them (one per input). The model is called with the inputs as
+    positional arguments in input_names order (the sample dict's order by default;
+    "input__0" for a single array). It is exported as it is: call model.eval() first.
+    reference (training data, in any form the sample takes, or a Parquet file's path)
+    becomes reference.parquet, the drift reference. It and extra_files are written into
+    the folder before it appears, so readers never see it half made.
     """
     import torch
 
@@ -89,6 +95,9 @@ def export_model(
     inputs = [
         TensorSpec(name, datatype_of_input(name, a), [-1, *a.shape[1:]]) for name, a in arrays.items()
     ]
+    extra = dict(extra_files or {})
+    if reference is not None:
+        extra[REFERENCE_FILE] = reference_parquet(reference, inputs)
     device = next((p.device for p in [*model.parameters(), *model.buffers()]), None)
     args = _to_torch(arrays, device)
     with torch.no_grad():
@@ -133,7 +142,7 @@ def export_model(
         stored |= {f"outputs/{k}": v[:STORED_ROWS].cpu().numpy() for k, v in expected.items()}
         with open(tmp / SAMPLE_FILE, "wb") as fh:
             np.savez(fh, **stored)
-        for name, data in (extra_files or {}).items():
+        for name, data in extra.items():
             write_atomic(tmp / check_name(name, "extra file name"), data)
         os.rename(tmp, folder)
     finally:
@@ -141,22 +150,58 @@ def export_model(
     return signature
 
 
+def _as_array(value: Any) -> np.ndarray:
+    """A numpy array from an array, a torch tensor (any device, with grad or not), a DataFrame or a Table."""
+    if hasattr(value, "detach"):  # a torch tensor, told apart without importing torch
+        value = value.detach().cpu()
+    return np.asarray(value)
+
+
 def _name_inputs(
-    sample: Mapping[str, np.ndarray] | np.ndarray, input_names: Sequence[str] | None
+    sample: Any, input_names: Sequence[str] | None, what: str = "sample"
 ) -> dict[str, np.ndarray]:
+    """The inputs by name: a dict (one entry per input) or one array-like for a single input."""
     if isinstance(sample, Mapping):
         names = list(input_names or sample)
         if sorted(names) != sorted(sample):
-            raise ValueError(f"input_names {names} must name the sample's keys {list(sample)}")
-        arrays = {n: np.asarray(sample[n]) for n in names}
+            raise ValueError(f"the {what}'s keys {list(sample)} must be the model's inputs {names}")
+        arrays = {n: _as_array(sample[n]) for n in names}
     else:
         names = list(input_names or ["input__0"])
         if len(names) != 1:
-            raise ValueError(f"a single sample array takes one input name, got {names}")
-        arrays = {names[0]: np.asarray(sample)}
+            raise ValueError(f"the model takes inputs {names}: give the {what} as a dict with one entry each")
+        arrays = {names[0]: _as_array(sample)}
     if not arrays or any(a.ndim == 0 or len(a) == 0 for a in arrays.values()):
-        raise ValueError("the sample needs at least one input with a batch dimension and rows")
+        raise ValueError(f"the {what} needs at least one input with a batch dimension and rows")
     return arrays
+
+
+def reference_parquet(reference: Any, inputs: Sequence[TensorSpec]) -> bytes:
+    """Training data (in any form a sample takes, or a Parquet file's path) as reference.parquet's bytes.
+
+    Columns are named as the monitor names a logged tensor's: a 1-D input is one column named
+    after it, any other is one column `<input>[i]` per element of a row (flattened in C order).
+    """
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    if isinstance(reference, str | os.PathLike):
+        return Path(reference).read_bytes()
+    specs = {s.name: s for s in inputs}
+    columns: dict[str, np.ndarray] = {}
+    for name, array in _name_inputs(reference, list(specs), "reference").items():
+        want = specs[name].shape[1:]
+        if list(array.shape[1:]) != want:
+            raise ValueError(
+                f"reference input {name!r} has rows of shape {list(array.shape[1:])}; the model takes {want}"
+            )
+        flat = array.reshape(len(array), -1) if array.ndim > 1 else array[:, None]
+        shape = [-1, flat.shape[1]] if array.ndim > 1 else [-1]
+        names = tensor_columns([{"name": name, "shape": shape}])[name]
+        columns.update(zip(names, np.ascontiguousarray(flat.T), strict=True))
+    sink = pa.BufferOutputStream()
+    pq.write_table(pa.table(columns), sink)
+    return sink.getvalue().to_pybytes()
 
 
 def _to_torch(arrays: Mapping[str, np.ndarray], device: Any) -> list[Any]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -11,18 +12,46 @@ import msgspec
 CHECKPOINTS = "checkpoints"  # in a run folder: ckpt-<step>.pt files and latest.json naming the newest
 LATEST_CHECKPOINT = "latest.json"
 CHECKPOINT_GLOB = "ckpt-*.pt"
-TERMINAL = frozenset({"succeeded", "failed", "stopped"})
+TERMINAL = frozenset({"succeeded", "failed", "stopped", "pruned"})
 """Run statuses after which nothing more happens to a run (queued, running and preempted move on)."""
+NONFINITE = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
+"""JSON has no NaN or infinities: a metric value that is one is written as its name, and read back."""
+DROPPED = "dropped"
+"""The event an SDK writes once the disk takes lines again: how many points it had to drop (d.points)."""
 
 
 class Line(msgspec.Struct, omit_defaults=True):
-    """One line: a metrics point (m at step s) or a lifecycle event (e with data d)."""
+    """One line: a metrics point (m at step s; values are numbers or NONFINITE names) or an event e."""
 
     t: float
     s: int | None = None
-    m: dict[str, float | None] | None = None
+    m: dict[str, float | str | None] | None = None
     e: str | None = None
     d: dict[str, Any] | None = None
+
+
+def nonfinite_name(value: float) -> str:
+    """The name a NaN or infinite metric value is written as (see NONFINITE)."""
+    if math.isnan(value):
+        return "NaN"
+    return "Infinity" if value > 0 else "-Infinity"
+
+
+def finish_line(run_dir: Path) -> dict[str, Any] | None:
+    """The data of the SDK's finish event when it is the last line of the run's metrics.jsonl, else None.
+
+    The job runner reads it to tell a run that ended before it saw a stop from one that stopped."""
+    try:
+        with open(Path(run_dir) / "metrics.jsonl", "rb") as fh:
+            fh.seek(max(0, fh.seek(0, 2) - 4096))
+            tail = fh.read()
+    except OSError:
+        return None
+    try:
+        line = msgspec.json.decode(tail.rstrip(b"\n").rsplit(b"\n", 1)[-1], type=Line)
+    except msgspec.DecodeError:
+        return None
+    return (line.d or {}) if line.e == "finish" else None
 
 
 def checkpoint_name(step: int) -> str:

@@ -19,6 +19,8 @@ import numpy as np
 SIGNATURE_FILE = "signature.json"
 SAMPLE_FILE = "sample.npz"
 COLUMNS_FILE = "columns.json"
+REFERENCE_FILE = "reference.parquet"
+"""A model folder's drift reference: training rows as columns (see core.modelfile.reference_parquet)."""
 
 # KServe v2 (Open Inference Protocol) tensor datatypes, by numpy dtype name.
 _DATATYPES = {
@@ -140,7 +142,7 @@ def check_input(
     return array
 
 
-_KINDS = {"b": "b", "u": "bu", "i": "bui", "f": "buif"}  # value kinds each target accepts
+_KINDS = {"b": "b", "u": "ui", "i": "ui", "f": "uif"}  # value kinds each target accepts: no bools as numbers
 
 
 def _as_array(name: str, datatype: str, data: Any) -> np.ndarray:

@@ -59,6 +59,14 @@ class SweepListParams(Params, kw_only=True):
     limit: Annotated[int, msgspec.Meta(ge=1, le=1_000_000)] = 100
 
 
+class SweepRegisterParams(Params, kw_only=True):
+    """sweeps.register: the sweep's best trial by its metric becomes the next version of name."""
+
+    sweep_id: str
+    name: str
+    actor: str | None = None
+
+
 def parse_value(text: str) -> Any:
     """`3` → 3, `1e-3` → 0.001, `true` → True, anything else stays a string."""
     text = text.strip()
@@ -341,6 +349,12 @@ def sweep_trials(store: Store, sweep_id: str, metric: str, mode: str) -> list[di
         if isinstance(row.get("params"), str):
             row["params"] = json.loads(row["params"])
     return rows
+
+
+def best_trial(trials: Sequence[Mapping[str, Any]]) -> Mapping[str, Any] | None:
+    """The best of sweep_trials' ranked rows among the trials that ran to the end (pruned, stopped and
+    failed ones are unfinished models), or None when none did with a value of the metric."""
+    return next((t for t in trials if t["status"] == "succeeded" and t["best"] is not None), None)
 
 
 def metric_history(store: Store, run_ids: list[str], key: str) -> dict[str, list[tuple[int, float]]]:

@@ -1,10 +1,12 @@
 """The training SDK: cheap per-step logging to JSON lines the agent ingests.
 
 `run = track.init(...)`, `run.log({...}, step=)`, `run.checkpoint(state)`,
-`run.resume()`, `run.log_artifact(path)`, `run.finish()`. Inside a job the agent
-launched, the run folder comes from $MLDECK_RUN_DIR; otherwise a run folder is
-created under $MLDECK_HOME, so a plain `python train.py` is tracked too. Nothing
-here talks to DuckDB or the agent: if the agent is down the job runs on.
+`run.resume()`, `run.should_stop`, `run.log_artifact(path)`, `run.log_model(model, sample=...)`,
+`run.finish()`. Inside a job the agent launched, the run folder comes from $MLDECK_RUN_DIR;
+otherwise a run folder is created under $MLDECK_HOME, so a plain `python train.py` is tracked too.
+Nothing here talks to DuckDB or the agent: if the agent is down the job runs on, and if the disk
+refuses writes (full) it runs on too: lines wait in a bounded buffer, later points are
+dropped and counted, and the count is written to the run's file once the disk takes lines again.
 """
 
 from __future__ import annotations
@@ -30,20 +32,35 @@ import msgspec
 from mldeck.core.atomic import write_atomic
 from mldeck.core.paths import Layout, check_name, mldeck_home, new_run_id
 from mldeck.core.provenance import fingerprint, git_state
-from mldeck.core.runlog import CHECKPOINT_GLOB, CHECKPOINTS, LATEST_CHECKPOINT, checkpoint_name
+from mldeck.core.runlog import (
+    CHECKPOINT_GLOB,
+    CHECKPOINTS,
+    DROPPED,
+    LATEST_CHECKPOINT,
+    checkpoint_name,
+    nonfinite_name,
+)
 
 FLUSH_INTERVAL_S = 0.2
+MAX_PENDING_LINES = 100_000
+"""While the disk refuses writes, at most this many lines wait in memory; later points are dropped."""
+FINISH_RETRY_S = 5.0
+"""How long finish() keeps retrying writes the disk refuses before it gives up on them."""
 RUN_DIR_ENV = "MLDECK_RUN_DIR"
+ATTEMPT_ENV = "MLDECK_ATTEMPT"
+"""Set by the agent's job runner: 1 for a job's first start, 2 after its first requeue, and so on."""
 PREEMPTED_EXIT = 128 + signal.SIGTERM
 
 
-def _as_number(obj: Any) -> float:
+def _as_number(obj: Any) -> float | str:
+    """A metric value as JSON can hold it: a float, or the name of a NaN or an infinity."""
     if isinstance(obj, str | bytes):
         raise TypeError(f"metric values must be numbers, got {type(obj).__name__} {obj!r}")
     try:
-        return float(obj)
+        value = float(obj)
     except (TypeError, ValueError):
         raise TypeError(f"metric values must be numbers, got {type(obj).__name__}") from None
+    return value if value - value == 0.0 else nonfinite_name(value)
 
 
 _encoder = msgspec.json.Encoder(enc_hook=_as_number)
@@ -69,8 +86,17 @@ class Run:
         self.params: dict[str, Any] = spec.get("params") or {}
         self._step = -1
         self._pending: collections.deque[dict[str, Any]] = collections.deque()
-        self._fh = open(run_dir / metrics_file, "ab")  # noqa: SIM115 (open for the run's life)
+        self._fd = os.open(run_dir / metrics_file, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
+        self._unwritten = b"\n" if _ends_mid_line(self._fd) else b""  # a killed writer's torn line ends here
+        self._write_error: OSError | None = None
+        self.dropped = 0
+        """Points log() dropped because the disk refused writes and the buffer was full."""
+        self._reported_dropped = 0
+        self._lock = threading.Lock()
         self.preempted = False
+        self.stop_seen = False
+        """SIGTERM arrived: the finish line says so, and the agent gives a stop it asked for its outcome."""
+        self._handles_stop = False
         self._on_preempt: list[Callable[[], Any]] = []
         self._wake = threading.Event()
         self._closed = False
@@ -88,38 +114,74 @@ class Run:
         """
         step = self._step + 1 if step is None else step
         self._step = step
-        for value in metrics.values():
-            if value.__class__ is str:
+        values = dict(metrics)
+        for key, value in values.items():
+            if value.__class__ is float:
+                if value - value != 0.0:  # NaN or an infinity, which JSON cannot hold as a number
+                    values[key] = nonfinite_name(value)
+            elif value.__class__ is str:
                 _as_number(value)
-        self._pending.append({"t": time.time(), "s": step, "m": dict(metrics)})
-        if self.preempted:
+        if self._write_error is not None and len(self._pending) >= MAX_PENDING_LINES:
+            self.dropped += 1
+        else:
+            self._pending.append({"t": time.time(), "s": step, "m": values})
+        if self.preempted and not self._handles_stop:
             self._preempt()
 
     def event(self, kind: str, **data: Any) -> None:
         self._pending.append({"t": time.time(), "e": kind, "d": data})
 
     def flush(self) -> None:
-        """Encode and write what is queued; safe from any thread."""
+        """Encode and write what is queued; safe from any thread.
+
+        A write the disk refuses is kept and retried by the next flush, never raised: training goes on.
+        """
+        with self._lock:
+            if self._closed or not self._write():
+                return
+            if self._pending or self.dropped > self._reported_dropped:
+                self._unwritten = self._encode()
+                self._write()
+
+    def _encode(self) -> bytes:
+        """Every queued line, after a line that reports the points dropped since the last report."""
         pending = self._pending
-        n = len(pending)
-        if not n:
-            return
-        items = [pending.popleft() for _ in range(n)]
+        items = [pending.popleft() for _ in range(len(pending))]
+        dropped = self.dropped - self._reported_dropped
+        if dropped:
+            items.insert(0, {"t": time.time(), "e": DROPPED, "d": {"points": dropped}})
+            self._reported_dropped += dropped
         try:
-            data = _encode_lines(items)
+            return _encode_lines(items)
         except TypeError:
-            data = b"".join(_encode_one(item) for item in items)
-        self._fh.write(data)
-        self._fh.flush()
+            return b"".join(_encode_one(item) for item in items)
+
+    def _write(self) -> bool:
+        """Append the bytes the disk has not taken yet; False while it refuses them (they are kept)."""
+        data = self._unwritten
+        try:
+            while data:
+                data = data[os.write(self._fd, data) :]
+        except OSError as exc:
+            self._unwritten = data
+            if self._write_error is None:
+                print(f"mldeck: cannot write {self.dir.name}'s metrics ({exc}); retrying, with at most "
+                      f"{MAX_PENDING_LINES:,} lines kept in memory and later points dropped and counted",
+                      file=sys.stderr)
+            self._write_error = exc
+            return False
+        self._unwritten = b""
+        if self._write_error is not None:
+            self._write_error = None
+            print(f"mldeck: {self.dir.name}'s metrics are written again ({self.dropped:,} points dropped)",
+                  file=sys.stderr)
+        return True
 
     def _flush_loop(self) -> None:
         while not self._closed:
             self._wake.wait(FLUSH_INTERVAL_S)
             self._wake.clear()
-            try:
-                self.flush()
-            except ValueError:
-                return
+            self.flush()
 
     # files ----------------------------------------------------------------
 
@@ -135,6 +197,33 @@ class Run:
         self.event("artifact", name=dest.name, bytes=_size(dest))
         return dest
 
+    def log_model(
+        self,
+        model: Any,
+        sample: Any,
+        *,
+        input_names: list[str] | None = None,
+        output_names: list[str] | None = None,
+        reference: Any = None,
+        artifact: str = "model",
+        allow_nan: bool = False,
+    ) -> Path:
+        """Export the model into artifacts/ (checked against its live outputs) to register later:
+        `mldeck models register RUN --name NAME`, or `mldeck sweep register SWEEP --name NAME` for a
+        sweep's best trial. sample and reference (the drift reference's training rows) each take a
+        numpy array, a torch tensor, a pandas or polars DataFrame, a pyarrow Table, or a dict of them
+        (one per input); reference may also be a Parquet file's path."""
+        from mldeck.core import modelfile
+
+        folder = self.dir / "artifacts" / check_name(artifact, "artifact name")
+        if folder.exists():  # an earlier attempt of this run (before a preemption) exported here
+            shutil.rmtree(folder)
+        modelfile.export_model(
+            model, sample, folder, input_names, output_names, allow_nan=allow_nan, reference=reference
+        )
+        self.event("log_model", artifact=str(folder.relative_to(self.dir)), bytes=_size(folder))
+        return folder
+
     def register_model(
         self,
         model: Any,
@@ -147,19 +236,10 @@ class Run:
         artifact: str = "model",
         allow_nan: bool = False,
     ) -> Path:
-        """Export the model into artifacts/ (checked against its live outputs) and ask the agent
-        to register it as a new version of name; reference (a pyarrow Table, a mapping of
-        column → array, or a Parquet path) becomes the version's drift reference."""
-        from mldeck.core import modelfile
-
+        """log_model, then ask the agent to register the export as a new version of name."""
         check_name(name, "model name")
-        folder = self.dir / "artifacts" / check_name(artifact, "artifact name")
-        extra = {} if reference is None else {"reference.parquet": _parquet_bytes(reference)}
-        if folder.exists():  # an earlier attempt of this run (before a preemption) exported here
-            shutil.rmtree(folder)
-        modelfile.export_model(
-            model, sample, folder, input_names, output_names, allow_nan=allow_nan, extra_files=extra
-        )
+        folder = self.log_model(model, sample, input_names=input_names, output_names=output_names,
+                                reference=reference, artifact=artifact, allow_nan=allow_nan)
         self.event("register_model", name=name, artifact=str(folder.relative_to(self.dir)))
         self.flush()
         return folder
@@ -187,6 +267,8 @@ class Run:
         """
         latest = self.dir / CHECKPOINTS / LATEST_CHECKPOINT
         if not latest.exists():
+            if int(os.environ.get(ATTEMPT_ENV, "1")) > 1:  # stopped before its first checkpoint: start over
+                self.event("resume", step=-1)
             return None
         info = json.loads(latest.read_text())
         with open(latest.parent / info["file"], "rb") as fh:
@@ -200,8 +282,10 @@ class Run:
 
     @property
     def should_stop(self) -> bool:
-        """True once SIGTERM arrived: a loop that checks it can checkpoint and return by itself."""
-        return self.preempted
+        """True once SIGTERM arrived. A script that reads it stops by itself: from then on log() no
+        longer exits on SIGTERM, and finish() after the loop ends the run as the stop asked."""
+        self._handles_stop = True
+        return self.stop_seen
 
     def on_preempt(self, fn: Callable[[], Any]) -> Callable[[], Any]:
         """Call fn (e.g. one that checkpoints) on the main thread at the first log() after SIGTERM."""
@@ -210,6 +294,7 @@ class Run:
 
     def _on_sigterm(self, signum: int, frame: object) -> None:
         self.preempted = True
+        self.stop_seen = True
 
     def _preempt(self) -> None:
         """Run the preemption callbacks, end the run as preempted and exit 143 (128 + SIGTERM)."""
@@ -221,43 +306,53 @@ class Run:
 
     # lifecycle --------------------------------------------------------------
 
-    def finish(self, status: str = "succeeded", reason: str | None = None) -> None:
+    def finish(self, status: str | None = None, reason: str | None = None) -> None:
+        """End the run: succeeded, or stopped once SIGTERM arrived, unless a status is given.
+
+        The finish line records whether the stop was seen: the agent gives a job it asked to stop
+        the stop's outcome (requeued, stopped, pruned) even when the script then exits 0."""
         if self.finished:
             return
         self.finished = True
-        self.event("finish", status=status, reason=reason)
+        if status is None:
+            status, reason = ("stopped", reason or "SIGTERM") if self.stop_seen else ("succeeded", reason)
+        self.event("finish", status=status, reason=reason, stop_seen=self.stop_seen)
         self.close()
 
     def close(self) -> None:
+        """Write what is left, retrying a refusing disk for FINISH_RETRY_S; never raises for it."""
         if self._closed:
             return
+        deadline = time.monotonic() + FINISH_RETRY_S
         self.flush()
-        self._closed = True
+        while self._write_error is not None and time.monotonic() < deadline:
+            time.sleep(FLUSH_INTERVAL_S)
+            self.flush()
+        with self._lock:
+            if self._write_error is not None:
+                lost = len(self._pending) + self._unwritten.count(b"\n")
+                print(f"mldeck: gave up writing {lost:,} lines of {self.dir.name}'s metrics: "
+                      f"{self._write_error}", file=sys.stderr)
+            self._closed = True
+            os.close(self._fd)
         self._wake.set()
-        self._fh.close()
 
     def _at_exit(self) -> None:
         if not self._closed:
             failed = getattr(sys, "last_value", None) is not None
-            self.finish("failed" if failed else "succeeded")
+            self.finish("failed" if failed else None)
 
     def __enter__(self) -> Run:
         return self
 
     def __exit__(self, exc_type: object, *_: object) -> None:
-        self.finish("failed" if exc_type else "succeeded")
+        self.finish("failed" if exc_type else None)
 
 
-def _parquet_bytes(reference: Any) -> bytes:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    if isinstance(reference, str | os.PathLike):
-        return Path(reference).read_bytes()
-    table = reference if isinstance(reference, pa.Table) else pa.table(dict(reference))
-    sink = pa.BufferOutputStream()
-    pq.write_table(table, sink)
-    return sink.getvalue().to_pybytes()
+def _ends_mid_line(fd: int) -> bool:
+    """Whether the file's last line lacks its newline (its writer was killed mid-line)."""
+    size = os.fstat(fd).st_size
+    return size > 0 and os.pread(fd, 1, size - 1) != b"\n"
 
 
 def _size(path: Path) -> int:
@@ -298,8 +393,9 @@ def init(
 ) -> Run:
     """Start (or, inside an agent job, join) a run and return it.
 
-    On SIGTERM (unless the script installed its own handler) the run's `preempted` flag is
-    set; the next `log()` calls `on_preempt`, finishes the run as preempted and exits 143.
+    On SIGTERM (unless the script installed its own handler) `should_stop` turns true. A script
+    that reads it stops by itself; in one that does not, the next `log()` calls `on_preempt`,
+    finishes the run as preempted and exits 143.
     Under torchrun only rank 0 writes metrics.jsonl; other ranks write metrics-rank<N>.jsonl.
     """
     env_dir = os.environ.get(RUN_DIR_ENV)

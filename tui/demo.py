@@ -94,13 +94,13 @@ async def sweep_step(client: Client, say: Say, gpus: int) -> dict[str, Any]:
 
     shown = await until("the sweep", finished, timeout=240)
     trials = shown["trials"]
-    stopped = [t for t in trials if t.get("status") == "stopped"]
+    pruned = [t for t in trials if t.get("status") == "pruned"]
     best = next((t for t in trials if t["status"] == "succeeded"), None)
     if best is None:
         raise DemoFailed(f"the sweep: no trial succeeded ({[t['status'] for t in trials]})")
-    say(f"    {len(trials)} trials, {len(stopped)} stopped early; best {best['run_id']} "
+    say(f"    {len(trials)} trials, {len(pruned)} stopped early; best {best['run_id']} "
         f"val_loss {best.get('best') or float('nan'):.4f}")
-    return {"sweep_id": sweep["sweep_id"], "trials": len(trials), "stopped_early": len(stopped),
+    return {"sweep_id": sweep["sweep_id"], "trials": len(trials), "stopped_early": len(pruned),
             "best_run": best["run_id"], "best_val_loss": best.get("best")}
 
 

@@ -234,12 +234,12 @@ def test_sweep_early_stopping(agent: AgentProc, scripts: Path) -> None:
     sweep = agent.cli("sweep", "show", sweep_id, "--json", check=True).json()
     trials = sweep["trials"]
     assert trials[0]["params"]["x"] == 0 and trials[0]["status"] == "succeeded"
-    stopped = [t for t in trials if t["status"] == "stopped"]
-    assert stopped, trials
-    assert all(t["status_reason"].startswith("early stop (median rule") for t in stopped)
-    assert all(t["params"]["x"] >= 5 for t in stopped)
+    pruned = [t for t in trials if t["status"] == "pruned"]
+    assert pruned, trials
+    assert all(t["status_reason"].startswith("median rule: best ") for t in pruned)
+    assert all(t["params"]["x"] >= 5 for t in pruned)
     table = agent.cli("sweep", "show", sweep_id, check=True).out
-    assert "RANK" in table and "median rule" in table
+    assert "RANK" in table and "pruned" in table and "median rule" in table
 
 
 @pytest.mark.timeout(240)
@@ -399,3 +399,54 @@ def test_job_dead_while_agent_down_is_marked(tmp_path: Path, scripts: Path) -> N
             second.stop()
     finally:
         first.stop()
+
+
+# Reads should_stop as the README's loop does: on SIGTERM it breaks and exits 0 by itself.
+POLITE = """
+import pathlib, sys, time
+import mldeck
+run = mldeck.init()
+step = 0
+while not run.should_stop:
+    run.log({"loss": 1.0}, step=step)
+    step += 1
+    time.sleep(0.05)
+run.finish()
+print("stopped by itself at", step, flush=True)
+"""
+
+# Ends its run, then lingers until released: a stop that comes now finds the work done.
+DONE_FIRST = """
+import pathlib, sys, time
+import mldeck
+release = pathlib.Path(sys.argv[sys.argv.index("--release") + 1])
+run = mldeck.init()
+run.log({"loss": 1.0}, step=0)
+run.finish()
+print("finished", flush=True)
+while not release.exists():
+    time.sleep(0.05)
+"""
+
+
+@pytest.mark.timeout(60)
+def test_a_stop_the_script_saw_is_the_outcome_though_it_exits_0(agent: AgentProc, scripts: Path) -> None:
+    (scripts / "polite.py").write_text(POLITE)
+    run_id = launch(agent, scripts / "polite.py")
+    wait_for(lambda: run_json(agent, run_id)["metrics"], what="a step logged")
+    agent.cli("runs", "stop", run_id, check=True)
+    run = wait_status(agent, run_id, "stopped", "succeeded", "failed")
+    assert (run["status"], run["status_reason"], run["exit_code"]) == ("stopped", "stopped on request", 0)
+    assert "stopped by itself" in rpc(agent, "runs.logs", run_id=run_id)["data"]
+
+
+@pytest.mark.timeout(60)
+def test_a_run_that_finished_before_the_stop_came_succeeded(agent: AgentProc, scripts: Path) -> None:
+    (scripts / "done_first.py").write_text(DONE_FIRST)
+    release = scripts / "release-done"
+    run_id = launch(agent, scripts / "done_first.py", release=str(release))
+    wait_for(lambda: "finished" in rpc(agent, "runs.logs", run_id=run_id)["data"], what="the run finished")
+    rpc(agent, "runs.stop", run_id=run_id, requeue=True, grace_s=30)
+    release.touch()
+    run = wait_status(agent, run_id, "succeeded", "preempted", "stopped", "failed")
+    assert (run["status"], run["exit_code"], run["resumed_count"]) == ("succeeded", 0, 0)

@@ -17,9 +17,9 @@ def check_story(cli: Cli, figures: dict[str, Any]) -> None:
     shown = cli("sweep", "show", sweep["sweep_id"])
     trials = shown["trials"]
     assert len(trials) == 4
-    stopped = [t for t in trials if t["status"] == "stopped"]
-    assert stopped, f"early stopping stopped no trial: {[(t['status'], t.get('best')) for t in trials]}"
-    assert all("median" in (t.get("status_reason") or "") for t in stopped)
+    pruned = [t for t in trials if t["status"] == "pruned"]
+    assert pruned, f"early stopping pruned no trial: {[(t['status'], t.get('best')) for t in trials]}"
+    assert all("median" in (t.get("status_reason") or "") for t in pruned)
     assert trials[0]["run_id"] == figures["sweep"]["best_run"]
 
     versions = {v["version"]: v for v in cli("models", "versions", MODEL)}

@@ -9,9 +9,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from mldeck.core.errors import NotFound
+from mldeck.core.errors import Invalid, NotFound, Refused
 from mldeck.tui.cli.connect import agent_client, call_agent
-from mldeck.tui.cli.output import CliError, print_json, print_table, show, when
+from mldeck.tui.cli.output import print_json, print_table, show, when
 from mldeck.tui.units import number
 
 MAX_METRIC_COLUMNS = 6
@@ -30,7 +30,7 @@ def parse_ref(text: str, need_version: bool = False) -> dict[str, Any]:
         form = "NAME/VERSION (e.g. demo/3)" if need_version else (
             "NAME@ALIAS or NAME/VERSION (e.g. demo@production)"
         )
-        raise CliError(f"{text!r} is not {form}")
+        raise Invalid(f"{text!r} is not {form}")
     ref: dict[str, Any] = {"name": match["name"]}
     if match["alias"]:
         ref["alias"] = match["alias"]
@@ -42,7 +42,7 @@ def parse_ref(text: str, need_version: bool = False) -> dict[str, Any]:
 def parse_version(text: str) -> int:
     digits = text.removeprefix("v")
     if not digits.isdigit() or int(digits) < 1:
-        raise CliError(f"version must be a number like 3 or v3, got {text!r}")
+        raise Invalid(f"version must be a number like 3 or v3, got {text!r}")
     return int(digits)
 
 
@@ -56,7 +56,7 @@ def metric_keys(versions: list[dict[str, Any]]) -> list[str]:
     return preferred[:MAX_METRIC_COLUMNS]
 
 
-def _print_registered(row: dict[str, Any]) -> None:
+def print_registered(row: dict[str, Any]) -> None:
     print(f"registered {row['name']} v{row['version']} from run {row['run_id']}")
     print(f"artifact: {row['artifact']} ({row['signature'].get('format')})")
     for note in row.get("notes") or []:
@@ -70,7 +70,7 @@ async def register_cmd(args: argparse.Namespace) -> int:
     row = await call_agent(
         args, "models.register", run_id=args.run, name=args.name, artifact=artifact, actor=actor()
     )
-    return show(args, row, _print_registered)
+    return show(args, row, print_registered)
 
 
 async def _current(client: Any, name: str, alias: str) -> dict[str, Any] | None:
@@ -88,9 +88,9 @@ def confirm(question: str) -> bool:
 async def promote_cmd(args: argparse.Namespace) -> int:
     version = parse_version(args.version)
     if args.force and not args.reason:
-        raise CliError("--force needs --reason TEXT: the audit log records why the gates were overridden")
+        raise Invalid("--force needs --reason TEXT: the audit log records why the gates were overridden")
     if not args.yes and not sys.stdin.isatty():
-        raise CliError(
+        raise Invalid(
             f"promoting changes what {args.to} serves; not on a terminal, so pass --yes to confirm"
         )
     async with agent_client(args) as client:
@@ -100,7 +100,7 @@ async def promote_cmd(args: argparse.Namespace) -> int:
             now = f"replacing v{current['version']}" if current else "a new alias"
             metrics = ", ".join(f"{k} {number(v)}" for k, v in sorted(candidate["metrics"].items()))
             if not confirm(f"promote {args.name} v{version} ({metrics}) to {args.to}, {now}?"):
-                raise CliError("not promoted", code=1)
+                raise Refused("not promoted")
         result = await client.call(
             "models.promote", name=args.name, version=version, alias=args.to, reason=args.reason,
             force=args.force, actor=actor(),

@@ -1,4 +1,4 @@
-"""`mldeck sweep SCRIPT --grid ... --random ...`, `mldeck sweep show|ls|stop`: hyperparameter sweeps."""
+"""`mldeck sweep SCRIPT --grid ... --random ...`, `mldeck sweep show|ls|stop|register`: sweeps."""
 
 from __future__ import annotations
 
@@ -7,12 +7,14 @@ from typing import Any
 
 from mldeck.core.errors import UsageError
 from mldeck.tui.cli.connect import call_agent
+from mldeck.tui.cli.models_cmd import actor, print_registered
 from mldeck.tui.cli.output import print_table, show
 from mldeck.tui.cli.run_cmd import add_launch_options, is_local, launch_params, misplaced, order_note
 
-ACTIONS = ("show", "ls", "stop")
+ACTIONS = ("show", "ls", "stop", "register")
 USAGE = """%(prog)s [OPTIONS] (SCRIPT | -m MODULE) --metric NAME [-- SCRIPT_ARGS ...]
        %(prog)s show|stop SWEEP_ID
+       %(prog)s register SWEEP_ID --name MODEL
        %(prog)s ls"""
 
 
@@ -74,8 +76,21 @@ async def stop(args: argparse.Namespace, sweep_id: str) -> int:
     return show(args, result, lambda r: print(f"{sweep_id}: stopped {len(r['stopped'])} trials"))
 
 
+def _print_best(row: dict[str, Any]) -> None:
+    print(f"best trial of {row['sweep_id']}: {row['run_id']} ({row['metric']} {row['best']:.6g})")
+    print_registered(row)
+
+
+async def register_best(args: argparse.Namespace, sweep_id: str) -> int:
+    if not args.name:
+        raise UsageError("mldeck sweep register needs --name MODEL: its best trial becomes a version of it")
+    result = await call_agent(args, "sweeps.register", sweep_id=sweep_id, name=args.name, actor=actor())
+    return show(args, result, _print_best)
+
+
 async def sweep(args: argparse.Namespace) -> int:
-    """`sweep SCRIPT ...` creates; `sweep show ID`, `sweep ls`, `sweep stop ID` inspect and stop."""
+    """`sweep SCRIPT ...` creates; `sweep show ID`, `sweep ls`, `sweep stop ID` inspect and stop;
+    `sweep register ID --name MODEL` registers the best trial."""
     if args.script not in ACTIONS or args.module:
         return await create(args)
     if args.script_args:
@@ -86,18 +101,18 @@ async def sweep(args: argparse.Namespace) -> int:
         return await ls(args)
     if args.sweep_id is None:
         raise UsageError(f"mldeck sweep {args.script} needs a SWEEP_ID (`mldeck sweep ls` lists them)")
-    action = show_cmd if args.script == "show" else stop
-    return await action(args, args.sweep_id)
+    actions = {"show": show_cmd, "stop": stop, "register": register_best}
+    return await actions[args.script](args, args.sweep_id)
 
 
 def register(sub: Any, common: argparse.ArgumentParser) -> None:
     p = sub.add_parser(
-        "sweep", parents=[common], help="run a hyperparameter sweep (or: sweep show|ls|stop)",
+        "sweep", parents=[common], help="run a hyperparameter sweep (or: sweep show|ls|stop|register)",
         description=__doc__, usage=USAGE,
         epilog=order_note("mldeck sweep train.py --grid lr=1e-3,1e-2 --metric val_loss -- --epochs 3"),
     )
     add_launch_options(p)
-    p.add_argument("sweep_id", nargs="?", metavar="SWEEP_ID", help="with show or stop: the sweep")
+    p.add_argument("sweep_id", nargs="?", metavar="SWEEP_ID", help="with show, stop or register: the sweep")
     p.add_argument("--grid", action="append", metavar="K=V1,V2", help="a grid axis (repeat)")
     p.add_argument("--random", action="append", metavar="K=DIST(A,B)",
                    help="a random axis: uniform, loguniform, int or choice (repeat)")
