@@ -38,13 +38,13 @@ from mldeck.core.registry import (
     RollbackParams,
     VersionsParams,
 )
+from mldeck.core.signature import REFERENCE_FILE
 
 log = logging.getLogger("mldeck.registry")
 
 TOPIC = "models"
 EVENT_FIELDS = ("name", "alias", "version", "from_version", "action")
 VERIFY_TIMEOUT_S = 300.0
-REFERENCE_FILE = "reference.parquet"
 REFUSED_STATUSES = {"failed", "queued"}
 _PACKAGE_ROOT = str(Path(registry.__file__).resolve().parent.parent)
 
