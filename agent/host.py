@@ -135,7 +135,7 @@ class Host:
             "rss_bytes": proc.memory_info().rss,
             "cpu_pct": proc.cpu_percent(None),
             "connections": len(self.server.connections),
-            "ingest": {"rows": self.ingest.rows_committed, "bad_lines": self.ingest.bad_lines},
+            "ingest": self.ingest.status(),
             "nvml": self.nvml_state,
             "task_failures": self.ctx.tasks.status(),
         }

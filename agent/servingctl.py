@@ -2,7 +2,9 @@
 serve, ingest its logs, and answer the `serving.*` methods.
 
 The server (`python -m mldeck.agent.serving`, which imports torch) is a child process,
-restarted with backoff if it dies while wanted. What it serves comes from
+restarted with backoff if it dies while wanted. An agent that restarts after a crash adopts
+the server its predecessor left running (same pid and start time, ready, same [serving]
+settings) instead of replacing it, so serving never stops for the agent's sake. What it serves comes from
 `serving/manifest.json`, written here atomically from the aliases table and the
 traffic split whenever the registry publishes on `models` (and on a slow poll of
 the store behind that). Its prediction, feedback and alert lines are ingested
@@ -34,6 +36,7 @@ from mldeck.core.errors import Invalid, NotFound, Unavailable
 from mldeck.core.protocol import NoParams
 from mldeck.core.registry import get_version
 from mldeck.core.serving import LabelledParams, StatsParams, TrafficParams
+from mldeck.core.servingtoken import HEADER, SCHEME, bearer, serving_token, token_path
 from mldeck.core.signature import column_names, tensor_columns
 
 if TYPE_CHECKING:
@@ -53,6 +56,7 @@ BACKOFF_MAX_S = 30.0
 STABLE_S = 60.0
 LOG_FILE = "server.log"
 PID_FILE = "server.pid"
+ADOPTED_POLL_S = 0.5
 
 _INT = pa.int32()
 _STR = pa.string()
@@ -84,7 +88,7 @@ class Serving:
         self.ingest = ingest
         self.config = ctx.config.serving
         self.dir = ctx.layout.serving
-        self.proc: asyncio.subprocess.Process | None = None
+        self.proc: asyncio.subprocess.Process | Adopted | None = None
         self._usage: tuple[int, float, float] | None = None  # pid, monotonic time, CPU seconds
         self.wanted = False
         self.started_at: float | None = None
@@ -141,6 +145,14 @@ class Serving:
     async def stop_server(self, p: NoParams) -> dict[str, Any]:
         await self.terminate()
         return self.describe()
+
+    @rpc("serving.token")
+    async def token(self, p: NoParams) -> dict[str, Any]:
+        """The token feedback (and, with require_token, everything) must carry; made on first use."""
+        home = self.ctx.layout.home
+        token = await asyncio.to_thread(serving_token, home)
+        return {"token": token, "header": f"{HEADER}: {SCHEME}{token}", "path": str(token_path(home)),
+                "required_for": "everything but health" if self.config.require_token else "feedback"}
 
     @rpc("serving.stats")
     async def stats(self, p: StatsParams) -> dict[str, Any]:
@@ -217,6 +229,10 @@ class Serving:
 
     async def refresher(self) -> None:
         """Refresh when the registry says so, and every POLL_S behind that; a failure never ends it."""
+        try:
+            await self.resume()
+        except Exception as exc:
+            self.ctx.tasks.failed("serving-manifest", exc)
         while True:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._dirty.wait(), POLL_S)
@@ -244,19 +260,49 @@ class Serving:
             "--device", c.device, "--log-queue", str(c.log_queue), "--segment-bytes", str(c.segment_bytes),
         ]
 
-    def _end_orphan(self) -> None:
-        """A server left by an agent that was killed still holds the port: end it (it is ours)."""
+    def _left_running(self) -> psutil.Process | None:
+        """The model server of this home an earlier agent started, if it still runs (pid and start time)."""
         try:
-            pid = int((self.dir / PID_FILE).read_text())
-            proc = psutil.Process(pid)
+            record = msgspec.json.decode((self.dir / PID_FILE).read_bytes(), type=ServerRecord)
+            proc = psutil.Process(record.pid)
+            if abs(proc.create_time() - record.created) > 1.0:
+                return None  # the pid was reused
             cmdline = proc.cmdline()
-        except (OSError, ValueError, psutil.Error):
-            return
-        if "mldeck.agent.serving" in cmdline and str(self.ctx.layout.home) in cmdline:
-            log.warning("ending model server pid %d left by an earlier agent", pid)
+        except (OSError, msgspec.DecodeError, msgspec.ValidationError, psutil.Error):
+            return None
+        return proc if "mldeck.agent.serving" in cmdline and str(self.ctx.layout.home) in cmdline else None
+
+    def _end_orphan(self) -> None:
+        """A server left by an agent that was killed, and not adopted, still holds the port: end it."""
+        proc = self._left_running()
+        if proc is not None:
+            log.warning("ending model server pid %d left by an earlier agent", proc.pid)
             with contextlib.suppress(psutil.Error):
                 proc.terminate()
                 proc.wait(STOP_TIMEOUT_S)
+
+    async def resume(self) -> None:
+        """Adopt the server an earlier agent left running if it is ready and runs these settings."""
+        async with self._launching:
+            proc = await asyncio.to_thread(self._left_running)
+            if proc is None or self.running:
+                return
+            stats = await self._get(sv.STATS_PATH, window_s="1")
+            why = ("it does not answer" if stats is None or stats.get("pid") != proc.pid
+                   else "it is not ready" if not stats.get("ready")
+                   else "[serving] changed" if stats.get("config") != self.config.for_server() else None)
+            if why is not None:
+                log.warning("not adopting model server pid %d left by an earlier agent: %s; replacing it",
+                            proc.pid, why)
+                return
+            await self.write_manifest()
+            self.proc = Adopted(proc)
+            self.wanted = True
+            self.last_exit = None
+            self.started_at = proc.create_time()
+            log.info("adopted model server pid %d, left running by an earlier agent", proc.pid)
+            self.ctx.hub.publish(TOPIC, {"kind": "state", "state": "adopted", "pid": proc.pid})
+            self.ctx.tasks.spawn(self.supervise(self.proc), "serving-supervisor")
 
     async def _spawn(self) -> asyncio.subprocess.Process:
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -268,7 +314,9 @@ class Serving:
             )
         self.proc = proc
         self.started_at = time.time()
-        (self.dir / PID_FILE).write_text(str(proc.pid))
+        with contextlib.suppress(psutil.Error):  # one that died at once is supervised all the same
+            record = ServerRecord(proc.pid, psutil.Process(proc.pid).create_time())
+            write_atomic(self.dir / PID_FILE, msgspec.json.encode(record))
         log.info("model server started: pid %d on %s", proc.pid, self.url)
         self.ctx.hub.publish(TOPIC, {"kind": "state", "state": "starting", "pid": proc.pid})
         return proc
@@ -301,7 +349,7 @@ class Serving:
             f"the model server did not answer within {START_TIMEOUT_S:.0f}s; "
             f"see {self.dir / LOG_FILE}")
 
-    async def supervise(self, proc: asyncio.subprocess.Process) -> None:
+    async def supervise(self, proc: asyncio.subprocess.Process | Adopted) -> None:
         """Restart the server if it dies while wanted, backing off when it keeps dying."""
         backoff = 1.0
         while True:
@@ -342,7 +390,8 @@ class Serving:
         if self._session is None:
             self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5))
         try:
-            async with self._session.get(self.url + path, params=query) as resp:
+            headers = bearer(await asyncio.to_thread(serving_token, self.ctx.layout.home))
+            async with self._session.get(self.url + path, params=query, headers=headers) as resp:
                 return await resp.json() if resp.status == 200 else None
         except (aiohttp.ClientError, TimeoutError, ValueError):
             return None
@@ -389,6 +438,47 @@ class Serving:
         if gone:
             await self.ingest.forget(gone)
             log.info("deleted %d ingested log segments: %s", len(gone), ", ".join(p.name for p in gone))
+
+class ServerRecord(msgspec.Struct, array_like=True):
+    """server.pid: the server's pid and start time, so a pid reused by another process is not taken."""
+
+    pid: int
+    created: float
+
+
+class Adopted:
+    """A server an earlier agent started: not our child, so it is watched by pid (asyncio's Process API).
+
+    Its exit status cannot be known; `returncode` is 0 once it is gone.
+    """
+
+    def __init__(self, proc: psutil.Process) -> None:
+        self._proc = proc
+        self.pid = proc.pid
+        self.returncode: int | None = None
+
+    async def wait(self) -> int:
+        while self.returncode is None:
+            if not await asyncio.to_thread(self._alive):
+                self.returncode = 0
+                break
+            await asyncio.sleep(ADOPTED_POLL_S)
+        return self.returncode
+
+    def _alive(self) -> bool:
+        try:
+            return self._proc.status() != psutil.STATUS_ZOMBIE
+        except psutil.NoSuchProcess:
+            return False
+
+    def terminate(self) -> None:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            self._proc.terminate()
+
+    def kill(self) -> None:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            self._proc.kill()
+
 
 def _tail(path: Path, lines: int = 1) -> str:
     try:

@@ -4,6 +4,29 @@ from __future__ import annotations
 
 import duckdb
 
+RELATIVE_OFFSETS = r"""
+    CREATE TEMP TABLE _relative AS
+        SELECT o.path AS abs, o."offset", o.lines,
+               coalesce(starts_with(o.path, h.home || '/'), false) AS here,
+               coalesce(
+                   CASE WHEN starts_with(o.path, h.home || '/') THEN substr(o.path, length(h.home) + 2) END,
+                   nullif(regexp_extract(o.path, '/((?:runs|serving)/[^/]+/[^/]+)$', 1), ''),
+                   nullif(regexp_extract(o.path, '/(serving/[^/]+)$', 1), '')) AS rel
+        FROM ingest_offsets o LEFT JOIN (
+            SELECT regexp_replace(path, '/[^/]*$', '') AS home FROM duckdb_databases()
+            WHERE database_name = current_database()) h ON true
+        WHERE starts_with(o.path, '/');
+    DELETE FROM ingest_offsets WHERE path IN (SELECT abs FROM _relative WHERE rel IS NOT NULL);
+    INSERT INTO ingest_offsets
+        SELECT rel, "offset", lines FROM _relative WHERE rel IS NOT NULL
+        QUALIFY row_number() OVER (PARTITION BY rel ORDER BY here DESC, "offset" DESC) = 1
+        ON CONFLICT (path) DO NOTHING;
+    DROP TABLE _relative;
+"""
+"""Ingest offsets keyed by the path relative to the home (the store's folder), so a moved or copied home
+is not ingested again. An absolute key under the home loses the home; one of a home moved before this
+upgrade keeps its runs/… or serving/… tail; where both name one file, the one under the home wins."""
+
 MIGRATIONS: list[str] = [
     # 1: the tables of DESIGN.md. Timestamps are epoch seconds (DOUBLE) throughout.
     """
@@ -109,6 +132,21 @@ MIGRATIONS: list[str] = [
     # what the model server used, as increments per accounting tick (cost per model from serving)
     """
     CREATE TABLE serving_usage (ts DOUBLE, pid INTEGER, gpu_seconds DOUBLE, cpu_seconds DOUBLE);
+    """,
+    RELATIVE_OFFSETS,
+    # points a run's SDK dropped while its disk refused writes
+    """
+    ALTER TABLE runs ADD COLUMN dropped_points BIGINT;
+    """,
+    # drift: why each column got its type and its test; explanations kept next to served predictions
+    """
+    ALTER TABLE drift_reports ADD COLUMN kind_reason VARCHAR;
+    ALTER TABLE drift_reports ADD COLUMN method_reason VARCHAR;
+    CREATE TABLE explanations (
+        request_id VARCHAR, model VARCHAR, version INTEGER, "row" INTEGER, ts DOUBLE, method VARCHAR,
+        baseline VARCHAR, output VARCHAR, target INTEGER, score DOUBLE, baseline_score DOUBLE, delta DOUBLE,
+        features JSON
+    );
     """,
 ]
 

@@ -351,6 +351,31 @@ class Store:
                     self._queries[cur] = why
                     cur.interrupt()
 
+    def damaged_tables(self) -> dict[str, str]:
+        """Each table whose data cannot be read back, with why: checked at every start."""
+        return damaged_tables(self.cur())
+
+
+def tables(con: duckdb.DuckDBPyConnection) -> list[str]:
+    """The store's own tables, by name."""
+    return [r[0] for r in con.execute(
+        "SELECT table_name FROM duckdb_tables() WHERE database_name = current_database() "
+        "AND NOT temporary ORDER BY table_name").fetchall()]
+
+
+def damaged_tables(con: duckdb.DuckDBPyConnection) -> dict[str, str]:
+    """Each table whose data cannot be read back, with DuckDB's error (a block whose checksum fails).
+
+    Every value of every column is read (hashed): count(*), min and max are answered from the file's
+    statistics without reading a data block, so they would call a damaged table healthy."""
+    damaged = {}
+    for table in tables(con):
+        try:
+            con.execute(f"SELECT min(hash(COLUMNS(*))) FROM {_ident_q(table)}").fetchall()
+        except duckdb.Error as exc:
+            damaged[table] = _first_line(exc)
+    return damaged
+
 
 def _first_line(exc: Exception) -> str:
     """A DuckDB error's first line (the rest repeats the SQL), kept short: it may quote the query."""
