@@ -9,12 +9,13 @@ import fcntl
 import logging
 import os
 import signal
-from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
+from mldeck.agent.backups import Backups
 from mldeck.agent.collector import Collector
 from mldeck.agent.cost import Cost
+from mldeck.agent.explain import Explainer
 from mldeck.agent.host import Host
 from mldeck.agent.ingest import Ingest
 from mldeck.agent.jobs import Jobs
@@ -22,6 +23,7 @@ from mldeck.agent.monitor import Monitor
 from mldeck.agent.nvml import Nvml
 from mldeck.agent.pipelines import Pipelines
 from mldeck.agent.query import Query
+from mldeck.agent.recover import check_not_lost, open_checked, recover_store
 from mldeck.agent.registry import Registry
 from mldeck.agent.rpc import Dispatcher, Hub, RpcServer
 from mldeck.agent.runs import Runs
@@ -35,10 +37,6 @@ from mldeck.core.paths import Layout
 from mldeck.core.store import Store
 
 log = logging.getLogger("mldeck.agent")
-T = TypeVar("T")
-
-FEATURES: list[Callable[[Agent], None]] = []
-
 
 class AlreadyRunning(RuntimeError):
     """Another agent holds this home."""
@@ -66,23 +64,6 @@ class Agent:
         self._readers = concurrent.futures.ThreadPoolExecutor(2, thread_name_prefix="store-reader")
         self._lock_fd: int | None = None
         self._stopping = asyncio.Event()
-        self.on_stop: list[Callable[[], Any]] = []
-
-    async def db(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        return await self.ctx.db(fn, *args, **kwargs)
-
-    async def read(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        return await self.ctx.read(fn, *args, **kwargs)
-
-    def spawn(self, coro: Any, name: str) -> asyncio.Task[Any]:
-        return self.tasks.spawn(coro, name)
-
-    def every(self, seconds: float, tick: Callable[[], Awaitable[None]], name: str) -> asyncio.Task[Any]:
-        return self.tasks.every(seconds, tick, name)
-
-    @property
-    def topics(self) -> set[str]:
-        return self.hub.topics
 
     def _take_lock(self) -> None:
         fd = os.open(self.layout.lockfile, os.O_RDWR | os.O_CREAT, 0o600)
@@ -109,22 +90,24 @@ class Agent:
         serving = Serving(ctx, self.ingest, self.collector)
         pipelines = Pipelines(ctx, jobs, registry, self.ingest)
         monitor = Monitor(ctx, registry, pipelines)
-        return [host, jobs, runs, cost, registry, sweeps, query, serving, pipelines, monitor]
+        backups = Backups(ctx)
+        explainer = Explainer(ctx)
+        return [host, jobs, runs, cost, registry, sweeps, query, serving, pipelines, monitor, backups,
+                explainer]
 
     async def start(self) -> None:
         self.layout.ensure()
         self._take_lock()
-        self.store = await asyncio.get_running_loop().run_in_executor(self._writer, Store, self.layout.db)
+        check_not_lost(self.layout)
+        self.store = await asyncio.get_running_loop().run_in_executor(self._writer, open_checked, self.layout)
         self.ctx = Context(self.config, self.layout, self.store, self.hub, self.tasks, self._writer,
                            self._readers)
         self.nvml.start()
         self.collector = Collector(self.ctx, self.nvml)
-        self.ingest = Ingest(self.store, self.layout.home, self.db, self.hub.publish)
+        self.ingest = Ingest(self.store, self.layout.home, self.ctx.db, self.hub.publish)
         self.services = self.compose(self.ctx)
         for service in self.services:
             self.dispatcher.bind(service)
-        for feature in FEATURES:
-            feature(self)
         for service in self.services:
             if hasattr(service, "start"):
                 await service.start()
@@ -132,8 +115,19 @@ class Agent:
         self.layout.pidfile.write_text(str(os.getpid()))
         self.ctx.tasks.every(self.config.agent.collector_interval_s, self.collector.tick, "collector",
                              first=0, from_start=True)
-        self.spawn(self.ingest.run(), "ingest")
+        self.tasks.spawn(self.ingest.run(), "ingest")
         log.info("agent up: home %s, pid %d", self.layout.home, os.getpid())
+
+    async def recover(self) -> dict[str, Any]:
+        """Rebuild a lost or damaged store from the home's files, holding the home as an agent would."""
+        self.layout.ensure()
+        self._take_lock()
+        try:
+            return await recover_store(self.layout, self._writer)
+        finally:
+            self._writer.shutdown()
+            if self._lock_fd is not None:
+                os.close(self._lock_fd)
 
     def request_stop(self) -> None:
         self._stopping.set()
@@ -146,10 +140,6 @@ class Agent:
         await self.stop()
 
     async def stop(self) -> None:
-        for hook in self.on_stop:
-            result = hook()
-            if asyncio.iscoroutine(result):
-                await result
         for service in reversed(self.services):
             if hasattr(service, "stop"):
                 await service.stop()
@@ -157,7 +147,7 @@ class Agent:
         await self.rpc.stop()
         await self.collector.flush()
         await self.tasks.stop()
-        await self.db(self.store.close)
+        await self.ctx.db(self.store.close)
         self._writer.shutdown()
         self._readers.shutdown()
         self.nvml.shutdown()

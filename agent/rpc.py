@@ -43,12 +43,6 @@ class Dispatcher:
     def __init__(self) -> None:
         self.methods: dict[str, Method] = {}
 
-    def add(self, name: str, params: type[msgspec.Struct], handler: Callable[..., Awaitable[Any]]) -> None:
-        """Transitional: a legacy feature's handler(params, conn); removed once all are services."""
-        if name in self.methods:
-            raise ValueError(f"method {name} bound twice")
-        self.methods[name] = Method(params, handler, True)
-
     def bind(self, service: object) -> None:
         """Add every method of `service` marked with `@rpc`."""
         for attr in dir(type(service)):
