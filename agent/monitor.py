@@ -1,9 +1,10 @@
 """The drift monitor: judge each production version's traffic window by window, and act on it.
 
 Every `monitor.interval_s` it looks for closed tumbling windows (time or rows, see
-core.monitor) of each model's production version, tests every input column and every
-output against the version's reference profile (core.drift; outputs against the model's
-stored sample outputs), scores the labelled requests (accuracy, ECE), and writes one
+core.monitor) of each model's production version, tests every input column (an image's or a
+sequence's summary features, core.summaries) and every output against the version's reference
+profile (core.judge, core.drift; outputs against the model's stored sample outputs), scores
+the labelled requests (accuracy, ECE), and writes one
 drift_reports row per column plus one monitor_windows row, publishing on `drift`. Then the
 model's policy (config `[monitor.models.NAME]`) may raise an alert (`alerts` topic), start
 its retraining pipeline, or roll production back; each automatic action is audited by
@@ -94,8 +95,9 @@ class Monitor:
                 return []
             return mon.time_windows(first, after, now, self.spec.size, self.cfg.grace_s)
         size = int(self.spec.size)
-        ts = await self.ctx.read(mon.prediction_ts_after, self.store, name, version, after, size * 20 + 1)
-        return [(a, b) for a, b, _ in mon.row_windows(ts, size)]
+        ts, rows = await self.ctx.read(mon.prediction_rows_after, self.store, name, version, after,
+                                       size * 20 + 1)
+        return [(a, b) for a, b, _ in mon.row_windows(ts, rows, size)]
 
     async def judge_model(self, row: dict[str, Any]) -> list[dict[str, Any]]:
         name, version = row["name"], row["version"]
@@ -105,13 +107,14 @@ class Monitor:
         policy = self.cfg.policy(name)
         judged = []
         for start, end in await self._windows(name, version, time.time()):
-            rows = await self.ctx.read(mon.window_rows, self.store, name, version, start, end,
-                                       self.spec.kind == "rows")
-            summary: dict[str, Any] = {"n_rows": 0, "n_requests": len(rows), "n_columns": 0}
+            rows, n_rows = await self.ctx.read(mon.window_rows, self.store, name, version, start, end,
+                                               self.spec.kind == "rows")
+            summary: dict[str, Any] = {"n_rows": n_rows, "n_requests": len(rows), "n_columns": 0}
             results: list[dict[str, Any]] = []
-            if len(rows) >= self.cfg.min_rows:
+            if n_rows >= self.cfg.min_rows:
                 try:
-                    summary, results = await asyncio.to_thread(judge_window, ref, policy, rows)
+                    summary, results = await asyncio.to_thread(judge_window, ref, policy, rows,
+                                                                self.cfg.column_types)
                 except ValueError as exc:
                     log.warning("%s v%d window %.0f-%.0f not judged: %s", name, version, start, end, exc)
             now = time.time()
@@ -316,7 +319,8 @@ class Monitor:
                                                time.time())
         if not rows:
             raise NotFound(f"{p.name} v{version} has no logged predictions in the last {spec}")
-        summary, cols = await asyncio.to_thread(judge_window, ref, self.cfg.policy(p.name), rows)
+        summary, cols = await asyncio.to_thread(judge_window, ref, self.cfg.policy(p.name), rows,
+                                                self.cfg.column_types)
         return {"name": p.name, "model": p.name, "version": version, "source": "live", "window_start": start,
                 "window_end": end, **summary, "columns": cols}
 
@@ -336,9 +340,10 @@ class Monitor:
             raise NotFound(f"no judged {self.spec} window of {p.name} v{version} yet: the current "
                            "distribution comes from the latest window the monitor has judged")
         start, end = last["window_start"], last["window_end"]
-        rows = await self.ctx.read(mon.window_rows, self.store, p.name, version, start, end,
-                                   self.spec.kind == "rows")
-        shares = await asyncio.to_thread(column_distribution, ref, p.column, rows, p.bins)
+        rows, _ = await self.ctx.read(mon.window_rows, self.store, p.name, version, start, end,
+                                      self.spec.kind == "rows")
+        shares = await asyncio.to_thread(column_distribution, ref, p.column, rows, p.bins,
+                                         self.cfg.column_types)
         return {"name": p.name, "column": p.column, "version": version, "window_start": start,
                 "window_end": end, **shares}
 

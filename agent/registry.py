@@ -221,6 +221,8 @@ class Registry:
 
     @rpc("models.rollback")
     async def models_rollback(self, p: RollbackParams) -> dict[str, Any]:
+        if p.dry_run:
+            return await self.ctx.read(registry.preview_rollback, self.store, p.name, p.alias)
         return await self.rollback(p.name, p.alias, p.actor or self.user, p.reason)
 
     @rpc("models.archive")

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, ClassVar, Literal
 
 import msgspec
 
@@ -26,6 +26,8 @@ class AgentSection(Section):
 
 class ServingSection(Section):
     """The model server (agent/serving): where it listens and how it batches (Triton's knobs)."""
+
+    AGENT_ONLY: ClassVar[frozenset[str]] = frozenset({"autostart", "keep_segments"})  # not the server's
 
     host: str = "127.0.0.1"
     port: int = 8700
@@ -54,6 +56,10 @@ class ServingSection(Section):
         if self.keep_segments < 0:
             raise ValueError("keep_segments is how many log segments per model to keep; 0 keeps all")
 
+    def for_server(self) -> dict[str, object]:
+        """The keys the model server acts on: what it reports, and what an agent compares to adopt it."""
+        return {k: v for k, v in msgspec.to_builtins(self).items() if k not in self.AGENT_ONLY}
+
 
 class GateSection(Section):
     """What a version must show before it may take an alias (see core.registry.evaluate_gate)."""
@@ -79,7 +85,16 @@ class RegistrySection(Section):
 
 
 class JobsSection(Section):
-    """The job runner: how long a stopped job may take to checkpoint, and how many CPU jobs at once."""
+    """The job runner: how long a stopped job may take to checkpoint, and how many CPU jobs at once.
+
+    backend "slurm" hands jobs to Slurm (agent/slurm.py) with the sbatch options below; their run
+    folders go under shared_dir, which the compute nodes must see at the same path."""
+
+    SLURM_ONLY: ClassVar[tuple[str, ...]] = ("partition", "account", "qos", "time", "sbatch", "shared_dir")
+    MLDECK_SBATCH: ClassVar[tuple[str, ...]] = (  # sbatch options mldeck sets itself to track the job
+        "--output", "-o", "--error", "-e", "--open-mode", "--chdir", "-D", "--parsable", "--wrap",
+        "--array", "-a", "--test-only",
+    )
 
     grace_s: float = 30.0
     poll_interval_s: float = 0.5
@@ -87,6 +102,25 @@ class JobsSection(Section):
     requeue_preempted: bool = True
     cost_update_s: float = 2.0
     rdzv_host: str | None = None
+    backend: Literal["local", "slurm"] = "local"
+    partition: str | None = None
+    account: str | None = None
+    qos: str | None = None
+    time: str | None = None
+    sbatch: list[str] = msgspec.field(default_factory=list)
+    shared_dir: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.backend != "slurm":
+            given = [k for k in self.SLURM_ONLY if getattr(self, k)]
+            if given:
+                verb = "applies" if len(given) == 1 else "apply"
+                raise ValueError(f"{', '.join(given)} {verb} only with backend = \"slurm\"")
+        own = [o for o in self.sbatch if o.split("=", 1)[0] in self.MLDECK_SBATCH]
+        if own:
+            raise ValueError(f"sbatch option {own[0]!r} is set by mldeck itself (output goes to the run folder)")
+        if self.shared_dir is not None and not Path(self.shared_dir).expanduser().is_absolute():
+            raise ValueError(f"shared_dir must be an absolute path, got {self.shared_dir!r}")
 
 
 class CostSection(Section):
@@ -165,6 +199,22 @@ class QuerySection(Section):
     time_limit_s: Annotated[float, msgspec.Meta(gt=0)] = 30.0
 
 
+class StoreSection(Section):
+    """The store: how many daily backups the agent keeps in backups/ (0: none), and DuckDB's memory limit
+    and threads (None: one per core), set when the agent opens it, so its memory stays bounded."""
+
+    backups: Annotated[int, msgspec.Meta(ge=0)] = 7
+    memory_limit: Annotated[str, msgspec.Meta(pattern=r"^\d+(\.\d+)?\s*([KMGT]i?B|B|%)$")] = "512MB"
+    threads: Annotated[int, msgspec.Meta(ge=1, le=1024)] | None = None
+
+    def duckdb_settings(self) -> dict[str, object]:
+        """What DuckDB is opened with (its configuration is locked once the store is open)."""
+        settings: dict[str, object] = {"memory_limit": self.memory_limit}
+        if self.threads is not None:
+            settings["threads"] = self.threads
+        return settings
+
+
 class AgentConfig(Section):
     agent: AgentSection = msgspec.field(default_factory=AgentSection)
     registry: RegistrySection = msgspec.field(default_factory=RegistrySection)
@@ -173,6 +223,7 @@ class AgentConfig(Section):
     cost: CostSection = msgspec.field(default_factory=CostSection)
     monitor: MonitorSection = msgspec.field(default_factory=MonitorSection)
     query: QuerySection = msgspec.field(default_factory=QuerySection)
+    store: StoreSection = msgspec.field(default_factory=StoreSection)
 
 
 class ConfigError(ValueError):

@@ -4,6 +4,14 @@ Every statistic is a plain function on numpy arrays that can be checked against 
 or scipy; the report picks a test per column the way Evidently does (`_get_default_stattest`)
 and marks the dataset drifted when a share of columns drift.
 
+Column types, as Evidently's ``infer_column_type`` (see ``column_type``): floats are numeric; an
+integer column is categorical when it has at most INTEGER_CARDINALITY_LIMIT (10) distinct values,
+else numeric; booleans and strings are categorical. Evidently types each column from the data it is
+handed as current; we type it once, from the reference (all of its rows), so a column keeps its type
+and its test from one window to the next. `kinds` (config `[monitor] column_types`) overrides it.
+Every report row says which type and test the column got and why (``kind_reason``,
+``method_reason``).
+
 Conventions (the same in every function and in the report):
 
 * Missing values are dropped first: NaN and ±inf for numeric columns, None/NaN for
@@ -61,9 +69,13 @@ import pyarrow.parquet as pq
 from scipy import stats
 from scipy.spatial import distance
 
+from mldeck.core.summaries import TensorSummary, summarize_column
+
 Kind = Literal["numeric", "categorical"]
 
 SMALL_REFERENCE_ROWS = 1_000
+INTEGER_CARDINALITY_LIMIT = 10
+OVERRIDDEN = "set in column_types"
 FEW_VALUES = 5
 HISTOGRAM_MIN_VALUES = 20
 EXACT_KS_MAX_N = 10_000
@@ -87,7 +99,7 @@ class ColumnTest(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
 
 class ColumnDrift(msgspec.Struct, frozen=True):
-    """One column's test result; p_value is None for distances."""
+    """One column's test result; p_value is None for distances; the reasons say why this type and test."""
 
     column: str
     kind: str
@@ -96,6 +108,8 @@ class ColumnDrift(msgspec.Struct, frozen=True):
     p_value: float | None
     threshold: float
     drifted: bool
+    kind_reason: str = ""
+    method_reason: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON types; a non-finite statistic (chi-squared on a new category) becomes None."""
@@ -107,6 +121,8 @@ class ColumnDrift(msgspec.Struct, frozen=True):
             "p_value": self.p_value,
             "threshold": self.threshold,
             "drifted": self.drifted,
+            "kind_reason": self.kind_reason,
+            "method_reason": self.method_reason,
         }
 
 
@@ -137,12 +153,27 @@ class DriftReport(msgspec.Struct, frozen=True):
 # --------------------------------------------------------------------------- cleaning
 
 
+def column_type(values: np.ndarray) -> tuple[Kind, str]:
+    """Evidently's column type (floats numeric, integers by their distinct values, the rest categorical)
+    and the reason, as the report shows it."""
+    arr = np.asarray(values)
+    if arr.dtype.kind == "f":
+        return "numeric", "float"
+    if arr.dtype.kind in "iu":
+        n = int(np.unique(arr).size)
+        if n <= INTEGER_CARDINALITY_LIMIT:
+            return "categorical", f"integer with {n} distinct values (≤ {INTEGER_CARDINALITY_LIMIT})"
+        return "numeric", f"integer with {n:,} distinct values (> {INTEGER_CARDINALITY_LIMIT})"
+    if arr.dtype.kind == "b":
+        return "categorical", "boolean"
+    if arr.dtype.kind in "US" or all(isinstance(v, str) for v in arr.tolist() if v is not None and v == v):
+        return "categorical", "string"
+    return "categorical", f"{arr.dtype} values"
+
+
 def infer_kind(values: np.ndarray) -> Kind:
-    """Numbers (not booleans) are numeric; everything else is categorical."""
-    dtype = np.asarray(values).dtype
-    if dtype.kind in "iuf":
-        return "numeric"
-    return "categorical"
+    """The column's type alone (see column_type)."""
+    return column_type(values)[0]
 
 
 def _clean(values: np.ndarray, kind: Kind) -> np.ndarray:
@@ -518,19 +549,25 @@ def expected_calibration_error(probs: np.ndarray, labels: np.ndarray, n_bins: in
 # --------------------------------------------------------------------------- test selection
 
 
-def default_method(kind: Kind, n_reference: int, n_values: int) -> str:
-    """Evidently's default test from the column kind, reference rows and distinct values.
+def choose_method(kind: Kind, n_reference: int, n_values: int) -> tuple[str, str]:
+    """Evidently's default test from the column kind, reference rows and distinct values, and why.
 
     n_values counts distinct values in reference and current together. Numbers with more
     than 5 values: KS up to 1,000 reference rows, else normalized Wasserstein. Categories
     (and numbers with at most 5 values): χ² up to 1,000 rows (Z-test when binary), else
     Jensen–Shannon.
     """
+    small = n_reference <= SMALL_REFERENCE_ROWS
+    rows = f"{n_reference:,} reference rows ({'≤' if small else '>'} {SMALL_REFERENCE_ROWS:,})"
     if kind == "numeric" and n_values > FEW_VALUES:
-        return "ks" if n_reference <= SMALL_REFERENCE_ROWS else "wasserstein"
-    if n_reference <= SMALL_REFERENCE_ROWS:
-        return "chisquare" if n_values > 2 else "z"
-    return "jensenshannon"
+        return ("ks" if small else "wasserstein"), f"numeric with more than {FEW_VALUES} values, {rows}"
+    if kind == "numeric":
+        values = f"numeric with {n_values} values (≤ {FEW_VALUES}: tested as categories)"
+    else:
+        values = f"{n_values} categories"
+    if small:
+        return ("chisquare" if n_values > 2 else "z"), f"{values}, {rows}"
+    return "jensenshannon", f"{values}, {rows}"
 
 
 def _distinct_count(ref: _Column, cur: _Column, kind: Kind) -> int:
@@ -566,16 +603,17 @@ STATISTICS: dict[str, Statistic] = {
 
 
 def _test_column(
-    name: str, kind: Kind, ref: _ArrayColumn, cur: _Column, override: ColumnTest | None
+    name: str, kind: Kind, kind_reason: str, ref: _ArrayColumn, cur: _Column, override: ColumnTest | None
 ) -> ColumnDrift:
     """Choose the column's test, run it, and judge it against its threshold."""
     if ref.size() == 0:
         raise ValueError(f"column {name!r} has no usable values in the reference")
     if cur.size() == 0:
         raise ValueError(f"column {name!r} has no usable values in the current data")
-    method = override.method if override and override.method else None
-    if method is None:
-        method = default_method(kind, ref.size(), _distinct_count(ref, cur, kind))
+    if override and override.method:
+        method, method_reason = override.method, "set in the column's override"
+    else:
+        method, method_reason = choose_method(kind, ref.size(), _distinct_count(ref, cur, kind))
     test = STATISTICS.get(method)
     if test is None:
         raise ValueError(
@@ -588,7 +626,8 @@ def _test_column(
         threshold = override.threshold
     statistic, p_value = test.compute(ref, cur, kind)
     drifted = p_value < threshold if p_value is not None else statistic >= threshold
-    return ColumnDrift(name, kind, method, float(statistic), p_value, threshold, bool(drifted))
+    return ColumnDrift(name, kind, method, float(statistic), p_value, threshold, bool(drifted),
+                       kind_reason, method_reason)
 
 
 # --------------------------------------------------------------------------- distributions
@@ -655,7 +694,8 @@ def distribution(
     if kind == "numeric" and not _few_values(ref, cur):
         out = _numeric_distribution(ref, cur, bins)
     else:
-        out = _categorical_distribution(ref, cur, by_value=kind == "numeric")
+        numbers = ref.values.dtype.kind in "iuf" and cur.values.dtype.kind in "iuf"
+        out = _categorical_distribution(ref, cur, by_value=numbers)
     return {**out, "n_reference": ref.size(), "n_current": cur.size()}
 
 
@@ -663,7 +703,7 @@ def distribution(
 
 
 class ColumnProfile(msgspec.Struct, frozen=True):
-    """Summary of one reference column over all its rows (not just the sample)."""
+    """Summary of one reference column over all its rows (not just the sample), and why it has its type."""
 
     kind: str
     n: int
@@ -672,35 +712,84 @@ class ColumnProfile(msgspec.Struct, frozen=True):
     quantiles: list[float] = msgspec.field(default_factory=list)
     categories: list[Any] = msgspec.field(default_factory=list)
     counts: list[int] = msgspec.field(default_factory=list)
+    reason: str | None = None
+
+
+def table_frame(table: pa.Table) -> dict[str, np.ndarray]:
+    """A reference table's columns as arrays: a fixed-shape tensor column keeps its shape (n, *shape),
+    a list column becomes one array per row."""
+    frame: dict[str, np.ndarray] = {}
+    for name in table.column_names:
+        column = table.column(name)
+        if isinstance(column.type, pa.FixedShapeTensorType):
+            frame[name] = column.combine_chunks().to_numpy_ndarray()
+        else:
+            frame[name] = column.to_numpy(zero_copy_only=False)
+    return frame
+
+
+def _profile_column(values: np.ndarray, kind: Kind, reason: str) -> ColumnProfile:
+    """Numbers: mean, std and percentiles; categories: their counts."""
+    clean = _clean(values, kind)
+    if kind == "numeric":
+        return ColumnProfile(
+            kind=kind, n=int(clean.size), reason=reason,
+            mean=float(clean.mean()) if clean.size else None,
+            std=float(clean.std()) if clean.size else None,
+            quantiles=np.quantile(clean, QUANTILE_LEVELS).tolist() if clean.size else [],
+        )
+    counts = _counts(clean)
+    return ColumnProfile(kind=kind, n=int(clean.size), reason=reason, categories=list(counts),
+                         counts=list(counts.values()))
 
 
 class ReferenceProfile:
-    """A model version's training-data profile: per-column summaries plus a ≤10k-row sample."""
+    """A model version's training-data profile: per-column summaries plus a ≤10k-row sample.
+
+    An N-D column (images, sequences; see core.summaries) is profiled as its summary features, and
+    `tensors` records how, so that windows are summed up the same way.
+    """
 
     JSON_NAME = "reference.json"
     PARQUET_NAME = "reference.parquet"
 
-    def __init__(self, columns: dict[str, ColumnProfile], n_rows: int, sample: dict[str, np.ndarray]):
+    def __init__(self, columns: dict[str, ColumnProfile], n_rows: int, sample: dict[str, np.ndarray],
+                 tensors: dict[str, TensorSummary] | None = None):
         self.columns = columns
         self.n_rows = n_rows
         self.sample = sample
+        self.tensors = tensors or {}
 
     @property
     def kinds(self) -> dict[str, Kind]:
         """Column → kind, as recorded when the profile was built."""
         return {name: "numeric" if c.kind == "numeric" else "categorical" for name, c in self.columns.items()}
 
+    @property
+    def reasons(self) -> dict[str, str]:
+        """Column → why it has its kind."""
+        return {name: c.reason or "" for name, c in self.columns.items()}
+
     @classmethod
     def build(
         cls,
-        frame: Mapping[str, np.ndarray],
+        frame: Mapping[str, Any],
         *,
         kinds: Mapping[str, Kind] | None = None,
         sample_rows: int = SAMPLE_ROWS,
         seed: int = 0,
     ) -> ReferenceProfile:
         """Summarize every column and keep the same random rows of each as the test sample."""
-        lengths = {len(v) for v in frame.values()}
+        flat: dict[str, np.ndarray] = {}
+        tensors: dict[str, TensorSummary] = {}
+        for name, raw in frame.items():
+            summed = summarize_column(name, raw)
+            if summed is None:
+                flat[name] = np.asarray(raw)
+            else:
+                tensors[name], features = summed
+                flat.update(features)
+        lengths = {len(v) for v in flat.values()}
         if len(lengths) > 1:
             raise ValueError(f"reference columns differ in length: {sorted(lengths)}")
         n_rows = lengths.pop() if lengths else 0
@@ -708,29 +797,11 @@ class ReferenceProfile:
         if n_rows > sample_rows:
             rows = np.sort(np.random.default_rng(seed).choice(n_rows, sample_rows, replace=False))
         columns: dict[str, ColumnProfile] = {}
-        sample: dict[str, np.ndarray] = {}
-        for name, raw in frame.items():
-            values = np.asarray(raw)
-            kind = (kinds or {}).get(name) or infer_kind(values)
-            clean = _clean(values, kind)
-            if kind == "numeric":
-                columns[name] = ColumnProfile(
-                    kind=kind,
-                    n=int(clean.size),
-                    mean=float(clean.mean()) if clean.size else None,
-                    std=float(clean.std()) if clean.size else None,
-                    quantiles=np.quantile(clean, QUANTILE_LEVELS).tolist() if clean.size else [],
-                )
-            else:
-                counts = _counts(clean)
-                columns[name] = ColumnProfile(
-                    kind=kind,
-                    n=int(clean.size),
-                    categories=list(counts),
-                    counts=list(counts.values()),
-                )
-            sample[name] = values[rows]
-        return cls(columns, n_rows, sample)
+        for name, values in flat.items():
+            given = (kinds or {}).get(name)
+            kind, reason = (given, OVERRIDDEN) if given else column_type(values)
+            columns[name] = _profile_column(values, kind, reason)
+        return cls(columns, n_rows, {name: values[rows] for name, values in flat.items()}, tensors)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able summaries; the sample itself goes to Parquet (see save)."""
@@ -738,16 +809,25 @@ class ReferenceProfile:
             "n_rows": self.n_rows,
             "sample_rows": len(next(iter(self.sample.values()), ())),
             "columns": {name: msgspec.to_builtins(c) for name, c in self.columns.items()},
+            "tensors": {name: msgspec.to_builtins(t) for name, t in self.tensors.items()},
         }
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], sample: Mapping[str, np.ndarray]) -> ReferenceProfile:
-        """Rebuild a profile from to_dict()'s output and the sample read back from Parquet."""
+        """Rebuild a profile from to_dict()'s output and the sample read back from Parquet.
+
+        A profile written before columns were typed as Evidently does is typed again from its sample."""
         columns = {name: msgspec.convert(c, ColumnProfile) for name, c in data["columns"].items()}
         missing = set(columns) - set(sample)
         if missing:
             raise ValueError(f"reference sample lacks columns {sorted(missing)}")
-        return cls(columns, int(data["n_rows"]), {name: np.asarray(sample[name]) for name in columns})
+        arrays = {name: np.asarray(sample[name]) for name in columns}
+        for name, c in columns.items():
+            if c.reason is None:
+                kind, reason = column_type(arrays[name])
+                columns[name] = msgspec.structs.replace(c, kind=kind, reason=reason)
+        tensors = {name: msgspec.convert(t, TensorSummary) for name, t in (data.get("tensors") or {}).items()}
+        return cls(columns, int(data["n_rows"]), arrays, tensors)
 
     def save(self, folder: str | Path) -> None:
         """Write reference.json and reference.parquet into folder, each atomically."""
@@ -765,9 +845,7 @@ class ReferenceProfile:
         """Read a profile written by save()."""
         folder = Path(folder)
         data = json.loads((folder / cls.JSON_NAME).read_text())
-        table = pq.read_table(folder / cls.PARQUET_NAME)
-        sample = {name: table.column(name).to_numpy(zero_copy_only=False) for name in table.column_names}
-        return cls.from_dict(data, sample)
+        return cls.from_dict(data, table_frame(pq.read_table(folder / cls.PARQUET_NAME)))
 
 
 # --------------------------------------------------------------------------- reports
@@ -777,15 +855,16 @@ def _reference_columns(
     reference: ReferenceProfile | Mapping[str, np.ndarray],
     columns: Sequence[str] | None,
     kinds: Mapping[str, Kind] | None,
-) -> tuple[list[str], dict[str, Kind], Mapping[str, np.ndarray]]:
-    """The columns to test, their kinds, and the reference arrays the tests compare against."""
+) -> tuple[list[str], dict[str, tuple[Kind, str]], Mapping[str, np.ndarray]]:
+    """The columns to test, their kinds with the reasons, and the reference arrays to compare against."""
     if isinstance(reference, ReferenceProfile):
         arrays: Mapping[str, np.ndarray] = reference.sample
-        known: dict[str, Kind] = reference.kinds
+        reasons = reference.reasons
+        known = {name: (kind, reasons[name]) for name, kind in reference.kinds.items()}
     else:
         arrays = reference
-        known = {name: infer_kind(np.asarray(v)) for name, v in reference.items()}
-    known.update(kinds or {})
+        known = {name: column_type(np.asarray(v)) for name, v in reference.items()}
+    known.update({name: (kind, OVERRIDDEN) for name, kind in (kinds or {}).items()})
     names = list(columns) if columns is not None else list(arrays)
     missing = [n for n in names if n not in arrays]
     if missing:
@@ -825,9 +904,9 @@ def drift_report(
     overrides = overrides or {}
 
     def task(name: str) -> ColumnDrift:
-        kind = known[name]
+        kind, reason = known[name]
         ref = _ArrayColumn(arrays[name], kind)
-        return _test_column(name, kind, ref, _ArrayColumn(current[name], kind), overrides.get(name))
+        return _test_column(name, kind, reason, ref, _ArrayColumn(current[name], kind), overrides.get(name))
 
     return _assemble(_run_columns(names, task), drift_share)
 
@@ -853,12 +932,12 @@ def drift_report_duckdb(
     overrides = overrides or {}
 
     def task(name: str) -> ColumnDrift:
-        kind = known[name]
+        kind, reason = known[name]
         ref = _ArrayColumn(arrays[name], kind)
         cursor = con.cursor()
         try:
             cur = _SqlColumn(cursor, source, name, kind)
-            return _test_column(name, kind, ref, cur, overrides.get(name))
+            return _test_column(name, kind, reason, ref, cur, overrides.get(name))
         finally:
             cursor.close()
 

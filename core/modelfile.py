@@ -299,14 +299,19 @@ class LoadedModel:
         arrays = check_inputs(self.signature, inputs)
         args = _to_torch({s.name: arrays[s.name] for s in self.signature.inputs}, self.device)
         with torch.inference_mode():
-            out = self._module(*args)
-        if isinstance(out, Mapping):
-            tensors = [out[s.name] for s in self.signature.outputs]
-        else:
-            tensors = [out] if isinstance(out, torch.Tensor) else list(out)
+            tensors = self.forward(*args)
         return {
             s.name: t.detach().cpu().numpy() for s, t in zip(self.signature.outputs, tensors, strict=True)
         }
+
+    def forward(self, *args: Any) -> list[Any]:
+        """The output tensors, in the signature's order, of input tensors in its order (gradients flow)."""
+        import torch
+
+        out = self._module(*args)
+        if isinstance(out, Mapping):
+            return [out[s.name] for s in self.signature.outputs]
+        return [out] if isinstance(out, torch.Tensor) else list(out)
 
 
 def load_model(folder: Path, device: str = "cpu") -> LoadedModel:

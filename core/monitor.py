@@ -2,8 +2,12 @@
 and the monitor's queries (drift rows, window summaries, alerts) as plain functions on a Store.
 
 A window is either a span of time (`30s`, `5m`, `1h`), aligned to multiples of its size in
-epoch seconds, or a count of logged requests (`500rows`). Windows tumble: each request of
-the production version falls in exactly one, and a window is judged once, when it closes.
+epoch seconds, or a count of rows (`500rows`: examples, however many a request holds). Windows
+tumble: each request of the production version falls in exactly one, and a window is judged once,
+when it closes. A tumbling row window closes at the request that brings it to its size, so it holds
+that many rows or, when its last request (or requests sharing the last timestamp) straddles the
+boundary, those few more; the latest N rows asked for on demand are exactly N, the oldest request
+cut to the rows it contributes.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ _WINDOW = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|sec|m|min|h|rows?|requests?)\s*$
 _UNITS = {"s": 1.0, "sec": 1.0, "m": 60.0, "min": 60.0, "h": 3600.0}
 MAX_WINDOW_ROWS = 1_000_000
 MAX_BINS = 200
+MAX_FEATURES = 100_000
 Limit = Annotated[int, msgspec.Meta(ge=1, le=100_000)]
 
 
@@ -70,6 +75,13 @@ class AlertsListParams(Params):
     limit: Limit = 200
 
 
+class ExplainParams(Params):
+    name: str
+    request_id: Annotated[str, msgspec.Meta(min_length=1, max_length=1_000)]
+    row: Annotated[int, msgspec.Meta(ge=0)] = 0
+    top: Annotated[int, msgspec.Meta(ge=1, le=MAX_FEATURES)] = 10
+
+
 class AlertResolveParams(Params):
     alert_id: str
     reason: str | None = None
@@ -81,7 +93,7 @@ class AlertResolveParams(Params):
 
 @dataclass(frozen=True)
 class WindowSpec:
-    """`time` windows are `size` seconds long; `rows` windows hold `size` logged requests."""
+    """`time` windows are `size` seconds long; `rows` windows hold `size` rows (examples)."""
 
     kind: str
     size: float
@@ -123,19 +135,27 @@ def time_windows(first_ts: float, after: float | None, now: float, size: float, 
     return out
 
 
-def row_windows(ts: Sequence[float], size: int) -> list[tuple[float, float, int]]:
-    """Split request timestamps (sorted) into full windows of `size`: (first ts, last ts, count).
+def row_windows(ts: Sequence[float], rows: Sequence[int], size: int) -> list[tuple[float, float, int]]:
+    """Split requests (sorted timestamps, rows each) into full windows of `size` rows: (first ts, last ts,
+    rows).
 
-    Requests that share the boundary timestamp go into the same window, so a window may
-    hold a few more than `size`; the rest (a partial window) waits for more traffic.
+    A window closes at the request that brings it to `size` rows; requests that share that
+    timestamp go into it too, so a window may hold a few more than `size`. The rest (a partial
+    window) waits for more traffic.
     """
     out = []
     i = 0
-    while i + size <= len(ts):
-        j = i + size
-        while j < len(ts) and ts[j] == ts[j - 1]:
+    while i < len(ts):
+        j, total = i, 0
+        while j < len(ts) and total < size:
+            total += rows[j]
             j += 1
-        out.append((ts[i], ts[j - 1], j - i))
+        if total < size:
+            break
+        while j < len(ts) and ts[j] == ts[j - 1]:
+            total += rows[j]
+            j += 1
+        out.append((ts[i], ts[j - 1], total))
         i = j
     return out
 
@@ -151,6 +171,21 @@ def trailing_true(flags: Sequence[bool]) -> int:
 
 
 # predictions → columns ---------------------------------------------------------------------
+
+
+def class_probabilities(outputs: np.ndarray) -> np.ndarray:
+    """A classifier's outputs as probabilities: kept when they are (rows in [0, 1] summing to 1, or one
+    column in [0, 1]), else read as logits (softmax over classes, the sigmoid of one column)."""
+    x = np.asarray(outputs, dtype=np.float64)
+    if x.size == 0:
+        return x
+    in_unit = bool(np.all((x >= 0) & (x <= 1)))
+    if x.ndim == 1:
+        return x if in_unit else 1 / (1 + np.exp(-x))
+    if in_unit and np.allclose(x.sum(axis=1), 1, atol=1e-3):
+        return x
+    e = np.exp(x - x.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
 
 
 def label_accuracy(probs: np.ndarray, labels: np.ndarray) -> float:
@@ -204,6 +239,9 @@ def last_window_end(store: Store, name: str, version: int) -> float | None:
 
 
 _LIVE = "model = ? AND version = ? AND variant <> 'shadow'"
+# a request's rows: the batch size of its first input (of its first output when inputs were not logged)
+_ROWS = ("coalesce(json_array_length(json_extract(inputs, '$.*')[1]), "
+         "json_array_length(json_extract(outputs, '$.*')[1]), 1)")
 
 
 def first_prediction_ts(store: Store, name: str, version: int) -> float | None:
@@ -211,44 +249,80 @@ def first_prediction_ts(store: Store, name: str, version: int) -> float | None:
     return row[0] if row else None
 
 
-def prediction_ts_after(
+def prediction_rows_after(
     store: Store, name: str, version: int, after: float | None, limit: int
-) -> list[float]:
-    """Timestamps of the next requests after `after`, oldest first (for row windows)."""
+) -> tuple[list[float], list[int]]:
+    """Timestamps and row counts of the next requests after `after`, oldest first (for row windows)."""
     rows = store.cur().execute(
-        f"SELECT ts FROM predictions WHERE {_LIVE} AND ts > ? ORDER BY ts LIMIT ?",
+        f"SELECT ts, {_ROWS} FROM predictions WHERE {_LIVE} AND ts > ? ORDER BY ts LIMIT ?",
         [name, version, after if after is not None else -1.0, limit],
     ).fetchall()
-    return [r[0] for r in rows]
+    return [r[0] for r in rows], [int(r[1]) for r in rows]
 
 
 def window_rows(
     store: Store, name: str, version: int, start: float, end: float, inclusive_end: bool
-) -> list[tuple[str | None, str | None, str | None]]:
-    """(inputs, outputs, latest label) of each live request with start ≤ ts < end (≤ end for rows)."""
+) -> tuple[list[tuple[str | None, str | None, str | None]], int]:
+    """(inputs, outputs, latest label) of each live request with start ≤ ts < end (≤ end for rows), and
+    how many rows they hold."""
     op = "<=" if inclusive_end else "<"
-    return [tuple(r) for r in store.cur().execute(  # type: ignore[misc]
-        f"SELECT p.inputs, p.outputs, f.label FROM predictions p "
+    found = store.cur().execute(
+        f"SELECT p.inputs, p.outputs, f.label, {_ROWS} FROM predictions p "
         f"LEFT JOIN {LATEST_LABELS} f USING (request_id) "
         f"WHERE p.model = ? AND p.version = ? AND p.variant <> 'shadow' AND p.ts >= ? AND p.ts {op} ? "
         f"ORDER BY p.ts",
         [name, name, version, start, end],
-    ).fetchall()]
+    ).fetchall()
+    return [(r[0], r[1], r[2]) for r in found], sum(int(r[3]) for r in found)
 
 
 def latest_rows(store: Store, name: str, version: int, spec: WindowSpec, now: float) -> tuple[
     float, float, list[tuple[str | None, str | None, str | None]]
 ]:
-    """The most recent window of a spec, whether closed or not (for an on-demand report)."""
+    """The most recent window of a spec, whether closed or not (for an on-demand report): the last
+    `size` seconds, or exactly the last `size` rows (the oldest request cut to the rows it gives)."""
     if spec.kind == "time":
-        return now - spec.size, now, window_rows(store, name, version, now - spec.size, now, True)
-    row = store.cur().execute(
-        f"SELECT min(ts), max(ts) FROM (SELECT ts FROM predictions WHERE {_LIVE} ORDER BY ts DESC LIMIT ?)",
-        [name, version, int(spec.size)],
-    ).fetchone()
-    if not row or row[0] is None:
+        return now - spec.size, now, window_rows(store, name, version, now - spec.size, now, True)[0]
+    size = int(spec.size)
+    found = store.cur().execute(  # the newest `size` requests hold at least `size` rows
+        f"SELECT ts, inputs, outputs, label, n, upto FROM ("
+        f"  SELECT *, sum(n) OVER (ORDER BY ts DESC, request_id DESC ROWS UNBOUNDED PRECEDING) AS upto FROM ("
+        f"    SELECT p.ts, p.request_id, p.inputs, p.outputs, f.label, {_ROWS} AS n "
+        f"    FROM predictions p LEFT JOIN {LATEST_LABELS} f USING (request_id) "
+        f"    WHERE p.model = ? AND p.version = ? AND p.variant <> 'shadow' "
+        f"    ORDER BY p.ts DESC, p.request_id DESC LIMIT ?)) "
+        f"WHERE upto - n < ? ORDER BY ts, request_id",
+        [name, name, version, size, size],
+    ).fetchall()
+    if not found:
         return now, now, []
-    return row[0], row[1], window_rows(store, name, version, row[0], row[1], True)
+    rows = [(r[1], r[2], r[3]) for r in found]
+    oldest_rows, upto = int(found[0][4]), int(found[0][5])
+    keep = size - (upto - oldest_rows)
+    if keep < oldest_rows:
+        inputs, outputs, label = rows[0]
+        rows[0] = (last_rows(inputs, keep), last_rows(outputs, keep), last_label(label, oldest_rows, keep))
+    return found[0][0], found[-1][0], rows
+
+
+def last_rows(tensors: str | None, keep: int) -> str | None:
+    """Logged tensors ({name: rows}) cut to their last `keep` rows."""
+    if not tensors:
+        return tensors
+    obj = msgspec.json.decode(tensors)
+    if not isinstance(obj, dict):
+        return tensors
+    return msgspec.json.encode({k: v[-keep:] if isinstance(v, list) else v for k, v in obj.items()}).decode()
+
+
+def last_label(label: str | None, n: int, keep: int) -> str | None:
+    """A request's label for its last `keep` of `n` rows: a list of one per row is cut, one label stays."""
+    if label is None:
+        return None
+    value = msgspec.json.decode(label)
+    if isinstance(value, list) and len(value) == n:
+        return msgspec.json.encode(value[-keep:]).decode()
+    return label
 
 
 def save_window(store: Store, summary: dict[str, Any], reports: pa.Table) -> None:
@@ -281,6 +355,8 @@ def report_table(
         "drifted": pa.array(col("drifted"), pa.bool_()), "role": pa.array(col("role"), pa.string()),
         "kind": pa.array(col("kind"), pa.string()), "threshold": pa.array(col("threshold"), pa.float64()),
         "n_rows": pa.array(col("n_rows"), pa.int64()),
+        "kind_reason": pa.array(col("kind_reason"), pa.string()),
+        "method_reason": pa.array(col("method_reason"), pa.string()),
     })
 
 
@@ -309,8 +385,8 @@ def recent_windows(store: Store, name: str, version: int, limit: int) -> list[di
 def window_columns(store: Store, name: str, version: int, window_end: float) -> list[dict[str, Any]]:
     """The per-column rows of one judged window, inputs first."""
     return rows_as_dicts(store.cur().execute(
-        'SELECT "column", role, kind, method, statistic, p_value, threshold, drifted, n_rows '
-        "FROM drift_reports WHERE model = ? AND version = ? AND window_end = ? "
+        'SELECT "column", role, kind, method, statistic, p_value, threshold, drifted, n_rows, '
+        "kind_reason, method_reason FROM drift_reports WHERE model = ? AND version = ? AND window_end = ? "
         "ORDER BY role = 'output', rowid",
         [name, version, window_end],
     ))
@@ -334,6 +410,36 @@ def last_production_move(store: Store, name: str) -> dict[str, Any] | None:
         [name, PRODUCTION],
     ))
     return rows[0] if rows and rows[0]["from_version"] is not None else None
+
+
+# explanations -------------------------------------------------------------------------------
+
+
+def logged_request(store: Store, name: str, request_id: str) -> dict[str, Any] | None:
+    """A model's logged request by id: the live prediction rather than its shadow."""
+    registry.check_model_name(name)
+    rows = rows_as_dicts(store.cur().execute(
+        "SELECT ts, version, variant, inputs, outputs FROM predictions WHERE model = ? AND request_id = ? "
+        "ORDER BY variant = 'shadow', ts DESC LIMIT 1", [name, request_id],
+    ))
+    return rows[0] if rows else None
+
+
+_EXPLANATION = ("request_id", "model", "version", "row", "ts", "method", "baseline", "output", "target",
+                "score", "baseline_score", "delta", "features")
+_EXPLANATION_COLUMNS = ", ".join(f'"{c}"' for c in _EXPLANATION)
+
+
+def save_explanation(store: Store, record: dict[str, Any]) -> None:
+    """Keep one row's explanation next to its prediction (a newer one of the same row replaces it)."""
+    with store.transaction() as cur:
+        cur.execute('DELETE FROM explanations WHERE model = ? AND request_id = ? AND "row" = ?',
+                    [record["model"], record["request_id"], record["row"]])
+        cur.execute(
+            f"INSERT INTO explanations ({_EXPLANATION_COLUMNS}) "
+            f"VALUES ({', '.join('?' * len(_EXPLANATION))})",
+            [json.dumps(record[c]) if c == "features" else record[c] for c in _EXPLANATION],
+        )
 
 
 # alerts -------------------------------------------------------------------------------------

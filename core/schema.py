@@ -27,6 +27,52 @@ RELATIVE_OFFSETS = r"""
 is not ingested again. An absolute key under the home loses the home; one of a home moved before this
 upgrade keeps its runs/… or serving/… tail; where both name one file, the one under the home wins."""
 
+LEVEL_FROM = 16_384
+"""A series (one run's key) with more points than this gets a level: min/max buckets to draw it from."""
+LEVEL_BUCKETS = 2048
+"""A level's buckets span 2**shift steps, the smallest power that keeps a series under this many."""
+LEVEL_SHIFT = (f"CASE WHEN points > {LEVEL_FROM} THEN greatest(0, ceil(log2((last_step - first_step + 1) "
+               f"/ {LEVEL_BUCKETS})))::INTEGER END")
+"""A summary row's level shift, from its points and its first and last steps (NULL: no level)."""
+
+METRIC_SUMMARY = """
+    CREATE TABLE metric_summary (
+        run_id VARCHAR, key VARCHAR, points BIGINT, first_step BIGINT, last_step BIGINT, last_value DOUBLE,
+        min_value DOUBLE, min_step BIGINT, max_value DOUBLE, max_step BIGINT, level_shift INTEGER,
+        PRIMARY KEY (run_id, key)
+    );
+    CREATE TABLE metric_level (
+        run_id VARCHAR, key VARCHAR, bucket BIGINT, points BIGINT, min_step BIGINT, min_ts DOUBLE,
+        min_value DOUBLE, max_step BIGINT, max_ts DOUBLE, max_value DOUBLE, PRIMARY KEY (run_id, key, bucket)
+    );
+"""
+"""Per run and key: what its points say (count, first and last step, the last value, the best value each
+way and the earliest step it was reached at, NaN ignored), and for long series a level of min/max buckets."""
+
+SUMMARY_FROM_POINTS = f"""
+    INSERT INTO metric_summary
+    SELECT *, {LEVEL_SHIFT} FROM (
+        SELECT run_id, key, count(*) AS points, min(step) AS first_step, max(step) AS last_step,
+               arg_max(value, (step, rowid)) AS last_value,
+               min(value) FILTER (NOT isnan(value)), arg_min(step, (value, step)) FILTER (NOT isnan(value)),
+               max(value) FILTER (NOT isnan(value)), arg_max(step, (value, -step)) FILTER (NOT isnan(value))
+        FROM metrics WHERE {{runs}} GROUP BY run_id, key)
+"""
+"""Summaries from the points of the runs `{runs}` (a condition on run_id) selects: the last value is the
+last one written at the last step."""
+
+LEVEL_FROM_POINTS = """
+    INSERT INTO metric_level
+    SELECT run_id, key, bucket, points, lo.step, lo.ts, min_value, hi.step, hi.ts, max_value FROM (
+        SELECT m.run_id, m.key, m.step >> s.level_shift AS bucket, count(*) AS points,
+               min(m.value) FILTER (NOT isnan(m.value)) AS min_value,
+               arg_min({{'step': m.step, 'ts': m.ts}}, m.value) FILTER (NOT isnan(m.value)) AS lo,
+               max(m.value) FILTER (NOT isnan(m.value)) AS max_value,
+               arg_max({{'step': m.step, 'ts': m.ts}}, m.value) FILTER (NOT isnan(m.value)) AS hi
+        FROM metrics m JOIN {series} s USING (run_id, key) GROUP BY ALL)
+"""
+"""The level of each series `{series}` (run_id, key, level_shift) names, from its points."""
+
 MIGRATIONS: list[str] = [
     # 1: the tables of DESIGN.md. Timestamps are epoch seconds (DOUBLE) throughout.
     """
@@ -148,6 +194,9 @@ MIGRATIONS: list[str] = [
         features JSON
     );
     """,
+    # issue 18: per-run summaries and long series' levels, kept at ingest; built here for existing points
+    METRIC_SUMMARY + SUMMARY_FROM_POINTS.format(runs="true") + ";"
+    + LEVEL_FROM_POINTS.format(series="(SELECT * FROM metric_summary WHERE level_shift IS NOT NULL)"),
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -205,7 +205,7 @@ def test_ece_multiclass_by_hand() -> None:
     ],
 )
 def test_default_method(kind: drift.Kind, n_reference: int, n_values: int, method: str) -> None:
-    assert drift.default_method(kind, n_reference, n_values) == method
+    assert drift.choose_method(kind, n_reference, n_values)[0] == method
 
 
 def test_report_picks_each_default() -> None:
@@ -279,6 +279,8 @@ def test_dataset_drift_share() -> None:
         "p_value",
         "threshold",
         "drifted",
+        "kind_reason",
+        "method_reason",
     }
 
 

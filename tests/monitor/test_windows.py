@@ -3,6 +3,7 @@ pipeline files."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import msgspec
@@ -23,6 +24,7 @@ from mldeck.core.pipeline import (
     read_pipeline,
 )
 from mldeck.core.signature import decode_tensors, tensor_columns
+from mldeck.core.store import Store
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -52,12 +54,43 @@ def test_time_windows_are_aligned_tumbling_and_wait_for_grace() -> None:
     assert mon.time_windows(125.0, 300.0, 305.0, 60, 2) == []
 
 
-def test_row_windows_tumble_and_keep_ties_together() -> None:
+def test_row_windows_count_rows_tumble_and_keep_ties_together() -> None:
     ts = [1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0]
-    assert mon.row_windows(ts, 3) == [(1.0, 3.0, 3), (4.0, 6.0, 3)]  # 7.0 waits for a full window
-    assert mon.row_windows(ts, 8) == []
+    ones = [1] * 7
+    assert mon.row_windows(ts, ones, 3) == [(1.0, 3.0, 3), (4.0, 6.0, 3)]  # 7.0 waits for a full window
+    assert mon.row_windows(ts, ones, 8) == []
     tied = [1.0, 2.0, 2.0, 2.0, 3.0, 4.0]
-    assert mon.row_windows(tied, 2) == [(1.0, 2.0, 4), (3.0, 4.0, 2)]  # a boundary never splits a timestamp
+    assert mon.row_windows(tied, [1] * 6, 2) == [(1.0, 2.0, 4), (3.0, 4.0, 2)]  # a timestamp is never split
+    # requests of 8 rows: a 5-row window closes at the first request, 16 rows at the second
+    eights = [8] * 7
+    assert mon.row_windows(ts, eights, 5) == [(t, t, 8) for t in ts]
+    assert mon.row_windows(ts, eights, 16) == [(1.0, 2.0, 16), (3.0, 4.0, 16), (5.0, 6.0, 16)]
+    assert mon.row_windows(ts, [3, 3, 3, 1, 5, 2, 2], 6) == [(1.0, 2.0, 6), (3.0, 5.0, 9)]  # 4 rows wait
+
+
+def test_row_windows_from_the_store_count_rows_and_the_latest_n_rows_are_exactly_n(tmp_path: Path) -> None:
+    store = Store(tmp_path / "s.duckdb")
+    for i in range(6):  # six requests of 8 rows (x = 8i … 8i+7), each labelled row by row
+        x = np.arange(8 * i, 8 * i + 8, dtype=float)[:, None]
+        store.cur().execute(
+            "INSERT INTO predictions (ts, model, version, variant, request_id, inputs, outputs) "
+            "VALUES (?, 'm', 1, 'production', ?, ?, ?)",
+            [100.0 + i, f"r{i}", json.dumps({"x": x.tolist()}), json.dumps({"p": (x / 100).tolist()})])
+        store.cur().execute("INSERT INTO feedback (request_id, label, ts, model) VALUES (?, ?, ?, 'm')",
+                            [f"r{i}", json.dumps([int(v) % 2 for v in x[:, 0]]), 200.0])
+    ts, rows = mon.prediction_rows_after(store, "m", 1, None, 100)
+    assert rows == [8] * 6 and mon.row_windows(ts, rows, 20) == [(100.0, 102.0, 24), (103.0, 105.0, 24)]
+    got, n = mon.window_rows(store, "m", 1, 100.0, 102.0, True)
+    assert (len(got), n) == (3, 24)
+    for size, requests in [(5, 1), (12, 2), (16, 2), (48, 6), (100, 6)]:
+        start, end, window = mon.latest_rows(store, "m", 1, mon.parse_window(f"{size}rows"), 0.0)
+        inputs = decode_tensors([r[0] for r in window], {"x": ["x"]})["x"]
+        assert (len(window), end) == (requests, 105.0)
+        assert inputs.tolist() == list(range(48 - min(size, 48), 48))  # the newest rows, no more, no less
+        assert start == 100.0 + 6 - requests
+        labels = [label for r in window for label in json.loads(r[2])]
+        assert labels == [v % 2 for v in range(48 - min(size, 48), 48)]
+        assert sum(len(json.loads(r[1])["p"]) for r in window) == min(size, 48)
 
 
 def test_consecutive_windows() -> None:

@@ -30,11 +30,17 @@ def print_report(rep: dict[str, Any]) -> None:
     rows = []
     for col in rep["columns"]:
         kind, value = _measure(col)
-        rows.append([col["column"], col.get("role"), col["method"], col["statistic"],
-                     value if kind == "p" else None, value if kind == "distance" else None, col["threshold"],
-                     "DRIFT" if col["drifted"] else "-"])
-    headers = ["column", "role", "method", "statistic", "p-value", "distance", "threshold", "drifted"]
+        rows.append([col["column"], col.get("role"), _why(col["kind"], col.get("kind_reason")), col["method"],
+                     col["statistic"], value if kind == "p" else None, value if kind == "distance" else None,
+                     col["threshold"], "DRIFT" if col["drifted"] else "-", col.get("method_reason") or "-"])
+    headers = ["column", "role", "type", "method", "statistic", "p-value", "distance", "threshold", "drifted",
+               "why this test"]
     print_table(headers, rows)
+
+
+def _why(kind: str, reason: str | None) -> str:
+    """The column's type and why it has it: "categorical: integer with 4 distinct values (≤ 10)"."""
+    return f"{kind}: {reason}" if reason else kind
 
 
 async def report(args: argparse.Namespace) -> int:
