@@ -1,0 +1,73 @@
+"""An MLflow store made with the real mlflow package, for the import test.
+
+`python mlflow_store.py URI ARTIFACTS [--no-models]` (a sqlite:///path store or an mlruns folder; ARTIFACTS
+a folder) logs two experiments: three runs with 1,500 points each of two metrics (steps and timestamps of
+their own, a NaN among them), params and tags, one run FAILED and one KILLED; then, unless --no-models, a
+registered PyTorch model `tiny` with two versions, only the first with an input example, and the alias
+`champion` on it. Prints the MLflow run ids and versions it made as one JSON line.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import warnings
+
+import mlflow
+import numpy as np
+import torch
+from mlflow import MlflowClient
+from mlflow.entities import Metric, Param, RunTag
+
+POINTS = 1_500
+T0_MS = 1_700_000_000_000
+
+
+def main(uri: str, artifacts: str, models: bool) -> None:
+    warnings.filterwarnings("ignore")
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    client = MlflowClient()
+    made: dict[str, list[str]] = {"runs": [], "versions": []}
+    for n, (experiment, status) in enumerate(
+        [("churn", "FINISHED"), ("churn", "FAILED"), ("vision", "KILLED")]
+    ):
+        exp = client.get_experiment_by_name(experiment)
+        exp_id = exp.experiment_id if exp else client.create_experiment(experiment, artifacts)
+        run = client.create_run(exp_id, start_time=T0_MS + n * 10_000_000, run_name=f"run-{n}",
+                                tags={"team": "ml", "seed": str(n)})
+        t0 = T0_MS + n * 10_000_000
+        metrics = [
+            Metric("loss", math.nan if (n, i) == (0, 7) else 1.0 / (i + 1 + n), t0 + i * 37, i)
+            for i in range(POINTS)
+        ] + [Metric("acc", i / POINTS, t0 + i * 41, 2 * i) for i in range(POINTS)]
+        for start in range(0, len(metrics), 1000):
+            client.log_batch(run.info.run_id, metrics=metrics[start:start + 1000])
+        params = [Param("lr", str(0.01 * (n + 1))), Param("optimizer", "adam")]
+        client.log_batch(run.info.run_id, params=params, tags=[RunTag("stage", "import-test")])
+        client.set_terminated(run.info.run_id, status, end_time=T0_MS + n * 10_000_000 + 99_000)
+        made["runs"].append(run.info.run_id)
+    if not models:
+        print(json.dumps(made))
+        return
+    model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2)).eval()
+    example = np.random.default_rng(0).normal(size=(3, 4)).astype(np.float32)
+    for with_example in (True, False):
+        with mlflow.start_run(experiment_id=client.get_experiment_by_name("churn").experiment_id,
+                              run_name="tiny-model"):
+            mlflow.log_param("hidden", "8")
+            mlflow.log_metric("val_acc", 0.9)
+            info = mlflow.pytorch.log_model(
+                model, name="model", input_example=example if with_example else None,
+                serialization_format="pt2" if with_example else "pickle", pip_requirements=["torch"],
+                registered_model_name="tiny",
+            )
+            made["runs"].append(mlflow.active_run().info.run_id)
+            made["versions"].append(str(info.registered_model_version))
+    client.set_registered_model_alias("tiny", "champion", made["versions"][0])
+    print(json.dumps(made))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], sys.argv[2], models="--no-models" not in sys.argv)
