@@ -17,6 +17,7 @@ import psutil
 from mldeck.agent.service import Context, rpc
 from mldeck.core import protocol
 from mldeck.core.errors import Invalid, NotFound
+from mldeck.core.health import problems
 from mldeck.core.protocol import (
     HelloParams,
     HostMetricsParams,
@@ -138,4 +139,5 @@ class Host:
             "ingest": self.ingest.status(),
             "nvml": self.nvml_state,
             "task_failures": self.ctx.tasks.status(),
+            "problems": problems(self.ingest.status(), self.ctx.tasks.status()),
         }

@@ -83,6 +83,16 @@ async def status_cmd(args: argparse.Namespace) -> int:
     return 0
 
 
+def recover(args: argparse.Namespace) -> int:
+    """`python -m mldeck.agent recover` on this machine's home, in this terminal: it prints its report."""
+    if remote_host(args)[1] is not None:
+        raise UsageError("`agent recover` rebuilds this machine's store; for a host, run it there")
+    home = str(local_layout(args).home)
+    argv = [sys.executable, "-m", "mldeck.agent", "recover", "--home", home]
+    argv += ["--json"] if args.json else []
+    return subprocess.run(argv).returncode
+
+
 def print_status(status: dict[str, Any]) -> None:
     print(f"agent: running, pid {status['pid']}, up {duration(status['uptime_s'])}")
     print(f"version: mldeck {status.get('version', '-')}")
@@ -90,6 +100,8 @@ def print_status(status: dict[str, Any]) -> None:
     print(f"memory: {status['rss_bytes'] / 2**20:.0f} MiB, clients: {status['connections']}")
     print(f"ingest: {status['ingest']['rows']} lines, {status['ingest']['bad_lines']} bad")
     print(f"gpus: {status['nvml']}")
+    for problem in status.get("problems", []):
+        print(f"problem: {problem}")
 
 
 async def _remote_status(fleet: Fleet, name: str, timeout_s: float | None = None) -> dict[str, Any] | None:
@@ -268,6 +280,9 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     p.set_defaults(func=stop)
     p = cmds.add_parser("status", parents=[common], help="is it running, and how is it doing")
     p.set_defaults(func=status_cmd)
+    p = cmds.add_parser("recover", parents=[common],
+                        help="rebuild a lost or damaged store from the home's files (the agent stopped)")
+    p.set_defaults(func=recover)
     p = cmds.add_parser("install", parents=[common], help="put mldeck on a host over SSH (--host)")
     p.add_argument("--venv", help="where on the host (default ~/.local/share/mldeck/venv)")
     p.add_argument("--base-python", help="the host's Python that creates the venv (default python3)")

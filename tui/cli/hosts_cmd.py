@@ -66,11 +66,12 @@ async def fleet_status(fleet: Fleet, timeout_s: float | None = None) -> list[dic
     hello = await fleet.gather("hello", timeout_s=timeout_s)
     up = [name for name, out in hello.items() if out.ok]
     with_cost = [n for n in up if COST_METHOD in (hello[n].value.get("methods") or [])]
-    metrics, running, cost = await asyncio.gather(
+    metrics, running, cost, health = await asyncio.gather(
         fleet.gather("host.metrics", hosts=up, timeout_s=timeout_s),
         fleet.gather("runs.list", hosts=up, timeout_s=timeout_s, status="running"),
         fleet.gather(COST_METHOD, hosts=with_cost, timeout_s=timeout_s),
-    ) if up else ({}, {}, {})
+        fleet.gather("agent.status", hosts=up, timeout_s=timeout_s),
+    ) if up else ({}, {}, {}, {})
     rows = []
     for name, out in hello.items():
         status = fleet.status(name)
@@ -84,6 +85,7 @@ async def fleet_status(fleet: Fleet, timeout_s: float | None = None) -> list[dic
                 "gpus": _gpus(metrics.get(name)),
                 "running_jobs": len(jobs.value) if jobs and jobs.ok else None,
                 "cost_per_hour": _cost(cost.get(name)),
+                "problems": health[name].value.get("problems", []) if health[name].ok else [],
             })
         rows.append(row)
     return rows
@@ -113,10 +115,11 @@ async def status(args: argparse.Namespace) -> int:
         print_json(rows)
     else:
         print_table(
-            ["host", "state", "version", "gpus (util mem)", "jobs", "$/h"],
+            ["host", "state", "version", "gpus (util mem)", "jobs", "$/h", "problems"],
             [[r["host"], "up" if r["up"] else f"down: {r['why']}", r.get("agent_version"),
               _gpu_cell(r["gpus"]) if r["up"] else "-", r.get("running_jobs"),
-              None if r.get("cost_per_hour") is None else f"{r['cost_per_hour']:.2f}"] for r in rows],
+              None if r.get("cost_per_hour") is None else f"{r['cost_per_hour']:.2f}",
+              "; ".join(r.get("problems") or []) or "-"] for r in rows],
         )
     for r in rows:
         warn_version_skew(r["host"], r.get("agent_version"))
