@@ -1,4 +1,5 @@
-"""`python -m mldeck.agent run|bridge`: the daemon, or a stdin/stdout relay to its socket for SSH exec."""
+"""`python -m mldeck.agent run|bridge|recover`: the daemon, a stdin/stdout relay to its socket for SSH exec,
+or the rebuild of a lost store from the home's files."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import argparse
 import asyncio
 import logging
 import sys
+from pathlib import Path
 
 from mldeck.core.paths import mldeck_home
 
@@ -17,6 +19,9 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--home", help="data folder (default $MLDECK_HOME)")
     bridge = sub.add_parser("bridge", help="relay stdin/stdout to the agent's socket")
     bridge.add_argument("--home", help="data folder (default $MLDECK_HOME)")
+    recover = sub.add_parser("recover", help="rebuild a lost or damaged store from the home's files")
+    recover.add_argument("--home", help="data folder (default $MLDECK_HOME)")
+    recover.add_argument("--json", action="store_true", help="print the report as JSON")
     args = parser.parse_args(argv)
     home = mldeck_home(args.home)
     if args.cmd == "bridge":
@@ -25,16 +30,30 @@ def main(argv: list[str] | None = None) -> int:
         return asyncio.run(run_bridge(home))
     from mldeck.agent.daemon import AlreadyRunning, run_agent
     from mldeck.core.config import ConfigError
+    from mldeck.core.errors import MldeckError
 
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     logging.getLogger("watchfiles").setLevel(logging.WARNING)  # it logs every batch of changes at INFO
     try:
+        if args.cmd == "recover":
+            return _recover(home, args.json)
         asyncio.run(run_agent(home))
-    except (AlreadyRunning, ConfigError) as exc:
+    except (AlreadyRunning, ConfigError, MldeckError) as exc:
         print(f"mldeck agent: {exc}", file=sys.stderr)
         return 2
+    return 0
+
+
+def _recover(home: Path, as_json: bool) -> int:
+    import json
+
+    from mldeck.agent.daemon import Agent
+    from mldeck.agent.recover import describe
+
+    report = asyncio.run(Agent(home).recover())
+    print(json.dumps(report) if as_json else describe(report))
     return 0
 
 

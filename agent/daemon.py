@@ -30,6 +30,7 @@ from mldeck.agent.runs import Runs
 from mldeck.agent.service import Context
 from mldeck.agent.servingctl import Serving
 from mldeck.agent.simgpu import SimulatedNvml
+from mldeck.agent.slurm import Slurm, SlurmJobs
 from mldeck.agent.sweeps import Sweeps
 from mldeck.agent.tasks import Tasks
 from mldeck.core.config import AgentConfig, load_config
@@ -81,7 +82,8 @@ class Agent:
         """Every service, built in dependency order; each gets exactly what it uses."""
         host = Host(ctx, self.nvml, self.simulated is not None, self.collector, self.ingest,
                     self.dispatcher, self.rpc, self.request_stop)
-        jobs = Jobs(ctx, self.nvml, self.simulated, self.collector)
+        jobs = Jobs(ctx, self.nvml, self.simulated, self.collector) if ctx.config.jobs.backend == "local" \
+            else SlurmJobs(ctx, self.nvml, self.simulated, self.collector, self.ingest)
         runs = Runs(ctx, jobs)
         cost = Cost(ctx, jobs)
         registry = Registry(ctx)
@@ -93,13 +95,14 @@ class Agent:
         backups = Backups(ctx)
         explainer = Explainer(ctx)
         return [host, jobs, runs, cost, registry, sweeps, query, serving, pipelines, monitor, backups,
-                explainer]
+                explainer, *([Slurm(ctx, jobs)] if isinstance(jobs, SlurmJobs) else [])]
 
     async def start(self) -> None:
         self.layout.ensure()
         self._take_lock()
         check_not_lost(self.layout)
-        self.store = await asyncio.get_running_loop().run_in_executor(self._writer, open_checked, self.layout)
+        self.store = await asyncio.get_running_loop().run_in_executor(
+            self._writer, open_checked, self.layout, self.config.store.duckdb_settings())
         self.ctx = Context(self.config, self.layout, self.store, self.hub, self.tasks, self._writer,
                            self._readers)
         self.nvml.start()
@@ -123,7 +126,7 @@ class Agent:
         self.layout.ensure()
         self._take_lock()
         try:
-            return await recover_store(self.layout, self._writer)
+            return await recover_store(self.layout, self._writer, self.config.store.duckdb_settings())
         finally:
             self._writer.shutdown()
             if self._lock_fd is not None:

@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import importlib.machinery
 import importlib.util
+import json
 import logging
 import os
 import shutil
@@ -49,6 +50,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("mldeck.jobs")
 LOST = -1
+LIVENESS_S = 5.0
+"""How often the runs started outside the agent (a plain `python train.py`) are checked for their process."""
+CLOCK_SLACK_S = 2.0
+"""How far a process's start time, as the kernel reports it, may lie after the run it began was created."""
 
 
 @dataclass
@@ -71,6 +76,8 @@ class Job:
     stop: StopHow | None = None
     reason: str | None = None
     deadline: float | None = None
+    unwatched: bool = False
+    """It ended while no agent watched it (found ended at start)."""
 
     @property
     def cpu_seconds(self) -> float:
@@ -86,6 +93,39 @@ def _same_process(pid: int, create_time: float | None) -> bool:
         return proc.status() != psutil.STATUS_ZOMBIE
     except (psutil.NoSuchProcess, psutil.AccessDenied):
         return False
+
+
+def lost_reason(pid: int, unwatched: bool) -> str:
+    """Why a run ended as failed when its process is gone and nothing recorded how it ended."""
+    when = " while the agent was down" if unwatched else ""
+    return (f"its process (pid {pid}) disappeared{when} without an exit code: killed by a signal "
+            "(kill -9), the OOM killer, or a reboot")
+
+
+def sdk_process_gone(run_dir: Path) -> int | None:
+    """The pid in a run's run.json (the SDK's, for a run started outside the agent) once that process is
+    gone; None while it runs, or when the files cannot tell (no pid, another host's run, or a finish line
+    the ingest has yet to read).
+
+    The pid is the run's process only if that process started before the run was created: a pid used
+    again since (after a crash, or a reboot) names a younger process."""
+    try:
+        spec = json.loads((run_dir / "run.json").read_text())
+    except (OSError, ValueError):
+        return None
+    pid, created = spec.get("pid"), spec.get("created_at")
+    if (not isinstance(pid, int) or not isinstance(created, int | float)
+            or spec.get("host") != socket.gethostname() or finish_line(run_dir) is not None):
+        return None
+    try:
+        proc = psutil.Process(pid)
+        if proc.create_time() <= created + CLOCK_SLACK_S and proc.status() != psutil.STATUS_ZOMBIE:
+            return None
+    except psutil.NoSuchProcess:
+        pass
+    except psutil.AccessDenied:
+        return None
+    return pid
 
 
 def _tree(pid: int) -> list[psutil.Process]:
@@ -142,10 +182,28 @@ class Jobs:
                     job.deadline = time.monotonic() + self.cfg.grace_s
                 self._hold(job)
             else:
+                job.unwatched = True
                 await self._finish(job, self._exit_file(job))
         self.queue = await self.ctx.read(q.jobs_in_state, self.store, "queued")
         self._wake.set()
         self.ctx.tasks.every(0, self._tick, "jobs")
+        self.ctx.tasks.every(LIVENESS_S, self._end_lost_sdk_runs, "lost-runs", first=0)
+
+    async def _end_lost_sdk_runs(self) -> None:
+        """End as failed the runs started outside the agent whose process is gone (see sdk_process_gone)."""
+        for run in await self.ctx.read(self.store.list_runs, "running"):
+            run_dir = self.ctx.layout.run_dir(run["run_id"])
+            pid = None if run.get("managed") else await asyncio.to_thread(sdk_process_gone, run_dir)
+            if pid is None:
+                continue
+            reason = lost_reason(pid, unwatched=False)
+            ended = time.time()
+            with contextlib.suppress(OSError):  # its last sign of life
+                ended = (run_dir / "metrics.jsonl").stat().st_mtime
+            await self.ctx.db(self.store.finish_unmanaged_run, run["run_id"], "failed", ended, reason)
+            log.warning("run %s: %s", run["run_id"], reason)
+            self.ctx.hub.publish("runs", {"run_id": run["run_id"], "status": "failed", "managed": False,
+                                          "reason": reason})
 
     async def _job_from_row(self, row: dict[str, Any]) -> Job:
         run = await self.ctx.read(self.store.get_run, row["run_id"]) or {}
@@ -183,6 +241,10 @@ class Jobs:
         return run_id in self.active or any(r["run_id"] == run_id for r in self.queue)
 
     # launch -------------------------------------------------------------------
+
+    async def check(self, p: JobSpec) -> None:
+        """Whether the job can run here, before anything is written (the Slurm backend asks Slurm too)."""
+        self.validate(p)
 
     def validate(self, p: JobSpec) -> tuple[list[str], Path, Path]:
         """Check a job against this host before anything is written; return the target, cwd and code path."""
@@ -254,8 +316,7 @@ class Jobs:
                                                       "endpoint": dist.endpoint},
             "managed": True,
         }
-        run_dir = self.ctx.layout.run_dir(run_id)
-        run_dir.mkdir(parents=True)
+        run_dir = self._new_run_dir(run_id)
         try:
             write_atomic(run_dir / "run.json", protocol.encode(spec))
             run = {k: spec[k] for k in ("run_id", "name", "experiment", "params", "command", "git_sha",
@@ -270,6 +331,12 @@ class Jobs:
         self._publish(run_id, "queued", sweep_id=p.sweep_id, name=name)
         self._wake.set()
         return run_id
+
+    def _new_run_dir(self, run_id: str) -> Path:
+        """Create the run's folder (the Slurm backend puts it where the compute nodes see it)."""
+        run_dir = self.ctx.layout.run_dir(run_id)
+        run_dir.mkdir(parents=True)
+        return run_dir
 
     def _sort_queue(self) -> None:
         self.queue.sort(key=lambda r: (-(r.get("priority") or 0), r.get("enqueued_at") or 0))
@@ -445,7 +512,7 @@ class Jobs:
             status, requeue = "preempted", True
             reason = (job.reason or "preempted (SIGTERM)") + "; requeued to resume from its checkpoint"
         elif code == LOST:
-            status, reason = "failed", "the job ended while the agent was down and left no exit code"
+            status, reason = "failed", lost_reason(job.pid, job.unwatched)
         else:
             status, reason = "failed", job.reason or f"exit code {code}"
         exit_code = None if code == LOST else code

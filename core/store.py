@@ -13,10 +13,12 @@ from typing import Any
 
 import duckdb
 import msgspec
+import numpy as np
 import pyarrow as pa
 
 from mldeck.core.errors import Invalid, Refused, TooLarge
-from mldeck.core.schema import migrate
+from mldeck.core.metric_series import Series, level_partials, series, summary_partials
+from mldeck.core.schema import LEVEL_BUCKETS, LEVEL_FROM_POINTS, LEVEL_SHIFT, SUMMARY_FROM_POINTS, migrate
 
 RUN_FIELDS = (
     "run_id", "experiment", "name", "status", "params", "tags", "command", "git_sha",
@@ -31,7 +33,104 @@ READ_ONLY_STATEMENTS = {"SELECT", "EXPLAIN"}
 # The agent reads no files and changes no settings through DuckDB, so a user's query can't either.
 SANDBOX = {"enable_external_access": False, "lock_configuration": True}
 QUERY_FETCH_ROWS = 1000
+MANAGED_FIELDS = ("status", "started_at", "created_at", "command", "host")
+"""What the agent knows better than a run's SDK about the runs it launched: their init leaves these."""
 _json = msgspec.json.Encoder()
+
+SUMMARY_MERGE = """
+    MERGE INTO metric_summary s USING (
+        SELECT run_id, key, sum(points) AS points, min(first_step) AS first_step, max(last_step) AS last_step,
+               arg_max(last_value, (last_step, seq)) AS last_value, min(min_value) AS min_value,
+               arg_min(min_step, (min_value, min_step)) FILTER (min_value IS NOT NULL) AS min_step,
+               max(max_value) AS max_value,
+               arg_max(max_step, (max_value, -max_step)) FILTER (max_value IS NOT NULL) AS max_step
+        FROM _partials GROUP BY run_id, key
+    ) b ON s.run_id = b.run_id AND s.key = b.key
+    WHEN MATCHED THEN UPDATE SET
+        points = s.points + b.points,
+        first_step = least(s.first_step, b.first_step),
+        last_step = greatest(s.last_step, b.last_step),
+        last_value = CASE WHEN b.last_step >= s.last_step THEN b.last_value ELSE s.last_value END,
+        min_value = least(s.min_value, b.min_value),
+        min_step = CASE WHEN b.min_value < s.min_value OR s.min_value IS NULL THEN b.min_step
+                        WHEN b.min_value = s.min_value THEN least(s.min_step, b.min_step)
+                        ELSE s.min_step END,
+        max_value = greatest(s.max_value, b.max_value),
+        max_step = CASE WHEN b.max_value > s.max_value OR s.max_value IS NULL THEN b.max_step
+                        WHEN b.max_value = s.max_value THEN least(s.max_step, b.max_step)
+                        ELSE s.max_step END
+    WHEN NOT MATCHED THEN INSERT VALUES (b.run_id, b.key, b.points, b.first_step, b.last_step, b.last_value,
+                                         b.min_value, b.min_step, b.max_value, b.max_step, NULL)
+"""
+"""Fold a batch's summary partials (core.metric_series) into the summaries: the batch comes after them."""
+
+LEVEL_STATE = f"""
+    SELECT s.run_id, s.key, s.level_shift, {LEVEL_SHIFT} AS want
+    FROM metric_summary s SEMI JOIN _partials USING (run_id, key) WHERE want IS NOT NULL
+"""
+"""The series of a batch that are long enough for a level: the shift they have, and the one they need."""
+
+LEVEL_MERGE = """
+    MERGE INTO metric_level l USING (
+        SELECT run_id, key, bucket, points, lo.step AS min_step, lo.ts AS min_ts, min_value,
+               hi.step AS max_step, hi.ts AS max_ts, max_value FROM (
+            SELECT run_id, key, bucket, sum(points) AS points, min(min_value) AS min_value,
+                   arg_min({'step': min_step, 'ts': min_ts}, min_value) FILTER (min_value IS NOT NULL) AS lo,
+                   max(max_value) AS max_value,
+                   arg_max({'step': max_step, 'ts': max_ts}, max_value) FILTER (max_value IS NOT NULL) AS hi
+            FROM _buckets GROUP BY run_id, key, bucket)
+    ) b ON l.run_id = b.run_id AND l.key = b.key AND l.bucket = b.bucket
+    WHEN MATCHED THEN UPDATE SET
+        points = l.points + b.points,
+        min_step = CASE WHEN b.min_value < l.min_value OR l.min_value IS NULL
+                        THEN b.min_step ELSE l.min_step END,
+        min_ts = CASE WHEN b.min_value < l.min_value OR l.min_value IS NULL THEN b.min_ts ELSE l.min_ts END,
+        min_value = least(l.min_value, b.min_value),
+        max_step = CASE WHEN b.max_value > l.max_value OR l.max_value IS NULL
+                        THEN b.max_step ELSE l.max_step END,
+        max_ts = CASE WHEN b.max_value > l.max_value OR l.max_value IS NULL THEN b.max_ts ELSE l.max_ts END,
+        max_value = greatest(l.max_value, b.max_value)
+    WHEN NOT MATCHED THEN INSERT VALUES (b.run_id, b.key, b.bucket, b.points, b.min_step, b.min_ts,
+                                         b.min_value, b.max_step, b.max_ts, b.max_value)
+"""
+"""Fold level partials (`_buckets`: rows of metric_level, several per bucket allowed) into the levels."""
+
+RAW_CURVES = """
+    WITH s AS (SELECT key, step, ts, value FROM metrics WHERE run_id = ? AND key IN (SELECT unnest(?))),
+         r AS (SELECT key, min(step) AS lo, max(step) AS hi, count(*) AS n FROM s GROUP BY key),
+         b AS (
+            SELECT s.*, CASE WHEN r.n <= ? THEN s.step
+                   ELSE floor((s.step - r.lo) * ? / (r.hi - r.lo + 1)) END AS bucket
+            FROM s JOIN r USING (key)
+         ),
+         picks AS (
+            SELECT key, arg_min(step, value) AS a, arg_max(step, value) AS b FROM b GROUP BY key, bucket
+         ),
+         chosen AS (SELECT key, a AS step FROM picks UNION SELECT key, b FROM picks)
+    SELECT s.key, s.step, any_value(s.ts), any_value(s.value) FROM s
+    JOIN chosen USING (key, step) GROUP BY s.key, s.step ORDER BY s.key, s.step
+"""
+"""Each key's points, min/max-bucketed down to the points asked for (all of them when there are fewer)."""
+
+LEVEL_CURVES = """
+    WITH l AS (SELECT * FROM metric_level WHERE run_id = ? AND key IN (SELECT unnest(?))),
+         r AS (SELECT key, min(bucket) AS lo, max(bucket) AS hi, count(*) AS n FROM l GROUP BY key),
+         g AS (
+            SELECT l.*, CASE WHEN r.n <= ? THEN l.bucket
+                   ELSE floor((l.bucket - r.lo) * ? / (r.hi - r.lo + 1)) END AS grp
+            FROM l JOIN r USING (key)
+         ),
+         picks AS (
+            SELECT key, arg_min({'step': min_step, 'ts': min_ts, 'value': min_value}, min_value) AS lo,
+                   arg_max({'step': max_step, 'ts': max_ts, 'value': max_value}, max_value) AS hi
+            FROM g GROUP BY key, grp
+         ),
+         chosen AS (SELECT key, unnest(lo) FROM picks WHERE lo IS NOT NULL
+                    UNION SELECT key, unnest(hi) FROM picks WHERE hi IS NOT NULL)
+    SELECT key, step, any_value(ts), any_value(value) FROM chosen GROUP BY key, step ORDER BY key, step
+"""
+"""Each long key's curve from its level: the buckets' least and greatest points, regrouped to the points
+asked for; its cost follows the level's size (at most LEVEL_BUCKETS a key), not the series' length."""
 
 
 def _ident(name: str) -> str:
@@ -63,14 +162,16 @@ def _decode_run(row: dict[str, Any]) -> dict[str, Any]:
 class Store:
     """One open store file; methods are safe to call from any thread."""
 
-    def __init__(self, path: Path | str) -> None:
+    def __init__(self, path: Path | str, settings: dict[str, Any] | None = None) -> None:
+        """settings: DuckDB's (memory_limit, threads), given at connect: the configuration is locked after."""
         self.path = Path(path)
+        self.settings = dict(settings or {})
         self._queries: dict[duckdb.DuckDBPyConnection, str] = {}
         self._queries_lock = threading.Lock()
         self._open()
 
     def _open(self) -> None:
-        self._con = duckdb.connect(str(self.path), config=SANDBOX)
+        self._con = duckdb.connect(str(self.path), config={**self.settings, **SANDBOX})
         self._local = threading.local()
         migrate(self._con)
 
@@ -136,9 +237,7 @@ class Store:
         if not run_ids:
             return {}
         cur = self.cur().execute(
-            "SELECT run_id, key, arg_max(value, step) FROM metrics "
-            "WHERE run_id IN (SELECT unnest(?)) GROUP BY run_id, key",
-            [run_ids],
+            "SELECT run_id, key, last_value FROM metric_summary WHERE run_id IN (SELECT unnest(?))", [run_ids]
         )
         out: dict[str, dict[str, float]] = {}
         for run_id, key, value in cur.fetchall():
@@ -185,77 +284,146 @@ class Store:
         try:
             if metrics is None:
                 common = cur.execute(
-                    "SELECT key FROM metrics WHERE run_id IN (SELECT run_id FROM _runs_page) "
-                    "GROUP BY key ORDER BY count(DISTINCT run_id) DESC, key LIMIT ?", [max_metrics])
+                    "SELECT key FROM metric_summary WHERE run_id IN (SELECT run_id FROM _runs_page) "
+                    "GROUP BY key ORDER BY count(*) DESC, key LIMIT ?", [max_metrics])
                 metrics = sorted(r[0] for r in common.fetchall())
             if not metrics:
                 return page.drop_columns(["_at", "_id"]), total, []
-            pivot = ", ".join(f"max(value) FILTER (WHERE key = ?) AS {_ident_q('m:' + k)}" for k in metrics)
+            pivot = ", ".join(f"any_value(last_value) FILTER (WHERE key = ?) AS {_ident_q('m:' + k)}"
+                              for k in metrics)
             table = cur.sql(f"""
-                WITH latest AS (
-                    SELECT run_id, key, arg_max(value, step) AS value FROM metrics
+                WITH wide AS (
+                    SELECT run_id, {pivot} FROM metric_summary
                     WHERE run_id IN (SELECT run_id FROM _runs_page) AND key IN (SELECT unnest(?))
-                    GROUP BY run_id, key),
-                wide AS (SELECT run_id, {pivot} FROM latest GROUP BY run_id)
+                    GROUP BY run_id)
                 SELECT p.* EXCLUDE (_at, _id), wide.* EXCLUDE (run_id)
                 FROM _runs_page p LEFT JOIN wide USING (run_id) ORDER BY p._at DESC NULLS LAST, p._id
-            """, params=[metrics, *metrics]).to_arrow_table()
+            """, params=[*metrics, metrics]).to_arrow_table()
         finally:
             cur.unregister("_runs_page")
         return table, total, metrics
 
     def metric_keys(self, run_id: str) -> list[str]:
-        cur = self.cur().execute(
-            "SELECT DISTINCT key FROM metrics WHERE run_id = ? ORDER BY key", [run_id]
-        )
+        cur = self.cur().execute("SELECT key FROM metric_summary WHERE run_id = ? ORDER BY key", [run_id])
         return [r[0] for r in cur.fetchall()]
 
     def run_metrics(
         self, run_id: str, keys: list[str] | None, max_points: int
     ) -> dict[str, dict[str, list[float]]]:
-        """Each key's series, min/max-bucketed in SQL so at most max_points cross the wire."""
-        keys = keys if keys is not None else self.metric_keys(run_id)
-        buckets = max(1, max_points // 2)
-        out: dict[str, dict[str, list[float]]] = {}
-        for key in keys:
-            cur = self.cur().execute(
-                """
-                WITH s AS (SELECT step, ts, value FROM metrics WHERE run_id = ? AND key = ?),
-                     r AS (SELECT min(step) AS lo, max(step) AS hi, count(*) AS n FROM s),
-                     b AS (
-                        SELECT s.*, CASE WHEN r.n <= ? THEN s.step
-                               ELSE floor((s.step - r.lo) * ? / (r.hi - r.lo + 1)) END AS bucket
-                        FROM s, r
-                     ),
-                     picks AS (
-                        SELECT arg_min(step, value) AS a, arg_max(step, value) AS b
-                        FROM b GROUP BY bucket
-                     ),
-                     chosen AS (SELECT a AS step FROM picks UNION SELECT b FROM picks)
-                SELECT s.step, any_value(s.ts), any_value(s.value) FROM s
-                JOIN chosen USING (step) GROUP BY s.step ORDER BY s.step
-                """,
-                [run_id, key, max_points, buckets],
-            )
-            steps, ts, values = [], [], []
-            for step, t, v in cur.fetchall():
-                steps.append(step)
-                ts.append(t)
-                values.append(v)
-            out[key] = {"step": steps, "ts": ts, "value": values}
+        """Each key's curve in at most max_points points (min/max buckets): a long key's from its level,
+        the others' from their points."""
+        cur = self.cur()
+        found = dict(cur.execute(
+            "SELECT key, level_shift FROM metric_summary WHERE run_id = ? ORDER BY key", [run_id]).fetchall())
+        keys = keys if keys is not None else list(found)
+        leveled = max_points <= LEVEL_BUCKETS
+        long = [k for k in keys if leveled and found.get(k) is not None]
+        short = [k for k in keys if k in found and k not in long]
+        out: dict[str, dict[str, list[float]]] = {k: {"step": [], "ts": [], "value": []} for k in keys}
+        groups = max(1, max_points // 2)
+        for sql, which in ((RAW_CURVES, short), (LEVEL_CURVES, long)):
+            if not which:
+                continue
+            for key, step, ts, value in cur.execute(sql, [run_id, which, max_points, groups]).fetchall():
+                curve = out[key]
+                curve["step"].append(step)
+                curve["ts"].append(ts)
+                curve["value"].append(value)
         return out
 
     def finish_unmanaged_run(self, run_id: str, status: str, ended_at: float, reason: str | None) -> None:
         """The SDK's own finish counts only for runs the agent did not launch (it knows better)."""
-        self.cur().execute(
-            "UPDATE runs SET status = ?, ended_at = ?, status_reason = ? "
-            "WHERE run_id = ? AND NOT coalesce(managed, false)",
-            [status, ended_at, reason, run_id],
-        )
+        self.finish_unmanaged_runs([(run_id, status, ended_at, reason)])
+
+    def finish_unmanaged_runs(self, finished: list[tuple[str, str, float, Any]]) -> None:
+        """finish_unmanaged_run of many runs (each once) at once: (run_id, status, ended_at, reason) rows."""
+        run_ids, statuses, ended, reasons = zip(*finished, strict=True)
+        table = pa.table({"run_id": pa.array(run_ids, pa.string()), "status": pa.array(statuses, pa.string()),
+                          "ended_at": pa.array(ended, pa.float64()), "reason": pa.array(reasons)})
+        with _registered(self.cur(), "_finished", table) as cur:
+            cur.execute(
+                "UPDATE runs SET status = f.status, ended_at = f.ended_at, status_reason = f.reason "
+                "FROM _finished f WHERE runs.run_id = f.run_id AND NOT coalesce(runs.managed, false)")
+
+    def init_runs(self, inits: list[dict[str, Any]]) -> None:
+        """Runs as their SDK's init line describes them (each run once), in a statement per set of fields:
+        a new run is inserted; for one the agent launched, MANAGED_FIELDS keep the agent's values."""
+        by_fields: dict[tuple[str, ...], list[dict[str, Any]]] = {}
+        for fields in inits:
+            row = {k: v for k, v in fields.items() if k in RUN_FIELDS}
+            for key in _JSON_FIELDS & row.keys():
+                row[key] = json.dumps(row[key])
+            by_fields.setdefault(tuple(sorted(row)), []).append(row)
+        for cols, rows in by_fields.items():
+            table = pa.table({c: pa.array([r[c] for r in rows]) for c in cols})
+            updates = ", ".join(
+                f"{c} = CASE WHEN coalesce(runs.managed, false) THEN runs.{c} ELSE excluded.{c} END"
+                if c in MANAGED_FIELDS else f"{c} = excluded.{c}"
+                for c in cols if c != "run_id") or "run_id = runs.run_id"
+            with _registered(self.cur(), "_inits", table) as cur:
+                cur.execute(f"INSERT INTO runs ({', '.join(cols)}) SELECT {', '.join(cols)} FROM _inits "
+                            f"ON CONFLICT (run_id) DO UPDATE SET {updates}")
 
     def delete_metrics_after(self, run_id: str, step: int) -> None:
-        """A resumed run replays from its checkpoint: points past it are superseded."""
-        self.cur().execute("DELETE FROM metrics WHERE run_id = ? AND step > ?", [run_id, step])
+        """A resumed run replays from its checkpoint: points past it are superseded (and its summaries
+        and levels are built again from the points that stay)."""
+        cur = self.cur()
+        deleted = cur.execute("DELETE FROM metrics WHERE run_id = ? AND step > ?", [run_id, step]).fetchall()
+        if not deleted or not deleted[0][0]:
+            return
+        cur.execute("DELETE FROM metric_summary WHERE run_id = ?", [run_id])
+        cur.execute("DELETE FROM metric_level WHERE run_id = ?", [run_id])
+        cur.execute(SUMMARY_FROM_POINTS.format(runs="run_id = ?"), [run_id])
+        cur.execute(LEVEL_FROM_POINTS.format(
+            series="(SELECT * FROM metric_summary WHERE run_id = ? AND level_shift IS NOT NULL)"), [run_id])
+
+    def add_points(self, points: pa.Table) -> None:
+        """Insert metric points (run_id, key, step, ts, value) and fold them into their series' summaries
+        and levels. Call it in a transaction: points, summaries and levels commit together."""
+        if points.num_rows == 0:
+            return
+        with _registered(self.cur(), "_points", points) as cur:
+            cur.execute("INSERT INTO metrics SELECT run_id, key, step, ts, value FROM _points")
+        batch = series(points)
+        with _registered(self.cur(), "_partials", summary_partials(batch)) as cur:
+            cur.execute(SUMMARY_MERGE)
+            state = cur.execute(LEVEL_STATE).fetchall()
+        if state:
+            self._level(batch, state)
+
+    def _level(self, batch: Series, state: list[tuple[str, str, int | None, int]]) -> None:
+        """Bring the levels of a batch's long series up to date: built from the points for a series that
+        has none yet (this batch included), regrouped where the series outgrew its shift, then the batch's
+        points folded in."""
+        cur = self.cur()
+        build = [(r, k, want) for r, k, old, want in state if old is None]
+        grow = [(r, k, want - old) for r, k, old, want in state if old is not None and want > old]
+        shift = {(r, k): max(old, want) for r, k, old, want in state if old is not None}
+        if build:
+            with _registered(cur, "_build", _series_table(build, "level_shift")):
+                cur.execute(LEVEL_FROM_POINTS.format(series="_build"))
+        if grow:
+            with _registered(cur, "_grow", _series_table(grow, "by")):
+                regrouped = cur.sql(
+                    "SELECT run_id, key, bucket >> g.by AS bucket, points, min_step, min_ts, min_value, "
+                    "max_step, max_ts, max_value FROM metric_level JOIN _grow g USING (run_id, key)"
+                ).to_arrow_table()
+                cur.execute("DELETE FROM metric_level l USING _grow g "
+                            "WHERE l.run_id = g.run_id AND l.key = g.key")
+            with _registered(cur, "_buckets", regrouped):
+                cur.execute(LEVEL_MERGE)
+        if shift:
+            names = zip(batch.run_id.to_pylist(), batch.key.to_pylist(), strict=True)
+            shifts = np.array([shift.get(name, -1) for name in names], np.int64)
+            buckets = level_partials(batch, shifts)
+            if buckets is not None:
+                with _registered(cur, "_buckets", buckets):
+                    cur.execute(LEVEL_MERGE)
+        changed = build + [(r, k, shift[r, k]) for r, k, _ in grow]
+        if changed:
+            with _registered(cur, "_shift", _series_table(changed, "level_shift")):
+                cur.execute("UPDATE metric_summary s SET level_shift = n.level_shift FROM _shift n "
+                            "WHERE s.run_id = n.run_id AND s.key = n.key")
 
     # ingest ------------------------------------------------------------
 
@@ -277,24 +445,26 @@ class Store:
             [run_id, points],
         )
 
-    def set_offset(self, path: str, offset: int, lines: int) -> None:
-        self.cur().execute(
-            'INSERT INTO ingest_offsets VALUES (?, ?, ?) ON CONFLICT (path) DO UPDATE '
-            'SET "offset" = excluded."offset", lines = excluded.lines',
-            [path, offset, lines],
-        )
+    def set_offsets(self, offsets: list[tuple[str, int, int]]) -> None:
+        """Each file's committed (path relative to the home, byte offset, line count), in one statement."""
+        paths, ends, lines = zip(*offsets, strict=True)
+        table = pa.table({"path": pa.array(paths, pa.string()), "offset": pa.array(ends, pa.int64()),
+                          "lines": pa.array(lines, pa.int64())})
+        with _registered(self.cur(), "_offsets", table) as cur:
+            cur.execute('INSERT INTO ingest_offsets SELECT path, "offset", lines FROM _offsets ON CONFLICT '
+                        '(path) DO UPDATE SET "offset" = excluded."offset", lines = excluded.lines')
 
     def append(self, table: str, batch: pa.Table) -> None:
-        """Insert an Arrow batch whose columns are named after the table's."""
+        """Insert an Arrow batch whose columns are named after the table's (metric points through
+        add_points, so that their summaries stay true)."""
         if batch.num_rows == 0:
             return
-        cur = self.cur()
-        cur.register("_batch", batch)
-        try:
+        if table == "metrics":
+            self.add_points(batch)
+            return
+        with _registered(self.cur(), "_batch", batch) as cur:
             cols = ", ".join(f'"{c}"' for c in batch.column_names)
             cur.execute(f"INSERT INTO {table} ({cols}) SELECT {cols} FROM _batch")
-        finally:
-            cur.unregister("_batch")
 
     # host metrics ---------------------------------------------------------
 
@@ -427,6 +597,27 @@ def _encode_row(columns: list[str], values: list[Any]) -> bytes:
                 raise Invalid(f"column {name!r} holds values JSON cannot carry ({exc}); "
                               "CAST it to VARCHAR") from None
         raise
+
+
+def _series_table(rows: list[tuple[str, str, int]], name: str) -> pa.Table:
+    """(run_id, key, number) rows as a table, the number's column called name."""
+    run_ids, keys, numbers = zip(*rows, strict=True)
+    return pa.table({"run_id": pa.array(run_ids, pa.string()), "key": pa.array(keys, pa.string()),
+                     name: pa.array(numbers, pa.int64())})
+
+
+class _registered:
+    """An Arrow table visible to SQL on a cursor under a name, for the length of a with block."""
+
+    def __init__(self, cur: duckdb.DuckDBPyConnection, name: str, table: pa.Table) -> None:
+        self.cur, self.name, self.table = cur, name, table
+
+    def __enter__(self) -> duckdb.DuckDBPyConnection:
+        self.cur.register(self.name, self.table)
+        return self.cur
+
+    def __exit__(self, *_: object) -> None:
+        self.cur.unregister(self.name)
 
 
 class _Transaction:
