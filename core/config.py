@@ -118,7 +118,7 @@ class JobsSection(Section):
                 raise ValueError(f"{', '.join(given)} {verb} only with backend = \"slurm\"")
         own = [o for o in self.sbatch if o.split("=", 1)[0] in self.MLDECK_SBATCH]
         if own:
-            raise ValueError(f"sbatch option {own[0]!r} is set by mldeck itself (output goes to the run folder)")
+            raise ValueError(f"sbatch option {own[0]!r} is set by mldeck itself (it tracks the job by them)")
         if self.shared_dir is not None and not Path(self.shared_dir).expanduser().is_absolute():
             raise ValueError(f"shared_dir must be an absolute path, got {self.shared_dir!r}")
 

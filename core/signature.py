@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -161,6 +162,11 @@ def _as_array(name: str, datatype: str, data: Any) -> np.ndarray:
     return raw.astype(target, copy=False)
 
 
+def cast_input(spec: TensorSpec, data: Any) -> np.ndarray:
+    """Values for an input (columns of a file, say) as its datatype, refusing lossy casts like _as_array."""
+    return _as_array(spec.name, spec.datatype, data)
+
+
 def check_request(signature: Signature, inputs: Sequence[Mapping[str, Any]]) -> dict[str, np.ndarray]:
     """A v2 inference request's `inputs` list checked whole: every input once, one batch size."""
     arrays: dict[str, np.ndarray] = {}
@@ -211,6 +217,33 @@ def column_names(folder: Path) -> dict[str, list[str]]:
     if not isinstance(names, dict):
         return {}
     return {k: [str(c) for c in v] for k, v in names.items() if isinstance(v, list)}
+
+
+def check_features(
+    inputs: Sequence[TensorSpec], features: Mapping[str, Sequence[str]]
+) -> dict[str, list[str]]:
+    """Names given to inputs' columns, checked: each names every column of a table input ([-1, n]) once."""
+    specs = {s.name: s for s in inputs}
+    out: dict[str, list[str]] = {}
+    for name, given in features.items():
+        if name not in specs:
+            raise ValueError(f"features name input {name!r}; this model takes {spec_names(inputs)}")
+        spec, names = specs[name], list(given)
+        if len(spec.shape) != 2:
+            kind = "one column named after it" if len(spec.shape) < 2 else f"N-D, its columns {name}[i]"
+            raise ValueError(
+                f"features name the columns of a table input ([-1, n]); {spec.describe()} is {kind}"
+            )
+        if not all(isinstance(n, str) and n for n in names):
+            raise ValueError(f"input {name!r}: feature names must be non-empty strings, got {names}")
+        if len(names) != spec.shape[1]:
+            raise ValueError(f"input {name!r} has {spec.shape[1]} columns but {len(names)} feature names")
+        out[name] = names
+    layout = tensor_columns([msgspec.to_builtins(s) for s in inputs], out)
+    twice = sorted(c for c, n in Counter(c for cols in layout.values() for c in cols).items() if n > 1)
+    if twice:
+        raise ValueError(f"column names must be unique across the inputs; given twice: {twice}")
+    return out
 
 
 def tensor_columns(

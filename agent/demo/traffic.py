@@ -10,8 +10,8 @@ unshifted traffic has the reference's distribution and a drift test sees none. F
 `--shift-at` seconds on, each column in `--shift-columns` moves by `--shift-std` of its
 standard deviation and is scaled around its mean by `--shift-scale`; a text column gets a
 category the reference never had. A share of requests (`--feedback-share`) is followed by its
-true label on the feedback route. Bounded in rate, time and count; loopback URLs only. Prints
-one JSON line of what was sent.
+true label on the feedback route, with the home's serving token. Bounded in rate, time and
+count; loopback URLs only. Prints one JSON line of what was sent.
 """
 
 from __future__ import annotations
@@ -27,6 +27,9 @@ from urllib.parse import urlsplit
 
 import aiohttp
 import numpy as np
+
+from mldeck.core.paths import mldeck_home
+from mldeck.core.servingtoken import bearer, serving_token
 
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 MAX_RPS = 2000.0
@@ -56,6 +59,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--label-column", default=None, help="label column of --reference")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--id-prefix", default="sim", help="request ids are PREFIX-N")
+    p.add_argument("--home", help="the agent's home, for the serving token (default $MLDECK_HOME)")
     return p.parse_args(argv)
 
 
@@ -173,7 +177,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     counts = {"sent": 0, "ok": 0, "errors": 0, "feedback": 0, "shifted": 0}
     limit = args.max_requests or int(args.rps * args.duration) + 1
     gate = asyncio.Semaphore(CONCURRENCY)
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as session:
+    auth = bearer(serving_token(mldeck_home(args.home)))
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30), headers=auth) as session:
         inputs = await model_inputs(session, url, args.model)
         columns = layout(inputs, frame)
 
@@ -191,7 +196,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                     if ok and labels is not None and rng.random() < args.feedback_share:
                         fb = {"request_id": rid, "label": labels[idx].item()}
                         async with session.post(f"{url}/v2/models/{args.model}/feedback", json=fb) as resp:
-                            counts["feedback"] += resp.status == 200
+                            await resp.read()
+                            counts["feedback" if resp.status == 200 else "errors"] += 1
                 except (aiohttp.ClientError, TimeoutError):
                     counts["errors"] += 1
 

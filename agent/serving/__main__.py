@@ -1,4 +1,8 @@
-"""`python -m mldeck.agent.serving --home H [--host 127.0.0.1 --port 8700 ...]`: run the model server."""
+"""`python -m mldeck.agent.serving --home H [--port 8700 ...]`: run the model server.
+
+Its settings are the home's `[serving]` table (agent.toml); a flag named after a key
+(`--max-batch-size 32`, `--require-token`) overrides it for this process.
+"""
 
 from __future__ import annotations
 
@@ -10,17 +14,26 @@ import logging
 import signal
 import sys
 
+import msgspec
 from aiohttp import web
 
+from mldeck.agent.nvml import Nvml
 from mldeck.agent.serving.app import Server
+from mldeck.agent.serving.auth import Auth
+from mldeck.agent.serving.guard import Guard, GuardedSite, connection_limit
+from mldeck.agent.serving.hardware import Hardware
 from mldeck.agent.serving.metrics import Metrics
 from mldeck.agent.serving.pool import Pool, Settings
 from mldeck.agent.serving.predlog import PredictionLog
-from mldeck.core.config import ServingSection
+from mldeck.agent.simgpu import SimulatedNvml
+from mldeck.core.config import ConfigError, ServingSection, load_config
+from mldeck.core.errors import MldeckError
 from mldeck.core.paths import Layout, mldeck_home
+from mldeck.core.servingtoken import serving_token
 
 log = logging.getLogger("mldeck.serving")
 
+EXIT_CONFIG = 2
 EXIT_BIND = 3
 
 
@@ -43,45 +56,65 @@ def pick_device(device: str) -> str:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    d = ServingSection()
-    p = argparse.ArgumentParser(prog="python -m mldeck.agent.serving", description=__doc__)
+    p = argparse.ArgumentParser(prog="python -m mldeck.agent.serving", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--home", help="the agent's data folder (default $MLDECK_HOME)")
-    p.add_argument("--host", default=d.host)
-    p.add_argument("--port", type=int, default=d.port)
-    p.add_argument("--max-batch-size", type=int, default=d.max_batch_size)
-    p.add_argument("--max-queue-delay-ms", type=float, default=d.max_queue_delay_ms)
-    p.add_argument("--max-body-bytes", type=int, default=d.max_body_bytes)
-    p.add_argument("--device", default=d.device, help="auto, cpu, cuda or cuda:N")
-    p.add_argument("--log-queue", type=int, default=d.log_queue)
-    p.add_argument("--segment-bytes", type=int, default=d.segment_bytes)
     p.add_argument("--torch-threads", type=int, default=0, help="torch intra-op threads (0: torch's default)")
+    overrides = p.add_argument_group("[serving] overrides")
+    for field in msgspec.structs.fields(ServingSection):
+        if field.name in ServingSection.AGENT_ONLY:
+            continue
+        flag = "--" + field.name.replace("_", "-")
+        if isinstance(field.default, bool):
+            overrides.add_argument(flag, dest=field.name, action=argparse.BooleanOptionalAction, default=None)
+        else:
+            overrides.add_argument(flag, dest=field.name, type=type(field.default), default=None,
+                                   help=f"(default {field.default})")
     return p.parse_args(argv)
 
 
-async def serve(args: argparse.Namespace) -> int:
-    layout = Layout(mldeck_home(args.home))
-    layout.serving.mkdir(parents=True, exist_ok=True)
-    if not is_loopback(args.host):
-        log.warning("listening on %s: the model server is reachable beyond this machine, "
-                    "with no authentication", args.host)
-    settings = Settings(args.max_batch_size, args.max_queue_delay_ms, pick_device(args.device))
+def settings_of(args: argparse.Namespace, layout: Layout) -> tuple[ServingSection, int]:
+    """The home's [serving] table with this command line's flags on top, checked; and simulated GPUs."""
+    config = load_config(layout.config)
+    given = {f.name: getattr(args, f.name) for f in msgspec.structs.fields(ServingSection)
+             if f.name not in ServingSection.AGENT_ONLY and getattr(args, f.name) is not None}
+    try:
+        serving = msgspec.convert({**msgspec.to_builtins(config.serving), **given}, ServingSection)
+    except msgspec.ValidationError as exc:
+        raise ConfigError(f"[serving]: {exc}") from None
+    if not is_loopback(serving.host) and not serving.require_token:
+        raise ConfigError(
+            f"[serving] host = {serving.host!r} is reachable beyond this machine: set require_token = true "
+            "so that inference needs the token too (`mldeck serve token` prints it), or listen on 127.0.0.1")
+    return serving, config.agent.simulate_gpus
+
+
+async def serve(config: ServingSection, layout: Layout, token: str, simulate_gpus: int) -> int:
+    settings = Settings(config.max_batch_size, config.max_queue_delay_ms, pick_device(config.device))
     metrics = Metrics()
-    predlog = PredictionLog(layout.serving, args.log_queue, args.segment_bytes)
+    predlog = PredictionLog(layout.serving, config.log_queue, config.segment_bytes)
     executor = concurrent.futures.ThreadPoolExecutor(2, thread_name_prefix="forward")
     pool = Pool(layout.serving, settings, metrics, predlog, executor)
-    server = Server(pool, metrics, args.max_body_bytes)
-    runner = web.AppRunner(server.app(), access_log=None, shutdown_timeout=3)
+    nvml = Nvml(SimulatedNvml(simulate_gpus)) if simulate_gpus else Nvml()
+    nvml.start()
+    guard = Guard(config.header_timeout_s, config.idle_timeout_s, connection_limit(config.max_connections),
+                  metrics)
+    server = Server(pool, metrics, config, Auth(token, config.require_token), guard, Hardware(nvml))
+    seeded = await asyncio.to_thread(server.recent.seed, layout.serving)
+    log.info("feedback accepted for %d request ids from the prediction logs, and every new one", seeded)
+    runner = web.AppRunner(server.app(), access_log=None, shutdown_timeout=3, handle_signals=False)
     await runner.setup()
     try:
-        await web.TCPSite(runner, args.host, args.port, backlog=1024).start()
+        await GuardedSite(runner, guard, config.host, config.port, backlog=1024).start()
     except OSError as exc:
         await runner.cleanup()
         predlog.close()
-        print(f"mldeck serving: cannot listen on {args.host}:{args.port}: {exc.strerror or exc}",
+        print(f"mldeck serving: cannot listen on {config.host}:{config.port}: {exc.strerror or exc}",
               file=sys.stderr)
         return EXIT_BIND
-    log.info("serving on http://%s:%d (device %s, max_batch_size %d, max_queue_delay_ms %g)",
-             args.host, args.port, settings.device, settings.max_batch_size, settings.max_queue_delay_ms)
+    log.info("serving on http://%s:%d (device %s, max_batch_size %d, max_queue_delay_ms %g, token %s)",
+             config.host, config.port, settings.device, settings.max_batch_size, settings.max_queue_delay_ms,
+             "for everything" if config.require_token else "for feedback")
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -95,12 +128,21 @@ async def serve(args: argparse.Namespace) -> int:
     await pool.close()
     executor.shutdown()
     predlog.close()
+    nvml.shutdown()
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    layout = Layout(mldeck_home(args.home))
+    try:
+        config, simulate_gpus = settings_of(args, layout)
+        layout.serving.mkdir(parents=True, exist_ok=True)
+        token = serving_token(layout.home)
+    except (ConfigError, MldeckError) as exc:
+        print(f"mldeck serving: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
     sys.setswitchinterval(0.001)  # the log writer and loader threads must not hold the loop up long
     if args.torch_threads:
         import torch
@@ -108,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.torch_threads)
     import uvloop  # libuv's loop: about a quarter more requests/s and a fifth off p99 here
 
-    return uvloop.run(serve(args))
+    return uvloop.run(serve(config, layout, token, simulate_gpus))
 
 
 if __name__ == "__main__":

@@ -16,22 +16,35 @@ from typing import Any
 import numpy as np
 
 Forward = Callable[[Mapping[str, np.ndarray]], dict[str, np.ndarray]]
-OnBatch = Callable[[int, int, float], None]
 
 
 class Retired(RuntimeError):
     """The version was swapped out and its batcher closed; the caller routes again."""
 
 
+class Timing:
+    """Where a batch's time went (Triton's compute input, infer and output)."""
+
+    __slots__ = ("infer_s", "input_s", "output_s")
+
+    def __init__(self, input_s: float, infer_s: float, output_s: float) -> None:
+        self.input_s = input_s
+        self.infer_s = infer_s
+        self.output_s = output_s
+
+
+OnBatch = Callable[[int, Timing], None]
+
+
 class Done:
-    """What a request gets back: its rows of every output, and where its time went."""
+    """What a request gets back: its rows of every output, its time queued and its batch's timing."""
 
-    __slots__ = ("compute_s", "outputs", "queue_s")
+    __slots__ = ("outputs", "queue_s", "timing")
 
-    def __init__(self, outputs: dict[str, np.ndarray], queue_s: float, compute_s: float) -> None:
+    def __init__(self, outputs: dict[str, np.ndarray], queue_s: float, timing: Timing) -> None:
         self.outputs = outputs
         self.queue_s = queue_s
-        self.compute_s = compute_s
+        self.timing = timing
 
 
 class _Work:
@@ -125,6 +138,7 @@ class Batcher:
         rows = sum(w.rows for w in batch)
         try:
             merged = _concat([w.arrays for w in batch])
+            merged_at = time.perf_counter()
             outputs = await loop.run_in_executor(self.executor, self.forward, merged)
         except Exception as exc:
             if len(batch) > 1:  # isolate the request that broke the batch: run each alone
@@ -134,12 +148,15 @@ class Batcher:
             _resolve(batch[0].future, exc)
             return
         end = time.perf_counter()
-        self.on_batch(rows, len(batch), end - start)
         offset = 0
+        parts = []
         for work in batch:
-            part = {k: v[offset : offset + work.rows] for k, v in outputs.items()}
+            parts.append({k: v[offset : offset + work.rows] for k, v in outputs.items()})
             offset += work.rows
-            _resolve(work.future, Done(part, start - work.t_in, end - start))
+        timing = Timing(merged_at - start, end - merged_at, time.perf_counter() - end)
+        self.on_batch(rows, timing)
+        for work, part in zip(batch, parts, strict=True):
+            _resolve(work.future, Done(part, start - work.t_in, timing))
 
 
 def _concat(parts: list[Mapping[str, np.ndarray]]) -> Mapping[str, np.ndarray]:

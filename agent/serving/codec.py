@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from typing import Annotated, Any, TypeVar
 
 import msgspec
 import numpy as np
@@ -15,6 +15,7 @@ JSON_TYPE = "application/json"
 BINARY_TYPE = "application/octet-stream"
 
 _encode = msgspec.json.Encoder().encode
+T = TypeVar("T")
 
 
 class BadRequest(ValueError):
@@ -26,6 +27,11 @@ class BadRequest(ValueError):
         self.reason = reason
 
 
+MAX_DIM = 2**40
+REQUEST_SHAPE = ('an inference request is a JSON object with a non-empty "inputs" list of '
+                 '{"name", "datatype", "shape", "data"}')
+
+
 class InferRequest(msgspec.Struct, kw_only=True):
     """The parts of a decoded request the server acts on; inputs' data may be arrays from binary."""
 
@@ -33,6 +39,42 @@ class InferRequest(msgspec.Struct, kw_only=True):
     inputs: list[dict[str, Any]]
     outputs: list[dict[str, Any]] | None
     binary_output: bool
+
+
+class _Input(msgspec.Struct):
+    name: str
+    datatype: str
+    shape: list[Annotated[int, msgspec.Meta(ge=0, le=MAX_DIM)]]
+    data: Any = msgspec.UNSET
+    parameters: dict[str, Any] = {}
+
+
+class _Output(msgspec.Struct):
+    name: str
+    parameters: dict[str, Any] = {}
+
+
+class _Request(msgspec.Struct):
+    inputs: Annotated[list[_Input], msgspec.Meta(min_length=1)]
+    id: str | None = None
+    outputs: list[_Output] | None = None
+    parameters: dict[str, Any] = {}
+
+
+_decode_request = msgspec.json.Decoder(_Request).decode
+
+
+def decode_json(data: bytes | memoryview, what: str, decode: Callable[[Any], T], shape: str) -> T:
+    """JSON decoded, or a BadRequest that says why: malformed, mistyped (`shape` says what fits) or
+    nested too deeply."""
+    try:
+        return decode(data)
+    except msgspec.ValidationError as exc:
+        raise BadRequest(f"{what}: {exc}; {shape}") from None
+    except msgspec.DecodeError as exc:
+        raise BadRequest(f"{what} is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise BadRequest(f"{what} is nested too deeply") from None
 
 
 def _header_length(value: str | None, size: int) -> int | None:
@@ -47,59 +89,60 @@ def _header_length(value: str | None, size: int) -> int | None:
     return length
 
 
-def _params(obj: Mapping[str, Any], where: str) -> Mapping[str, Any]:
-    params = obj.get("parameters") or {}
-    if not isinstance(params, Mapping):
-        raise BadRequest(f"{where}: parameters must be an object")
-    return params
+def _flag(params: Mapping[str, Any], key: str, default: bool, where: str) -> bool:
+    value = params.get(key, default)
+    if not isinstance(value, bool):
+        raise BadRequest(f"{where}: parameter {key} must be true or false, got {_kind(value)}")
+    return value
 
 
-def parse_infer(body: bytes, header_length: str | None) -> InferRequest:
+def parse_infer(body: bytes, header_length: str | None, max_id_chars: int) -> InferRequest:
     """Split JSON from binary tensors and attach each binary input's bytes as an array."""
     length = _header_length(header_length, len(body))
-    head = body if length is None else body[:length]
-    try:
-        obj = msgspec.json.decode(head)
-    except msgspec.DecodeError as exc:
-        raise BadRequest(f"the request body is not valid JSON: {exc}") from None
-    if not isinstance(obj, dict) or not isinstance(obj.get("inputs"), list) or not obj["inputs"]:
-        raise BadRequest('an inference request is a JSON object with a non-empty "inputs" list')
-    request_id = obj.get("id")
-    if request_id is not None and not isinstance(request_id, str):
-        raise BadRequest('"id" must be a string')
-    outputs = obj.get("outputs")
-    if outputs is not None and (
-        not isinstance(outputs, list) or not all(isinstance(o, dict) and "name" in o for o in outputs)
-    ):
-        raise BadRequest('"outputs" must be a list of objects with a "name"')
-    binary_output = bool(_params(obj, "request").get("binary_data_output", False))
+    head = body if length is None else memoryview(body)[:length]
+    req = decode_json(head, "the request body", _decode_request, REQUEST_SHAPE)
+    if req.id is not None and len(req.id) > max_id_chars:
+        raise BadRequest(f'"id" is {len(req.id)} characters; the limit is {max_id_chars}')
+    binary_output = _flag(req.parameters, "binary_data_output", False, "the request")
     binary = memoryview(body)[length:] if length is not None else memoryview(b"")
     offset = 0
-    for item in obj["inputs"]:
-        if not isinstance(item, dict):
-            raise BadRequest("each input must be an object with name, datatype, shape and data")
-        size = _params(item, f"input {item.get('name')!r}").get("binary_data_size")
-        if size is None:
-            continue
-        if not isinstance(size, int) or size < 0 or offset + size > len(binary):
-            raise BadRequest(
-                f"input {item.get('name')!r}: binary_data_size {size!r} runs past the "
-                f"{len(binary)} bytes of binary data after the JSON header"
-            )
-        item["data"] = _from_bytes(item, binary[offset : offset + size])
-        offset += size
+    inputs = []
+    for item in req.inputs:
+        size = item.parameters.get("binary_data_size")
+        if size is not None:
+            if type(size) is not int:
+                raise BadRequest(f"input {item.name!r}: binary_data_size must be a whole number, "
+                                 f"got {_kind(size)}")
+            if size < 0 or offset + size > len(binary):
+                raise BadRequest(
+                    f"input {item.name!r}: binary_data_size {size} runs past the "
+                    f"{len(binary)} bytes of binary data after the JSON header"
+                )
+            item.data = _from_bytes(item.name, item.datatype, binary[offset : offset + size])
+            offset += size
+        tensor = {"name": item.name, "datatype": item.datatype, "shape": item.shape}
+        if item.data is not msgspec.UNSET:
+            tensor["data"] = item.data
+        inputs.append(tensor)
     if offset != len(binary):
         raise BadRequest(f"{len(binary) - offset} bytes of binary data belong to no input")
-    return InferRequest(id=request_id, inputs=obj["inputs"], outputs=outputs, binary_output=binary_output)
+    outputs = None
+    if req.outputs is not None:
+        outputs = [{"name": o.name, "binary": _flag(o.parameters, "binary_data", binary_output,
+                                                       f"output {o.name!r}")} for o in req.outputs]
+    return InferRequest(id=req.id, inputs=inputs, outputs=outputs, binary_output=binary_output)
 
 
-def _from_bytes(item: Mapping[str, Any], raw: memoryview) -> np.ndarray:
-    name = item.get("name")
-    datatype = item.get("datatype")
+def _kind(value: Any) -> str:
+    """What a value is, for an error message that must not echo (or recurse into) what was sent."""
+    return "null" if value is None else f"a {type(value).__name__}"
+
+
+def _from_bytes(name: str, datatype: str, raw: memoryview) -> np.ndarray:
     if datatype == "BYTES":
         raise BadRequest(f"input {name!r}: BYTES tensors are not supported by torch models")
     try:
-        dtype = numpy_dtype(str(datatype)).newbyteorder("<")
+        dtype = numpy_dtype(datatype).newbyteorder("<")
     except InvalidInput as exc:
         raise BadRequest(str(exc)) from None
     if len(raw) % dtype.itemsize:
@@ -118,8 +161,7 @@ def check_outputs(signature: Signature, request: InferRequest) -> list[tuple[str
     for out in request.outputs:
         if out["name"] not in known:
             raise BadRequest(f"unknown output {out['name']!r}; this model gives {', '.join(known)}")
-        binary = _params(out, f"output {out['name']!r}").get("binary_data", request.binary_output)
-        chosen.append((out["name"], bool(binary)))
+        chosen.append((out["name"], out["binary"]))
     return chosen
 
 

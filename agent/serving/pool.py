@@ -25,7 +25,7 @@ import msgspec
 import numpy as np
 import watchfiles
 
-from mldeck.agent.serving.batcher import Batcher
+from mldeck.agent.serving.batcher import Batcher, Timing
 from mldeck.agent.serving.metrics import Metrics
 from mldeck.agent.serving.predlog import PredictionLog
 from mldeck.core.modelfile import LoadedModel, load_model
@@ -67,6 +67,10 @@ class Served:
     aliases: dict[str, Version] = field(default_factory=dict)
     shadow: bool = False
     canary: float = 0.0
+
+    def versions(self) -> list[int]:
+        """Every version that can be asked for by number: the ones loaded, under any alias."""
+        return sorted({v.version for v in self.aliases.values()})
 
     def by_version(self, version: int) -> Version | None:
         return next((v for v in self.aliases.values() if v.version == version), None)
@@ -156,8 +160,8 @@ class Pool:
             return None
         self.metrics.count("mldeck_model_loads", model=name, result="ok")
 
-        def on_batch(rows: int, requests: int, compute_s: float) -> None:
-            self.metrics.batch(name, version, rows, compute_s)
+        def on_batch(rows: int, timing: Timing) -> None:
+            self.metrics.batch(name, version, rows, timing)
 
         batcher = Batcher(
             model.predict, self.executor, self.settings.max_batch_size,

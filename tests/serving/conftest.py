@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 from mldeck.core.serving import Manifest, ServedModel, ServedVersion, encode_manifest
+from mldeck.core.servingtoken import bearer, serving_token
 from mldeck.core.track import write_atomic
 from tests.conftest import REPO, agent_env
 
@@ -76,10 +77,15 @@ class ServerProc:
         })
         write_atomic(self.home / "serving" / "manifest.json", encode_manifest(manifest))
 
+    def auth(self) -> dict[str, str]:
+        """The header that carries this server's token (from its home, as any client reads it)."""
+        return bearer(serving_token(self.home))
+
     def stats(self) -> dict[str, Any]:
         import urllib.request
 
-        with urllib.request.urlopen(self.url + "/mldeck/stats", timeout=10) as resp:
+        req = urllib.request.Request(self.url + "/mldeck/stats", headers=self.auth())
+        with urllib.request.urlopen(req, timeout=10) as resp:
             return msgspec.json.decode(resp.read())
 
     def wait_serving(self, name: str, aliases: dict[str, int], timeout: float = 60,

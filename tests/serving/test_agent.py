@@ -58,6 +58,15 @@ def infer(url: str, rows: np.ndarray, request_id: str, route: str = "/v2/models/
         return json.loads(resp.read())
 
 
+def feedback(agent: AgentProc, url: str, body: dict[str, Any]) -> int:
+    """Feedback as a client sends it: with the token `mldeck serve token` prints."""
+    token = agent.cli("serve", "token", check=True).out.strip()
+    req = urllib.request.Request(url + "/v2/models/tiny/feedback", method="POST",
+                                 data=json.dumps(body).encode(), headers={"Authorization": f"Bearer {token}"})
+    with urllib.request.urlopen(req, timeout=10) as resp:
+        return resp.status
+
+
 def count(agent: AgentProc, sql: str) -> int:
     (row,) = agent.cli("query", sql, "--json", check=True).json()
     return next(iter(row.values()))
@@ -74,10 +83,11 @@ def test_promotion_starts_serving_and_logs_reach_the_store(agent: AgentProc) -> 
     rows = np.random.default_rng(0).normal(size=(1, 8)).astype(np.float32)
     for i in range(20):
         assert infer(url, rows, f"req-{i}")["model_version"] == "1"
-    req = urllib.request.Request(url + "/v2/models/tiny/feedback", method="POST",
-                                 data=json.dumps({"request_id": "req-3", "label": 1}).encode())
-    with urllib.request.urlopen(req, timeout=10) as resp:
-        assert resp.status == 200
+    with pytest.raises(urllib.error.HTTPError) as refused:  # feedback without the token
+        urllib.request.urlopen(urllib.request.Request(url + "/v2/models/tiny/feedback", method="POST",
+                               data=json.dumps({"request_id": "req-3", "label": 1}).encode()), timeout=10)
+    assert refused.value.code == 401
+    assert feedback(agent, url, {"request_id": "req-3", "label": 1}) == 200
     wait_for(lambda: count(agent, "SELECT count(*) FROM predictions WHERE model = 'tiny'") >= 20,
              timeout=30, what="predictions in the store")
     wait_for(lambda: count(agent, "SELECT count(*) FROM feedback WHERE request_id = 'req-3'") == 1,
@@ -96,10 +106,7 @@ def test_labelled_traffic_comes_back_one_row_per_example(agent: AgentProc) -> No
     url = status(agent)["url"]
     pair = np.arange(16, dtype=np.float32).reshape(2, 8)
     infer(url, pair, "pair-1")
-    req = urllib.request.Request(url + "/v2/models/tiny/feedback", method="POST",
-                                 data=json.dumps({"request_id": "pair-1", "label": [0, 1]}).encode())
-    with urllib.request.urlopen(req, timeout=10) as resp:
-        assert resp.status == 200
+    assert feedback(agent, url, {"request_id": "pair-1", "label": [0, 1]}) == 200
     wait_for(lambda: count(agent, "SELECT count(*) FROM feedback WHERE request_id = 'pair-1'") == 1,
              timeout=30, what="feedback in the store")
     got = rpc(agent.home, "serving.labelled", {"name": "tiny"})["result"]

@@ -191,14 +191,20 @@ def test_dynamic_batching_forms_batches(server: ServerProc) -> None:
 
 
 def test_feedback_endpoint(server: ServerProc) -> None:
-    status, reply = run(post_one(server, "/v2/models/mlp/feedback", {"request_id": "abc-1", "label": 2}))
+    rows = np.ones((1, FEATURES), np.float32)
+    assert run(post_one(server, "/v2/models/mlp/infer", infer_body(rows, "abc-1")))[0] == 200
+    auth = server.auth()
+    status, reply = run(post_one(server, "/v2/models/mlp/feedback", {"request_id": "abc-1", "label": 2},
+                                 headers=auth))
     assert status == 200 and reply["accepted"]
     cases = ((b"{nope", "not valid JSON"), ({"request_id": "x"}, "request_id"),
-             ({"request_id": 5, "label": 1}, "request_id"), ({"label": 1, "extra": 1}, "nothing else"))
+             ({"request_id": 5, "label": 1}, "request_id"), ({"label": 1, "extra": 1}, "nothing else"),
+             ({"request_id": "abc-1", "label": None}, "not null"))
     for body, words in cases:
-        status, reply = run(post_one(server, "/v2/models/mlp/feedback", body))
+        status, reply = run(post_one(server, "/v2/models/mlp/feedback", body, headers=auth))
         assert status == 400 and words in reply["error"], reply
-    assert run(post_one(server, "/v2/models/zzz/feedback", {"request_id": "a", "label": 1}))[0] == 404
+    unknown = run(post_one(server, "/v2/models/zzz/feedback", {"request_id": "a", "label": 1}, headers=auth))
+    assert unknown[0] == 404
     path = server.home / "serving" / "mlp" / "feedback-1.jsonl"
     deadline = time.monotonic() + 10
     while not (path.exists() and path.read_text()):
@@ -233,8 +239,8 @@ def test_metrics_and_stats(server: ServerProc) -> None:
                  "nv_inference_exec_count", "nv_inference_request_duration_us",
                  "nv_inference_queue_duration_us", "nv_inference_compute_infer_duration_us"):
         assert f"# TYPE {name} counter" in text
-    assert metric(text, "nv_inference_request_success", model="mlp", version="1", variant="production") > 0
-    assert metric(text, "mldeck_request_duration_seconds_count", model="mlp") > 0
+    assert metric(text, "nv_inference_request_success", model="mlp", version="1") > 0
+    assert metric(text, "mldeck_request_duration_seconds_count", model="mlp", variant="production") > 0
     stats = server.stats()
     prod = stats["models"]["mlp"]["variants"]["production"]
     assert prod["rps"] > 0 and 0 < prod["p50_ms"] <= prod["p95_ms"] <= prod["p99_ms"]

@@ -1,12 +1,13 @@
-"""`mldeck serve start|stop|status|stats|traffic`: the model server of a host."""
+"""`mldeck serve start|stop|status|stats|traffic|token`: the model server of a host."""
 
 from __future__ import annotations
 
 import argparse
 from typing import Any
 
+from mldeck.core.errors import UsageError
 from mldeck.tui.cli.connect import call_agent
-from mldeck.tui.cli.output import CliError, print_table, show, when
+from mldeck.tui.cli.output import print_table, show, when
 from mldeck.tui.units import duration
 
 
@@ -75,13 +76,18 @@ def _print_split(split: dict[str, Any]) -> None:
 
 async def traffic(args: argparse.Namespace) -> int:
     if args.canary is None and args.shadow is None:
-        raise CliError("say what to change: --canary PERCENT and/or --shadow on|off")
+        raise UsageError("say what to change: --canary PERCENT and/or --shadow on|off")
     params: dict[str, Any] = {"name": args.name}
     if args.canary is not None:
         params["canary"] = args.canary
     if args.shadow is not None:
         params["shadow"] = args.shadow == "on"
     return show(args, await call_agent(args, "serving.traffic", **params), _print_split)
+
+
+async def token(args: argparse.Namespace) -> int:
+    """The token alone on stdout, so `$(mldeck serve token)` fills a header; --json adds how to send it."""
+    return show(args, await call_agent(args, "serving.token"), lambda t: print(t["token"]))
 
 
 def _percent(text: str) -> float:
@@ -95,7 +101,7 @@ def _percent(text: str) -> float:
 
 
 def register(sub: Any, common: argparse.ArgumentParser) -> None:
-    serve = sub.add_parser("serve", help="the model server: start, stop, status, stats, traffic split")
+    serve = sub.add_parser("serve", help="the model server: start, stop, status, stats, traffic split, token")
     cmds = serve.add_subparsers(dest="serve_command", metavar="ACTION", required=True)
     cmds.add_parser("start", parents=[common], help="start the model server").set_defaults(func=start)
     cmds.add_parser("stop", parents=[common], help="stop the model server").set_defaults(func=stop)
@@ -109,3 +115,5 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("--canary", type=_percent, help="percent of requests the challenger answers")
     p.add_argument("--shadow", choices=["on", "off"], help="mirror every request to the challenger")
     p.set_defaults(func=traffic)
+    cmds.add_parser("token", parents=[common], help="print the token feedback needs (Authorization: Bearer …)"
+                    ).set_defaults(func=token)
