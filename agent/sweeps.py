@@ -96,7 +96,7 @@ class Sweeps:
         points = sw.trials(grid, rand, p.trials, p.seed)
         if len(points) > sw.MAX_TRIALS:
             raise Invalid(f"{len(points)} trials is too many for one sweep (at most {sw.MAX_TRIALS})")
-        self.jobs.validate(p)
+        await self.jobs.check(p)
         sweep_id = "sweep-" + new_run_id()
         name = p.name or sweep_id
         spec = msgspec.to_builtins(p)
