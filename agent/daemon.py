@@ -150,9 +150,9 @@ class Agent:
         await self.rpc.stop()
         await self.collector.flush()
         await self.tasks.stop()
+        await asyncio.to_thread(self._readers.shutdown)  # reads in flight end before the store closes
         await self.ctx.db(self.store.close)
         self._writer.shutdown()
-        self._readers.shutdown()
         self.nvml.shutdown()
         for path in (self.layout.socket, self.layout.pidfile):
             with contextlib.suppress(FileNotFoundError):
