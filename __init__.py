@@ -1,4 +1,4 @@
-"""mldeck: the one import name. The repository's core/, agent/ and tui/ install as mldeck.core, mldeck.agent and mldeck.tui.
+"""mldeck, the one import name: the repository's core/, agent/ and tui/ install as mldeck.core/agent/tui.
 
 A training script writes `import mldeck; run = mldeck.init(...)`. The SDK loads on first use, so that
 `python -m mldeck.agent` (which must never import torch) pays nothing for these names.

@@ -1,4 +1,4 @@
-"""`python -m mldeck.agent bridge`: relay stdin/stdout to agent.sock where sshd forbids stream-local forwarding."""
+"""`python -m mldeck.agent bridge`: stdin/stdout to agent.sock where sshd forbids stream-local forwarding."""
 
 from __future__ import annotations
 

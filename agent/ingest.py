@@ -3,7 +3,9 @@
 Each file's committed byte offset is stored in the same transaction as its rows, so a
 kill -9 at any moment neither loses nor doubles a line; offsets are keyed by the file's
 path relative to the home, so a moved or copied home is not read twice. A half-written
-last line waits for its newline.
+last line waits for its newline. The new lines of many files go into one transaction
+(up to GROUP_BYTES), their points in one insert that also updates each run's summaries
+(core.store Store.add_points), so a thousand small runs cost about what one large one does.
 
 Nothing ends ingest. A line no parser or the store accepts (nested too deep, longer than
 READ_CHUNK, not UTF-8, a value of the wrong type) is skipped, counted and logged with its
@@ -19,9 +21,11 @@ import concurrent.futures
 import contextlib
 import errno
 import io
+import itertools
 import logging
 import re
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,7 +48,18 @@ log = logging.getLogger("mldeck.ingest")
 READ_CHUNK = 32 * 1024 * 1024
 """The most bytes read and committed at once; a longer line is skipped as bad."""
 SEEK_BLOCK = 1024 * 1024
-RESCAN_S = 3.0
+GROUP_BYTES = 16 * 1024 * 1024
+"""Whole lines of many files committed in one transaction, up to about this many bytes."""
+CALL_BYTES = 64 * 1024 * 1024
+"""About this many bytes are committed per turn on the writer thread; then events go out and others write."""
+PARSE_THREADS = 2
+RESCAN_S = 1.0
+"""How often the files that grew lately (or failed) are looked at again, behind the watcher (which also
+looks into each new folder at once)."""
+LIVE_S = 120.0
+"""A file is looked at every RESCAN_S for this long after it last grew."""
+FULL_SCAN_S = 30.0
+"""How often every source file is looked at (a glob of the home: it costs what the number of runs does)."""
 BACKOFF_S = 0.5
 BACKOFF_MAX_S = 10.0
 LOGGED_BAD_LINES = 10
@@ -58,7 +73,31 @@ and it is skipped only if the store then commits the offset past it."""
 POISON = (msgspec.DecodeError, msgspec.ValidationError, RecursionError)
 """What decoding a line raises when the line is bad (RecursionError: nested too deep)."""
 
-Action = Callable[[Store], None]
+@dataclass
+class Points:
+    """Metric points (run_id, key, step, ts, value) to add: those of many files go in as one insert."""
+
+    table: pa.Table
+
+
+@dataclass
+class RunInit:
+    """A run as its init line describes it: the inits of many files go in as one statement."""
+
+    fields: dict[str, Any]
+
+
+@dataclass
+class RunFinish:
+    """A run's own finish (counted where the agent did not launch it): many go in as one statement."""
+
+    run_id: str
+    status: str
+    at: float
+    reason: Any
+
+
+Action = Callable[[Store], None] | Points | RunInit | RunFinish
 BadLine = tuple[int, str]
 """A skipped line: its number in the file, and why."""
 
@@ -72,10 +111,39 @@ class Parsed:
     bad: list[BadLine] = field(default_factory=list)
 
     def extend(self, other: Parsed) -> Parsed:
-        self.actions += other.actions
+        for action in other.actions:
+            self.add(action)
         self.events += other.events
         self.bad += other.bad
         return self
+
+    def add(self, action: Action) -> None:
+        """Append an action; points right after points (only events without actions between) join them."""
+        last = self.actions[-1] if self.actions else None
+        if isinstance(action, Points) and isinstance(last, Points):
+            last.table = pa.concat_tables([last.table, action.table])
+        else:
+            self.actions.append(action)
+
+
+def apply_actions(store: Store, chunks: list[list[Action]]) -> None:
+    """Each chunk's actions in its order, a chunk being one file's: the k-th actions of all the chunks
+    go together, those of one kind in one statement (all the points in one insert). Files touch
+    different runs and tables, so only the order within each chunk matters."""
+    for actions in itertools.zip_longest(*chunks):
+        present = [a for a in actions if a is not None]
+        inits = [a.fields for a in present if isinstance(a, RunInit)]
+        finishes = [(a.run_id, a.status, a.at, a.reason) for a in present if isinstance(a, RunFinish)]
+        points = [a.table for a in present if isinstance(a, Points)]
+        for action in present:
+            if not isinstance(action, Points | RunInit | RunFinish):
+                action(store)
+        if inits:
+            store.init_runs(inits)
+        if finishes:
+            store.finish_unmanaged_runs(finishes)
+        if points:
+            store.add_points(pa.concat_tables(points))
 
 
 Parser = Callable[[Path, bytes, int], Parsed]
@@ -109,6 +177,20 @@ class Progress:
     events: list[tuple[str, Any]] = field(default_factory=list)
     line: int = 0
     error: Exception | None = None
+
+
+@dataclass
+class _File:
+    """A file in a turn of ingest: where its next read starts, and what its commits did."""
+
+    path: Path
+    key: str
+    parse: Parser
+    offset: int
+    lines: int
+    progress: Progress = field(default_factory=Progress)
+    expect: int = 0
+    """The bytes its read in flight is expected to take (what reading ahead may hold)."""
 
 
 _line_decoder = msgspec.json.Decoder(Line)
@@ -161,7 +243,7 @@ def rows_parser(
             batch = pa.table({
                 col: pa.array([_cell(getattr(r, col)) for r in rows], kind_) for col, kind_ in columns.items()
             })
-            parsed.actions.append(lambda store: store.append(table, batch))
+            parsed.add(lambda store: store.append(table, batch))
             parsed.events.extend(events(rows) if events else [])
         return parsed
 
@@ -204,36 +286,44 @@ def _points(run_id: str, segment: bytes, first_line: int, parsed: Parsed) -> Non
     points = long_points(run_id, table)
     if points.num_rows == 0:
         return
-    parsed.actions.append(lambda store: store.append("metrics", points))
-    tail = table.slice(max(0, table.num_rows - EVENT_TAIL_ROWS)).to_pylist()
-    event: dict[str, Any] = {"run_id": run_id, "key": [], "step": [], "value": []}
-    for row in tail:
-        for key, value in row["m"].items():
-            if value is not None:
-                event["key"].append(key)
-                event["step"].append(row["s"])
-                event["value"].append(float(value))
-    parsed.events.append(("run.metrics", event))
+    parsed.add(Points(points))
+    tail = long_points(run_id, table.slice(max(0, table.num_rows - EVENT_TAIL_ROWS)))
+    parsed.events.append(("run.metrics", {"run_id": run_id, "key": tail.column("key").to_pylist(),
+                                          "step": tail.column("step").to_pylist(),
+                                          "value": tail.column("value").to_pylist()}))
+
+
+def points_table(
+    run_id: str, keys: pa.DictionaryArray, step: pa.Array, ts: pa.Array, value: pa.Array
+) -> pa.Table:
+    """Metric points of one run in the one shape every batch has, so that many files' concatenate."""
+    return pa.table({
+        "run_id": pa.DictionaryArray.from_arrays(pa.array(np.zeros(len(keys), np.int32)),
+                                                 pa.array([run_id], pa.string())),
+        "key": keys,
+        "step": pc.cast(step, pa.int64()),
+        "ts": pc.cast(ts, pa.float64()),
+        "value": pc.cast(value, pa.float64()),
+    })
 
 
 def long_points(run_id: str, table: pa.Table) -> pa.Table:
-    """Wide (t, s, m{key: value}) rows as metrics rows, one per present value, built column-wise."""
+    """Wide (t, s, m{key: value}) rows as metrics rows, one per present value, built column-wise
+    (key by key: each key's points in a run of rows, in the file's order)."""
     m = table.column("m").combine_chunks()
-    keys = [f.name for f in m.type]
+    keys = pa.array([f.name for f in m.type], pa.string())
     n, k = len(m), len(keys)
     if not k:
-        return pa.table({"run_id": [], "key": [], "step": [], "ts": [], "value": []})
+        return points_table(run_id, pc.dictionary_encode(keys), pa.array([], pa.int64()),
+                            pa.array([], pa.float64()), pa.array([], pa.float64()))
     values = pa.concat_arrays([pc.cast(m.field(i), pa.float64()) for i in range(k)])
-    step = table.column("s").combine_chunks()
-    ts = pc.cast(table.column("t").combine_chunks(), pa.float64())
-    points = pa.table({
-        "run_id": pa.DictionaryArray.from_arrays(pa.array(np.zeros(n * k, np.int32)), pa.array([run_id])),
-        "key": pa.DictionaryArray.from_arrays(pa.array(np.repeat(np.arange(k, dtype=np.int32), n)),
-                                              pa.array(keys)),
-        "step": pa.concat_arrays([step] * k),
-        "ts": pa.concat_arrays([ts] * k),
-        "value": values,
-    })
+    points = points_table(
+        run_id,
+        pa.DictionaryArray.from_arrays(pa.array(np.repeat(np.arange(k, dtype=np.int32), n)), keys),
+        pa.concat_arrays([table.column("s").combine_chunks()] * k),
+        pa.concat_arrays([pc.cast(table.column("t").combine_chunks(), pa.float64())] * k),
+        values,
+    )
     return points.filter(pc.is_valid(values))
 
 
@@ -289,14 +379,10 @@ def _slow_lines(run_id: str, chunk: bytes, first_line: int, parsed: Parsed) -> N
     def close_segment() -> None:
         if not keys:
             return
-        batch = pa.table({
-            "run_id": pa.array([run_id] * len(keys), pa.string()),
-            "key": pa.array(keys, pa.string()),
-            "step": pa.array(steps, pa.int64()),
-            "ts": pa.array(stamps, pa.float64()),
-            "value": pa.array(values, pa.float64()),
-        })
-        parsed.actions.append(lambda store: store.append("metrics", batch))
+        batch = points_table(run_id, pc.dictionary_encode(pa.array(keys, pa.string())),
+                             pa.array(steps, pa.int64()), pa.array(stamps, pa.float64()),
+                             pa.array(values, pa.float64()))
+        parsed.add(Points(batch))
         parsed.events.append(("run.metrics", {
             "run_id": run_id, "key": list(keys), "step": list(steps), "value": list(values),
         }))
@@ -329,29 +415,18 @@ def _apply_event(run_id: str, line: Line, parsed: Parsed) -> None:
     if line.e == "init":
         fields = {k: v for k, v in data.items() if k not in ("user", "pid")}
         fields.update(run_id=run_id, started_at=line.t, status="running")
-        parsed.actions.append(lambda store: _init_run(store, fields))
+        parsed.add(RunInit(fields))
         parsed.events.append(("runs", {"run_id": run_id, "status": "running"}))
     elif line.e == "resume":
         step = int(data.get("step", -1))
-        parsed.actions.append(lambda store: store.delete_metrics_after(run_id, step))
+        parsed.add(lambda store: store.delete_metrics_after(run_id, step))
     elif line.e == "finish":
         status = str(data.get("status") or "succeeded")
-        reason = data.get("reason")
-        parsed.actions.append(
-            lambda store: store.finish_unmanaged_run(run_id, status, line.t, reason)
-        )
+        parsed.add(RunFinish(run_id, status, line.t, data.get("reason")))
         parsed.events.append(("runs", {"run_id": run_id, "status": status}))
     elif line.e == DROPPED:
         points = int(data.get("points", 0))
-        parsed.actions.append(lambda store: store.add_dropped_points(run_id, points))
-
-
-def _init_run(store: Store, fields: dict[str, Any]) -> None:
-    existing = store.get_run(fields["run_id"])
-    if existing and existing.get("managed"):
-        for key in ("status", "started_at", "created_at", "command", "host"):
-            fields.pop(key, None)
-    store.upsert_run(fields)
+        parsed.add(lambda store: store.add_dropped_points(run_id, points))
 
 
 def halves(data: bytes) -> tuple[bytes, bytes]:
@@ -447,6 +522,8 @@ class Ingest:
         self._reload = True
         self._reopen = False
         self._stop = asyncio.Event()
+        self._live: dict[Path, tuple[Parser, float]] = {}
+        """The files that grew (or failed) lately, and when: looked at again every RESCAN_S."""
 
     def add_source(self, source: Source) -> None:
         self.sources.append(source)
@@ -482,12 +559,17 @@ class Ingest:
         }
 
     async def run(self) -> None:
-        """Scan now and every RESCAN_S, following the watcher in between; no failure ends it."""
+        """Follow the watcher; behind it, look at the lately grown files every RESCAN_S and at every file
+        now and every FULL_SCAN_S. No failure ends it."""
         watcher = asyncio.create_task(self._watch([self.home / "runs", self.home / "serving"]))
+        full_at = 0.0
         try:
             while not self._stop.is_set():
                 try:
-                    await self.scan()
+                    full = time.monotonic() >= full_at
+                    if full:
+                        full_at = time.monotonic() + FULL_SCAN_S
+                    await self.scan(full)
                 except Exception as exc:
                     self._failed("scan", exc, None)
                 with contextlib.suppress(TimeoutError):
@@ -510,14 +592,23 @@ class Ingest:
                 ):
                     delay = BACKOFF_S
                     paths = {Path(p) for change, p in changes if change != watchfiles.Change.deleted}
-                    for path in sorted(paths):
-                        parser = self._parser_for(path)
-                        if parser:
-                            await self.ingest_file(path, parser)
+                    files = await asyncio.to_thread(self._sources_in, paths)
+                    if files:
+                        await self.ingest_files(files)
             except Exception as exc:
                 self._failed("watcher", exc, None)
                 await asyncio.sleep(delay)
                 delay = min(BACKOFF_MAX_S, delay * 2)
+
+    def _sources_in(self, paths: Iterable[Path]) -> list[tuple[Path, Parser]]:
+        """The source files among changed paths, and in changed folders: a run folder and its file can
+        appear before the watcher watches the folder, and must not wait for a scan."""
+        found = set()
+        for path in paths:
+            found.add(path)
+            if path.is_dir():
+                found.update(path.rglob("*"))
+        return [(path, parser) for path in sorted(found) if (parser := self._parser_for(path))]
 
     def _parser_for(self, path: Path) -> Parser | None:
         try:
@@ -529,21 +620,24 @@ class Ingest:
                 return source.parse
         return None
 
-    async def scan(self) -> None:
-        """Catch up every file: at start, and as a safety net behind the watcher."""
+    async def scan(self, full: bool = True) -> None:
+        """Catch up every file (full), or the files that grew lately: a safety net behind the watcher."""
         if not await self._ready():
             return
         store_failures = self._store_failures
-        for source in self.sources:
-            for path in sorted(self.home.glob(source.pattern)):
-                try:
-                    size = path.stat().st_size
-                except FileNotFoundError:
-                    continue
-                if size > self.offsets.get(self.key(path), (0, 0))[0]:
-                    await self.ingest_file(path, source.parse)
+        if full:
+            files = await asyncio.to_thread(self._all_sources)
+        else:
+            now = time.monotonic()
+            self._live = {p: (parse, at) for p, (parse, at) in self._live.items() if now - at < LIVE_S}
+            files = [(path, parse) for path, (parse, _) in self._live.items()]
+        await self.ingest_files(files)
         if self._store_failures == store_failures:
             self._resume()
+
+    def _all_sources(self) -> list[tuple[Path, Parser]]:
+        return [(path, source.parse) for source in self.sources
+                for path in sorted(self.home.glob(source.pattern))]
 
     async def _ready(self) -> bool:
         """Whether the store may be tried now, reopened and the offsets re-read first where a failure asks."""
@@ -568,18 +662,40 @@ class Ingest:
 
     async def ingest_file(self, path: Path, parse: Parser) -> bool:
         """Commit the file's new whole lines; False if a failure stops it now or its backoff still runs."""
-        key = self.key(path)
-        if self._retry.get(key, (0.0, 0.0))[0] > time.monotonic() or not await self._ready():
-            return False
-        progress = await self.db(self._ingest_file_sync, path, key, parse)
-        for topic, data in progress.events:
-            self.publish(topic, data)
-        if progress.error is not None:
-            self._failed(f"{path}:{progress.line}", progress.error, key)
-            return False
-        self._retry.pop(key, None)
-        self._resume()
-        return True
+        return path not in await self.ingest_files([(path, parse)])
+
+    async def ingest_files(self, files: list[tuple[Path, Parser]]) -> set[Path]:
+        """Commit the new whole lines of files that grew, many files a transaction; the files a failure
+        (or the backoff after one) stopped."""
+        now = time.monotonic()
+        stopped = {path for path, _ in files if self._retry.get(self.key(path), (0.0, 0.0))[0] > now}
+        pending = await asyncio.to_thread(self._grown, [f for f in files if f[0] not in stopped])
+        self._live.update((path, (parse, now)) for path, parse in pending)
+        while pending:
+            if not await self._ready():
+                return stopped | {path for path, _ in pending}
+            done, pending = await self.db(self._ingest_files_sync, pending)
+            pa.default_memory_pool().release_unused()  # what parsing took goes back: memory stays bounded
+            store_failed = False
+            for f in done:
+                for topic, data in f.progress.events:
+                    self.publish(topic, data)
+                error = f.progress.error
+                if error is None:
+                    self._retry.pop(f.key, None)
+                    continue
+                stopped.add(f.path)
+                store_failed = store_failed or disk_full(error) or isinstance(error, STORE_ERRORS)
+                self._failed(f"{f.path}:{f.progress.line}", error, f.key)
+            if store_failed:
+                return stopped | {path for path, _ in pending}
+            self._resume()
+        return stopped
+
+    def _grown(self, files: list[tuple[Path, Parser]]) -> list[tuple[Path, Parser]]:
+        """The files with bytes past their committed offset (each once)."""
+        return [(path, parse) for path, parse in dict(files).items()
+                if _size(path) > self.offsets.get(self.key(path), (0, 0))[0]]
 
     def _failed(self, where: str, exc: Exception, key: str | None) -> None:
         """Count a failure, log it once, and back off: the store's failures pause every file, others
@@ -608,29 +724,96 @@ class Ingest:
             self.paused = None
             self._logged.clear()
 
-    def _ingest_file_sync(self, path: Path, key: str, parse: Parser) -> Progress:
-        """Commit whole lines chunk by chunk; the next chunk is read and parsed while this one is inserted."""
-        progress = Progress()
-        offset, lines = self.offsets.get(key, (0, 0))
-        progress.line = lines + 1
-        try:
-            with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="ingest-parse") as reader:
-                pending = reader.submit(read_chunk, path, parse, offset, lines)
-                while (chunk := pending.result()) is not None:
-                    if chunk.more:
-                        pending = reader.submit(read_chunk, path, parse, chunk.end, chunk.lines)
-                    progress.line = chunk.line
-                    self._commit(path, key, parse, chunk, progress)
-                    if not chunk.more:
-                        break
-        except Exception as exc:
-            progress.error = exc
-        return progress
+    def _ingest_files_sync(
+        self, files: list[tuple[Path, Parser]]
+    ) -> tuple[list[_File], list[tuple[Path, Parser]]]:
+        """On the writer thread, one turn of about CALL_BYTES: files are read and parsed ahead on
+        PARSE_THREADS while the lines already read are committed, many files a transaction (at most one
+        chunk of each). Returns the files worked on (their events, and the failure that stopped one) and
+        those with lines left for the next turn. A failure of the store ends the turn."""
+        todo = deque(_File(path, self.key(path), parse, *self.offsets.get(self.key(path), (0, 0)))
+                     for path, parse in files)
+        worked = list(todo)
+        reading: deque[tuple[_File, concurrent.futures.Future[Chunk | None]]] = deque()
+        ahead = committed = 0
+        with concurrent.futures.ThreadPoolExecutor(PARSE_THREADS, thread_name_prefix="ingest-parse") as pool:
 
-    def _commit(self, path: Path, key: str, parse: Parser, chunk: Chunk, progress: Progress) -> None:
+            def read(f: _File) -> None:
+                nonlocal ahead
+                f.expect = min(READ_CHUNK, max(0, _size(f.path) - f.offset))
+                f.progress.line = f.lines + 1
+                ahead += f.expect
+                reading.append((f, pool.submit(read_chunk, f.path, f.parse, f.offset, f.lines)))
+
+            def fill() -> None:
+                while todo and committed < CALL_BYTES and (not reading or ahead < 2 * GROUP_BYTES):
+                    read(todo.popleft())
+
+            fill()
+            while reading:
+                group: list[tuple[_File, Chunk]] = []
+                keys: set[str] = set()
+                size = 0
+                while reading and size < GROUP_BYTES and reading[0][0].key not in keys:
+                    f, future = reading.popleft()
+                    ahead -= f.expect
+                    if f.progress.error is not None:
+                        continue
+                    try:
+                        chunk = future.result()
+                    except Exception as exc:
+                        f.progress.error = exc
+                        continue
+                    if chunk is None:
+                        continue
+                    f.progress.line = chunk.line
+                    group.append((f, chunk))
+                    keys.add(f.key)
+                    size += chunk.end - chunk.offset
+                    if chunk.more:
+                        f.offset, f.lines = chunk.end, chunk.lines
+                        if committed + size < CALL_BYTES:
+                            read(f)
+                        else:
+                            todo.append(f)
+                    fill()
+                if group:
+                    try:
+                        self._commit_group(group)
+                    except Exception as exc:
+                        group[0][0].progress.error = exc
+                        return worked, []
+                    committed += size
+                    fill()
+        return worked, [(f.path, f.parse) for f in todo if f.progress.error is None]
+
+    def _commit_group(self, group: list[tuple[_File, Chunk]]) -> None:
+        """One transaction for the group's chunks. If a line fails it (not the store), each file's chunk is
+        committed on its own, halved until that line is found and skipped; a file that fails even so
+        stops (its failure noted). The store's failures go up."""
+        if len(group) > 1:
+            try:
+                self._store(group)
+                return
+            except STORE_ERRORS:
+                raise
+            except Exception as exc:
+                if disk_full(exc):
+                    raise
+        for f, chunk in group:
+            try:
+                self._commit(f, chunk)
+            except STORE_ERRORS:
+                raise
+            except Exception as exc:
+                if disk_full(exc):
+                    raise
+                f.progress.error = exc
+
+    def _commit(self, f: _File, chunk: Chunk) -> None:
         """Store a chunk; if the store refuses a line of it, halve it until that line is found and skipped."""
         try:
-            self._store(path, key, chunk, progress)
+            self._store([(f, chunk)])
         except STORE_ERRORS:
             raise
         except Exception as exc:
@@ -638,31 +821,42 @@ class Ingest:
                 raise
             if chunk.data.count(b"\n") == 1:
                 refused = Parsed(bad=[(chunk.line, f"the store refused it: {type(exc).__name__}: {exc}")])
-                self._store(path, key, Chunk(b"", chunk.offset, chunk.line, chunk.end, chunk.lines, refused),
-                            progress)
+                self._store([(f, Chunk(b"", chunk.offset, chunk.line, chunk.end, chunk.lines, refused))])
                 return
             left, right = halves(chunk.data)
-            self._commit(path, key, parse, lines_chunk(path, parse, left, chunk.offset, chunk.line), progress)
-            self._commit(path, key, parse, lines_chunk(path, parse, right, chunk.offset + len(left),
-                                                       chunk.line + left.count(b"\n")), progress)
+            self._commit(f, lines_chunk(f.path, f.parse, left, chunk.offset, chunk.line))
+            self._commit(f, lines_chunk(f.path, f.parse, right, chunk.offset + len(left),
+                                        chunk.line + left.count(b"\n")))
 
-    def _store(self, path: Path, key: str, chunk: Chunk, progress: Progress) -> None:
-        """One transaction: the chunk's rows and the offset after it; then count, note, queue its events."""
+    def _store(self, items: list[tuple[_File, Chunk]]) -> None:
+        """One transaction: the chunks' rows and each file's offset after its chunk; then count, note
+        bad lines, queue events."""
         with self.store.transaction():
-            for action in chunk.parsed.actions:
-                action(self.store)
-            self.store.set_offset(key, chunk.end, chunk.lines)
-        self.offsets[key] = (chunk.end, chunk.lines)
-        self.rows_committed += chunk.lines - chunk.line + 1
-        progress.events.extend(chunk.parsed.events)
-        bad = chunk.parsed.bad
+            apply_actions(self.store, [chunk.parsed.actions for _, chunk in items])
+            self.store.set_offsets([(f.key, chunk.end, chunk.lines) for f, chunk in items])
+        for f, chunk in items:
+            self.offsets[f.key] = (chunk.end, chunk.lines)
+            self.rows_committed += chunk.lines - chunk.line + 1
+            f.progress.events.extend(chunk.parsed.events)
+            self._note_bad(f, chunk.parsed.bad)
+
+    def _note_bad(self, f: _File, bad: list[BadLine]) -> None:
+        """Count skipped lines, show the last in `agent status`, log the first LOGGED_BAD_LINES by line."""
         if not bad:
             return
         self.bad_lines += len(bad)
         line, why = bad[-1]
-        self.last_bad_line = {"file": key, "line": line, "error": why, "at": time.time()}
+        self.last_bad_line = {"file": f.key, "line": line, "error": why, "at": time.time()}
         for line, why in bad[:LOGGED_BAD_LINES]:
-            log.warning("%s:%d: skipped a bad line: %s", path, line, why)
+            log.warning("%s:%d: skipped a bad line: %s", f.path, line, why)
         if len(bad) > LOGGED_BAD_LINES:
-            log.warning("%s: skipped %d more bad lines (up to line %d)", path, len(bad) - LOGGED_BAD_LINES,
+            log.warning("%s: skipped %d more bad lines (up to line %d)", f.path, len(bad) - LOGGED_BAD_LINES,
                         bad[-1][0])
+
+
+def _size(path: Path) -> int:
+    """The file's size now (-1 when it cannot be looked at: reading it will say why)."""
+    try:
+        return path.stat().st_size
+    except OSError:
+        return -1

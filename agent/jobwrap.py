@@ -1,4 +1,4 @@
-"""`python -m mldeck.agent.jobwrap RUN_DIR -- ARGV...`: run a job and leave its exit code in RUN_DIR/exit_code.
+"""`python -m mldeck.agent.jobwrap RUN_DIR -- ARGV...`: run a job, leave its exit code in RUN_DIR/exit_code.
 
 The agent starts every job through this wrapper as the leader of the job's process group.
 If the agent restarts while the job runs, the job is no longer its child and its exit

@@ -69,7 +69,7 @@ class Client:
         self._pump = asyncio.get_running_loop().create_task(self._read_loop())
 
     async def call(self, method: str, **params: Any) -> Any:
-        """Send one request and wait for its result; an error reply raises the MldeckError the agent raised."""
+        """Send one request and wait for its result; an error reply raises the error the agent raised."""
         if self._closed:
             raise self._closed
         msg_id = next(self._ids)

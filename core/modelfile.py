@@ -29,12 +29,14 @@ import numpy as np
 from mldeck.core.atomic import write_atomic
 from mldeck.core.paths import check_name
 from mldeck.core.signature import (
+    COLUMNS_FILE,
     REFERENCE_FILE,
     SAMPLE_FILE,
     SIGNATURE_FILE,
     InvalidInput,
     Signature,
     TensorSpec,
+    check_features,
     check_inputs,
     datatype_of,
     datatype_of_input,
@@ -54,6 +56,8 @@ EXPORT_FILE = "model.pt2"
 SCRIPT_FILE = "model.pt"
 FORMAT_EXPORT = "torch.export"
 FORMAT_SCRIPT = "torchscript"
+Features = Sequence[str] | Mapping[str, Sequence[str]]
+"""Names of a table input's columns: a list for a single input, or a dict with a list per input."""
 
 
 class ModelMismatch(Exception):
@@ -72,6 +76,7 @@ def export_model(
     *,
     allow_nan: bool = False,
     reference: Any = None,
+    features: Features | None = None,
     extra_files: Mapping[str, bytes] | None = None,
 ) -> Signature:
     """Save a torch model so it serves without its training code, and prove it gives the same answers.
@@ -81,23 +86,33 @@ def export_model(
     positional arguments in input_names order (the sample dict's order by default;
     "input__0" for a single array). It is exported as it is: call model.eval() first.
     reference (training data, in any form the sample takes, or a Parquet file's path)
-    becomes reference.parquet, the drift reference. It and extra_files are written into
-    the folder before it appears, so readers never see it half made.
+    becomes reference.parquet, the drift reference. features names the columns of table inputs
+    ([-1, n]); by default a DataFrame's or Table's column names (the sample's, else the reference's)
+    name them, and a DataFrame's columns are taken in the features' order. The names go into
+    columns.json, for drift reports and `mldeck predict`; columns left unnamed are `<input>[i]`.
+    All of these are written into the folder before it appears, so readers never see it half made.
     """
     import torch
 
     folder = Path(folder)
     if folder.exists():
         raise FileExistsError(f"{folder} already exists; a model folder is written once")
-    arrays = _name_inputs(sample, input_names)
+    entries = _entries(sample, input_names, "sample")
+    named = _feature_names(entries, features, reference)
+    arrays = _arrays(entries, named, "sample")
     rows = min(len(next(iter(arrays.values()))), VERIFY_ROWS)
     arrays = {k: np.ascontiguousarray(v[:rows]) for k, v in arrays.items()}
     inputs = [
         TensorSpec(name, datatype_of_input(name, a), [-1, *a.shape[1:]]) for name, a in arrays.items()
     ]
+    named = check_features(inputs, named)
     extra = dict(extra_files or {})
+    if named:
+        if COLUMNS_FILE in extra:
+            raise ValueError(f"features named twice: by features= or a DataFrame, and by {COLUMNS_FILE}")
+        extra[COLUMNS_FILE] = json.dumps(named, indent=2).encode()
     if reference is not None:
-        extra[REFERENCE_FILE] = reference_parquet(reference, inputs)
+        extra[REFERENCE_FILE] = reference_parquet(reference, inputs, named)
     device = next((p.device for p in [*model.parameters(), *model.buffers()]), None)
     args = _to_torch(arrays, device)
     with torch.no_grad():
@@ -157,30 +172,79 @@ def _as_array(value: Any) -> np.ndarray:
     return np.asarray(value)
 
 
-def _name_inputs(
-    sample: Any, input_names: Sequence[str] | None, what: str = "sample"
-) -> dict[str, np.ndarray]:
-    """The inputs by name: a dict (one entry per input) or one array-like for a single input."""
-    if isinstance(sample, Mapping):
-        names = list(input_names or sample)
-        if sorted(names) != sorted(sample):
-            raise ValueError(f"the {what}'s keys {list(sample)} must be the model's inputs {names}")
-        arrays = {n: _as_array(sample[n]) for n in names}
-    else:
-        names = list(input_names or ["input__0"])
-        if len(names) != 1:
-            raise ValueError(f"the model takes inputs {names}: give the {what} as a dict with one entry each")
-        arrays = {names[0]: _as_array(sample)}
+def _entries(value: Any, input_names: Sequence[str] | None, what: str) -> dict[str, Any]:
+    """The inputs by name, as given: a dict (one entry per input) or one array-like for a single input."""
+    if isinstance(value, Mapping):
+        names = list(input_names or value)
+        if sorted(names) != sorted(value):
+            raise ValueError(f"the {what}'s keys {list(value)} must be the model's inputs {names}")
+        return {n: value[n] for n in names}
+    names = list(input_names or ["input__0"])
+    if len(names) != 1:
+        raise ValueError(f"the model takes inputs {names}: give the {what} as a dict with one entry each")
+    return {names[0]: value}
+
+
+def _arrays(entries: Mapping[str, Any], named: Mapping[str, list[str]], what: str) -> dict[str, np.ndarray]:
+    """Each input as a numpy array, a DataFrame's columns taken in its features' order."""
+    arrays = {n: _as_array(_select(v, named.get(n), f"the {what}'s input {n!r}")) for n, v in entries.items()}
     if not arrays or any(a.ndim == 0 or len(a) == 0 for a in arrays.values()):
         raise ValueError(f"the {what} needs at least one input with a batch dimension and rows")
     return arrays
 
 
-def reference_parquet(reference: Any, inputs: Sequence[TensorSpec]) -> bytes:
+def _frame_columns(value: Any) -> list[str] | None:
+    """A DataFrame's (pandas, polars) or pyarrow Table's column names; None for arrays and unnamed columns."""
+    columns = getattr(value, "column_names", None)  # pyarrow
+    if columns is None:
+        columns = getattr(value, "columns", None)  # pandas, polars
+    names = list(columns) if columns is not None else []
+    return names if names and all(isinstance(n, str) for n in names) else None
+
+
+def _select(value: Any, names: list[str] | None, what: str) -> Any:
+    """A DataFrame's or Table's columns called names, in that order; anything else as it is."""
+    columns = _frame_columns(value)
+    if names is None or columns is None or columns == names:
+        return value
+    missing = [n for n in names if n not in columns]
+    if missing:
+        raise ValueError(f"{what} lacks the feature columns {missing}; it has {columns}")
+    return value.select(names) if hasattr(value, "column_names") else value[names]
+
+
+def _feature_names(
+    entries: Mapping[str, Any], features: Features | None, reference: Any
+) -> dict[str, list[str]]:
+    """Each input's column names: as features gives them, else the sample's or reference's DataFrame's."""
+    if features is None:
+        named: dict[str, list[str]] = {}
+    elif isinstance(features, Mapping):
+        named = {k: list(v) for k, v in features.items()}
+    elif isinstance(features, str) or len(entries) != 1:
+        raise ValueError(
+            f"features is a list of names for a model of one input, or a dict with a list per input; "
+            f"this model takes {list(entries)}"
+        )
+    else:
+        named = {next(iter(entries)): list(features)}
+    given = {} if reference is None or isinstance(reference, str | os.PathLike) else (
+        _entries(reference, list(entries), "reference"))
+    for name, value in entries.items():
+        found = _frame_columns(value) or _frame_columns(given.get(name))
+        if found and name not in named:
+            named[name] = found
+    return named
+
+
+def reference_parquet(
+    reference: Any, inputs: Sequence[TensorSpec], named: Mapping[str, list[str]] | None = None
+) -> bytes:
     """Training data (in any form a sample takes, or a Parquet file's path) as reference.parquet's bytes.
 
     Columns are named as the monitor names a logged tensor's: a 1-D input is one column named
-    after it, any other is one column `<input>[i]` per element of a row (flattened in C order).
+    after it, a table input's columns by its feature names (named), any other one column
+    `<input>[i]` per element of a row (flattened in C order).
     """
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -188,8 +252,9 @@ def reference_parquet(reference: Any, inputs: Sequence[TensorSpec]) -> bytes:
     if isinstance(reference, str | os.PathLike):
         return Path(reference).read_bytes()
     specs = {s.name: s for s in inputs}
+    named = named or {}
     columns: dict[str, np.ndarray] = {}
-    for name, array in _name_inputs(reference, list(specs), "reference").items():
+    for name, array in _arrays(_entries(reference, list(specs), "reference"), named, "reference").items():
         want = specs[name].shape[1:]
         if list(array.shape[1:]) != want:
             raise ValueError(
@@ -197,7 +262,7 @@ def reference_parquet(reference: Any, inputs: Sequence[TensorSpec]) -> bytes:
             )
         flat = array.reshape(len(array), -1) if array.ndim > 1 else array[:, None]
         shape = [-1, flat.shape[1]] if array.ndim > 1 else [-1]
-        names = tensor_columns([{"name": name, "shape": shape}])[name]
+        names = tensor_columns([{"name": name, "shape": shape}], named)[name]
         columns.update(zip(names, np.ascontiguousarray(flat.T), strict=True))
     sink = pa.BufferOutputStream()
     pq.write_table(pa.table(columns), sink)
@@ -205,9 +270,11 @@ def reference_parquet(reference: Any, inputs: Sequence[TensorSpec]) -> bytes:
 
 
 def _to_torch(arrays: Mapping[str, np.ndarray], device: Any) -> list[Any]:
+    """Tensors sharing the arrays' memory; a read-only array (a zero-copy Arrow view) is copied first."""
     import torch
 
-    return [torch.from_numpy(np.ascontiguousarray(a)).to(device or "cpu") for a in arrays.values()]
+    writable = (np.require(a, requirements=["C", "W"]) for a in arrays.values())
+    return [torch.from_numpy(a).to(device or "cpu") for a in writable]
 
 
 def _trace_rows(tensor: Any) -> Any:

@@ -69,6 +69,7 @@ class RollbackParams(Params):
     alias: str
     reason: str | None = None
     actor: str | None = None
+    dry_run: bool = False
 
 
 class ArchiveParams(Params):
@@ -496,28 +497,38 @@ def promote(
             "action": "promote", "changed": True, "forced": details["forced"], "failed_gates": failed}
 
 
-def rollback(store: Store, name: str, alias: str, actor: str, reason: str | None = None) -> dict[str, Any]:
-    """Move alias back to the version it held before (skipping archived ones), audited."""
+def _rollback_target(cur: duckdb.DuckDBPyConnection, name: str, alias: str) -> tuple[int, int]:
+    """(the version the alias holds, the one a rollback moves it to): the version it held before,
+    skipping archived ones."""
     check_model_name(name)
     check_alias(alias)
+    holder = alias_version(cur, name, alias)
+    if holder is None:
+        if not _model_exists(cur, name):
+            raise NotFound(f"no model {name!r} in this registry (`mldeck models ls` lists them)")
+        raise NotFound(f"model {name!r} has no alias {alias!r} to roll back")
+    stack = _alias_history(cur, name, alias)
+    while stack and stack[-1] == holder:
+        stack.pop()
+    while stack:
+        row = _version(cur, name, stack[-1])
+        if row is not None and not row["archived"]:
+            return holder, stack[-1]
+        stack.pop()
+    raise Conflict(f"{alias} of {name} has no earlier version to roll back to (it holds v{holder})")
+
+
+def preview_rollback(store: Store, name: str, alias: str) -> dict[str, Any]:
+    """Where `rollback` would move the alias, changing nothing: the TUI names it before Enter."""
+    holder, target = _rollback_target(store.cur(), name, alias)
+    return {"name": name, "alias": alias, "version": target, "from_version": holder,
+            "action": "rollback", "dry_run": True, "changed": False}
+
+
+def rollback(store: Store, name: str, alias: str, actor: str, reason: str | None = None) -> dict[str, Any]:
+    """Move alias back to the version it held before (skipping archived ones), audited."""
     with store.transaction() as cur:
-        holder = alias_version(cur, name, alias)
-        if holder is None:
-            if not _model_exists(cur, name):
-                raise NotFound(f"no model {name!r} in this registry (`mldeck models ls` lists them)")
-            raise NotFound(f"model {name!r} has no alias {alias!r} to roll back")
-        stack = _alias_history(cur, name, alias)
-        while stack and stack[-1] == holder:
-            stack.pop()
-        target = None
-        while stack:
-            row = _version(cur, name, stack[-1])
-            if row is not None and not row["archived"]:
-                target = stack[-1]
-                break
-            stack.pop()
-        if target is None:
-            raise Conflict(f"{alias} of {name} has no earlier version to roll back to (it holds v{holder})")
+        holder, target = _rollback_target(cur, name, alias)
         cur.execute("UPDATE aliases SET version = ? WHERE name = ? AND alias = ?", [target, name, alias])
         append_audit(cur, actor, "rollback", name, target, holder, alias, reason, {})
     return {"name": name, "alias": alias, "version": target, "from_version": holder,

@@ -38,16 +38,17 @@ LEVEL_SHIFT = (f"CASE WHEN points > {LEVEL_FROM} THEN greatest(0, ceil(log2((las
 METRIC_SUMMARY = """
     CREATE TABLE metric_summary (
         run_id VARCHAR, key VARCHAR, points BIGINT, first_step BIGINT, last_step BIGINT, last_value DOUBLE,
-        min_value DOUBLE, min_step BIGINT, max_value DOUBLE, max_step BIGINT, level_shift INTEGER,
-        PRIMARY KEY (run_id, key)
+        min_value DOUBLE, min_step BIGINT, max_value DOUBLE, max_step BIGINT, level_shift INTEGER
     );
     CREATE TABLE metric_level (
         run_id VARCHAR, key VARCHAR, bucket BIGINT, points BIGINT, min_step BIGINT, min_ts DOUBLE,
-        min_value DOUBLE, max_step BIGINT, max_ts DOUBLE, max_value DOUBLE, PRIMARY KEY (run_id, key, bucket)
+        min_value DOUBLE, max_step BIGINT, max_ts DOUBLE, max_value DOUBLE
     );
 """
 """Per run and key: what its points say (count, first and last step, the last value, the best value each
-way and the earliest step it was reached at, NaN ignored), and for long series a level of min/max buckets."""
+way and the earliest step it was reached at, NaN ignored), and for long series a level of min/max buckets.
+One row per series (per bucket): kept so by MERGE, without a primary key, whose index would cost memory
+and make DuckDB count each commit as larger than it is (checkpointing early)."""
 
 SUMMARY_FROM_POINTS = f"""
     INSERT INTO metric_summary

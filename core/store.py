@@ -15,9 +15,10 @@ import duckdb
 import msgspec
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from mldeck.core.errors import Invalid, Refused, TooLarge
-from mldeck.core.metric_series import Series, level_partials, series, summary_partials
+from mldeck.core.metric_series import Series, level_curve, level_partials, series, summary_partials
 from mldeck.core.schema import LEVEL_BUCKETS, LEVEL_FROM_POINTS, LEVEL_SHIFT, SUMMARY_FROM_POINTS, migrate
 
 RUN_FIELDS = (
@@ -37,63 +38,39 @@ MANAGED_FIELDS = ("status", "started_at", "created_at", "command", "host")
 """What the agent knows better than a run's SDK about the runs it launched: their init leaves these."""
 _json = msgspec.json.Encoder()
 
-SUMMARY_MERGE = """
-    MERGE INTO metric_summary s USING (
-        SELECT run_id, key, sum(points) AS points, min(first_step) AS first_step, max(last_step) AS last_step,
-               arg_max(last_value, (last_step, seq)) AS last_value, min(min_value) AS min_value,
-               arg_min(min_step, (min_value, min_step)) FILTER (min_value IS NOT NULL) AS min_step,
-               max(max_value) AS max_value,
-               arg_max(max_step, (max_value, -max_step)) FILTER (max_value IS NOT NULL) AS max_step
-        FROM _partials GROUP BY run_id, key
-    ) b ON s.run_id = b.run_id AND s.key = b.key
-    WHEN MATCHED THEN UPDATE SET
-        points = s.points + b.points,
-        first_step = least(s.first_step, b.first_step),
-        last_step = greatest(s.last_step, b.last_step),
-        last_value = CASE WHEN b.last_step >= s.last_step THEN b.last_value ELSE s.last_value END,
-        min_value = least(s.min_value, b.min_value),
-        min_step = CASE WHEN b.min_value < s.min_value OR s.min_value IS NULL THEN b.min_step
-                        WHEN b.min_value = s.min_value THEN least(s.min_step, b.min_step)
-                        ELSE s.min_step END,
-        max_value = greatest(s.max_value, b.max_value),
-        max_step = CASE WHEN b.max_value > s.max_value OR s.max_value IS NULL THEN b.max_step
-                        WHEN b.max_value = s.max_value THEN least(s.max_step, b.max_step)
-                        ELSE s.max_step END
-    WHEN NOT MATCHED THEN INSERT VALUES (b.run_id, b.key, b.points, b.first_step, b.last_step, b.last_value,
-                                         b.min_value, b.min_step, b.max_value, b.max_step, NULL)
-"""
-"""Fold a batch's summary partials (core.metric_series) into the summaries: the batch comes after them."""
-
-LEVEL_STATE = f"""
-    SELECT s.run_id, s.key, s.level_shift, {LEVEL_SHIFT} AS want
-    FROM metric_summary s SEMI JOIN _partials USING (run_id, key) WHERE want IS NOT NULL
-"""
-"""The series of a batch that are long enough for a level: the shift they have, and the one they need."""
-
-LEVEL_MERGE = """
-    MERGE INTO metric_level l USING (
-        SELECT run_id, key, bucket, points, lo.step AS min_step, lo.ts AS min_ts, min_value,
-               hi.step AS max_step, hi.ts AS max_ts, max_value FROM (
-            SELECT run_id, key, bucket, sum(points) AS points, min(min_value) AS min_value,
-                   arg_min({'step': min_step, 'ts': min_ts}, min_value) FILTER (min_value IS NOT NULL) AS lo,
+SUMMARY_FOLD = f"""
+    SELECT run_id, key, points, first_step, last_step, last_value, min_value, min_step, max_value, max_step,
+           CASE WHEN level_shift IS NULL THEN want ELSE greatest(level_shift, want) END AS level_shift,
+           level_shift AS had_shift
+    FROM (
+        SELECT *, {LEVEL_SHIFT} AS want FROM (
+            SELECT run_id, key, sum(points) AS points, min(first_step) AS first_step,
+                   max(last_step) AS last_step, arg_max(last_value, (last_step, seq)) AS last_value,
+                   min(min_value) AS min_value,
+                   arg_min(min_step, (min_value, min_step)) FILTER (min_value IS NOT NULL) AS min_step,
                    max(max_value) AS max_value,
-                   arg_max({'step': max_step, 'ts': max_ts}, max_value) FILTER (max_value IS NOT NULL) AS hi
-            FROM _buckets GROUP BY run_id, key, bucket)
-    ) b ON l.run_id = b.run_id AND l.key = b.key AND l.bucket = b.bucket
-    WHEN MATCHED THEN UPDATE SET
-        points = l.points + b.points,
-        min_step = CASE WHEN b.min_value < l.min_value OR l.min_value IS NULL
-                        THEN b.min_step ELSE l.min_step END,
-        min_ts = CASE WHEN b.min_value < l.min_value OR l.min_value IS NULL THEN b.min_ts ELSE l.min_ts END,
-        min_value = least(l.min_value, b.min_value),
-        max_step = CASE WHEN b.max_value > l.max_value OR l.max_value IS NULL
-                        THEN b.max_step ELSE l.max_step END,
-        max_ts = CASE WHEN b.max_value > l.max_value OR l.max_value IS NULL THEN b.max_ts ELSE l.max_ts END,
-        max_value = greatest(l.max_value, b.max_value)
-    WHEN NOT MATCHED THEN INSERT VALUES (b.run_id, b.key, b.bucket, b.points, b.min_step, b.min_ts,
-                                         b.min_value, b.max_step, b.max_ts, b.max_value)
+                   arg_max(max_step, (max_value, -max_step)) FILTER (max_value IS NOT NULL) AS max_step,
+                   max(level_shift) AS level_shift
+            FROM (SELECT * FROM _partials UNION ALL BY NAME
+                  SELECT s.*, -1 AS seq FROM metric_summary s SEMI JOIN _partials USING (run_id, key))
+            GROUP BY run_id, key))
 """
-"""Fold level partials (`_buckets`: rows of metric_level, several per bucket allowed) into the levels."""
+"""A batch's summary partials (core.metric_series) folded into their series' summaries (the batch comes
+after what they say), with the level shift each needs (had_shift: the one it had)."""
+
+LEVEL_FOLD = """
+    SELECT run_id, key, bucket, points, lo.step AS min_step, lo.ts AS min_ts, min_value,
+           hi.step AS max_step, hi.ts AS max_ts, max_value FROM (
+        SELECT run_id, key, bucket, sum(points) AS points, min(min_value) AS min_value,
+               arg_min({'step': min_step, 'ts': min_ts}, min_value) FILTER (min_value IS NOT NULL) AS lo,
+               max(max_value) AS max_value,
+               arg_max({'step': max_step, 'ts': max_ts}, max_value) FILTER (max_value IS NOT NULL) AS hi
+        FROM (SELECT * FROM _buckets UNION ALL BY NAME
+              SELECT l.* FROM metric_level l SEMI JOIN _buckets USING (run_id, key, bucket))
+        GROUP BY run_id, key, bucket)
+"""
+"""Level partials (`_buckets`: rows of metric_level, several per bucket allowed) folded into the buckets
+they fall in."""
 
 RAW_CURVES = """
     WITH s AS (SELECT key, step, ts, value FROM metrics WHERE run_id = ? AND key IN (SELECT unnest(?))),
@@ -111,26 +88,6 @@ RAW_CURVES = """
     JOIN chosen USING (key, step) GROUP BY s.key, s.step ORDER BY s.key, s.step
 """
 """Each key's points, min/max-bucketed down to the points asked for (all of them when there are fewer)."""
-
-LEVEL_CURVES = """
-    WITH l AS (SELECT * FROM metric_level WHERE run_id = ? AND key IN (SELECT unnest(?))),
-         r AS (SELECT key, min(bucket) AS lo, max(bucket) AS hi, count(*) AS n FROM l GROUP BY key),
-         g AS (
-            SELECT l.*, CASE WHEN r.n <= ? THEN l.bucket
-                   ELSE floor((l.bucket - r.lo) * ? / (r.hi - r.lo + 1)) END AS grp
-            FROM l JOIN r USING (key)
-         ),
-         picks AS (
-            SELECT key, arg_min({'step': min_step, 'ts': min_ts, 'value': min_value}, min_value) AS lo,
-                   arg_max({'step': max_step, 'ts': max_ts, 'value': max_value}, max_value) AS hi
-            FROM g GROUP BY key, grp
-         ),
-         chosen AS (SELECT key, unnest(lo) FROM picks WHERE lo IS NOT NULL
-                    UNION SELECT key, unnest(hi) FROM picks WHERE hi IS NOT NULL)
-    SELECT key, step, any_value(ts), any_value(value) FROM chosen GROUP BY key, step ORDER BY key, step
-"""
-"""Each long key's curve from its level: the buckets' least and greatest points, regrouped to the points
-asked for; its cost follows the level's size (at most LEVEL_BUCKETS a key), not the series' length."""
 
 
 def _ident(name: str) -> str:
@@ -320,15 +277,20 @@ class Store:
         long = [k for k in keys if leveled and found.get(k) is not None]
         short = [k for k in keys if k in found and k not in long]
         out: dict[str, dict[str, list[float]]] = {k: {"step": [], "ts": [], "value": []} for k in keys}
-        groups = max(1, max_points // 2)
-        for sql, which in ((RAW_CURVES, short), (LEVEL_CURVES, long)):
-            if not which:
-                continue
-            for key, step, ts, value in cur.execute(sql, [run_id, which, max_points, groups]).fetchall():
+        if short:
+            rows = cur.execute(RAW_CURVES, [run_id, short, max_points, max(1, max_points // 2)]).fetchall()
+            for key, step, ts, value in rows:
                 curve = out[key]
                 curve["step"].append(step)
                 curve["ts"].append(ts)
                 curve["value"].append(value)
+        if long:
+            level = cur.sql(
+                "SELECT key, bucket, min_step, min_ts, min_value, max_step, max_ts, max_value "
+                "FROM metric_level WHERE run_id = ? AND key IN (SELECT unnest(?)) ORDER BY key, bucket",
+                params=[run_id, long]).to_arrow_table()
+            for key in long:
+                out[key] = level_curve(level.filter(pc.equal(level["key"], key)), max_points)
         return out
 
     def finish_unmanaged_run(self, run_id: str, status: str, ended_at: float, reason: str | None) -> None:
@@ -379,51 +341,56 @@ class Store:
 
     def add_points(self, points: pa.Table) -> None:
         """Insert metric points (run_id, key, step, ts, value) and fold them into their series' summaries
-        and levels. Call it in a transaction: points, summaries and levels commit together."""
+        and levels. Call it in a transaction: points, summaries and levels commit together. Rows are
+        replaced (deleted and inserted), never updated in place."""
         if points.num_rows == 0:
             return
         with _registered(self.cur(), "_points", points) as cur:
             cur.execute("INSERT INTO metrics SELECT run_id, key, step, ts, value FROM _points")
         batch = series(points)
         with _registered(self.cur(), "_partials", summary_partials(batch)) as cur:
-            cur.execute(SUMMARY_MERGE)
-            state = cur.execute(LEVEL_STATE).fetchall()
-        if state:
-            self._level(batch, state)
+            folded = cur.sql(SUMMARY_FOLD).to_arrow_table()
+        leveled = folded.filter(pc.is_valid(folded["level_shift"]))
+        with _registered(self.cur(), "_folded", folded.drop_columns(["had_shift"])) as cur:
+            cur.execute("DELETE FROM metric_summary s USING _folded f "
+                        "WHERE s.run_id = f.run_id AND s.key = f.key")
+            cur.execute("INSERT INTO metric_summary SELECT * FROM _folded")
+        if leveled.num_rows:
+            self._level(batch, leveled.select(["run_id", "key", "had_shift", "level_shift"]).to_pylist())
 
-    def _level(self, batch: Series, state: list[tuple[str, str, int | None, int]]) -> None:
+    def _level(self, batch: Series, state: list[dict[str, Any]]) -> None:
         """Bring the levels of a batch's long series up to date: built from the points for a series that
         has none yet (this batch included), regrouped where the series outgrew its shift, then the batch's
         points folded in."""
         cur = self.cur()
-        build = [(r, k, want) for r, k, old, want in state if old is None]
-        grow = [(r, k, want - old) for r, k, old, want in state if old is not None and want > old]
-        shift = {(r, k): max(old, want) for r, k, old, want in state if old is not None}
+        build = [(s["run_id"], s["key"], s["level_shift"]) for s in state if s["had_shift"] is None]
+        grow = [(s["run_id"], s["key"], s["level_shift"] - s["had_shift"]) for s in state
+                if s["had_shift"] is not None and s["level_shift"] > s["had_shift"]]
+        shift = {(s["run_id"], s["key"]): s["level_shift"] for s in state if s["had_shift"] is not None}
         if build:
             with _registered(cur, "_build", _series_table(build, "level_shift")):
                 cur.execute(LEVEL_FROM_POINTS.format(series="_build"))
+        parts = []
         if grow:
             with _registered(cur, "_grow", _series_table(grow, "by")):
-                regrouped = cur.sql(
+                parts.append(cur.sql(
                     "SELECT run_id, key, bucket >> g.by AS bucket, points, min_step, min_ts, min_value, "
                     "max_step, max_ts, max_value FROM metric_level JOIN _grow g USING (run_id, key)"
-                ).to_arrow_table()
+                ).to_arrow_table())
                 cur.execute("DELETE FROM metric_level l USING _grow g "
                             "WHERE l.run_id = g.run_id AND l.key = g.key")
-            with _registered(cur, "_buckets", regrouped):
-                cur.execute(LEVEL_MERGE)
         if shift:
             names = zip(batch.run_id.to_pylist(), batch.key.to_pylist(), strict=True)
-            shifts = np.array([shift.get(name, -1) for name in names], np.int64)
-            buckets = level_partials(batch, shifts)
-            if buckets is not None:
-                with _registered(cur, "_buckets", buckets):
-                    cur.execute(LEVEL_MERGE)
-        changed = build + [(r, k, shift[r, k]) for r, k, _ in grow]
-        if changed:
-            with _registered(cur, "_shift", _series_table(changed, "level_shift")):
-                cur.execute("UPDATE metric_summary s SET level_shift = n.level_shift FROM _shift n "
-                            "WHERE s.run_id = n.run_id AND s.key = n.key")
+            parts.append(level_partials(batch, np.array([shift.get(name, -1) for name in names], np.int64)))
+        parts = [part for part in parts if part is not None and part.num_rows]
+        if not parts:
+            return
+        with _registered(cur, "_buckets", pa.concat_tables(parts, promote_options="permissive")):
+            folded = cur.sql(LEVEL_FOLD).to_arrow_table()
+        with _registered(cur, "_folded", folded):
+            cur.execute("DELETE FROM metric_level l USING _folded f "
+                        "WHERE l.run_id = f.run_id AND l.key = f.key AND l.bucket = f.bucket")
+            cur.execute("INSERT INTO metric_level SELECT * FROM _folded")
 
     # ingest ------------------------------------------------------------
 

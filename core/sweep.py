@@ -328,18 +328,16 @@ def finish_sweep(store: Store, sweep_id: str, at: float) -> None:
 
 
 def sweep_trials(store: Store, sweep_id: str, metric: str, mode: str) -> list[dict[str, Any]]:
-    """A sweep's trials, ranked by their best value of the metric (unreported ones last)."""
-    best = "min" if mode == "min" else "max"
+    """A sweep's trials, ranked by their best value of the metric (unreported ones last), from the runs'
+    summaries: the cost follows the number of trials, not of points."""
+    best = "min_value" if mode == "min" else "max_value"
     order = "ASC" if mode == "min" else "DESC"
     cur = store.cur().execute(
         f"""
         SELECT r.run_id, r.name, r.status, r.status_reason, r.params, r.cost_usd,
-               m.best, m.last_step
-        FROM runs r LEFT JOIN (
-            SELECT run_id, {best}(value) AS best, max(step) AS last_step FROM metrics
-            WHERE key = ? AND NOT isnan(value) GROUP BY run_id
-        ) m USING (run_id)
-        WHERE r.sweep_id = ? ORDER BY m.best {order} NULLS LAST, r.created_at
+               m.{best} AS best, m.last_step
+        FROM runs r LEFT JOIN metric_summary m ON m.run_id = r.run_id AND m.key = ?
+        WHERE r.sweep_id = ? ORDER BY best {order} NULLS LAST, r.created_at
         """,
         [metric, sweep_id],
     )
@@ -358,13 +356,17 @@ def best_trial(trials: Sequence[Mapping[str, Any]]) -> Mapping[str, Any] | None:
 
 
 def metric_history(store: Store, run_ids: list[str], key: str) -> dict[str, list[tuple[int, float]]]:
-    """Each run's (step, value) points of one metric, for early stopping after an agent restart."""
-    if not run_ids:
+    """Each run's (step, value) points of one metric, for early stopping after an agent restart; only
+    the runs whose summary says they reported it are looked for among the points."""
+    reported = [r[0] for r in store.cur().execute(
+        "SELECT run_id FROM metric_summary WHERE key = ? AND run_id IN (SELECT unnest(?))",
+        [key, run_ids]).fetchall()] if run_ids else []
+    if not reported:
         return {}
     cur = store.cur().execute(
         "SELECT run_id, step, value FROM metrics WHERE key = ? AND run_id IN (SELECT unnest(?)) "
         "ORDER BY run_id, step",
-        [key, run_ids],
+        [key, reported],
     )
     out: dict[str, list[tuple[int, float]]] = {}
     for run_id, step, value in cur.fetchall():

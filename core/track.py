@@ -205,6 +205,7 @@ class Run:
         input_names: list[str] | None = None,
         output_names: list[str] | None = None,
         reference: Any = None,
+        features: list[str] | dict[str, list[str]] | None = None,
         artifact: str = "model",
         allow_nan: bool = False,
     ) -> Path:
@@ -212,14 +213,16 @@ class Run:
         `mldeck models register RUN --name NAME`, or `mldeck sweep register SWEEP --name NAME` for a
         sweep's best trial. sample and reference (the drift reference's training rows) each take a
         numpy array, a torch tensor, a pandas or polars DataFrame, a pyarrow Table, or a dict of them
-        (one per input); reference may also be a Parquet file's path."""
+        (one per input); reference may also be a Parquet file's path. features names a table input's
+        columns (a DataFrame's column names do by default) for drift reports and `mldeck predict`."""
         from mldeck.core import modelfile
 
         folder = self.dir / "artifacts" / check_name(artifact, "artifact name")
         if folder.exists():  # an earlier attempt of this run (before a preemption) exported here
             shutil.rmtree(folder)
         modelfile.export_model(
-            model, sample, folder, input_names, output_names, allow_nan=allow_nan, reference=reference
+            model, sample, folder, input_names, output_names, allow_nan=allow_nan, reference=reference,
+            features=features,
         )
         self.event("log_model", artifact=str(folder.relative_to(self.dir)), bytes=_size(folder))
         return folder
@@ -233,13 +236,15 @@ class Run:
         input_names: list[str] | None = None,
         output_names: list[str] | None = None,
         reference: Any = None,
+        features: list[str] | dict[str, list[str]] | None = None,
         artifact: str = "model",
         allow_nan: bool = False,
     ) -> Path:
         """log_model, then ask the agent to register the export as a new version of name."""
         check_name(name, "model name")
         folder = self.log_model(model, sample, input_names=input_names, output_names=output_names,
-                                reference=reference, artifact=artifact, allow_nan=allow_nan)
+                                reference=reference, features=features, artifact=artifact,
+                                allow_nan=allow_nan)
         self.event("register_model", name=name, artifact=str(folder.relative_to(self.dir)))
         self.flush()
         return folder

@@ -1,4 +1,4 @@
-"""The installed wheel adds exactly one import name, `mldeck`, and a user's own `core`/`agent` packages win."""
+"""The wheel adds one import name, `mldeck`, and a user's own `core`/`agent` packages still win."""
 
 from __future__ import annotations
 
@@ -60,7 +60,8 @@ def test_a_project_with_its_own_core_and_agent_trains_through_mldeck(wheel: Path
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-index", "--target",
                     str(site), str(wheel)], check=True, capture_output=True, timeout=300)
     project = tmp_path / "project"
-    for package, body in {"core": "DEPTH = 3\n", "agent": "def reward(step):\n    return float(step)\n"}.items():
+    own = {"core": "DEPTH = 3\n", "agent": "def reward(step):\n    return float(step)\n"}
+    for package, body in own.items():
         (project / package).mkdir(parents=True)
         (project / package / "__init__.py").write_text("")
         (project / package / ("model.py" if package == "core" else "policy.py")).write_text(body)

@@ -2,11 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import functools
-import importlib
-import threading
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, ClassVar
@@ -17,30 +13,30 @@ from textual.command import Hit, Hits, Provider
 
 from mldeck.core.client import Client
 from mldeck.tui.fleet import LOCAL, Fleet
-from mldeck.tui.screens.base import RUNS_FIRST_PAGE, DeckScreen
+from mldeck.tui.screens.base import DeckScreen, is_text_field
+from mldeck.tui.screens.compare import CompareScreen
+from mldeck.tui.screens.cost import CostScreen
 from mldeck.tui.screens.dialogs import CommandLine, DemoLog, HelpScreen
+from mldeck.tui.screens.drift import DriftScreen
+from mldeck.tui.screens.fleet import FleetScreen
+from mldeck.tui.screens.host import HostScreen
+from mldeck.tui.screens.launch import LaunchScreen
+from mldeck.tui.screens.registry import RegistryScreen
+from mldeck.tui.screens.runs import RunsScreen
+from mldeck.tui.screens.serving import ServingScreen
 
-PREWARM = ["mldeck.tui.screens.runs", "mldeck.tui.screens.registry", "mldeck.tui.widgets.metric_chart"]
-SCREENS_BY_KEY = ["fleet", "runs", "compare", "launch", "registry", "serving", "drift", "cost"]
+# Every screen's module (pyarrow, plotext, the job and sweep checks) is imported with the app, before the
+# first frame: a key pressed later never waits for an import, so each screen opens at once.
+SCREENS: dict[str, type[DeckScreen]] = {
+    "fleet": FleetScreen, "runs": RunsScreen, "compare": CompareScreen, "launch": LaunchScreen,
+    "registry": RegistryScreen, "serving": ServingScreen, "drift": DriftScreen, "cost": CostScreen,
+}
+SCREENS_BY_KEY = list(SCREENS)
+SWITCH_HOLD_S = 0.05  # Textual's switch_mode draws nothing for this long (App.delay_update's default)
+JUMP_WAIT_S = 0.5
 Say = Callable[[str], None]
 Story = Callable[[Client, Say], Awaitable[dict[str, Any]]]
 COMMAND_ALIASES = {"models": "registry", "model": "registry", "hosts": "fleet", "run": "runs"}
-
-
-def screen_for(name: str) -> DeckScreen:
-    """Screens are imported when first shown, so a cold start loads only the Fleet."""
-    module = importlib.import_module(f"mldeck.tui.screens.{name}")
-    return getattr(module, f"{name.capitalize()}Screen")()
-
-
-def prewarm() -> None:
-    """After the first frame, a thread imports the heavy screens (pyarrow, plotext), so 2 opens at once."""
-
-    def load() -> None:
-        for name in PREWARM:
-            importlib.import_module(name)
-
-    threading.Thread(target=load, name="mldeck-prewarm", daemon=True).start()
 
 
 class ScreenCommands(Provider):
@@ -82,27 +78,25 @@ class MldeckApp(App[None]):
         self.story_lines: list[str] = []
         self.story_result: dict[str, Any] | None = None
         self.story_error: BaseException | None = None
-        self.early_runs: dict[str, asyncio.Task[Any]] = {}
+        self.came_from: list[str] = []  # the screens visited before this one, for Esc
+        self.jumps: list[str] = []  # screens asked for by key, the first being drawn now
+        self.jump_token: object | None = None
 
-    MODES: ClassVar[dict[str, Any]] = {name: functools.partial(screen_for, name) for name in SCREENS_BY_KEY}
+    MODES: ClassVar[dict[str, Any]] = SCREENS
 
     def on_mount(self) -> None:
         self.fleet = self.make_fleet()
         self.fleet.start()
+        self.prebuild()
         self.switch_mode("fleet")
-        self.set_timer(0.3, prewarm)
-        if self.live:
-            self.set_timer(0.5, self.prefetch_runs)
         if self.story is not None:
             self.call_after_refresh(self.run_worker, self.tell_story(self.story), group="story")
 
-    def prefetch_runs(self) -> None:
-        """Each host's newest runs page while the person looks at the Fleet; Runs takes it when opened."""
-        for host in self.fleet.names:
-            task = asyncio.get_running_loop().create_task(
-                self.fleet.call(host, "runs.table", offset=0, limit=RUNS_FIRST_PAGE))
-            task.add_done_callback(lambda t: t.cancelled() or t.exception())  # read, so never "unretrieved"
-            self.early_runs[host] = task
+    def prebuild(self) -> None:
+        """Build every screen behind the Fleet before the first frame: each builds once (its widgets, its
+        styles), so the key that opens it only swaps it in; a hidden screen waits (its polls pause)."""
+        for mode in SCREENS_BY_KEY:
+            self.switch_mode(mode)  # no frame is drawn between these calls
 
     def say(self, text: str) -> None:
         """A line of the demo story: a notification, the header's subtitle, and the `:demo` log."""
@@ -122,8 +116,35 @@ class MldeckApp(App[None]):
             return
         self.say("the demo is done; keep exploring, q quits")
 
+    def show(self, name: str) -> None:
+        """Switch to a screen now, remembering the one shown, so Esc comes back to it."""
+        if name != self.current_mode:
+            seen = [m for m in self.came_from if m != self.current_mode][-7:]
+            self.came_from = [*seen, self.current_mode]
+            self.switch_mode(name)
+
     def action_jump(self, name: str) -> None:
-        self.switch_mode(name)
+        """A screen by its number. Keys typed faster than screens are drawn wait their turn, so each
+        screen asked for is drawn, in order, and no key is lost."""
+        self.jumps.append(name)
+        if len(self.jumps) == 1:
+            self.next_jump()
+
+    def next_jump(self) -> None:
+        """Show the first screen asked for; the next waits until it has been drawn (switch_mode holds
+        frames back for SWITCH_HOLD_S), or JUMP_WAIT_S at most (a screen a dialog covers draws nothing)."""
+        if not self.jumps:
+            return
+        self.show(self.jumps[0])
+        token = self.jump_token = object()
+        self.set_timer(SWITCH_HOLD_S, lambda: self.call_after_refresh(self.jumped, token))
+        self.set_timer(JUMP_WAIT_S, lambda: self.jumped(token))
+
+    def jumped(self, token: object) -> None:
+        if token is self.jump_token:
+            self.jump_token = None
+            self.jumps.pop(0)
+            self.next_jump()
 
     def action_help(self) -> None:
         under = self.screen if isinstance(self.screen, DeckScreen) else None
@@ -133,8 +154,17 @@ class MldeckApp(App[None]):
         self.push_screen(CommandLine(), lambda cmd: cmd and self.run_command(cmd))
 
     def action_back(self) -> None:
-        if len(self.screen_stack) > 1:
+        """Esc: out of a text field first; then back from a pushed screen, or to the screen shown before."""
+        if is_text_field(self.focused):
+            screen = self.screen
+            if isinstance(screen, DeckScreen):
+                screen.leave_field()
+            else:
+                screen.set_focus(None)
+        elif len(self.screen_stack) > 1:
             self.pop_screen()
+        elif self.came_from:
+            self.switch_mode(self.came_from.pop())
 
     def run_command(self, command: str) -> None:
         """`:runs`, `:models`, `:host NAME`, `:q` and every screen name."""
@@ -145,16 +175,14 @@ class MldeckApp(App[None]):
         elif word == "demo":
             self.push_screen(DemoLog(self.story_lines))
         elif word == "host" and arg:
-            from mldeck.tui.screens.host import HostScreen
-
             if arg.strip() not in self.fleet.names:
                 hosts = ", ".join(self.fleet.names)
                 self.notify(f"no host {arg.strip()!r}; hosts: {hosts}", severity="error")
                 return
-            self.switch_mode("fleet")
+            self.show("fleet")
             self.push_screen(HostScreen(arg.strip()))
         elif word in SCREENS_BY_KEY:
-            self.switch_mode(word)
+            self.action_jump(word)
         else:
             self.notify(f"unknown command :{command}; try :runs, :models, :host NAME, :q", severity="error")
 

@@ -15,7 +15,14 @@ def pct(x: float | None) -> str:
 
 
 def money(x: float | None) -> str:
-    return "-" if x is None else f"${x:,.2f}"
+    """$1,234, $12.50, <$0.01: what a person reads as a price."""
+    if x is None:
+        return "-"
+    if x == 0:
+        return "$0.00"
+    if abs(x) < 0.01:
+        return "<$0.01" if x > 0 else "-<$0.01"
+    return f"${x:,.0f}" if abs(x) >= 1000 else f"${x:,.2f}"
 
 
 def number(x: Any) -> str:
@@ -48,4 +55,12 @@ def span(start: float | None, end: float | None, now: float | None = None) -> st
     return duration((end or now or time.time()) - start)
 
 
-__all__ = ["age", "duration", "gib", "money", "number", "pct", "span"]
+def lower_is_better(metric: str) -> bool:
+    """A metric whose smaller values are better, read from its name (loss, error, latency, ...)."""
+    name = metric.lower()
+    return any(word in name for word in LOWER_IS_BETTER)
+
+
+LOWER_IS_BETTER = ("loss", "err", "latency", "mse", "mae", "rmse", "perplexity", "_ms", "cost", "drift")
+
+__all__ = ["age", "duration", "gib", "lower_is_better", "money", "number", "pct", "span"]

@@ -16,7 +16,8 @@ def test_a_skipped_line_shows_in_agent_and_hosts_status(agent_home: AgentProc) -
 
     def said() -> str | None:
         out = agent_home.cli("agent", "status").out
-        return out if "problem: ingest: 1 bad lines skipped, last runs/poisoned/metrics.jsonl:2" in out else None
+        wanted = "problem: ingest: 1 bad lines skipped, last runs/poisoned/metrics.jsonl:2"
+        return out if wanted in out else None
 
     wait_for(said, timeout=30, what="the bad line in agent status")
     hosts = agent_home.cli("hosts", "status", "--json")

@@ -208,7 +208,7 @@ def test_log_model_takes_tensors_dicts_and_tables_as_reference(tmp_path: Path) -
     assert np.array_equal(table.column("b[2]").to_numpy(), b[:, 2])
     flat = pa.table({"x": b[:, 0], "y": b[:, 1], "z": b[:, 2]})
     single = run.log_model(nn.Linear(3, 2).eval(), sample=b, reference=flat, artifact="single")
-    assert pq.read_table(single / "reference.parquet").column_names == [f"input__0[{i}]" for i in range(3)]
+    assert pq.read_table(single / "reference.parquet").column_names == ["x", "y", "z"]  # a Table's names
     with pytest.raises(ValueError, match=r"rows of shape \[2\]; the model takes \[3\]"):
         run.log_model(nn.Linear(3, 2).eval(), sample=b, reference=b[:, :2], artifact="bad")
     assert not (run.dir / "artifacts" / "bad").exists()

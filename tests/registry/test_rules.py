@@ -6,6 +6,7 @@ import re
 from pathlib import Path
 
 import msgspec
+import pyarrow as pa
 import pytest
 
 from mldeck.core import errors, registry
@@ -26,8 +27,9 @@ def add_version(
     store: Store, tmp: Path, name: str, run_id: str, metrics: dict[str, float], **run: object
 ) -> int:
     store.upsert_run({"run_id": run_id, "status": "succeeded", "params": {"lr": 0.1}, **run})
-    for step, (key, value) in enumerate(metrics.items()):
-        store.cur().execute("INSERT INTO metrics VALUES (?, ?, ?, ?, ?)", [run_id, key, step, 0.0, value])
+    store.append("metrics", pa.table({"run_id": [run_id] * len(metrics), "key": list(metrics),
+                                      "step": list(range(len(metrics))), "ts": [0.0] * len(metrics),
+                                      "value": list(metrics.values())}))
     staged = tmp / f"staged-{run_id}"
     staged.mkdir()
     (staged / "signature.json").write_text("{}")

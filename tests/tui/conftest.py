@@ -80,7 +80,7 @@ def deck(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deck]:
         make_runs(agent)
         make_models(agent, ["tiny:0.90", "tiny:0.95", "promo:0.90", "promo:0.95"])
         wait_for(lambda: len([r for r in d.rpc("runs.list") if r["status"] != "running"]) >= 7,
-                 what="runs ingested")
+                 timeout=60, what="runs ingested")
         wait_for(lambda: len(d.rpc("models.list")) == 2, what="models registered")
         yield d
     finally:

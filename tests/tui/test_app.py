@@ -6,19 +6,19 @@ import asyncio
 from typing import Any
 
 import pytest
-from textual.widgets import DataTable
 
 from mldeck.tui.app import MldeckApp
 from mldeck.tui.fleet import Fleet
 from mldeck.tui.screens.compare import CompareScreen
-from mldeck.tui.screens.dialogs import Confirm, HelpScreen
+from mldeck.tui.screens.dialogs import HelpScreen, ReasonConfirm
 from mldeck.tui.screens.host import HostScreen
 from mldeck.tui.screens.logs import LogsScreen
 from mldeck.tui.screens.promote import AliasPicker, PromoteDialog
 from mldeck.tui.screens.registry import AuditScreen, RegistryScreen
 from mldeck.tui.screens.run_detail import RunDetailScreen
 from mldeck.tui.screens.runs import RunsScreen
-from mldeck.tui.widgets.host_row import HostRow
+from mldeck.tui.widgets.deck_table import DeckTable
+from mldeck.tui.widgets.host_row import HostLine, HostRow
 from mldeck.tui.widgets.metric_chart import MetricChart
 from tests.conftest import REPO
 from tests.tui.conftest import Deck, text_of, until
@@ -43,7 +43,7 @@ def test_fleet_live_host_detail_help_and_commands(deck: Deck) -> None:
             await until(pilot, lambda: len(row.sparks) == 2 and row.state == "up", what="2 live GPUs")
             first = row.snapshot["ts"]
             await until(pilot, lambda: row.snapshot["ts"] > first, what="a live update")
-            line = lambda: text_of(app.screen.query_one("#host-line"))  # noqa: E731
+            line = lambda: app.screen.query_one(HostLine).long.plain  # noqa: E731
             await until(pilot, lambda: "simulated GPUs" in line(), what="the simulated GPUs labelled")
             assert "CPU" in line()
             await pilot.press("question_mark")
@@ -59,7 +59,7 @@ def test_fleet_live_host_detail_help_and_commands(deck: Deck) -> None:
             await pilot.press("colon", *"host local", "enter")
             assert isinstance(app.screen, HostScreen)
             await pilot.press("5")
-            assert isinstance(app.screen, RegistryScreen)
+            await until(pilot, lambda: isinstance(app.screen, RegistryScreen), what="Registry")
 
     run(go())
 
@@ -78,14 +78,13 @@ def test_runs_filter_sort_mark_compare_detail_logs(deck: Deck) -> None:
             await pilot.press(*("backspace" for _ in "status:succeeded mlp-"), *"val_acc>0.9")
             assert set(runs.view["run_id"].to_pylist()) == expected_high
             await pilot.press(*("backspace" for _ in "val_acc>0.9"), *"mlp-", "enter")
-            runs.sort_key, runs.descending = "name", False
-            runs.refilter()
+            runs.table.sort_by("name", False)
             assert runs.view["name"].to_pylist() == ["mlp-deep", "mlp-small", "mlp-wide"]
             await pilot.press("s")
             assert "only queued or running" in text_of(runs.query_one("#status"))
             await pilot.press("space", "space")
             assert runs.marks == {"local/run-c", "local/run-a"}
-            assert runs.shown[" "].to_pylist()[:2] == ["✓", "✓"]
+            assert runs.view[" "].to_pylist()[:2] == ["✓", "✓"]
             await pilot.press("c")
             cmp = await until(pilot, lambda: isinstance(app.screen, CompareScreen) and app.screen,
                               what="compare")
@@ -117,7 +116,7 @@ def test_promote_in_few_keys_gates_fail_and_rollback(deck: Deck) -> None:
     async def go() -> None:
         app = app_for(deck)
         async with app.run_test(size=SIZE) as pilot:
-            keys = ["5", "enter", "p", "enter", "enter"]
+            keys = ["5", "enter", "p", "enter", *"gate passed", "enter"]
             await pilot.press(keys[0])
             reg: RegistryScreen = app.screen  # type: ignore[assignment]
             await until(pilot, lambda: reg.selected and reg.selected[1]["name"] == "promo" and reg.versions,
@@ -130,9 +129,9 @@ def test_promote_in_few_keys_gates_fail_and_rollback(deck: Deck) -> None:
             assert "val_acc" in text_of(dialog.query_one("#deltas"))
             await until(pilot, lambda: "all passed" in text_of(dialog.query_one("#gates")),
                         what="gates passed before enter")
-            await pilot.press(keys[4])
+            await pilot.press(*keys[4:])
             await until(pilot, lambda: isinstance(app.screen, RegistryScreen), what="dialog closed")
-            assert len(keys) < 10
+            assert deck.rpc("models.audit", name="promo")[-1]["comment"] == "gate passed"
             assert deck.rpc("models.get", name="promo", alias="production")["version"] == 2
             await until(pilot, lambda: "production → v2" in text_of(reg.query_one("#status")),
                         what="promotion reported")
@@ -165,14 +164,14 @@ def test_promote_in_few_keys_gates_fail_and_rollback(deck: Deck) -> None:
             await pilot.press("b")
             await until(pilot, lambda: isinstance(app.screen, AliasPicker), what="alias picker")
             await pilot.press("down", "enter")
-            await until(pilot, lambda: isinstance(app.screen, Confirm), what="confirmation")
+            await until(pilot, lambda: isinstance(app.screen, ReasonConfirm), what="confirmation")
             await pilot.press("enter")
             await until(pilot, lambda: deck.rpc("models.get", name="promo", alias="staging")["version"] == 1,
                         what="rollback")
             await pilot.press("A")
             audit = await until(pilot, lambda: isinstance(app.screen, AuditScreen) and app.screen,
                                 what="audit")
-            await until(pilot, lambda: audit.query_one(DataTable).row_count >= 4, what="audit rows")
+            await until(pilot, lambda: audit.query_one(DeckTable).row_count >= 4, what="audit rows")
 
     run(go())
 

@@ -10,13 +10,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from textual.widgets import DataTable
 
 from mldeck.tui.screens.cost import CostScreen
 from mldeck.tui.screens.dialogs import Prompt
 from mldeck.tui.screens.drift import DriftScreen
 from mldeck.tui.screens.host import HostScreen
 from mldeck.tui.screens.serving import ServingScreen
+from mldeck.tui.widgets.deck_table import DeckTable
 from mldeck.tui.widgets.distribution_chart import DistributionChart
 from mldeck.tui.widgets.metric_chart import MetricChart
 from tests.conftest import REPO, wait_for
@@ -26,8 +26,8 @@ from tests.tui.test_app import SIZE, app_for, run
 pytestmark = pytest.mark.timeout(180)
 
 
-def cells(table: DataTable) -> list[list[str]]:
-    return [[str(c) for c in table.get_row_at(i)] for i in range(table.row_count)]
+def cells(table: DeckTable) -> list[list[str]]:
+    return table.rows_text()
 
 
 def infer(url: str, n: int) -> None:
@@ -65,7 +65,7 @@ def test_host_maps_gpu_processes_to_their_run(deck: Deck, holder: str) -> None:
         async with app.run_test(size=SIZE) as pilot:
             await pilot.press("colon", *"host local", "enter")
             host = await until(pilot, lambda: isinstance(app.screen, HostScreen) and app.screen, what="host")
-            procs = host.query_one("#procs", DataTable)
+            procs = host.query_one("#procs", DeckTable)
 
             async def mapped() -> bool:
                 if not any(holder in row for row in cells(procs)):
@@ -96,14 +96,18 @@ def test_serving_drift_and_cost_screens(deck: Deck, holder: str) -> None:
         async with app.run_test(size=SIZE) as pilot:
             await pilot.press("6")
             serving: ServingScreen = app.screen  # type: ignore[assignment]
-            table = serving.query_one("#serving", DataTable)
+            table = serving.query_one("#serving", DeckTable)
             row = await until(pilot, lambda: next((r for r in serving.rows if r["model"] == "tiny"
                                                    and (r.get("rps") or 0) > 0), None), what="tiny's traffic")
             assert row["variant"] == "production" and row["p95_ms"] is not None and row["error_pct"] == 0
             assert "production=v2" in row["aliases"]
-            table.move_cursor(row=serving.rows.index(row))
-            await until(pilot, lambda: serving.query_one("#chart-rps", MetricChart).series.get("production"),
-                        what="the rps chart")
+            table.move_cursor(serving.rows.index(row))
+            await until(pilot, lambda: len(serving.query_one("#chart-rps", MetricChart).series.get(
+                "production", ([], []))[0]) >= 2, what="the rps chart with two polls")
+            charts = [serving.query_one(f"#chart-{k}", MetricChart) for k in ("rps", "p95-ms", "p99-ms",
+                                                                              "error-pct")]
+            assert len({c.xlim for c in charts}) == 1 and charts[0].xlim[1] == 0  # one span, 0 = now
+            assert all("-" not in c.series and c.floor == 0 for c in charts)  # no stale series, none below 0
             await pilot.press("t")
             await until(pilot, lambda: deck.rpc("serving.status")["manifest"]["models"]["tiny"]["shadow"],
                         what="shadow on")
@@ -118,9 +122,9 @@ def test_serving_drift_and_cost_screens(deck: Deck, holder: str) -> None:
             await until(pilot, lambda: any(m["name"] == "tiny" for m in drift.models), what="tiny monitored")
             tiny = next(m for m in drift.models if m["name"] == "tiny")
             assert tiny["version"] == 2 and tiny["host"] == "local"
-            assert "tiny" in " ".join(" ".join(r) for r in cells(drift.query_one("#drift-models", DataTable)))
+            assert "tiny" in " ".join(" ".join(r) for r in cells(drift.query_one("#drift-models", DeckTable)))
             # other tests on this agent may have promoted models too (promo sorts first): select tiny
-            drift.query_one("#drift-models", DataTable).move_cursor(row=drift.models.index(tiny))
+            drift.query_one("#drift-models", DeckTable).move_cursor(drift.models.index(tiny))
             # the first 30 requests are one judged window (30rows): the selected column's distributions
             chart = drift.query_one("#drift-distribution", DistributionChart)
             deadline = time.monotonic() + 60  # the window is judged (checked above); the screen must show it
@@ -143,12 +147,12 @@ def test_serving_drift_and_cost_screens(deck: Deck, holder: str) -> None:
 
             await pilot.press("8")
             cost: CostScreen = app.screen  # type: ignore[assignment]
-            runs = cost.query_one("#cost-runs", DataTable)
+            runs = cost.query_one("#cost-runs", DeckTable)
             await until(pilot, lambda: any(holder in r for r in cells(runs)), what="the holder's cost")
-            hosts = cells(cost.query_one("#cost-hosts", DataTable))
+            hosts = cells(cost.query_one("#cost-hosts", DeckTable))
             assert hosts[0][0] == "local" and hosts[0][1] == "2"
             assert "last 24 h" in text_of(cost.query_one("#cost-summary"))
-            models = cost.query_one("#cost-models", DataTable)
+            models = cost.query_one("#cost-models", DeckTable)
             tiny = await until(pilot, lambda: next((r for r in cells(models) if r[1] == "tiny"), None),
                                what="tiny's cost row")
             assert int(tiny[5]) >= 30  # requests it was sent: its share of the model server's cost

@@ -14,15 +14,11 @@ from textual.widgets import Static
 
 from mldeck.core.errors import MldeckError
 from mldeck.tui.screens.base import DeckScreen, screen_work, why
-from mldeck.tui.units import number
+from mldeck.tui.units import lower_is_better, number
 from mldeck.tui.widgets.metric_chart import MetricChart
 
 MAX_CHARTS = 6
-LOWER_IS_BETTER = ("loss", "err", "mse", "mae", "rmse", "perplexity")
-
-
-def lower_is_better(key: str) -> bool:
-    return any(word in key.lower() for word in LOWER_IS_BETTER)
+NOTHING = "nothing to compare: in Runs (2), mark runs with space and press c"
 
 
 def label(run: dict[str, Any]) -> str:
@@ -64,10 +60,7 @@ def summary(runs: list[dict[str, Any]], series: dict[str, dict[str, Any]]) -> Ta
 class CompareScreen(DeckScreen):
     TITLE = "Compare"
     HELP = "Runs marked in Runs (space, then c): params, overlaid metric curves, final and best values."
-    BINDINGS: ClassVar[list[BindingType]] = [
-        Binding("ctrl+r", "reload", "reload"),
-        Binding("escape", "app.back", "back", show=False),
-    ]
+    BINDINGS: ClassVar[list[BindingType]] = [Binding("ctrl+r", "reload", "reload")]
 
     def __init__(self) -> None:
         super().__init__()
@@ -82,6 +75,9 @@ class CompareScreen(DeckScreen):
         yield self.status_line()
         yield self.footer()
 
+    def on_mount(self) -> None:
+        self.say(NOTHING)
+
     def on_screen_resume(self) -> None:
         if self.deck.compare_set != self.shown:
             self.load()
@@ -94,7 +90,7 @@ class CompareScreen(DeckScreen):
         chosen = list(self.deck.compare_set)
         self.shown = chosen
         if len(chosen) < 2:
-            self.say("nothing to compare: in Runs (2), mark runs with space and press c")
+            self.say(NOTHING)
             return
         self.say(f"loading {len(chosen)} runs…")
         try:
@@ -115,4 +111,5 @@ class CompareScreen(DeckScreen):
         for chart, key in zip(charts, keys, strict=True):
             chart.show({label(r): (series[r["run_id"]].get(key, {}).get("step", []),
                                    series[r["run_id"]].get(key, {}).get("value", [])) for r in runs})
-        self.say(f"{len(runs)} runs · {len(keys)} metrics · differing params in yellow, best values in green")
+        self.updated(f"{len(runs)} runs · {len(keys)} metrics · differing params in yellow, best values in "
+                     "green · ctrl+r reads them again")

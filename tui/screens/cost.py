@@ -8,19 +8,54 @@ from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import Vertical
-from textual.widgets import DataTable, Static
+from textual.widgets import Static
 
-from mldeck.tui.screens.panel import PolledScreen, fill, one, per_host
+from mldeck.tui.screens.panel import PolledScreen, one, per_host
 from mldeck.tui.units import money
+from mldeck.tui.widgets.deck_table import Col, DeckTable, TableBox
 
 PERIODS = [("1 h", 3600.0), ("24 h", 86400.0), ("7 days", 7 * 86400.0), ("30 days", 30 * 86400.0)]
 RUNS_LIMIT = 200
 OVERSIZED = 0.5  # a run that peaked under half the GPU memory it held could have used a smaller GPU
-HOST_COLUMNS = ["host", "gpu_count", "running_jobs", "burn_per_hour", "host_per_hour", "runs",
-                "runs_cost_usd", "live_cost_usd", "idle_gpu_hours", "idle_cost_usd"]
-RUN_COLUMNS = ["host", "run_id", "name", "status", "gpus", "cost_usd", "gpu_hours", "peak_gib", "held_gib",
-               "mem_used_pct", "right_size"]
-MODEL_COLUMNS = ["host", "model", "versions", "runs", "training_usd", "requests", "serving_usd", "cost_usd"]
+
+
+def per_hour(x: float | None) -> str:
+    return "-" if x is None else f"{money(x)}/h"
+
+
+def hours(x: float | None) -> str:
+    return "-" if x is None else f"{x:.2f} h"
+
+
+def gib(x: float | None) -> str:
+    return "-" if x is None else f"{x:.1f} GiB"
+
+
+def pct(x: float | None) -> str:
+    return "-" if x is None else f"{x:.0f}%"
+
+
+HOST_COLUMNS = [Col("host", priority=0), Col("gpu_count", "GPUs", priority=1),
+                Col("running_jobs", "jobs running", priority=2),
+                Col("burn_per_hour", "burning", priority=0, fmt=per_hour),
+                Col("host_per_hour", "host rate", priority=3, fmt=per_hour), Col("runs", priority=2),
+                Col("runs_cost_usd", "spent on runs", priority=0, fmt=money),
+                Col("live_cost_usd", "running now", priority=2, fmt=money),
+                Col("idle_gpu_hours", "idle GPU time", priority=1, fmt=hours),
+                Col("idle_cost_usd", "idle waste", priority=0, fmt=money, style=lambda x: "red" if x else "")]
+RUN_COLUMNS = [Col("host", priority=3), Col("run_id", "run", priority=2),
+               Col("name", priority=0, shrink_to=14), Col("status", priority=1),
+               Col("gpus", "GPUs", priority=2),
+               Col("cost_usd", "cost", priority=0, fmt=money),
+               Col("gpu_hours", "GPU time", priority=1, fmt=hours),
+               Col("peak_gib", "peak memory", priority=2, fmt=gib),
+               Col("held_gib", "held", priority=2, fmt=gib),
+               Col("mem_used_pct", "memory used", priority=1, fmt=pct),
+               Col("right_size", "right size", priority=0, style=lambda x: "yellow" if x else "")]
+MODEL_COLUMNS = [Col("host", priority=3), Col("model", priority=0), Col("versions", priority=2),
+                 Col("runs", priority=2), Col("training_usd", "training", priority=1, fmt=money),
+                 Col("requests", priority=1), Col("serving_usd", "serving", priority=1, fmt=money),
+                 Col("cost_usd", "total", priority=0, fmt=money)]
 
 
 def run_row(host: str, r: dict[str, Any]) -> dict[str, Any]:
@@ -55,7 +90,7 @@ def model_rows(host: str, versions: dict[str, list[dict[str, Any]]], runs: list[
 
 class CostScreen(PolledScreen):
     POLL_S = 10.0
-    FOCUS = "#cost-runs"
+    AUTO_FOCUS = "#cost-runs"
     TITLE = "Cost"
     HELP = ("Spend per host, per run and per model (its runs, and its share of the model server by requests) "
             "over a period (p changes it); idle GPU time as waste; "
@@ -74,9 +109,11 @@ class CostScreen(PolledScreen):
         yield self.header()
         with Vertical():
             yield Static(id="cost-summary", classes="section")
-            yield DataTable(id="cost-hosts", cursor_type="row")
-            yield DataTable(id="cost-runs", cursor_type="row", zebra_stripes=True)
-            yield DataTable(id="cost-models", cursor_type="row")
+            yield TableBox(DeckTable(HOST_COLUMNS, row_key=("host",), id="cost-hosts"), id="cost-hosts-box")
+            yield TableBox(DeckTable(RUN_COLUMNS, row_key=("host", "run_id"), id="cost-runs",
+                                     empty="no run in this period"), id="cost-runs-box")
+            yield TableBox(DeckTable(MODEL_COLUMNS, row_key=("host", "model"), id="cost-models",
+                                     empty="no model yet"), id="cost-models-box")
         yield self.status_line()
         yield self.footer()
 
@@ -96,9 +133,9 @@ class CostScreen(PolledScreen):
             for m in listed:
                 versions[m["name"]] = await one(self, host, "models.versions", notes, name=m["name"]) or []
             models += model_rows(host, versions, rs, serving.get(host) or [])
-        fill(self.query_one("#cost-hosts", DataTable), HOST_COLUMNS, host_rows)
-        fill(self.query_one("#cost-runs", DataTable), RUN_COLUMNS, run_rows)
-        fill(self.query_one("#cost-models", DataTable), MODEL_COLUMNS, models)
+        self.query_one("#cost-hosts", DeckTable).records(host_rows)
+        self.query_one("#cost-runs", DeckTable).records(run_rows)
+        self.query_one("#cost-models", DeckTable).records(models)
         spent = sum(r.get("runs_cost_usd") or 0 for r in host_rows)
         waste = sum(r.get("idle_cost_usd") or 0 for r in host_rows)
         burn = sum(r.get("burn_per_hour") or 0 for r in host_rows)
@@ -110,7 +147,7 @@ class CostScreen(PolledScreen):
             ("   (p: period)", "dim"),
         )
         self.query_one("#cost-summary", Static).update(summary)
-        self.say("  ·  ".join(notes) or f"{len(run_rows)} runs over {len(host_rows)} hosts")
+        self.updated("  ·  ".join(notes) or f"{len(run_rows)} runs over {len(host_rows)} hosts")
 
     def action_period(self) -> None:
         self.period = (self.period + 1) % len(PERIODS)
@@ -119,7 +156,7 @@ class CostScreen(PolledScreen):
     def action_switch(self) -> None:
         ids = ["#cost-hosts", "#cost-runs", "#cost-models"]
         at = next((i for i, x in enumerate(ids) if self.query_one(x).has_focus), -1)
-        self.query_one(ids[(at + 1) % len(ids)], DataTable).focus()
+        self.query_one(ids[(at + 1) % len(ids)], DeckTable).focus()
 
     def action_reload(self) -> None:
         self.reload()

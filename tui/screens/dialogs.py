@@ -1,4 +1,4 @@
-"""Modal dialogs: help for the current screen, the `:` command line, yes/no confirmation."""
+"""Modal dialogs: help for the current screen, the `:` command line, confirmation (with a reason)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from typing import ClassVar
 
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
-from textual.containers import Vertical
+from textual.containers import Vertical, VerticalScroll
 from textual.screen import ModalScreen
 from textual.widgets import Input, Static
 
@@ -18,9 +18,10 @@ GLOBAL_KEYS = [
     ("ctrl+p", "command palette"),
     (":demo", "what the demo story said so far (when one runs)"),
     ("?", "this help"),
-    ("esc", "back"),
+    ("esc", "out of a text field, then back"),
     ("q", "quit"),
 ]
+GLOBAL = {"escape", "esc", "q", "question_mark", "?", ":"}
 
 
 class HelpScreen(ModalScreen[None]):
@@ -28,6 +29,10 @@ class HelpScreen(ModalScreen[None]):
 
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("escape,q,question_mark", "dismiss", "close"),
+        Binding("down,j", "scroll(1)", "scroll down", show=False),
+        Binding("up,k", "scroll(-1)", "scroll up", show=False),
+        Binding("pagedown,space", "scroll(10)", "page down", show=False),
+        Binding("pageup", "scroll(-10)", "page up", show=False),
     ]
 
     def __init__(self, screen: DeckScreen | None) -> None:
@@ -40,12 +45,19 @@ class HelpScreen(ModalScreen[None]):
         if self.under and self.under.HELP:
             lines.append(self.under.HELP)
         lines.append("")
-        keys = type(self.under).key_help() if self.under else []
+        keys = [k for k in (type(self.under).key_help() if self.under else []) if k[0] not in GLOBAL]
+        table_keys = [("/", "filter the table"), ("←/→, o", "pick a column, sort by it (again: reverse)")]
+        if self.under and self.under.query("DeckTable"):
+            keys += [k for k in table_keys if k[0] not in dict(keys)]
         for key, what in [*keys, ("", ""), *GLOBAL_KEYS]:
             lines.append(f"  [b]{key:<10}[/b] {what}" if key else "")
         with Vertical(id="help", classes="dialog"):
-            yield Static("\n".join(lines))
-            yield Static("[dim]esc closes[/dim]")
+            with VerticalScroll(id="help-text"):
+                yield Static("\n".join(lines))
+            yield Static("[dim]↑/↓ scroll · esc closes[/dim]", classes="dialog-keys")
+
+    def action_scroll(self, lines: int) -> None:
+        self.query_one("#help-text", VerticalScroll).scroll_relative(y=lines, animate=False)
 
 
 class CommandLine(ModalScreen[str | None]):
@@ -89,6 +101,42 @@ class Confirm(ModalScreen[bool]):
 
     def action_no(self) -> None:
         self.dismiss(False)
+
+
+class ReasonConfirm(ModalScreen[str | None]):
+    """A change the audit log keeps: the question, what it does, and why (required where it matters).
+    Enter confirms with the reason ("" when optional and none given); Esc cancels (None)."""
+
+    BINDINGS: ClassVar[list[BindingType]] = [Binding("escape", "cancel", "cancel")]
+
+    def __init__(self, question: str, details: str = "", required: bool = False) -> None:
+        super().__init__()
+        self.question = question
+        self.details = details
+        self.required = required
+
+    def compose(self) -> ComposeResult:
+        with Vertical(classes="dialog", id="confirm"):
+            yield Static(f"[b]{self.question}[/b]", markup=True)
+            if self.details:
+                yield Static(self.details, id="confirm-details")
+            need = "required" if self.required else "optional"
+            yield Static(f"reason for the audit log ({need}):", classes="field-label")
+            yield Input(placeholder="why", id="reason")
+            yield Static("[b]enter[/b] confirm   [b]esc[/b] cancel", classes="dialog-keys")
+
+    def on_mount(self) -> None:
+        self.query_one("#reason", Input).focus()
+
+    def on_input_submitted(self, event: Input.Submitted) -> None:
+        reason = event.value.strip()
+        if self.required and not reason:
+            self.notify("give a reason: the audit log keeps it", severity="warning")
+            return
+        self.dismiss(reason)
+
+    def action_cancel(self) -> None:
+        self.dismiss(None)
 
 
 class Prompt(ModalScreen[str | None]):

@@ -9,18 +9,43 @@ from textual import on
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import Horizontal, Vertical
-from textual.widgets import DataTable, Static
+from textual.widgets import Static
 
 from mldeck.tui.screens.base import screen_work
-from mldeck.tui.screens.panel import PolledScreen, fill, one, per_host
-from mldeck.tui.units import number
+from mldeck.tui.screens.panel import PolledScreen, one, per_host
+from mldeck.tui.units import age, number
+from mldeck.tui.widgets.deck_table import Col, DeckTable, TableBox
 from mldeck.tui.widgets.distribution_chart import DistributionChart
 from mldeck.tui.widgets.metric_chart import MetricChart, Series
 
 HISTORY = 200
-MODEL_COLUMNS = ["host", "name", "version", "drifted", "share_drifted", "open_alerts", "n_rows", "accuracy"]
-COLUMN_COLUMNS = ["column", "role", "method", "statistic", "p_value", "threshold", "drifted", "n_rows"]
-ALERT_COLUMNS = ["host", "model", "version", "kind", "message", "ts", "alert_id"]
+
+
+def verdict(drifted: object) -> str:
+    return "-" if drifted is None else "DRIFTED" if drifted else "ok"
+
+
+def verdict_style(drifted: object) -> str:
+    return "bold red" if drifted else "green" if drifted is not None else ""
+
+
+def share(x: float | None) -> str:
+    return "-" if x is None else f"{100 * x:.0f}%"
+
+
+MODEL_COLUMNS = [Col("host", priority=3), Col("name", "model", priority=0), Col("version", priority=1),
+                 Col("drifted", "verdict", priority=0, fmt=verdict, style=verdict_style),
+                 Col("share_drifted", "columns drifted", priority=1, fmt=share),
+                 Col("open_alerts", "open alerts", priority=1), Col("n_rows", "rows", priority=2),
+                 Col("accuracy", priority=2)]
+COLUMN_COLUMNS = [Col("column", priority=0, shrink_to=14), Col("role", priority=2),
+                  Col("method", "test", priority=1), Col("statistic", priority=0),
+                  Col("p_value", "p", priority=2), Col("threshold", priority=2),
+                  Col("drifted", "verdict", priority=0, fmt=verdict, style=verdict_style),
+                  Col("n_rows", "rows", priority=3)]
+ALERT_COLUMNS = [Col("host", priority=3), Col("model", priority=0), Col("version", priority=2),
+                 Col("kind", priority=1), Col("message", priority=0, shrink_to=30),
+                 Col("ts", "raised", priority=1, fmt=age), Col("alert_id", "alert", priority=4)]
 
 
 def drift_series(windows: list[dict[str, Any]], column: str | None) -> Series:
@@ -39,7 +64,7 @@ def drift_series(windows: list[dict[str, Any]], column: str | None) -> Series:
 
 class DriftScreen(PolledScreen):
     POLL_S = 5.0
-    FOCUS = "#drift-models"
+    AUTO_FOCUS = "#drift-models"
     TITLE = "Drift"
     HELP = ("Each production model's latest judged window against its reference: per column the test, "
             "statistic and verdict; drift over the last windows (chart, follows the selected column); "
@@ -62,15 +87,18 @@ class DriftScreen(PolledScreen):
         yield self.header()
         with Vertical():
             with Horizontal(id="drift-top"):
-                yield DataTable(id="drift-models", cursor_type="row")
-                yield DataTable(id="drift-columns", cursor_type="row", zebra_stripes=True)
+                yield TableBox(DeckTable(MODEL_COLUMNS, row_key=("host", "name"), id="drift-models",
+                                         empty="no production model is monitored yet"))
+                yield TableBox(DeckTable(COLUMN_COLUMNS, row_key=("column",), id="drift-columns",
+                                         empty="no judged window yet"))
             with Horizontal(id="drift-bottom"):
                 yield MetricChart("drift over time", xlabel="minutes (0 = latest window)", ylim=(0, 1),
                                   id="drift-chart")
                 with Vertical(id="drift-reference"):
                     yield Static(id="drift-statistic", classes="section")
                     yield DistributionChart(id="drift-distribution")
-            yield DataTable(id="drift-alerts", cursor_type="row")
+            yield TableBox(DeckTable(ALERT_COLUMNS, row_key=("alert_id",), id="drift-alerts",
+                                     empty="no open alerts"), id="drift-alerts-box")
         yield self.status_line()
         yield self.footer()
 
@@ -79,17 +107,18 @@ class DriftScreen(PolledScreen):
         status = await per_host(self, "drift.status", notes)
         alerts = await per_host(self, "alerts.list", notes)
         self.models = [{"host": h, **m} for h, s in status.items() for m in s.get("models") or []]
-        fill(self.query_one("#drift-models", DataTable), MODEL_COLUMNS, self.models)
+        self.query_one("#drift-models", DeckTable).records(self.models)
         open_alerts = [{"host": h, **a} for h, got in alerts.items() for a in got.get("alerts") or []]
-        fill(self.query_one("#drift-alerts", DataTable), ALERT_COLUMNS, open_alerts)
+        self.query_one("#drift-alerts", DeckTable).records(open_alerts)
         await self.show_model(notes)
         if not self.models and not notes:
             notes.append("no production model is monitored yet (promote one and serve it)")
-        self.say("  ·  ".join(notes) or f"{len(self.models)} models · {len(open_alerts)} open alerts")
+        self.updated("  ·  ".join(notes) or f"{len(self.models)} models · {len(open_alerts)} open alerts")
 
     def model(self) -> dict[str, Any] | None:
-        row = self.query_one("#drift-models", DataTable).cursor_row
-        return self.models[row] if 0 <= row < len(self.models) else None
+        row = self.query_one("#drift-models", DeckTable).current()
+        return next((m for m in self.models if row and (m["host"], m["name"]) == (row["host"], row["name"])),
+                    None)
 
     async def show_model(self, notes: list[str]) -> None:
         m = self.model()
@@ -99,12 +128,12 @@ class DriftScreen(PolledScreen):
         history = await one(self, m["host"], "drift.history", notes, name=m["name"], limit=HISTORY)
         self.columns = (status or {}).get("rows") or []
         self.windows = (history or {}).get("windows") or []
-        fill(self.query_one("#drift-columns", DataTable), COLUMN_COLUMNS, self.columns)
+        self.query_one("#drift-columns", DeckTable).records(self.columns)
         self.show_column()
 
     def column(self) -> dict[str, Any] | None:
-        row = self.query_one("#drift-columns", DataTable).cursor_row
-        return self.columns[row] if 0 <= row < len(self.columns) else None
+        row = self.query_one("#drift-columns", DeckTable).current()
+        return next((c for c in self.columns if row and c["column"] == row["column"]), None)
 
     def show_column(self) -> None:
         col = self.column()
@@ -153,12 +182,12 @@ class DriftScreen(PolledScreen):
         chart.show(dist)
         self.show_statistic()
 
-    @on(DataTable.RowSelected, "#drift-models")
-    @on(DataTable.RowHighlighted, "#drift-models")
+    @on(DeckTable.RowSelected, "#drift-models")
+    @on(DeckTable.RowHighlighted, "#drift-models")
     def model_selected(self) -> None:
         self.reload_model()
 
-    @on(DataTable.RowHighlighted, "#drift-columns")
+    @on(DeckTable.RowHighlighted, "#drift-columns")
     def column_highlighted(self) -> None:
         self.show_column()
 
@@ -172,7 +201,7 @@ class DriftScreen(PolledScreen):
     def action_switch(self) -> None:
         ids = ["#drift-models", "#drift-columns"]
         at = next((i for i, x in enumerate(ids) if self.query_one(x).has_focus), -1)
-        self.query_one(ids[(at + 1) % len(ids)], DataTable).focus()
+        self.query_one(ids[(at + 1) % len(ids)], DeckTable).focus()
 
     def action_reload(self) -> None:
         self.reload()

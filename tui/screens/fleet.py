@@ -12,6 +12,7 @@ from textual.containers import VerticalScroll
 from mldeck.core.errors import MethodNotAvailable, MldeckError
 from mldeck.tui.fleet import HostDown
 from mldeck.tui.screens.base import DeckScreen, screen_work, why
+from mldeck.tui.screens.serving import WINDOW_S, serving_rows
 from mldeck.tui.widgets.host_row import HostRow
 
 PAINT_S = 1.0  # the collector samples at 1 Hz: one batched repaint per sample
@@ -20,15 +21,19 @@ HISTORY_S = 60
 
 
 async def host_extras(screen: DeckScreen, host: str, missing: set[str]) -> dict[str, Any]:
-    """Running jobs, cost per hour and serving rps, each from its own method if the agent has it."""
+    """Running jobs, cost per hour and serving rps, each from its own method if the agent has it.
+
+    The rate is the Serving screen's (serving.stats over the same window), summed over models and variants.
+    """
     out: dict[str, Any] = {}
     running = await screen.call(host, "runs.list", status="running", limit=1000)
     out["jobs"] = len(running)
-    for method, pick in (("cost.host", _cost_per_hour), ("serving.status", _serving_rps)):
+    asks = (("cost.host", {"since_s": 3600}, _cost_per_hour),
+            ("serving.stats", {"window_s": WINDOW_S}, lambda stats: _serving_rps(host, stats)))
+    for method, params, pick in asks:
         if method in missing:
             continue
         try:
-            params = {"since_s": 3600} if method == "cost.host" else {}
             out.update(pick(await screen.call(host, method, **params)))
         except MethodNotAvailable:
             missing.add(method)
@@ -50,17 +55,18 @@ def _cost_per_hour(result: Any) -> dict[str, Any]:
     return {}
 
 
-def _serving_rps(result: Any) -> dict[str, Any]:
-    rows = result.get("models", result.get("servers", [])) if isinstance(result, dict) else result
-    if isinstance(rows, list):
-        total = sum(float(r.get("rps") or 0) for r in rows if isinstance(r, dict))
-        return {"rps": total}
-    return {}
+def _serving_rps(host: str, stats: dict[str, Any]) -> dict[str, Any]:
+    """Requests per second over every served model (None when the model server is not running)."""
+    if not stats.get("running"):
+        return {"rps": None}
+    return {"rps": sum(float(r.get("rps") or 0) for r in serving_rows(host, stats))}
 
 
 class FleetScreen(DeckScreen):
     TITLE = "Fleet"
-    HELP = "Every host: GPUs live (utilization sparkline, memory bar, temperature, power), load, jobs, cost."
+    HELP = ("Every host: GPUs live (utilization sparkline, memory bar, temperature, power), CPU and RAM, "
+            "running jobs, cost per hour and the requests per second it serves. enter opens a host.")
+    AUTO_FOCUS = "HostRow"
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("enter", "open", "open host"),
         Binding("down,j", "move(1)", "next host", show=False),
@@ -85,6 +91,7 @@ class FleetScreen(DeckScreen):
         return self._rows
 
     def on_mount(self) -> None:
+        self.say(f"{len(self.deck.fleet.names)} host(s)  ·  enter opens one")
         rows = self.rows()
         if rows:
             rows[0].focus()
@@ -125,6 +132,7 @@ class FleetScreen(DeckScreen):
         except HostDown:
             return
         row.dirty = True
+        self.updated(f"{len(self.rows())} host(s)  ·  GPUs live, the rest every {EXTRAS_S:.0f}s")
 
     def action_move(self, step: int) -> None:
         rows = self.rows()

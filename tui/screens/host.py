@@ -9,12 +9,17 @@ from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import Grid, Vertical
-from textual.widgets import DataTable, Static
+from textual.widgets import Static
 
 from mldeck.core.errors import MldeckError
 from mldeck.tui.screens.base import DeckScreen, screen_work, why
 from mldeck.tui.units import gib
+from mldeck.tui.widgets.deck_table import Col, DeckTable, TableBox
 from mldeck.tui.widgets.metric_chart import MetricChart, Series
+
+PROCESS_COLUMNS = [Col("gpu", "GPU", priority=0), Col("pid", "PID", priority=0),
+                   Col("memory", priority=1, fmt=gib), Col("run_id", "run", priority=0),
+                   Col("name", priority=1), Col("status", priority=1)]
 
 WINDOWS_S = [300, 1800, 3 * 3600, 24 * 3600]
 
@@ -55,14 +60,13 @@ class HostScreen(DeckScreen):
         with Vertical():
             yield Static(id="host-facts", markup=False)
             yield Grid(id="gpu-charts")
-            yield DataTable(id="procs", cursor_type="row", zebra_stripes=True)
+            yield TableBox(DeckTable(PROCESS_COLUMNS, id="procs", empty="no processes on this host's GPUs"),
+                           id="procs-box")
         yield self.status_line()
         yield self.footer()
 
     def on_mount(self) -> None:
-        self.sub_title = f"Host {self.host}"
-        table = self.query_one("#procs", DataTable)
-        table.add_columns("GPU", "PID", "memory", "run", "name", "status")
+        self.sub_title = self.host
         self.load()
 
     def action_window(self) -> None:
@@ -115,12 +119,11 @@ class HostScreen(DeckScreen):
         GPU to one run at a time; torchrun's workers are children of the job's pid)."""
         by_pid = {r.get("pid"): r for r in running if r.get("pid")}
         by_gpu = {i: r for r in running for i in r.get("gpus") or []}
-        table = self.query_one("#procs", DataTable)
-        table.clear()
+        rows = []
         for g in gpus:
             for pid, mem in g.get("processes") or []:
                 run = by_pid.get(pid) or by_gpu.get(g["index"]) or {}
-                table.add_row(g["index"], pid, gib(mem), run.get("run_id", "-"), run.get("name", "-"),
-                              run.get("status", "-"))
-        if not table.row_count:
-            self.say("no processes on this host's GPUs")
+                rows.append({"gpu": g["index"], "pid": pid, "memory": mem, "run_id": run.get("run_id"),
+                             "name": run.get("name"), "status": run.get("status")})
+        self.query_one("#procs", DeckTable).records(rows)
+        self.updated(f"{len(rows)} processes on this host's GPUs")

@@ -1,4 +1,5 @@
-"""The promotion flow: pick an alias, then a dialog with gates, metric deltas and drift; Enter promotes."""
+"""The promotion flow: pick an alias, then a dialog with gates, metric deltas (green when better, by the
+metric's direction) and drift, and a reason for the audit log (required for production); Enter promotes."""
 
 from __future__ import annotations
 
@@ -10,14 +11,14 @@ from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import Vertical
 from textual.screen import ModalScreen
-from textual.widgets import OptionList, Static
+from textual.widgets import Input, OptionList, Static
 
 from mldeck.core.errors import GateRefused, Invalid, MethodNotAvailable, MldeckError
 from mldeck.tui.screens.base import rpc, screen_work, why
-from mldeck.tui.screens.dialogs import Prompt
-from mldeck.tui.units import number
+from mldeck.tui.units import lower_is_better, number
 
-DEFAULT_ALIASES = ["production", "staging", "challenger"]
+PRODUCTION = "production"
+DEFAULT_ALIASES = [PRODUCTION, "staging", "challenger"]
 
 
 def alias_choices(held: dict[str, int]) -> list[str]:
@@ -25,18 +26,33 @@ def alias_choices(held: dict[str, int]) -> list[str]:
     return DEFAULT_ALIASES + sorted(a for a in held if a not in DEFAULT_ALIASES)
 
 
+def rollback_choices(held: dict[str, int]) -> list[str]:
+    """The aliases the model holds, production first (the one a rollback is usually for)."""
+    return [a for a in DEFAULT_ALIASES if a in held] + sorted(a for a in held if a not in DEFAULT_ALIASES)
+
+
+def delta_style(metric: str, delta: float) -> str:
+    """Green when the candidate is better, red when worse: lower is better for a loss, an error, a latency."""
+    if delta == 0:
+        return ""
+    better = delta < 0 if lower_is_better(metric) else delta > 0
+    return "green" if better else "red"
+
+
 def deltas(candidate: dict[str, Any], current: dict[str, Any] | None) -> Table:
     """Each metric of the candidate against the version the alias holds now."""
-    t = Table("metric", "candidate", "current", "Δ", box=None, padding=(0, 2), header_style="bold")
+    t = Table("metric", "candidate", "current", "Δ", "", box=None, padding=(0, 2), header_style="bold")
     mine = candidate.get("metrics") or {}
     theirs = (current or {}).get("metrics") or {}
     for key in sorted(set(mine) | set(theirs)):
         a, b = mine.get(key), theirs.get(key)
-        delta = Text("-")
+        delta, verdict = Text("-"), Text("")
         if isinstance(a, (int, float)) and isinstance(b, (int, float)):
             d = a - b
-            delta = Text(f"{d:+.4g}", "green" if d > 0 else "red" if d < 0 else "")
-        t.add_row(key, number(a), number(b), delta)
+            style = delta_style(key, d)
+            delta = Text(f"{d:+.4g}", style)
+            verdict = Text({"green": "better", "red": "worse"}.get(style, "same"), style)
+        t.add_row(key, number(a), number(b), delta, verdict)
     return t
 
 
@@ -70,7 +86,7 @@ class PromoteDialog(ModalScreen[dict[str, Any] | None]):
 
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("enter", "confirm", "promote"),
-        Binding("f", "force", "force (with a reason)"),
+        Binding("ctrl+f", "force", "force (with a reason)"),
         Binding("escape", "cancel", "cancel"),
     ]
 
@@ -89,15 +105,31 @@ class PromoteDialog(ModalScreen[dict[str, Any] | None]):
     def compose(self) -> ComposeResult:
         c = self.candidate
         now = f"v{self.current['version']}" if self.current else "nothing"
+        need = "required for production" if self.required else "optional"
         with Vertical(classes="dialog", id="promote"):
             yield Static(f"[b]Promote {c['name']} v{c['version']} to {self.alias}[/b]  (holds {now} now)")
             yield Static(deltas(c, self.current), id="deltas")
             yield Static("gates: checking…", id="gates")
             yield Static("drift: checking…", id="drift")
+            yield Static(f"reason for the audit log ({need}):", classes="field-label")
+            yield Input(placeholder="why this version", id="reason")
             yield Static("[b]enter[/b] promote   [b]esc[/b] cancel", classes="dialog-keys", id="promote-keys")
 
+    @property
+    def required(self) -> bool:
+        return self.alias == PRODUCTION
+
+    @property
+    def reason(self) -> str:
+        return self.query_one("#reason", Input).value.strip()
+
     def on_mount(self) -> None:
+        self.query_one("#reason", Input).focus()
         self.check()
+
+    def on_input_submitted(self, event: Input.Submitted) -> None:
+        event.stop()
+        self.action_confirm()
 
     @screen_work(group="promote-check")
     async def check(self) -> None:
@@ -142,20 +174,23 @@ class PromoteDialog(ModalScreen[dict[str, Any] | None]):
         self.query_one("#gates", Static).update(text)
         if failed:
             self.query_one("#promote-keys", Static).update(
-                "[b]f[/b] force with a reason   [b]esc[/b] cancel")
+                "[b]ctrl+f[/b] force (the reason says why the gates are overridden)   [b]esc[/b] cancel")
 
     def action_confirm(self) -> None:
         if self.failed:
-            self.notify("gates failed: press f to force with a reason, or esc", severity="warning")
+            self.notify("gates failed: ctrl+f forces it with a reason, or esc", severity="warning")
             return
-        self.promote(False, None)
+        if self.required and not self.reason:
+            self.notify(f"a promotion to {self.alias} needs a reason (the audit log keeps it)",
+                        severity="warning")
+            return
+        self.promote(False, self.reason or None)
 
     def action_force(self) -> None:
-        def go(reason: str | None) -> None:
-            if reason:
-                self.promote(True, reason)
-
-        self.app.push_screen(Prompt("Why override the gates? (written to the audit log)"), go)
+        if not self.reason:
+            self.notify("forcing past the gates needs a reason: type it first", severity="warning")
+            return
+        self.promote(True, self.reason)
 
     @screen_work(exclusive=True, group="promote")
     async def promote(self, force: bool, reason: str | None) -> None:

@@ -1,4 +1,8 @@
-"""One run: params, live metric charts, the host's usage while it ran, checkpoints and cost."""
+"""One run: params, live metric charts, the host's usage while it ran, checkpoints and cost.
+
+The header is the store's word on the run: read again on every status event of the run (and every few
+seconds while it runs, for its cost), its duration ticking meanwhile; it stops once the run has ended.
+"""
 
 from __future__ import annotations
 
@@ -12,12 +16,16 @@ from textual.containers import Grid, Horizontal, VerticalScroll
 from textual.widgets import Static
 
 from mldeck.core.errors import MethodNotAvailable, MldeckError
-from mldeck.tui.screens.base import DeckScreen, screen_work, why
+from mldeck.core.runlog import TERMINAL
+from mldeck.tui.screens.base import DeckScreen, Poller, screen_work, why
 from mldeck.tui.screens.host import per_gpu
 from mldeck.tui.units import age, gib, money, number, span
 from mldeck.tui.widgets.metric_chart import MetricChart
 
 APPLY_S = 0.3
+FACTS_S = 5.0
+TICK_S = 1.0
+SETTLE_S = 0.3  # a stop's events (the script's own finish line, then the agent's verdict) make one read
 MAX_CHARTS = 6
 
 
@@ -77,6 +85,9 @@ class RunDetailScreen(DeckScreen):
         self.run_id = run_id
         self.charts: dict[str, MetricChart] = {}
         self.pending: dict[str, tuple[list[float], list[float]]] = {}
+        self.run: dict[str, Any] | None = None
+        self.cost: dict[str, Any] | None = None
+        self.facts: Poller | None = None
 
     def compose(self) -> ComposeResult:
         yield self.header()
@@ -95,6 +106,7 @@ class RunDetailScreen(DeckScreen):
         self.sub_title = f"{self.run_id} on {self.host}"
         self.load()
         self.poll(APPLY_S, self.apply_pending)
+        self.set_interval(TICK_S, self.show_facts)
 
     def action_logs(self) -> None:
         from mldeck.tui.screens.logs import LogsScreen
@@ -110,29 +122,55 @@ class RunDetailScreen(DeckScreen):
         except MldeckError as exc:
             self.say(why(exc))
             return
-        cost = None
-        try:
-            cost = await self.call(self.host, "cost.run", run_id=self.run_id)
-        except MethodNotAvailable:
-            pass
-        except MldeckError as exc:
-            self.say(why(exc))
-        self.query_one("#run-facts", Static).update(facts_table(run, cost))
-        params = params_table(run.get("params") or {}, run.get("metrics") or {})
-        self.query_one("#run-params", Static).update(params)
+        self.run = run
+        await self.read_cost()
+        self.show_facts()
         grid = self.query_one("#run-charts", Grid)
         for key in list(series)[:MAX_CHARTS]:
             chart = self.charts[key] = MetricChart(key, classes="run-chart")
             await grid.mount(chart)
             chart.show({key: (series[key]["step"], series[key]["value"])})
         if not series:
-            await grid.mount(Static("no metrics logged yet", classes="unavailable"))
+            await grid.mount(Static("no metrics logged yet", id="no-metrics", classes="unavailable"))
         await self.show_usage(run)
         await self.show_checkpoints()
-        if run.get("status") in ("running", "queued"):
+        if run.get("status") not in TERMINAL:
             self.follow_metrics()
             self.follow_events()
             self.follow_checkpoints()
+            self.facts = self.poll(FACTS_S, self.refresh_facts, SETTLE_S)
+        else:
+            self.updated(f"run {run.get('status')}")
+
+    async def read_cost(self) -> None:
+        try:
+            self.cost = await self.call(self.host, "cost.run", run_id=self.run_id)
+        except MethodNotAvailable:
+            pass
+        except MldeckError as exc:
+            self.say(why(exc))
+
+    def show_facts(self) -> None:
+        """The header and params from what was read last; a running run's duration counts up to now."""
+        if self.run is None:
+            return
+        self.query_one("#run-facts", Static).update(facts_table(self.run, self.cost))
+        params = params_table(self.run.get("params") or {}, self.run.get("metrics") or {})
+        self.query_one("#run-params", Static).update(params)
+
+    async def refresh_facts(self) -> bool:
+        """Read the run again (status, end, last metrics) and its cost; True once it has ended."""
+        was = (self.run or {}).get("status")
+        self.run = await self.call(self.host, "runs.get", run_id=self.run_id)
+        await self.read_cost()
+        self.show_facts()
+        status = self.run.get("status")
+        if status not in TERMINAL:
+            self.updated(f"run {status}")
+            return False
+        reason = f" ({self.run['status_reason']})" if self.run.get("status_reason") else ""
+        self.updated(f"run finished: {status}{reason}" if was not in TERMINAL else f"run {status}")
+        return True
 
     async def show_checkpoints(self) -> None:
         try:
@@ -173,11 +211,11 @@ class RunDetailScreen(DeckScreen):
 
     @screen_work(group="run-events")
     async def follow_events(self) -> None:
-        """The run's status changes (topic `runs`): say when it ends and reload what it left."""
+        """The run's status changes (topic `runs`): the header reads the run again at once."""
         try:
             async for ev in self.deck.fleet.subscribe(self.host, "runs", run_id=self.run_id):
-                if ev.get("run_id") == self.run_id and ev.get("status") not in (None, "running", "queued"):
-                    self.say(f"run finished: {ev.get('status')}")
+                if ev.get("run_id") == self.run_id and self.facts is not None:
+                    self.facts.now()
         except MldeckError as exc:
             self.say(why(exc))
 
@@ -199,6 +237,7 @@ class RunDetailScreen(DeckScreen):
             chart = self.charts.get(key)
             if chart is None and len(self.charts) < MAX_CHARTS:
                 chart = self.charts[key] = MetricChart(key, classes="run-chart")
+                await grid.query("#no-metrics").remove()
                 await grid.mount(chart)
             if chart is not None:
                 chart.extend(key, xs, ys)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import time
 from collections import Counter
@@ -14,14 +13,12 @@ import pyarrow.compute as pc
 from textual import on
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
-from textual.widgets import Input
 
 from mldeck.core.errors import MethodNotAvailable, MldeckError
-from mldeck.tui.screens import run_filter
 from mldeck.tui.screens.base import RUNS_FIRST_PAGE, DeckScreen, Poller, screen_work, why
 from mldeck.tui.screens.dialogs import Confirm
-from mldeck.tui.units import duration
-from mldeck.tui.widgets.runs_table import RunsTable
+from mldeck.tui.units import duration, money
+from mldeck.tui.widgets.deck_table import Col, DeckTable, TableBox
 
 RUNS_LIMIT = 5000  # runs.list fallback, for agents without runs.table
 PAGE = 25_000
@@ -31,7 +28,7 @@ SETTLE_S = 0.3  # after a run event: the events of one launch or sweep make one 
 FULL_RELOAD_S = 60.0
 FLOAT_COLUMNS = {"created_at", "started_at", "ended_at", "cost_usd"}
 SHOWN_METRICS = 4
-SORTABLE = ["created", "host", "experiment", "name", "status", "duration", "cost"]
+MARK = " "
 
 
 def run_cost(run: dict[str, Any]) -> float | None:
@@ -102,73 +99,83 @@ def mark_column(table: pa.Table, marks: set[str]) -> pa.Array:
     return pc.if_else(pc.is_in(keys, pa.array(sorted(marks), pa.string())), "✓", "")
 
 
-def display(table: pa.Table, metrics: list[str], marks: set[str]) -> pa.Table:
-    """What the person sees: a mark, the words, rounded metrics, duration (worded when drawn), cost."""
-    cols = {
-        " ": mark_column(table, marks), "host": table["host"], "experiment": table["experiment"],
-        "name": table["name"], "status": table["status"],
-    }
-    for m in metrics:
-        cols[m[2:]] = pc.round(table[m], 4)
-    cols["duration"] = table["duration"]
-    cols["cost"] = pc.round(table["cost"], 2)
-    cols["run"] = table["run_id"]
-    return pa.table(cols)
+def with_marks(table: pa.Table, marks: set[str]) -> pa.Table:
+    """The runs with the ✓ column (the person's marks) in front."""
+    names = table.column_names
+    if MARK in names:
+        return table.set_column(names.index(MARK), MARK, mark_column(table, marks))
+    return table.add_column(0, MARK, mark_column(table, marks))
 
 
-FORMATTERS = {"duration": duration}
+def status_style(status: Any) -> str:
+    return {"running": "bold green", "failed": "red", "queued": "yellow", "preempted": "yellow",
+            "stopped": "dim", "pruned": "dim"}.get(status, "")
+
+
+def run_columns(metrics: list[str], hosts: int) -> list[Col]:
+    """What the person sees: mark, name, status, metrics, duration, cost, run id (host when several)."""
+    cols = [Col(MARK, " ", priority=0, width=1), Col("name", priority=0, shrink_to=16),
+            Col("status", priority=0, style=status_style),
+            Col("host", priority=2 if hosts > 1 else 4), Col("experiment", priority=3, shrink_to=12)]
+    cols += [Col(m, priority=4) for m in metrics]
+    cols += [Col("duration", priority=1, fmt=duration), Col("cost", priority=1, fmt=money),
+             Col("run_id", "run", priority=1)]
+    return cols
 
 
 class RunsScreen(DeckScreen):
     TITLE = "Runs"
-    HELP = ("Every run of every host. Filter with text, status:running, host:NAME, exp:NAME, "
-            "metric>0.9 (several at once are ANDed).")
+    HELP = ("Every run of every host. / filters: text, status:running, host:NAME, exp:NAME, val_acc>0.9 "
+            "(several at once are ANDed). ←/→ pick a column, o sorts by it (again: reverse).")
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("enter", "open", "open run", show=False),
         Binding("slash", "filter", "filter", key_display="/"),
+        Binding("o", "sort", "sort by column"),
         Binding("space", "mark", "mark"),
         Binding("c", "compare", "compare marked"),
         Binding("l", "logs", "logs"),
         Binding("s", "stop", "stop"),
         Binding("r", "resume", "resume"),
-        Binding("o", "sort", "sort by next column"),
-        Binding("O", "reverse", "reverse sort"),
         Binding("ctrl+r", "reload", "reload", show=False),
     ]
+    AUTO_FOCUS = "#runs"
 
     def __init__(self) -> None:
         super().__init__()
         self.data = runs_table({})
-        self.view = self.data
-        self.shown = self.data
         self.tables: dict[str, pa.Table] = {}
         self.totals: dict[str, int] = {}
         self.metric_keys: dict[str, list[str]] = {}
         self.errors: dict[str, str] = {}
-        self.query_text = ""
-        self.sort_key = "created"
-        self.descending = True
         self.marks: set[str] = set()
         self.metrics: list[str] = []
-        self.pollers: dict[str, Poller] = {}
+        self.pollers_by_host: dict[str, Poller] = {}
         self.full_at: dict[str, float] = {}
 
     def compose(self) -> ComposeResult:
         yield self.header()
-        yield Input(placeholder="filter: text  status:running  host:NAME  val_acc>0.9", id="filter")
-        yield RunsTable(id="runs")
+        table = DeckTable(run_columns([], 1), row_key=("host", "run_id"), id="runs",
+                          empty="no runs yet: `mldeck run train.py` or Launch (4) starts one")
+        table.sort_key = "created"
+        yield TableBox(table, placeholder="filter: text  status:running  host:NAME  val_acc>0.9")
         yield self.status_line()
         yield self.footer()
 
     @property
-    def table(self) -> RunsTable:
-        return self.query_one(RunsTable)
+    def table(self) -> DeckTable:
+        return self.query_one("#runs", DeckTable)
+
+    @property
+    def view(self) -> pa.Table:
+        """The runs shown, filtered and sorted as the person asked."""
+        return self.table.view
 
     def on_mount(self) -> None:
-        self.table.focus()
+        self.say(f"loading runs from {len(self.deck.fleet.names)} host(s)…")
         if self.deck.live:
             for host in self.deck.fleet.names:
-                self.pollers[host] = self.poll(POLL_S, functools.partial(self.refresh_host, host), SETTLE_S)
+                poller = self.poll(POLL_S, functools.partial(self.refresh_host, host), SETTLE_S, early=True)
+                self.pollers_by_host[host] = poller
                 self.follow(host)
 
     async def refresh_host(self, host: str) -> None:
@@ -183,27 +190,23 @@ class RunsScreen(DeckScreen):
                 if old is None or not fresh.equals(old.slice(0, fresh.num_rows)):
                     self.tables[host] = merge(old, fresh)
                     self.combine()  # refilters every run: only when the newest ones changed
+                elif pc.any(pc.equal(self.data["status"], "running")).as_py():
+                    self.load(self.data)  # running runs' durations move on
             self.errors.pop(host, None)
         except MethodNotAvailable:
             await self.fetch_list(host)
         except MldeckError as exc:
             self.errors[host] = why(exc)
-            self.describe()
+        self.updated()
+        self.describe()
 
     def reload(self, host: str | None = None) -> None:
         """Ask one host (or every host) again now instead of at its next poll."""
-        for name, poller in self.pollers.items():
+        for name, poller in self.pollers_by_host.items():
             if host in (None, name):
                 poller.now()
-
     async def fetch_page(self, host: str, offset: int, limit: int) -> pa.Table:
-        early = self.deck.early_runs.pop(host, None)
-        page = None
-        if early is not None and (offset, limit) == (0, RUNS_FIRST_PAGE) and not self.page_args(host):
-            with contextlib.suppress(Exception):  # a failed prefetch is simply asked again
-                page = await early
-        if page is None:
-            page = await self.call(host, "runs.table", offset=offset, limit=limit, **self.page_args(host))
+        page = await self.call(host, "runs.table", offset=offset, limit=limit, **self.page_args(host))
         self.totals[host] = page["total"]
         self.metric_keys[host] = page["metrics"]
         return columns_table(host, page)
@@ -254,82 +257,65 @@ class RunsScreen(DeckScreen):
             self.reload(host)
 
     def load(self, table: pa.Table) -> None:
-        """New data (from the agents, or a benchmark): recompute the view and swap it in."""
+        """New data (from the agents, or a benchmark): durations up to now, the metrics most runs have."""
         self.data = table
         self.metrics = chosen_metrics(table)
-        self.refilter()
-
-    def refilter(self) -> None:
-        try:
-            view = run_filter.apply(with_duration(self.data, time.time()), self.query_text)
-        except run_filter.FilterError as exc:
-            self.say(str(exc))
-            return
-        if view.num_rows:
-            view = view.sort_by([(self.sort_key, "descending" if self.descending else "ascending")])
-        self.view = view
-        self.shown = display(view, self.metrics, self.marks)
-        self.table.replace(self.shown, FORMATTERS)
+        hosts = len(set(table["host"].to_pylist())) if table.num_rows else 1
+        shown = with_marks(with_duration(table, time.time()), self.marks)
+        self.table.show(shown, run_columns(self.metrics, hosts))
         self.describe()
 
     def describe(self) -> None:
-        parts = [f"{self.view.num_rows:,} of {self.data.num_rows:,} runs",
-                 f"sort {self.sort_key} {'↓' if self.descending else '↑'}"]
-        if self.query_text:
-            parts.append(f"filter: {self.query_text}")
+        t = self.table
+        asked = self.deck.fleet.names if self.deck.live else []
+        waiting = [h for h in asked if h not in self.tables and h not in self.errors]
+        parts = [f"loading runs from {', '.join(waiting)}…"] if waiting else []
+        if self.tables or not waiting:
+            parts.append(f"{t.view.num_rows:,} of {t.data.num_rows:,} runs")
+        if t.sort_key:
+            parts.append(f"sorted by {t.sort_key.removeprefix('m:')} {'▼' if t.descending else '▲'}")
+        if t.filter_text:
+            parts.append(f"filter: {t.filter_text}")
         if self.marks:
             parts.append(f"{len(self.marks)} marked")
+        if t.hidden:
+            parts.append(f"{len(t.hidden)} more column(s): ←/→")
         parts += [f"{h}: {e}" for h, e in self.errors.items()]
         self.say("  ·  ".join(parts))
 
     # the row under the cursor -------------------------------------------------
 
     def current(self) -> tuple[str, str] | None:
-        row = self.table.cursor_row
-        if not 0 <= row < self.view.num_rows:
-            return None
-        return self.view["host"][row].as_py(), self.view["run_id"][row].as_py()
+        run = self.table.current()
+        return (run["host"], run["run_id"]) if run else None
 
     def current_run(self) -> dict[str, Any] | None:
-        row = self.table.cursor_row
-        if not 0 <= row < self.view.num_rows:
-            return None
-        return {k: self.view[k][row].as_py() for k in ("host", "run_id", "name", "status")}
+        return self.table.current()
 
     # actions ------------------------------------------------------------------
 
     def action_filter(self) -> None:
-        box = self.query_one("#filter", Input)
-        box.add_class("shown")
-        box.focus()
+        self.table.action_filter()
 
-    @on(Input.Changed, "#filter")
-    def filter_changed(self, event: Input.Changed) -> None:
-        self.query_text = event.value.strip()
-        self.refilter()
+    def action_sort(self) -> None:
+        self.table.action_sort()
 
-    @on(Input.Submitted, "#filter")
-    def filter_done(self) -> None:
-        self.table.focus()
+    @on(TableBox.FilterFailed)
+    def filter_failed(self, event: TableBox.FilterFailed) -> None:
+        self.say(event.why)
 
-    def key_escape(self) -> bool | None:
-        box = self.query_one("#filter", Input)
-        if box.has_focus:
-            if not box.value:
-                box.remove_class("shown")
-            self.table.focus()
-            return True
-        return None
+    @on(DeckTable.ViewChanged, "#runs")
+    def view_changed(self) -> None:
+        self.describe()
 
     def action_mark(self) -> None:
         cur = self.current()
         if cur is None:
             return
-        key = "/".join(cur)
-        self.marks.symmetric_difference_update({key})
-        self.shown = self.shown.set_column(0, " ", mark_column(self.view, self.marks))
-        self.table.replace(self.shown, FORMATTERS)
-        self.table.action_cursor_down()
+        self.marks.symmetric_difference_update({"/".join(cur)})
+        table = self.table
+        table.show(with_marks(table.data, self.marks))
+        table.action_cursor_down()
         self.describe()
 
     def action_compare(self) -> None:
@@ -338,7 +324,7 @@ class RunsScreen(DeckScreen):
             self.say("mark two or more runs with space, then press c")
             return
         self.deck.compare_set = chosen  # type: ignore[assignment]
-        self.deck.switch_mode("compare")
+        self.deck.action_jump("compare")
 
     def action_open(self) -> None:
         from mldeck.tui.screens.run_detail import RunDetailScreen
@@ -347,31 +333,9 @@ class RunsScreen(DeckScreen):
         if cur:
             self.app.push_screen(RunDetailScreen(*cur))
 
-    @on(RunsTable.RowSelected)
+    @on(DeckTable.RowSelected, "#runs")
     def row_selected(self) -> None:
         self.action_open()
-
-    @on(RunsTable.HeaderSelected)
-    def header_selected(self, event: RunsTable.HeaderSelected) -> None:
-        label = str(event.label)
-        key = f"m:{label}" if f"m:{label}" in self.data.column_names else label
-        if key == "run":
-            key = "run_id"
-        if key in self.view.column_names:
-            self.descending = not self.descending if key == self.sort_key else True
-            self.sort_key = key
-            self.refilter()
-
-    def action_sort(self) -> None:
-        keys = SORTABLE + self.metrics
-        at = keys.index(self.sort_key) + 1 if self.sort_key in keys else 0
-        self.sort_key = keys[at % len(keys)]
-        self.descending = True
-        self.refilter()
-
-    def action_reverse(self) -> None:
-        self.descending = not self.descending
-        self.refilter()
 
     def action_reload(self) -> None:
         self.reload()

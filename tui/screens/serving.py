@@ -10,18 +10,33 @@ from textual import on
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import Grid, Vertical
-from textual.widgets import DataTable
 
 from mldeck.core.errors import MldeckError
 from mldeck.tui.screens.base import screen_work, why
 from mldeck.tui.screens.dialogs import Prompt
-from mldeck.tui.screens.panel import PolledScreen, fill, per_host
+from mldeck.tui.screens.panel import PolledScreen, per_host
+from mldeck.tui.widgets.deck_table import Col, DeckTable, TableBox
 from mldeck.tui.widgets.metric_chart import MetricChart
 
 WINDOW_S = 10.0
 KEEP = 150  # points per series: five minutes at one poll every two seconds
-COLUMNS = ["host", "model", "variant", "versions", "rps", "p50_ms", "p95_ms", "p99_ms", "error_pct",
-           "batches", "shadow", "canary_pct", "aliases"]
+NO_TRAFFIC = "-"  # the variant of a served model that had no request in the window
+
+
+def on_off(value: object) -> str:
+    return "on" if value else "off"
+
+
+def pct(value: object) -> str:
+    return "-" if value is None else f"{value:.3g}%"
+
+
+COLUMNS = [Col("host", priority=2), Col("model", priority=0, shrink_to=12), Col("variant", priority=0),
+           Col("versions", priority=3), Col("rps", "req/s", priority=0), Col("p50_ms", "p50 ms", priority=2),
+           Col("p95_ms", "p95 ms", priority=0), Col("p99_ms", "p99 ms", priority=2),
+           Col("error_pct", "errors", priority=0, fmt=pct), Col("batches", "batch sizes", priority=4),
+           Col("shadow", priority=3, fmt=on_off), Col("canary_pct", "canary", priority=3, fmt=pct),
+           Col("aliases", priority=4)]
 CHARTS = {"rps": "requests/s", "p95_ms": "p95 latency (ms)", "p99_ms": "p99 latency (ms)",
           "error_pct": "errors (%)"}
 
@@ -45,16 +60,17 @@ def serving_rows(host: str, stats: dict[str, Any]) -> list[dict[str, Any]]:
                          "p99_ms": v.get("p99_ms"),
                          "error_pct": None if v.get("error_rate") is None else 100 * v["error_rate"]})
         if not variants:
-            rows.append({**common, "variant": "-", "rps": 0.0})
+            rows.append({**common, "variant": NO_TRAFFIC, "rps": 0.0})
     return rows
 
 
 class ServingScreen(PolledScreen):
     POLL_S = 2.0
-    FOCUS = "#serving"
+    AUTO_FOCUS = "#serving"
     TITLE = "Serving"
     HELP = ("Live serving per model and variant (production, challenger shadow or canary): requests/s, "
-            "p50/p95/p99 latency, error rate, batch sizes, traffic split; charts follow the selected model.")
+            "p50/p95/p99 latency, error rate, batch sizes, traffic split; charts follow the selected model, "
+            "all four over the same last minutes (0 = now).")
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("t", "shadow", "toggle shadow"),
         Binding("C", "canary", "canary %"),
@@ -66,16 +82,19 @@ class ServingScreen(PolledScreen):
         self.rows: list[dict[str, Any]] = []
         self.history: dict[tuple[str, str, str], deque[tuple[float, dict[str, Any]]]] = {}
         self.t0 = time.time()
+        self.now = 0.0
         self.shown: tuple[str, str] | None = None
 
     def compose(self) -> ComposeResult:
         yield self.header()
         with Vertical():
-            yield DataTable(id="serving", cursor_type="row", zebra_stripes=True)
+            yield TableBox(DeckTable(COLUMNS, row_key=("host", "model", "variant"), id="serving",
+                                     empty="nothing served yet: promote a version to production"),
+                           id="serving-box")
             with Grid(id="serving-charts"):
                 for key, title in CHARTS.items():
-                    yield MetricChart(title, xlabel="seconds", id=f"chart-{key.replace('_', '-')}",
-                                      classes="serving-chart")
+                    yield MetricChart(title, xlabel="seconds (0 = now)", floor=0.0,
+                                      id=f"chart-{key.replace('_', '-')}", classes="serving-chart")
         yield self.status_line()
         yield self.footer()
 
@@ -89,32 +108,36 @@ class ServingScreen(PolledScreen):
                 notes.append(f"{host}: the model server is not running (`mldeck serve start --host {host}`)")
             rows += serving_rows(host, s)
         for r in rows:
-            key = (r["host"], r["model"], r["variant"])
-            self.history.setdefault(key, deque(maxlen=KEEP)).append((now, r))
+            if r["variant"] != NO_TRAFFIC:
+                key = (r["host"], r["model"], r["variant"])
+                self.history.setdefault(key, deque(maxlen=KEEP)).append((now, r))
+        self.now = now
         self.rows = rows
-        fill(self.query_one("#serving", DataTable), COLUMNS, rows)
+        self.query_one("#serving", DeckTable).records(rows)
         self.draw()
-        self.say("  ·  ".join(notes) or f"{len(rows)} model variants, last {WINDOW_S:.0f}s")
+        said = f"{len(rows)} model variants, rates over the last {WINDOW_S:.0f}s"
+        self.updated("  ·  ".join(notes) or said)
 
     def current(self) -> dict[str, Any] | None:
-        row = self.query_one("#serving", DataTable).cursor_row
-        return self.rows[row] if 0 <= row < len(self.rows) else None
+        return self.query_one("#serving", DeckTable).current()
 
-    @on(DataTable.RowHighlighted, "#serving")
+    @on(DeckTable.RowHighlighted, "#serving")
     def highlighted(self) -> None:
         self.draw()
 
     def draw(self) -> None:
-        """The selected model's variants over time, one chart per figure."""
+        """The selected model's variants over the same span, one chart per figure, 0 = the last poll."""
         cur = self.current()
         if cur is None:
             return
         self.shown = (cur["host"], cur["model"])
         series = {k: v for k, v in self.history.items() if k[:2] == self.shown}
+        start = min((points[0][0] for points in series.values()), default=self.now)
+        xlim = (start - self.now, 0.0) if start < self.now else None
         for key in CHARTS:
             chart = self.query_one(f"#chart-{key.replace('_', '-')}", MetricChart)
-            chart.show({variant: ([t for t, _ in points], [p.get(key) for _, p in points])
-                        for (_, _, variant), points in series.items()})
+            chart.show({variant: ([t - self.now for t, _ in points], [p.get(key) for _, p in points])
+                        for (_, _, variant), points in series.items()}, xlim)
 
     def action_reload(self) -> None:
         self.reload()
@@ -129,18 +152,24 @@ class ServingScreen(PolledScreen):
         if not row:
             return
 
+        now = f"{row.get('canary_pct') or 0:g}"
+
         def share(text: str | None) -> None:
-            if not text:
+            if text is None:
+                return
+            if not text.strip():
+                self.say(f"canary unchanged at {now}%: type a share from 0 to 100")
                 return
             try:
-                value = float(text.rstrip("%"))
+                value = float(text.strip().rstrip("%"))
             except ValueError:
                 self.say(f"{text!r} is not a percentage between 0 and 100")
                 return
             self.traffic(row["host"], row["model"], canary=value)
 
-        self.app.push_screen(Prompt(f"Share of {row['model']}'s requests for the challenger (canary), in %",
-                                    value=str(row.get("canary_pct") or ""), placeholder="10"), share)
+        self.app.push_screen(Prompt(f"Share of {row['model']}'s requests for the challenger (canary), in % "
+                                    f"(now {now}%; 0 turns it off)", value=now,
+                                    placeholder="a share from 0 to 100"), share)
 
     @screen_work(group="traffic")
     async def traffic(self, host: str, name: str, **change: Any) -> None:

@@ -12,8 +12,10 @@ from textual.widget import Widget
 from mldeck.tui.units import gib
 
 BLOCKS = "▁▂▃▄▅▆▇█"
-HISTORY = 40
+HISTORY = 60
 BAR = 12
+FIXED = 54  # the characters of a GPU's line besides its sparkline: name, %, memory bar and size, °C, W
+MIN_SPARK = 10
 Part = tuple[str, str]
 
 
@@ -71,11 +73,13 @@ class GpuSpark(Widget):
             self.refresh()
 
     def render(self) -> Content:
+        """As much history as the width allows: every figure stays on the line at 80 columns."""
         g = self.sample
         util, temp, power = g.get("util_pct"), g.get("temp_c"), g.get("power_w")
+        spark = max(MIN_SPARK, min(self.util.maxlen or HISTORY, self.size.width - FIXED))
         return Content.assemble(
             (f" GPU{self.index} ", "bold"),
-            *sparkline(list(self.util), self.util.maxlen or HISTORY),
+            *sparkline(list(self.util), spark),
             f" {util:>3.0f}% " if util is not None else "   - ",
             "mem ", *bar(g.get("mem_used"), g.get("mem_total")),
             f" {gib(g.get('mem_used'))}/{gib(g.get('mem_total'))}",

@@ -20,21 +20,23 @@ def state_style(state: str) -> str:
 
 
 class HostLine(Widget):
-    """One line of facts; a fixed height, so a repaint never reflows the screen."""
+    """One line of facts; a fixed height, so a repaint never reflows the screen. The short form is drawn
+    when the long one does not fit (80 columns): every fact stays, in fewer characters."""
 
     DEFAULT_CSS = "HostLine { height: 1; }"
 
     def __init__(self, **kw: Any) -> None:
         super().__init__(**kw)
-        self.content = Content("")
+        self.long = Content("")
+        self.short = Content("")
 
-    def show(self, content: Content) -> None:
-        if content.plain != self.content.plain or content.spans != self.content.spans:
-            self.content = content
+    def show(self, long: Content, short: Content) -> None:
+        if long.plain != self.long.plain or long.spans != self.long.spans or short.plain != self.short.plain:
+            self.long, self.short = long, short
             self.refresh()
 
     def render(self) -> Content:
-        return self.content
+        return self.long if len(self.long.plain) <= self.size.width else self.short
 
 
 class HostRow(Vertical, can_focus=True):
@@ -65,28 +67,35 @@ class HostRow(Vertical, can_focus=True):
             spark.push(gpu)
         self.dirty = True
 
-    def line(self) -> Content:
+    def line(self, short: bool = False) -> Content:
+        """The host's facts; short: the same facts in fewer characters."""
         s, x = self.snapshot, self.extras
         style = state_style(self.state)
         state = f"● {self.state}"
-        parts: list[str | tuple[str, str]] = [(f"{self.host:<14}", "bold"),
-                                              (state.ljust(max(len(state) + 2, 16)), style)]
+        gap = " " if short else "  "
+        name = f"{self.host} " if short else f"{self.host:<14}"
+        parts: list[str | tuple[str, str]] = [(name, "bold"),
+                                              (state + " " if short else state.ljust(max(len(state) + 2, 16)),
+                                               style)]
         if s:
             ram = f"{gib(s.get('ram_used'))}/{gib(s.get('ram_total'))}"
-            parts.append(f" CPU {pct(s.get('cpu_pct')):>4}  RAM {ram}")
+            parts.append(f"CPU {pct(s.get('cpu_pct'))}{gap}RAM {ram}" if short
+                         else f" CPU {pct(s.get('cpu_pct')):>4}  RAM {ram}")
             if not s.get("gpus"):
-                parts.append(("  no GPUs", "dim"))
+                parts.append((f"{gap}no GPUs", "dim"))
             elif self.simulated:
-                parts.append(("  simulated GPUs", "$warning"))
-        parts.append(f"  jobs {x.get('jobs', '-')}")
-        parts.append(f"  {money(x['cost_h'])}/h" if x.get("cost_h") is not None else "  $-/h")
-        parts.append(f"  serving {x['rps']:.0f} rps" if x.get("rps") is not None else "  serving -")
+                parts.append((f"{gap}{'sim' if short else 'simulated GPUs'}", "$warning"))
+        parts.append(f"{gap}jobs {x.get('jobs', '-')}")
+        parts.append(f"{gap}{money(x.get('cost_h'))}/h")
+        rps = x.get("rps")
+        rate = "-" if rps is None else f"{rps:.1f}" if rps < 100 else f"{rps:,.0f}"
+        parts.append(f"{gap}{'' if short else 'serving '}{rate} rps")
         return Content.assemble(*parts)
 
     def paint(self) -> None:
         if not self.dirty:
             return
         self.dirty = False
-        self.query_one(HostLine).show(self.line())
+        self.query_one(HostLine).show(self.line(), self.line(short=True))
         for spark in self.sparks.values():
             spark.paint()
