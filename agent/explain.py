@@ -6,14 +6,14 @@ from __future__ import annotations
 
 import asyncio
 import json
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
+from mldeck.agent.child import ask_child
 from mldeck.agent.service import Context, rpc
 from mldeck.core import monitor as mon
-from mldeck.core.errors import Internal, Invalid, NotFound
+from mldeck.core.errors import Invalid, NotFound
 from mldeck.core.monitor import ExplainParams
 from mldeck.core.registry import get_version
 
@@ -32,22 +32,8 @@ class Explainer:
         """Run core.explain on the version's folder; its result, or its reason as Invalid."""
         request = json.dumps({"inputs": json.loads(inputs), "row": row}).encode()
         async with self._one:
-            proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "mldeck.core.explain", str(folder), stdin=asyncio.subprocess.PIPE,
-                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-            )
-            try:
-                out, err = await asyncio.wait_for(proc.communicate(request), EXPLAIN_TIMEOUT_S)
-            except TimeoutError:
-                proc.kill()
-                await proc.wait()
-                raise Invalid(f"explaining took over {EXPLAIN_TIMEOUT_S:.0f}s; stopped") from None
-        lines = out.decode(errors="replace").strip().splitlines()
-        try:
-            result = json.loads(lines[-1])
-        except (IndexError, ValueError):
-            tail = (err.decode(errors="replace").strip().splitlines() or ["no output"])[-1]
-            raise Internal(f"the explainer process failed: {tail}") from None
+            result = await ask_child("mldeck.core.explain", [str(folder)], "explaining this request",
+                                     EXPLAIN_TIMEOUT_S, request)
         if not result.pop("ok"):
             raise Invalid(f"cannot explain this request: {result['message']}")
         return result

@@ -16,13 +16,12 @@ import contextlib
 import getpass
 import json
 import logging
-import os
 import secrets
 import shutil
-import sys
 from pathlib import Path
 from typing import Any
 
+from mldeck.agent.child import ask_child
 from mldeck.agent.runs import no_run
 from mldeck.agent.service import Context, rpc
 from mldeck.core import registry
@@ -46,31 +45,12 @@ TOPIC = "models"
 EVENT_FIELDS = ("name", "alias", "version", "from_version", "action")
 VERIFY_TIMEOUT_S = 300.0
 REFUSED_STATUSES = {"failed", "queued"}
-_PACKAGE_ROOT = str(Path(registry.__file__).resolve().parent.parent)
 
 
 async def verify_artifact(folder: Path) -> dict[str, Any]:
     """Load the folder in a child process and re-run its stored sample; the signature if it matches."""
-    path = os.pathsep.join(filter(None, [_PACKAGE_ROOT, os.environ.get("PYTHONPATH")]))
-    env = {**os.environ, "PYTHONPATH": path}
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "mldeck.core.modelfile", "verify", str(folder),
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env,
-    )
-    try:
-        out, err = await asyncio.wait_for(proc.communicate(), VERIFY_TIMEOUT_S)
-    except TimeoutError:
-        proc.kill()
-        await proc.wait()
-        raise Invalid(
-            f"verifying {folder} took over {VERIFY_TIMEOUT_S:.0f}s; refused"
-        ) from None
-    lines = out.decode(errors="replace").strip().splitlines()
-    try:
-        result = json.loads(lines[-1])
-    except (IndexError, ValueError):
-        tail = (err.decode(errors="replace").strip().splitlines() or ["no output"])[-1]
-        raise Invalid(f"could not verify the model in {folder}: {tail}") from None
+    result = await ask_child("mldeck.core.modelfile", ["verify", str(folder)], f"verifying {folder}",
+                             VERIFY_TIMEOUT_S)
     if not result.get("ok"):
         raise Invalid(f"model artifact {folder} refused: {result.get('message')}")
     return result["signature"]
