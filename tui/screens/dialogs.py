@@ -46,7 +46,9 @@ class HelpScreen(ModalScreen[None]):
             lines.append(self.under.HELP)
         lines.append("")
         keys = [k for k in (type(self.under).key_help() if self.under else []) if k[0] not in GLOBAL]
-        table_keys = [("/", "filter the table"), ("←/→, o", "pick a column, sort by it (again: reverse)")]
+        table_keys = [("/", "filter the table"),
+                      ("o", "sort by the column under the cursor (again: reverse)"),
+                      ("←/→", "move the column cursor (hidden columns come in)")]
         if self.under and self.under.query("DeckTable"):
             keys += [k for k in table_keys if k[0] not in dict(keys)]
         for key, what in [*keys, ("", ""), *GLOBAL_KEYS]:

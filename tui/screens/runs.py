@@ -171,8 +171,8 @@ class RunsScreen(DeckScreen):
         return self.table.view
 
     def on_mount(self) -> None:
-        self.say(f"loading runs from {len(self.deck.fleet.names)} host(s)…")
         if self.deck.live:
+            self.say(f"loading runs from {len(self.deck.fleet.names)} host(s)…")
             for host in self.deck.fleet.names:
                 poller = self.poll(POLL_S, functools.partial(self.refresh_host, host), SETTLE_S, early=True)
                 self.pollers_by_host[host] = poller
