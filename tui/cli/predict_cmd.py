@@ -124,7 +124,7 @@ def _reader(spec: TensorSpec, schema: pa.Schema, named: list[str], only: bool) -
         message += f"; it lacks the feature columns {missing}"
     elif only and numeric:
         listed = ", ".join(numeric[:10]) + (" …" if len(numeric) > 10 else "")
-        message += f"; it has {len(numeric)} numeric columns ({listed})"
+        message += f"; its numeric columns ({len(numeric)}): {listed}"
     raise Invalid(message)
 
 
@@ -201,24 +201,32 @@ class Predictions:
         """Why a batch failed, kept because DuckDB hands it on wrapped in its own error."""
 
     def over(self, batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        for batch in batches:
+            if batch.num_rows:
+                yield self.one(batch)
+
+    def one(self, batch: pa.RecordBatch) -> pa.RecordBatch:
+        """The batch with its outputs; rows that do not fit raise Invalid saying which rows."""
         import numpy as np
 
         from mldeck.core.signature import InvalidInput
 
-        for batch in batches:
-            parts = []
-            for start in range(0, batch.num_rows, self.batch_size):
-                rows = batch.slice(start, self.batch_size)
-                try:
-                    parts.append(self.model.predict(self.feeder.inputs(rows)))
-                except (Invalid, InvalidInput) as exc:
-                    self.failure = Invalid(f"rows {self.rows + 1}-{self.rows + rows.num_rows}: {exc}")
-                    raise self.failure from None
-                self.rows += rows.num_rows
-                if self.progress:
-                    self.progress.update(self.progress.task_ids[0], completed=self.rows)
-            if parts:
-                yield _with_outputs(batch, {k: np.concatenate([p[k] for p in parts]) for k in parts[0]})
+        parts = []
+        for start in range(0, batch.num_rows, self.batch_size):
+            rows = batch.slice(start, self.batch_size)
+            try:
+                parts.append(self.model.predict(self.feeder.inputs(rows)))
+            except (Invalid, InvalidInput) as exc:
+                self.failure = Invalid(f"rows {self.rows + 1}-{self.rows + rows.num_rows}: {exc}")
+                raise self.failure from None
+            self.rows += rows.num_rows
+            if self.progress:
+                self.progress.update(self.progress.task_ids[0], completed=self.rows)
+        try:
+            return _with_outputs(batch, {k: np.concatenate([p[k] for p in parts]) for k in parts[0]})
+        except Invalid as exc:
+            self.failure = exc
+            raise
 
 
 def read_rows(signature: Signature, batch_size: int) -> int:
@@ -243,7 +251,7 @@ def _with_outputs(batch: pa.RecordBatch, outputs: Mapping[str, np.ndarray]) -> p
 class Source:
     """The input file as a schema, batches of rows and (where it is free to know) its row count."""
 
-    def __init__(self, path: Path, batch_size: int) -> None:
+    def __init__(self, path: Path, rows: int) -> None:
         import pyarrow as pa
         import pyarrow.parquet as pq
 
@@ -255,14 +263,14 @@ class Source:
                 raise Invalid(f"cannot read {path} as Parquet: {exc}") from None
             self.schema = parquet.schema_arrow
             self.total = parquet.metadata.num_rows
-            self.batches: Iterator[pa.RecordBatch] = parquet.iter_batches(batch_size)
+            self.batches: Iterator[pa.RecordBatch] = parquet.iter_batches(rows)
             return
         import duckdb
 
         self._con = duckdb.connect()
         self._sql = f"SELECT * FROM read_csv_auto({_quote(path)})"
         try:
-            reader = self._con.sql(self._sql).to_arrow_reader(batch_size)
+            reader = self._con.sql(self._sql).to_arrow_reader(rows)
         except duckdb.Error as exc:
             raise Invalid(f"cannot read {path} as CSV: {exc}") from None
         self.schema, self.batches = reader.schema, iter(reader)
@@ -330,7 +338,7 @@ async def predict(args: argparse.Namespace) -> int:
         write(partial_file, head.schema, _chain(head, stream))
         os.replace(partial_file, target)
     except (OSError, pa.ArrowException, duckdb.Error) as exc:  # a failed batch reaches here wrapped
-        raise (predictions.failure or Invalid(f"writing {target} failed: {exc}")) from None
+        raise (predictions.failure or Invalid(f"predicting {source} into {target} failed: {exc}")) from None
     finally:
         stream.close()
         partial_file.unlink(missing_ok=True)  # nothing half-written
