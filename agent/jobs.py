@@ -40,6 +40,7 @@ from mldeck.core.atomic import write_atomic
 from mldeck.core.errors import Conflict, Invalid
 from mldeck.core.jobs import JobSpec, LaunchParams, QueueParams, StopHow
 from mldeck.core.paths import check_name, new_run_id
+from mldeck.core.ports import free_port
 from mldeck.core.provenance import git_state
 from mldeck.core.runlog import TERMINAL, finish_line
 
@@ -135,11 +136,6 @@ def _tree(pid: int) -> list[psutil.Process]:
     except psutil.Error:
         return []
 
-
-def _free_port(host: str) -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host if host not in ("localhost",) else "127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class Jobs:
@@ -286,7 +282,7 @@ class Jobs:
                 raise Invalid("only node_rank 0 may pick the rendezvous endpoint; pass endpoint")
             host = d.rdzv_host or self.cfg.rdzv_host or socket.gethostname()
             try:
-                port = _free_port(host)
+                port = free_port(host)
             except OSError as exc:
                 raise Invalid(f"cannot open a rendezvous port on {host}: {exc}") from None
             d = q.Distributed(nnodes=d.nnodes, node_rank=0, endpoint=f"{host}:{port}")

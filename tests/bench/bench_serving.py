@@ -30,8 +30,9 @@ from typing import Any
 
 import numpy as np
 
+from mldeck.core.ports import free_port
+
 REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO))
 
 CLIENTS = 64
 WARMUP_S = 3.0
@@ -168,13 +169,6 @@ def wait_http(url: str, proc: subprocess.Popen[bytes], timeout: float = 180) -> 
             time.sleep(0.2)
     raise RuntimeError(f"{url} did not answer")
 
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Mldeck:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -16,6 +15,7 @@ import msgspec
 import numpy as np
 import pytest
 
+from mldeck.core.ports import free_port
 from mldeck.core.serving import Manifest, ServedModel, ServedVersion, encode_manifest
 from mldeck.core.servingtoken import bearer, serving_token
 from mldeck.core.track import write_atomic
@@ -23,11 +23,6 @@ from tests.conftest import REPO, agent_env
 
 FEATURES = 16
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def export_mlp(folder: Path, seed: int) -> Path:

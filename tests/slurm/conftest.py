@@ -23,6 +23,8 @@ from typing import NoReturn
 
 import pytest
 
+from mldeck.core.ports import free_port
+
 SBIN = ("munged", "slurmctld", "slurmd")
 CLIENTS = ("sbatch", "squeue", "scontrol", "scancel", "sinfo")
 GPUS = ("/dev/tty0", "/dev/tty1")
@@ -35,11 +37,6 @@ def unavailable(reason: str) -> NoReturn:
         pytest.fail(f"the Slurm tests cannot run: {reason}")
     pytest.skip(reason)
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def slurm_conf(root: Path, node: str, munge_socket: Path) -> str:

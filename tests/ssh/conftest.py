@@ -14,15 +14,11 @@ from pathlib import Path
 
 import pytest
 
+from mldeck.core.ports import free_port
 from tests.conftest import REPO, AgentProc, CliResult, agent_env, start_agent
 
 SSHD = "/usr/sbin/sshd"
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def keygen(path: Path) -> str:

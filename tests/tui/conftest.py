@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -14,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from mldeck.core.ports import free_port
 from tests.conftest import REPO, AgentProc, agent_env, rpc, start_agent, wait_for
 
 CONFIG = """
@@ -65,11 +65,6 @@ def make_models(agent: AgentProc, plan: list[str]) -> None:
                           env=agent_env(agent.home), cwd=REPO, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture(scope="session")
