@@ -67,9 +67,17 @@ class Runs:
 
     @rpc("runs.get")
     async def get(self, p: RunRef) -> dict[str, Any]:
-        run = await self.get_run(p.run_id)
-        run["metrics"] = (await self.ctx.read(self.store.latest_metrics, [p.run_id])).get(p.run_id, {})
+        run = await self.ctx.read(self._run_with_metrics, p.run_id)
+        if run is None:
+            raise no_run(p.run_id)
         run["dir"] = str(self.ctx.layout.runs / p.run_id)
+        return run
+
+    def _run_with_metrics(self, run_id: str) -> dict[str, Any] | None:
+        """The run's row with its latest metric values, in one turn on a reader (Compare asks for 20)."""
+        run = self.store.get_run(run_id)
+        if run is not None:
+            run["metrics"] = self.store.latest_metrics([run_id]).get(run_id, {})
         return run
 
     @rpc("runs.checkpoints")
@@ -80,8 +88,9 @@ class Runs:
 
     @rpc("runs.metrics")
     async def metrics(self, p: RunsMetricsParams) -> dict[str, Any]:
-        await self.get_run(p.run_id)
         series = await self.ctx.read(self.store.run_metrics, p.run_id, p.keys, p.max_points)
+        if not any(curve["step"] for curve in series.values()):
+            await self.get_run(p.run_id)  # no points: NotFound if there is no such run either
         return {"run_id": p.run_id, "series": series}
 
     @rpc("runs.launch")

@@ -285,12 +285,11 @@ class Store:
                 curve["ts"].append(ts)
                 curve["value"].append(value)
         if long:
-            level = cur.sql(
-                "SELECT key, bucket, min_step, min_ts, min_value, max_step, max_ts, max_value "
-                "FROM metric_level WHERE run_id = ? AND key IN (SELECT unnest(?)) ORDER BY key, bucket",
-                params=[run_id, long]).to_arrow_table()
+            level = cur.sql("SELECT key, bucket, min_step, min_ts, min_value, max_step, max_ts, max_value "
+                            "FROM metric_level WHERE run_id = ?", params=[run_id]).to_arrow_table()
             for key in long:
-                out[key] = level_curve(level.filter(pc.equal(level["key"], key)), max_points)
+                rows = level.filter(pc.equal(level["key"], key))
+                out[key] = level_curve(rows.take(pc.sort_indices(rows["bucket"])), max_points)
         return out
 
     def finish_unmanaged_run(self, run_id: str, status: str, ended_at: float, reason: str | None) -> None:
