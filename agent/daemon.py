@@ -84,8 +84,8 @@ class Agent:
         """Every service, built in dependency order; each gets exactly what it uses."""
         host = Host(ctx, self.nvml, self.simulated is not None, self.collector, self.ingest,
                     self.dispatcher, self.rpc, self.request_stop)
-        jobs = Jobs(ctx, self.nvml, self.simulated, self.collector) if ctx.config.jobs.backend == "local" \
-            else SlurmJobs(ctx, self.nvml, self.simulated, self.collector, self.ingest)
+        backend = Jobs if ctx.config.jobs.backend == "local" else SlurmJobs
+        jobs = backend(ctx, self.nvml, self.simulated, self.collector, self.ingest)
         runs = Runs(ctx, jobs)
         cost = Cost(ctx, jobs)
         registry = Registry(ctx)

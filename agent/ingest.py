@@ -675,6 +675,10 @@ class Ingest:
             self.offsets = self.store.ingest_offsets()
             self._reload = False
 
+    def follow(self, path: Path, parse: Parser) -> None:
+        """Look at a file every RESCAN_S from now (for LIVE_S), though no watcher sees it change."""
+        self._live[path] = (parse, time.monotonic())
+
     async def ingest_file(self, path: Path, parse: Parser) -> bool:
         """Commit the file's new whole lines; False if a failure stops it now or its backoff still runs."""
         return path not in await self.ingest_files([(path, parse)])

@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 import psutil
 
+from mldeck.agent.ingest import Ingest, parse_run_metrics
 from mldeck.agent.runs import no_run
 from mldeck.agent.service import Context, rpc
 from mldeck.core import cost as costs
@@ -142,9 +143,10 @@ class Jobs:
     """The queue and the running jobs of one agent, and the jobs.queue method that shows them."""
 
     def __init__(
-        self, ctx: Context, nvml: Nvml, simulated: SimulatedNvml | None, collector: Collector
+        self, ctx: Context, nvml: Nvml, simulated: SimulatedNvml | None, collector: Collector, ingest: Ingest
     ) -> None:
         self.ctx = ctx
+        self.ingest = ingest
         self.store = ctx.store
         self.cfg = ctx.config.jobs
         self.simulated = simulated
@@ -496,6 +498,10 @@ class Jobs:
         return finish is None or bool(finish.get("stop_seen"))
 
     async def _finish(self, job: Job, code: int) -> None:
+        # the run's last lines are in the store before its end is: a finished run shows its final metrics
+        # (and a run on another node, whose writes no watcher sees, is read once more here)
+        metrics = self.ctx.layout.run_dir(job.run_id) / "metrics.jsonl"
+        await self.ingest.ingest_file(metrics, parse_run_metrics)
         requeue = False
         stopped = await self._stopped(job, code)
         if stopped and job.stop == "prune":

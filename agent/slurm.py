@@ -218,8 +218,7 @@ class SlurmJobs(Jobs):
     def __init__(
         self, ctx: Context, nvml: Nvml, simulated: SimulatedNvml | None, collector: Collector, ingest: Ingest
     ) -> None:
-        super().__init__(ctx, nvml, simulated, collector)
-        self.ingest = ingest
+        super().__init__(ctx, nvml, simulated, collector, ingest)
         shared = self.cfg.shared_dir
         self.shared = Path(shared).expanduser() / "runs" if shared else ctx.layout.runs
         self.signal_at = max(60, math.ceil(self.cfg.grace_s))
@@ -329,6 +328,8 @@ class SlurmJobs(Jobs):
                 await self._send(job)
         states = await slurmcli.squeue([j.slurm_id for j in jobs])
         for job in jobs:
+            if job.started:  # other nodes' writes reach no watcher: ingest looks at the file every second
+                self.ingest.follow(self.ctx.layout.run_dir(job.run_id) / "metrics.jsonl", parse_run_metrics)
             await self._follow(job, states.get(job.slurm_id))
         await super()._check_active()
 
@@ -433,9 +434,6 @@ class SlurmJobs(Jobs):
                                         "accounting) and left no exit code")
         elif st.state not in ("COMPLETED", "FAILED", "UNKNOWN"):
             job.reason = job.reason or f"{st.state} in Slurm ({word})"
-        # the watcher does not see other nodes' writes: read the run's last lines before it ends
-        metrics = self.ctx.layout.run_dir(job.run_id) / "metrics.jsonl"
-        await self.ingest.ingest_file(metrics, parse_run_metrics)
         await self._finish(job, 1 if code == LOST else code)
 
     async def _slurm_exit(self, job: SlurmJob) -> int:
