@@ -155,6 +155,25 @@ def _make_data(folder: Path, rows: int, ref_rows: int, cols: int, shifted: int, 
     return names[:shifted]
 
 
+def _images(n: int, ref_n: int, seed: int) -> None:
+    """Image drift: summary features of n 28×28 images (brightened by 0.3) and a report against ref_n."""
+    from mldeck.core import drift
+    from mldeck.core.summaries import summarize
+
+    rng = np.random.default_rng(seed)
+    ref = rng.uniform(0.0, 1.0, (ref_n, 1, 28, 28)).astype(np.float32)
+    cur = np.clip(rng.uniform(0.0, 1.0, (n, 1, 28, 28)) + 0.3, 0, 1).astype(np.float32)
+    started = time.perf_counter()
+    profile = drift.ReferenceProfile.build(summarize("pixels", "image", ref))
+    built = time.perf_counter() - started
+    started = time.perf_counter()
+    report = drift.drift_report(profile, summarize("pixels", "image", cur))
+    seconds = time.perf_counter() - started
+    flagged = sum(c.drifted for c in report.columns)
+    print(f"\nimages: {n:,} of 28×28 against {ref_n:,}: features + report {seconds:.2f} s "
+          f"({flagged} of {len(report.columns)} summary features drifted), reference profile {built:.2f} s")
+
+
 def _spawn(python: str, tool: str, folder: Path, repeat: int) -> dict[str, Any]:
     """Run a worker in a fresh interpreter so its peak RSS is its own."""
     script = str(Path(__file__).resolve())
@@ -176,6 +195,7 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--evidently-python", help="interpreter of a venv with evidently==0.7.23")
     parser.add_argument("--no-scipy", action="store_true", help="skip the scipy ks_2samp row")
+    parser.add_argument("--images", type=int, default=100_000, help="28×28 images in the image row (0: none)")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--data", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -219,6 +239,8 @@ def main() -> None:
             f"| {r['tool']} | {r['seconds']:.2f} | {r['peak_rss_mib']:.0f} ({r['rss_after_load_mib']:.0f}) "
             f"| {len(drifted)} | {agrees} |"
         )
+    if args.images:
+        _images(args.images, args.images // 10, args.seed)
 
 
 if __name__ == "__main__":
