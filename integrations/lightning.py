@@ -26,7 +26,7 @@ from lightning.pytorch.utilities import rank_zero_only
 
 import mldeck
 from mldeck.core.track import Run
-from mldeck.integrations.common import (
+from mldeck.integrations.tracking import (
     StepLog,
     add_params,
     flat_params,

@@ -22,7 +22,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 import mldeck
 from mldeck.core.track import Run
-from mldeck.integrations.common import (
+from mldeck.integrations.tracking import (
     StepLog,
     add_params,
     flat_params,

@@ -1,4 +1,4 @@
-"""What the framework integrations share: params as one flat record, each metric logged once per step,
+"""Run bookkeeping the framework integrations share: params as one flat record, each metric once per step,
 and the framework's own checkpoint files recorded as the run's checkpoints."""
 
 from __future__ import annotations
