@@ -1,7 +1,7 @@
 """A tiny Lightning job for the integration test: a linear model on random data, one step per batch logged.
 
-`python lightning_train.py --epochs 4 --step-s 0.05` prints the global step it starts at (0, or the
-resumed checkpoint's) and trains through MLDeckLogger, resuming from the run's checkpoint if there is one.
+`python lightning_train.py --epochs 4 --step-s 0.05 [--hold-at STEP]` prints the global step it starts at
+(0, or the resumed checkpoint's) and trains through MLDeckLogger, resuming from the run's checkpoint if there is one.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from mldeck.integrations.lightning import MLDeckLogger
 
 
 class Tiny(L.LightningModule):
-    def __init__(self, hidden: int = 16, lr: float = 0.05, step_s: float = 0.0) -> None:
+    def __init__(self, hidden: int = 16, lr: float = 0.05, step_s: float = 0.0, hold_at: int = -1) -> None:
         super().__init__()
         self.save_hyperparameters()
         self.net = nn.Sequential(nn.Linear(8, hidden), nn.ReLU(), nn.Linear(hidden, 2))
@@ -30,6 +30,10 @@ class Tiny(L.LightningModule):
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         time.sleep(self.hparams.step_s)
+        deadline = time.monotonic() + 120
+        while self.global_step == self.hparams.hold_at and not self.trainer.received_sigterm \
+                and time.monotonic() < deadline:
+            time.sleep(0.05)  # holds this step until the stop arrives, so the test stops it mid-epoch
         x, y = batch
         loss = F.cross_entropy(self(x), y)
         self.log("train_loss", loss)
@@ -56,12 +60,15 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--epochs", type=int, default=4)
     parser.add_argument("--step-s", type=float, default=0.0)
+    parser.add_argument("--hold-at", type=int, default=-1, help="wait at this global step for SIGTERM")
     args = parser.parse_args()
     torch.manual_seed(0)
     logger = MLDeckLogger(experiment="lightning-test")
     trainer = L.Trainer(max_epochs=args.epochs, logger=logger, log_every_n_steps=1, accelerator="cpu",
                         enable_progress_bar=False, enable_model_summary=False)
-    trainer.fit(Tiny(step_s=args.step_s), loader(0), loader(1), ckpt_path=logger.resume())
+    checkpoint = logger.resume()
+    hold_at = args.hold_at if checkpoint is None else -1
+    trainer.fit(Tiny(step_s=args.step_s, hold_at=hold_at), loader(0), loader(1), ckpt_path=checkpoint)
 
 
 if __name__ == "__main__":

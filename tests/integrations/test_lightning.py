@@ -19,7 +19,8 @@ EPOCHS, BATCHES = 4, 8
 @pytest.mark.timeout(420)
 def test_stop_requeue_resume_and_register(agent: AgentProc) -> None:
     at_step = BATCHES + 3  # in the second epoch, past the first epoch's checkpoint
-    run = requeue_midway(agent, SCRIPT, ["--epochs", str(EPOCHS), "--step-s", "0.3"], "train_loss", at_step)
+    run = requeue_midway(agent, SCRIPT, ["--epochs", str(EPOCHS), "--step-s", "0.05",
+                                                   "--hold-at", str(at_step + 1)], "train_loss", at_step)
     run_id = run["run_id"]
     assert run["resumed_count"] == 1
     first, second = attempt_starts(agent, run_id)

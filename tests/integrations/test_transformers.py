@@ -20,7 +20,8 @@ EPOCHS, STEPS = 4, 8  # 32 sequences in batches of 4
 @pytest.mark.timeout(420)
 def test_stop_requeue_resume(agent: AgentProc) -> None:
     at_step = STEPS + 4  # in the second epoch, past the first epoch's checkpoint
-    run = requeue_midway(agent, SCRIPT, ["--epochs", str(EPOCHS), "--step-s", "0.3"], "loss", at_step)
+    run = requeue_midway(agent, SCRIPT, ["--epochs", str(EPOCHS), "--step-s", "0.05",
+                                                   "--hold-at", str(at_step + 1)], "loss", at_step)
     run_id = run["run_id"]
     assert run["resumed_count"] == 1
     first, second = attempt_starts(agent, run_id)

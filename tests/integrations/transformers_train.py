@@ -1,7 +1,7 @@
 """A tiny Hugging Face Trainer job for the integration test: a two-layer GPT-2 built from a config (nothing
 downloaded) on a few hundred synthetic tokens.
 
-`python transformers_train.py --epochs 4 --step-s 0.1` prints the global step it starts at (0, or the
+`python transformers_train.py --epochs 4 --step-s 0.1 [--hold-at STEP]` prints the global step it starts at (0, or the
 resumed checkpoint's) and trains through MLDeckCallback, resuming from the run's checkpoint if there is one.
 """
 
@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import os
 import time
+from collections.abc import Callable
 from typing import Any
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -47,10 +48,13 @@ class Tokens(Dataset):
 
 
 class Pace(TrainerCallback):
-    """Says where training starts and slows each step, so the test can stop it mid-way."""
+    """Says where training starts, slows each step and holds one until the stop arrives, so the test
+    stops it mid-epoch whatever the machine's load."""
 
-    def __init__(self, step_s: float) -> None:
+    def __init__(self, step_s: float, hold_at: int, stopped: Callable[[], bool]) -> None:
         self.step_s = step_s
+        self.hold_at = hold_at
+        self.stopped = stopped
 
     def on_train_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
                        **kwargs: Any) -> None:
@@ -59,12 +63,16 @@ class Pace(TrainerCallback):
     def on_step_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
                     **kwargs: Any) -> None:
         time.sleep(self.step_s)
+        deadline = time.monotonic() + 120
+        while state.global_step == self.hold_at and not self.stopped() and time.monotonic() < deadline:
+            time.sleep(0.05)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--epochs", type=int, default=4)
     parser.add_argument("--step-s", type=float, default=0.0)
+    parser.add_argument("--hold-at", type=int, default=-1, help="wait at this global step for SIGTERM")
     cli = parser.parse_args()
     torch.manual_seed(0)
     model = GPT2LMHeadModel(GPT2Config(
@@ -76,9 +84,11 @@ def main() -> None:
         per_device_eval_batch_size=8, learning_rate=1e-3, logging_steps=1, eval_strategy="epoch",
         save_strategy="epoch", report_to="none", use_cpu=True, disable_tqdm=True, seed=0,
     )
+    checkpoint = callback.resume()
+    pace = Pace(cli.step_s, cli.hold_at if checkpoint is None else -1, lambda: callback.run.stop_seen)
     trainer = Trainer(model=model, args=args, train_dataset=Tokens(0), eval_dataset=Tokens(1),
-                      callbacks=[callback, Pace(cli.step_s)])
-    trainer.train(resume_from_checkpoint=callback.resume())
+                      callbacks=[callback, pace])
+    trainer.train(resume_from_checkpoint=checkpoint)
 
 
 if __name__ == "__main__":
