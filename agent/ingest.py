@@ -40,7 +40,7 @@ import pyarrow.json as pa_json
 import watchfiles
 
 from mldeck.agent.tasks import Failure
-from mldeck.core.runlog import DROPPED, NONFINITE, Line
+from mldeck.core.runlog import DROPPED, NONFINITE, TOTAL_STEPS, Line
 from mldeck.core.store import Store
 
 log = logging.getLogger("mldeck.ingest")
@@ -439,6 +439,9 @@ def _apply_event(run_id: str, line: Line, parsed: Parsed) -> None:
         status = str(data.get("status") or "succeeded")
         parsed.add(RunFinish(run_id, status, line.t, data.get("reason")))
         parsed.events.append(("runs", {"run_id": run_id, "status": status}))
+    elif line.e == TOTAL_STEPS:
+        fields = {"run_id": run_id, "total_steps": int(data["total_steps"])}
+        parsed.add(lambda store: store.upsert_run(fields))
     elif line.e == DROPPED:
         points = int(data.get("points", 0))
         parsed.add(lambda store: store.add_dropped_points(run_id, points))

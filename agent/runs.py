@@ -74,10 +74,12 @@ class Runs:
         return run
 
     def _run_with_metrics(self, run_id: str) -> dict[str, Any] | None:
-        """The run's row with its latest metric values, in one turn on a reader (Compare asks for 20)."""
+        """The run's row with its latest metric values and last step, in one turn on a reader (Compare asks
+        for 20)."""
         run = self.store.get_run(run_id)
         if run is not None:
             run["metrics"] = self.store.latest_metrics([run_id]).get(run_id, {})
+            run["last_step"] = self.store.last_step(run_id)
         return run
 
     @rpc("runs.checkpoints")

@@ -18,6 +18,8 @@ NONFINITE = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
 """JSON has no NaN or infinities: a metric value that is one is written as its name, and read back."""
 DROPPED = "dropped"
 """The event an SDK writes once the disk takes lines again: how many points it had to drop (d.points)."""
+TOTAL_STEPS = "total_steps"
+"""The event that says how many steps a run will take."""
 
 
 class Line(msgspec.Struct, omit_defaults=True):

@@ -198,6 +198,10 @@ MIGRATIONS: list[str] = [
     # issue 18: per-run summaries and long series' levels, kept at ingest; built here for existing points
     METRIC_SUMMARY + SUMMARY_FROM_POINTS.format(runs="true") + ";"
     + LEVEL_FROM_POINTS.format(series="(SELECT * FROM metric_summary WHERE level_shift IS NOT NULL)"),
+    # issue 17: how many steps a run will take (mldeck.init(total_steps=...)), for its progress and ETA
+    """
+    ALTER TABLE runs ADD COLUMN total_steps BIGINT;
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

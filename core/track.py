@@ -30,6 +30,7 @@ from typing import Any
 import msgspec
 
 from mldeck.core.atomic import write_atomic
+from mldeck.core.errors import Invalid
 from mldeck.core.paths import Layout, check_name, mldeck_home, new_run_id
 from mldeck.core.provenance import fingerprint, git_state
 from mldeck.core.runlog import (
@@ -37,6 +38,7 @@ from mldeck.core.runlog import (
     CHECKPOINTS,
     DROPPED,
     LATEST_CHECKPOINT,
+    TOTAL_STEPS,
     checkpoint_name,
     nonfinite_name,
 )
@@ -130,6 +132,13 @@ class Run:
 
     def event(self, kind: str, **data: Any) -> None:
         self._pending.append({"t": time.time(), "e": kind, "d": data})
+
+    def set_total_steps(self, total: int) -> None:
+        """How many steps the run takes, once it is known: Runs and the run detail show progress and ETA."""
+        if isinstance(total, bool) or not isinstance(total, int) or total <= 0:
+            raise Invalid(f"total_steps must be a positive whole number, not {total!r}")
+        self.spec["total_steps"] = total
+        self.event(TOTAL_STEPS, total_steps=total)
 
     def flush(self) -> None:
         """Encode and write what is queued; safe from any thread.
@@ -395,6 +404,7 @@ def init(
     data_files: list[str | os.PathLike[str]] | None = None,
     home: str | os.PathLike[str] | None = None,
     on_preempt: Callable[[], Any] | None = None,
+    total_steps: int | None = None,
 ) -> Run:
     """Start (or, inside an agent job, join) a run and return it.
 
@@ -402,6 +412,7 @@ def init(
     that reads it stops by itself; in one that does not, the next `log()` calls `on_preempt`,
     finishes the run as preempted and exits 143.
     Under torchrun only rank 0 writes metrics.jsonl; other ranks write metrics-rank<N>.jsonl.
+    With total_steps (or `run.set_total_steps(n)` later) Runs shows progress and an ETA.
     """
     env_dir = os.environ.get(RUN_DIR_ENV)
     script = Path(sys.argv[0]).resolve() if sys.argv and sys.argv[0] else Path.cwd()
@@ -443,4 +454,6 @@ def init(
     ):
         signal.signal(signal.SIGTERM, run._on_sigterm)
     run.event("init", **{k: v for k, v in spec.items() if k != "run_id"})
+    if total_steps is not None:
+        run.set_total_steps(total_steps)
     return run

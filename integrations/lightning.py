@@ -14,6 +14,7 @@ module's `example_input_array` as the sample, ready for `mldeck models register 
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from pathlib import Path
 from typing import Any
@@ -97,6 +98,9 @@ class MLDeckLogger(Logger):
         if isinstance(model, LightningModule):
             self._module = model
             self._trainer = model.trainer
+            total = self._trainer.estimated_stepping_batches
+            if self._trainer.is_global_zero and math.isfinite(total) and total > 0:
+                self.run.set_total_steps(int(total))  # Runs shows progress and an ETA
 
     @rank_zero_only
     def after_save_checkpoint(self, checkpoint_callback: ModelCheckpoint) -> None:

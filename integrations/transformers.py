@@ -66,6 +66,8 @@ class MLDeckCallback(TrainerCallback):
     ) -> None:
         if state.is_world_process_zero:
             add_params(self.run, flat_params(args.to_dict()))
+            if state.max_steps > 0:
+                self.run.set_total_steps(state.max_steps)  # Runs shows progress and an ETA
 
     def on_log(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl,

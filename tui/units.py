@@ -14,6 +14,11 @@ def pct(x: float | None) -> str:
     return "-" if x is None else f"{x:.0f}%"
 
 
+def share(x: float | None) -> str:
+    """A fraction as a percentage: 0.42 reads 42%."""
+    return "-" if x is None or x != x else f"{x:.0%}"
+
+
 def money(x: float | None) -> str:
     """$1,234, $12.50, <$0.01: what a person reads as a price."""
     if x is None:
@@ -55,6 +60,18 @@ def span(start: float | None, end: float | None, now: float | None = None) -> st
     return duration((end or now or time.time()) - start)
 
 
+def progress(step: int | None, total: int | None, started: float | None, running: bool,
+             now: float | None = None) -> str:
+    """`step 120/1,000 12% · ETA 3m05s`: how far a run is, and (while it runs) when it should end."""
+    if not total or step is None:
+        return "-"
+    done = min(1.0, (step + 1) / total)
+    text = f"step {step + 1:,}/{total:,} {done:.0%}"
+    if running and started is not None and 0 < done < 1:
+        text += f" · ETA {duration(((now or time.time()) - started) * (1 - done) / done)}"
+    return text
+
+
 def lower_is_better(metric: str) -> bool:
     """A metric whose smaller values are better, read from its name (loss, error, latency, ...)."""
     name = metric.lower()
@@ -63,4 +80,4 @@ def lower_is_better(metric: str) -> bool:
 
 LOWER_IS_BETTER = ("loss", "err", "latency", "mse", "mae", "rmse", "perplexity", "_ms", "cost", "drift")
 
-__all__ = ["age", "duration", "gib", "lower_is_better", "money", "number", "pct", "span"]
+__all__ = ["age", "duration", "gib", "lower_is_better", "money", "number", "pct", "progress", "share", "span"]

@@ -1,7 +1,8 @@
 """A tiny Lightning job for the integration test: a linear model on random data, one step per batch logged.
 
 `python lightning_train.py --epochs 4 --step-s 0.05 [--hold-at STEP]` prints the global step it starts at
-(0, or the resumed checkpoint's) and trains through MLDeckLogger, resuming from the run's checkpoint if there is one.
+(0, or the resumed checkpoint's) and trains through MLDeckLogger, resuming from the run's checkpoint if there
+is one.
 """
 
 from __future__ import annotations

@@ -29,6 +29,7 @@ def test_stop_requeue_resume_and_register(agent: AgentProc) -> None:
     assert steps["train_loss"] == list(range(EPOCHS * BATCHES))
     assert steps["val_acc"] == [BATCHES * (e + 1) - 1 for e in range(EPOCHS)]
     assert run["params"]["hidden"] == 16 and run["params"]["lr"] == 0.05
+    assert run["total_steps"] == EPOCHS * BATCHES and run["last_step"] == EPOCHS * BATCHES - 1
 
     run_dir = agent.layout.run_dir(run_id)
     # resumed from the checkpoint saved where Lightning stopped (or at the epoch's end, if it stopped there)

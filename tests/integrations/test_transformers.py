@@ -32,6 +32,7 @@ def test_stop_requeue_resume(agent: AgentProc) -> None:
     assert steps["eval_loss"] == sorted({STEPS * (e + 1) for e in range(EPOCHS)} | {second})
     assert steps["train_runtime"] == [second, EPOCHS * STEPS]  # each attempt's closing summary
     assert run["params"]["learning_rate"] == 0.001 and run["params"]["num_train_epochs"] == EPOCHS
+    assert run["total_steps"] == EPOCHS * STEPS
     folder = agent.layout.run_dir(run_id) / "transformers"
     assert (folder / f"checkpoint-{second}" / "trainer_state.json").is_file()
     assert "stop asked; saving a checkpoint" in agent.cli("runs", "logs", run_id, check=True).out

@@ -1,8 +1,9 @@
 """A tiny Hugging Face Trainer job for the integration test: a two-layer GPT-2 built from a config (nothing
 downloaded) on a few hundred synthetic tokens.
 
-`python transformers_train.py --epochs 4 --step-s 0.1 [--hold-at STEP]` prints the global step it starts at (0, or the
-resumed checkpoint's) and trains through MLDeckCallback, resuming from the run's checkpoint if there is one.
+`python transformers_train.py --epochs 4 --step-s 0.1 [--hold-at STEP]` prints the global step it starts
+at (0, or the resumed checkpoint's) and trains through MLDeckCallback, resuming from the run's checkpoint if
+there is one.
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""A job for the TUI tests that holds its GPU until told: `STOP_FILE=... python tests/tui/hold_gpu.py`."""
+"""A job for the TUI tests that holds its GPU until told: `STOP_FILE=... python tests/tui/hold_gpu.py`
+(`TOTAL_STEPS=N` says how many steps it would take)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,9 @@ from mldeck.core import track
 
 
 def main() -> None:
-    run = track.init(name="gpu-holder", experiment="tui-tests", params={"hold": True})
+    total = os.environ.get("TOTAL_STEPS")
+    run = track.init(name="gpu-holder", experiment="tui-tests", params={"hold": True},
+                     total_steps=int(total) if total else None)
     stop = Path(os.environ["STOP_FILE"])
     step = 0
     deadline = time.monotonic() + 90

@@ -5,6 +5,7 @@ agent (the model server answering real HTTP for the serving rate)."""
 from __future__ import annotations
 
 import asyncio
+import re
 import threading
 import time
 from pathlib import Path
@@ -35,11 +36,12 @@ pytestmark = pytest.mark.timeout(240)
 SMALL = (80, 24)
 
 
-def hold(deck: Deck, tmp: Path, name: str) -> tuple[str, Path]:
+def hold(deck: Deck, tmp: Path, name: str, total_steps: int | None = None) -> tuple[str, Path]:
     """A launched run that logs until its stop file appears: (run id, stop file)."""
     stop = tmp / f"stop-{name}"
+    env = {"STOP_FILE": str(stop)} | ({"TOTAL_STEPS": str(total_steps)} if total_steps else {})
     run_id = deck.rpc("runs.launch", script=str(REPO / "tests/tui/hold_gpu.py"), gpus=0, name=name,
-                      env={"STOP_FILE": str(stop)})["run_id"]
+                      env=env)["run_id"]
     wait_for(lambda: deck.rpc("runs.get", run_id=run_id)["status"] == "running", timeout=60,
              what=f"{name} running")
     return run_id, stop
@@ -94,6 +96,30 @@ def test_run_detail_header_follows_the_run_to_its_end(deck: Deck, tmp_path: Path
             await until(pilot, lambda: status() == "stopped", what="the table saying stopped too")
 
     run(go())
+
+
+def test_a_run_that_said_its_total_shows_progress_and_eta(deck: Deck, tmp_path: Path) -> None:
+    run_id, stop = hold(deck, tmp_path, "progress", total_steps=1000)
+    try:
+        async def go() -> None:
+            app = app_for(deck)
+            async with app.run_test(size=SIZE) as pilot:
+                detail = await open_detail(app, pilot, run_id)
+                await until(pilot, lambda: "ETA" in fact(detail, "progress"), timeout=30,
+                            what="the run's progress and ETA in its header")
+                assert re.fullmatch(r"step \d+/1,000 \d+% · ETA \S+", fact(detail, "progress"))
+                await pilot.press("escape", "2")
+                runs: RunsScreen = app.screen  # type: ignore[assignment]
+                row = lambda: next((r for r in runs.view.to_pylist() if r["run_id"] == run_id), {})  # noqa: E731
+                await until(pilot, lambda: (row().get("progress") or 0) > 0 and row().get("eta") is not None,
+                            what="the run's share done and ETA in Runs")
+                assert 0 < row()["progress"] < 1
+                shown = runs.table.header().text
+                assert "done" in shown and "ETA" in shown
+
+        run(go())
+    finally:
+        stop.touch()
 
 
 def test_esc_leaves_a_field_then_the_screen_and_digits_jump_again(deck: Deck) -> None:

@@ -19,7 +19,7 @@ from mldeck.core.errors import MethodNotAvailable, MldeckError
 from mldeck.core.runlog import TERMINAL
 from mldeck.tui.screens.base import DeckScreen, Poller, screen_work, why
 from mldeck.tui.screens.host import per_gpu
-from mldeck.tui.units import age, gib, money, number, span
+from mldeck.tui.units import age, gib, money, number, progress, span
 from mldeck.tui.widgets.metric_chart import MetricChart
 
 APPLY_S = 0.3
@@ -37,6 +37,8 @@ def facts_table(run: dict[str, Any], cost: dict[str, Any] | None) -> Table:
         ("run", run.get("run_id")), ("name", run.get("name")), ("experiment", run.get("experiment")),
         ("status", run.get("status")), ("reason", run.get("status_reason")),
         ("duration", span(run.get("started_at"), run.get("ended_at"))),
+        ("progress", progress(run.get("last_step"), run.get("total_steps"), run.get("started_at"),
+                              run.get("status") == "running")),
         ("git", f"{(run.get('git_sha') or '-')[:10]}{' dirty' if run.get('git_dirty') else ''}"),
         ("data", run.get("data_hash") or "-"), ("gpus", run.get("gpus")), ("sweep", run.get("sweep_id")),
         ("resumed", run.get("resumed_count")),

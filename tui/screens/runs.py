@@ -17,7 +17,7 @@ from textual.binding import Binding, BindingType
 from mldeck.core.errors import MethodNotAvailable, MldeckError
 from mldeck.tui.screens.base import RUNS_FIRST_PAGE, DeckScreen, Poller, screen_work, why
 from mldeck.tui.screens.dialogs import Confirm
-from mldeck.tui.units import duration, money
+from mldeck.tui.units import duration, money, share
 from mldeck.tui.widgets.deck_table import Col, DeckTable, TableBox
 
 RUNS_LIMIT = 5000  # runs.list fallback, for agents without runs.table
@@ -26,7 +26,7 @@ MAX_RUNS_PER_HOST = 500_000
 POLL_S = 5.0
 SETTLE_S = 0.3  # after a run event: the events of one launch or sweep make one reload
 FULL_RELOAD_S = 60.0
-FLOAT_COLUMNS = {"created_at", "started_at", "ended_at", "cost_usd"}
+FLOAT_COLUMNS = {"created_at", "started_at", "ended_at", "cost_usd", "total_steps", "last_step"}
 SHOWN_METRICS = 4
 MARK = " "
 
@@ -64,8 +64,18 @@ def chosen_metrics(table: pa.Table, n: int = SHOWN_METRICS) -> list[str]:
 
 
 def with_duration(table: pa.Table, now: float) -> pa.Table:
+    """Durations up to now, and how far each run is (a share of its total steps) with its ETA."""
     end = pc.fill_null(table["ended_at"], now)
-    return table.append_column("duration", pc.subtract(end, table["started_at"]))
+    elapsed = pc.subtract(end, table["started_at"])
+    table = table.append_column("duration", elapsed)
+    if "total_steps" not in table.column_names or "last_step" not in table.column_names:
+        return table.append_column("progress", pa.nulls(table.num_rows, pa.float64())).append_column(
+            "eta", pa.nulls(table.num_rows, pa.float64()))
+    done = pc.min_element_wise(pc.divide(pc.add(table["last_step"], 1.0), table["total_steps"]), 1.0)
+    running = pc.and_(pc.equal(table["status"], "running"), pc.greater(done, 0.0))
+    eta = pc.if_else(running, pc.divide(pc.multiply(elapsed, pc.subtract(1.0, done)), done),
+                     pa.scalar(None, pa.float64()))
+    return table.append_column("progress", done).append_column("eta", eta)
 
 
 def columns_table(host: str, result: dict[str, Any]) -> pa.Table:
@@ -113,12 +123,14 @@ def status_style(status: Any) -> str:
 
 
 def run_columns(metrics: list[str], hosts: int) -> list[Col]:
-    """What the person sees: mark, name, status, metrics, duration, cost, run id (host when several)."""
+    """What the person sees: mark, name, status, metrics, progress, ETA, duration, cost, run id (host when
+    several)."""
     cols = [Col(MARK, " ", priority=0, width=1), Col("name", priority=0, shrink_to=16),
             Col("status", priority=0, style=status_style),
             Col("host", priority=2 if hosts > 1 else 4), Col("experiment", priority=3, shrink_to=12)]
     cols += [Col(m, priority=4) for m in metrics]
-    cols += [Col("duration", priority=1, fmt=duration), Col("cost", priority=1, fmt=money),
+    cols += [Col("progress", "done", priority=2, fmt=share), Col("eta", "ETA", priority=3, fmt=duration),
+             Col("duration", priority=1, fmt=duration), Col("cost", priority=1, fmt=money),
              Col("run_id", "run", priority=1)]
     return cols
 
