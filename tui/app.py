@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, ClassVar
@@ -113,6 +114,7 @@ class MldeckApp(App[None]):
             self.story_error = exc
             self.say(f"the demo failed: {exc}")
             self.notify(str(exc), title="demo failed", severity="error", timeout=30)
+            self.push_screen(DemoLog(self.story_lines))  # the story and the reason stay on screen
             return
         self.say("the demo is done; keep exploring, q quits")
 
@@ -199,4 +201,7 @@ def run_tui(local_home: Path | None = None, story: Story | None = None) -> int:
     """
     app = MldeckApp(lambda: Fleet.from_config(local_home=local_home, start_local=True), story=story)
     app.run()
-    return 1 if app.story_error is not None else 0
+    if app.story_error is None:
+        return 0
+    print("\n".join(["the demo's story:", *app.story_lines]), file=sys.stderr)
+    return 1

@@ -7,6 +7,7 @@ The same coroutine drives `mldeck demo --headless` (printing each step) and the 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import socket
 import time
@@ -21,6 +22,8 @@ from mldeck.core.runlog import TERMINAL
 MODEL = "demo"
 SHIFTED = ["mean_radius", "worst_texture", "mean_concavity"]
 WINDOW_ROWS = 200
+TRAFFIC_S = 3600
+"""Long enough for any machine: the story stops its traffic when it ends, however it ends."""
 
 Say = Callable[[str], None]
 
@@ -92,7 +95,7 @@ async def sweep_step(client: Client, say: Say, gpus: int) -> dict[str, Any]:
         trials = shown["trials"]
         return shown if trials and all(t["status"] in TERMINAL for t in trials) else None
 
-    shown = await until("the sweep", finished, timeout=240)
+    shown = await until("the sweep", finished, timeout=600)
     trials = shown["trials"]
     pruned = [t for t in trials if t.get("status") == "pruned"]
     best = next((t for t in trials if t["status"] == "succeeded"), None)
@@ -125,7 +128,7 @@ async def serve_step(client: Client, say: Say) -> dict[str, Any]:
         served = (status.get("manifest") or {}).get("models", {}).get(MODEL)
         return status if status["running"] and served else None
 
-    status = await until("the model server", ready, timeout=90)
+    status = await until("the model server", ready, timeout=180)
     say(f"    serving at {status['url']}")
     return {"url": status["url"]}
 
@@ -134,15 +137,24 @@ async def drift_step(client: Client, say: Say, url: str, auto: bool) -> dict[str
     say(f"4/4 monitoring: traffic for {MODEL}, then {', '.join(SHIFTED)} shift by 2 std")
     traffic = await client.call(
         "runs.launch", module="mldeck.agent.demo.traffic", name="demo-traffic", experiment="demo-traffic",
-        args=["--url", url, "--model", MODEL, "--rps", "80", "--duration", "60", "--shift-at", "6",
+        args=["--url", url, "--model", MODEL, "--rps", "80", "--duration", str(TRAFFIC_S), "--shift-at", "6",
               "--shift-columns", ",".join(SHIFTED), "--shift-std", "2", "--feedback-share", "0.6"],
     )
+    try:
+        return await watch_drift(client, say, auto)
+    finally:
+        with contextlib.suppress(MldeckError):  # the traffic lasts the story, and ends with it
+            await client.call("runs.stop", run_id=traffic["run_id"])
+
+
+async def watch_drift(client: Client, say: Say, auto: bool) -> dict[str, Any]:
+    """From the shifted traffic to the drift alert, the retrained challenger in shadow, and its promotion."""
 
     async def drift_alert() -> dict[str, Any] | None:
         alerts = (await client.call("alerts.list", name=MODEL))["alerts"]
         return next((a for a in alerts if a["kind"] == "drift"), None)
 
-    alert = await until("the drift alert", drift_alert, timeout=120)
+    alert = await until("the drift alert", drift_alert, timeout=300)
     status = await client.call("drift.status", name=MODEL)
     say(f"    drift on {', '.join(sorted(status['drifted_columns']))}: alert {alert['alert_id']}, "
         "retraining pipeline started")
@@ -152,7 +164,7 @@ async def drift_step(client: Client, say: Say, url: str, auto: bool) -> dict[str
         mine = [r for r in rows if (r.get("trigger") or {}).get("alert_id") == alert["alert_id"]]
         return mine[0] if mine and mine[0]["status"] not in ("running", "queued") else None
 
-    pipe = await until("the retraining pipeline", retrained, timeout=240)
+    pipe = await until("the retraining pipeline", retrained, timeout=600)
     if pipe["status"] != "succeeded":
         raise DemoFailed(f"the retraining pipeline ended {pipe['status']}: {pipe.get('message')}")
     challenger = pipe["registered_version"]
@@ -166,7 +178,7 @@ async def drift_step(client: Client, say: Say, url: str, auto: bool) -> dict[str
         rows = (await client.call("query", sql="SELECT count(*) FROM predictions WHERE variant = 'shadow'"))
         return int(rows["rows"][0][0])
 
-    shadow_rows = await until("shadow predictions of the challenger", shadowed, timeout=60)
+    shadow_rows = await until("shadow predictions of the challenger", shadowed, timeout=180)
     say(f"    {MODEL} v{challenger} is challenger, in shadow ({shadow_rows} mirrored requests so far)")
     if auto:
         await client.call("models.promote", name=MODEL, version=challenger, alias="production",
@@ -178,13 +190,12 @@ async def drift_step(client: Client, say: Say, url: str, auto: bool) -> dict[str
         got = await client.call("models.get", name=MODEL, alias="production")
         return got["version"] == challenger
 
-    await until("the challenger's promotion", promoted, timeout=60 if auto else 1800)
+    await until("the challenger's promotion", promoted, timeout=120 if auto else 1800)
     try:
         await client.call("alerts.resolve", alert_id=alert["alert_id"], actor="mldeck-demo",
                           reason=f"v{challenger} retrained on the drift and promoted")
     except Conflict:
         say(f"    the monitor had resolved {alert['alert_id']}: v{challenger}'s inputs match its reference")
-    await client.call("runs.stop", run_id=traffic["run_id"])
     served = await client.call("query", sql=f"SELECT count(*) FROM predictions WHERE model = '{MODEL}'")
     say(f"    {MODEL} v{challenger} is production; {served['rows'][0][0]} predictions logged")
     return {"alert_id": alert["alert_id"], "drifted_columns": sorted(status["drifted_columns"]),

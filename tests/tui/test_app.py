@@ -10,7 +10,7 @@ import pytest
 from mldeck.tui.app import MldeckApp
 from mldeck.tui.fleet import Fleet
 from mldeck.tui.screens.compare import CompareScreen
-from mldeck.tui.screens.dialogs import HelpScreen, ReasonConfirm
+from mldeck.tui.screens.dialogs import DemoLog, HelpScreen, ReasonConfirm
 from mldeck.tui.screens.host import HostScreen
 from mldeck.tui.screens.logs import LogsScreen
 from mldeck.tui.screens.promote import AliasPicker, PromoteDialog
@@ -226,5 +226,9 @@ def test_demo_story_runs_after_the_first_frame_and_says_each_step(deck: Deck) ->
         async with app.run_test(size=SIZE) as pilot:
             await until(pilot, lambda: app.story_error, what="the story's failure")
             assert "step 2 went wrong" in app.sub_title and app.story_lines[0] == "step 1"
+            log = await until(pilot, lambda: isinstance(app.screen, DemoLog) and app.screen,
+                              what="the story left on screen")
+            shown = text_of(log.query("Static")[1])
+            assert "step 1" in shown and "the demo failed: step 2 went wrong" in shown
 
     run(go())
