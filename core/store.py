@@ -28,8 +28,8 @@ RUN_FIELDS = (
 )
 RUNS_TABLE_COLUMNS = (
     "run_id", "experiment", "name", "status", "sweep_id", "created_at", "started_at", "ended_at", "cost_usd",
-)
     "total_steps",
+)
 _JSON_FIELDS = {"params", "tags", "command", "gpus"}
 READ_ONLY_STATEMENTS = {"SELECT", "EXPLAIN"}
 # The agent reads no files and changes no settings through DuckDB, so a user's query can't either.
@@ -212,8 +212,8 @@ class Store:
         metrics: list[str] | None = None,
         max_metrics: int = 16,
     ) -> tuple[pa.Table, int, list[str]]:
-        """A page of runs, newest first, as columns, with its last step and each chosen metric's latest value
-        pivoted in.
+        """A page of runs, newest first, as columns, with each chosen metric's latest value pivoted in (and
+        the last step logged, with `total_steps`).
 
         A runs table of 100,000 rows built from per-run dicts costs ~1 s of Python; this is one query.
         Without `metrics`, the keys most runs of the page have (at most max_metrics) become `m:<key>`.
@@ -246,11 +246,14 @@ class Store:
                     "SELECT key FROM metric_summary WHERE run_id IN (SELECT run_id FROM _runs_page) "
                     "GROUP BY key ORDER BY count(*) DESC, key LIMIT ?", [max_metrics])
                 metrics = sorted(r[0] for r in common.fetchall())
+            steps = ", max(last_step) AS last_step" if "total_steps" in cols else ""
+            if not metrics and not steps:
+                return page.drop_columns(["_at", "_id"]), total, []
             pivot = "".join(f", any_value(last_value) FILTER (WHERE key = ?) AS {_ident_q('m:' + k)}"
                             for k in metrics)
             table = cur.sql(f"""
                 WITH wide AS (
-                    SELECT run_id, max(last_step) AS last_step {pivot} FROM metric_summary
+                    SELECT run_id {steps} {pivot} FROM metric_summary
                     WHERE run_id IN (SELECT run_id FROM _runs_page) GROUP BY run_id)
                 SELECT p.* EXCLUDE (_at, _id), wide.* EXCLUDE (run_id)
                 FROM _runs_page p LEFT JOIN wide USING (run_id) ORDER BY p._at DESC NULLS LAST, p._id
@@ -258,6 +261,12 @@ class Store:
         finally:
             cur.unregister("_runs_page")
         return table, total, metrics
+
+    def last_step(self, run_id: str) -> int | None:
+        """The highest step the run logged: its progress when it said how many steps it takes."""
+        row = self.cur().execute(
+            "SELECT max(last_step) FROM metric_summary WHERE run_id = ?", [run_id]).fetchone()
+        return None if row is None else row[0]
 
     def metric_keys(self, run_id: str) -> list[str]:
         cur = self.cur().execute("SELECT key FROM metric_summary WHERE run_id = ? ORDER BY key", [run_id])
@@ -285,12 +294,6 @@ class Store:
                 curve["value"].append(value)
         if long:
             level = cur.sql("SELECT key, bucket, min_step, min_ts, min_value, max_step, max_ts, max_value "
-    def last_step(self, run_id: str) -> int | None:
-        """The highest step the run logged: its progress when it said how many steps it takes."""
-        row = self.cur().execute(
-            "SELECT max(last_step) FROM metric_summary WHERE run_id = ?", [run_id]).fetchone()
-        return None if row is None else row[0]
-
                             "FROM metric_level WHERE run_id = ?", params=[run_id]).to_arrow_table()
             for key in long:
                 rows = level.filter(pc.equal(level["key"], key))

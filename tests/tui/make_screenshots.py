@@ -1,61 +1,91 @@
-"""Regenerate screenshots/: `python -m tests.tui.make_screenshots` (needs rsvg-convert from librsvg2-bin).
+"""Regenerate screenshots/: `python -m tests.tui.make_screenshots` (needs rsvg-convert and Debian's sshd).
 
-A real agent in a temporary home (2 simulated GPUs) gets real runs and model versions, then a
-scripted session visits every screen and saves each as SVG and PNG.
+The demo's story, as a newcomer sees it, on a fleet of three agents: this machine's (the whole demo:
+sweep, registry, serving, drift, retraining, shadow, promotion) and two GPU boxes behind a real sshd on
+loopback, each training demo models on its two simulated GPUs. Traffic keeps flowing to the served
+model while a scripted session visits every screen and saves each as SVG and PNG.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import json
 import shutil
 import subprocess
+import sys
 import tempfile
-import threading
 import time
-import urllib.request
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
-import numpy as np
-
+from mldeck.core.client import connect_unix
+from mldeck.core.paths import Layout
+from mldeck.core.ports import free_port
+from mldeck.tui import demo
 from mldeck.tui.app import MldeckApp
-from mldeck.tui.fleet import Fleet
+from mldeck.tui.cli.demo_cmd import RETRAIN_PIPELINE
+from mldeck.tui.fleet import LOCAL, Fleet
+from mldeck.tui.hosts import Host
 from mldeck.tui.screens.promote import AliasPicker, PromoteDialog
 from mldeck.tui.widgets.distribution_chart import DistributionChart
 from mldeck.tui.widgets.host_row import HostRow
 from mldeck.tui.widgets.metric_chart import MetricChart
-from tests.conftest import REPO, rpc, start_agent, wait_for
-from tests.tui.conftest import CONFIG, free_port, make_models, make_runs, until
+from tests.conftest import REPO, AgentProc, rpc, start_agent, wait_for
+from tests.ssh.conftest import make_client_home, pin, start_sshd
+from tests.tui.conftest import until
 
 OUT = REPO / "screenshots"
 SVG_PRESERVE = '<svg xml:space="preserve" '
 SIZE = (140, 42)
+BOXES = ("gpu-a", "gpu-b")
+BOX_CONFIG = """
+[agent]
+collector_interval_s = 0.5
+
+[cost]
+gpu_price_per_hour = 2.10
+"""
+BOX_JOBS = [  # (name, hyperparameters, epochs, ms per epoch): two finish, two keep both GPUs busy
+    ("mlp-wide", {"hidden": 128, "lr": 0.003}, 30, 0),
+    ("mlp-narrow", {"hidden": 16, "lr": 0.01}, 30, 0),
+    ("mlp-long", {"hidden": 64, "lr": 0.001}, 400, 1500),
+    ("mlp-deep", {"hidden": 256, "lr": 0.0005}, 400, 2500),
+]
 
 
-def traffic(url: str, stop: threading.Event) -> None:
-    """Requests to the served model while the session runs, so Serving shows live figures."""
-    rng = np.random.default_rng(0)
-    while not stop.is_set():
-        rows = rng.normal(0.8, 1.0, size=(4, 8))  # the reference is N(0, 1): a visible shift
-        body = json.dumps({"inputs": [{"name": "input__0", "datatype": "FP32", "shape": [4, 8],
-                                       "data": rows.ravel().tolist()}]}).encode()
-        req = urllib.request.Request(url + "/v2/models/churn/infer", data=body, method="POST")
-        with contextlib.suppress(OSError):  # a request lost while the server swaps is fine here
-            urllib.request.urlopen(req, timeout=5).read()
-        time.sleep(0.02)
+def box_jobs(agent: AgentProc, box: str) -> list[str]:
+    """The box's training jobs, each on one GPU: a queue that drains into both."""
+    ids = []
+    for name, params, epochs, slow_ms in BOX_JOBS:
+        args = ["--epochs", str(epochs), "--slow-ms", str(slow_ms),
+                *[a for k, v in params.items() for a in (f"--{k}", str(v))]]
+        got = rpc(agent.home, "runs.launch", {"module": "mldeck.agent.demo.train", "name": f"{name}-{box}",
+                                             "experiment": "sizing", "args": args, "gpus": 1})
+        ids.append(got["result"]["run_id"])
+    return ids
 
 
-def serve(home: Path) -> str:
-    """churn v2 to production (its gate passes), served; its URL once it answers."""
-    rpc(home, "models.promote", {"name": "churn", "version": 2, "alias": "production"})
-    status = wait_for(lambda: (s := rpc(home, "serving.status").get("result") or {}).get("running")
-                      and "churn" in s["manifest"]["models"] and s, timeout=120, what="churn served")
-    return str(status["url"])
+async def tell(home: Path) -> dict[str, Any]:
+    """The whole demo story on the local agent, as `mldeck demo --headless` tells it."""
+    client = await connect_unix(Layout(home).socket)
+    try:
+        return await demo.run_story(client, lambda line: print(line, flush=True), gpus=2, auto=True)
+    finally:
+        await client.close()
 
 
-async def session(home: Path) -> list[str]:
-    app = MldeckApp(lambda: Fleet({"local": None}, local_home=home))
+def keep_traffic(home: Path) -> str:
+    """Shifted traffic to the production model for as long as the screens are visited."""
+    url = rpc(home, "serving.status")["result"]["url"]
+    return str(rpc(home, "runs.launch", {
+        "module": "mldeck.agent.demo.traffic", "name": "traffic", "experiment": "demo-traffic",
+        "args": ["--url", url, "--model", demo.MODEL, "--rps", "60", "--duration", "900", "--shift-at", "0",
+                 "--shift-columns", ",".join(demo.SHIFTED), "--shift-std", "1.5", "--feedback-share", "0.5",
+                 "--home", str(home)]})["result"]["run_id"])
+
+
+async def session(fleet: Callable[[], Fleet]) -> list[str]:
+    app = MldeckApp(fleet)
     shots: list[str] = []
     async with app.run_test(size=SIZE) as pilot:
 
@@ -64,41 +94,51 @@ async def session(home: Path) -> list[str]:
             app.save_screenshot(f"{name}.svg", str(OUT))
             shots.append(name)
 
-        row = await until(pilot, lambda: app.screen.query(HostRow).first())
-        await until(pilot, lambda: len(row.sparks) == 2)
-        await shot("fleet", 3)
-        await pilot.press("enter")
-        await until(pilot, lambda: len(app.screen.query(MetricChart)) == 2)
-        await shot("host")
+        rows = await until(pilot, lambda: len(app.screen.query(HostRow)) == 3 and app.screen.query(HostRow),
+                           timeout=60, what="three hosts")
+        await until(pilot, lambda: all(len(r.sparks) == 2 for r in rows), timeout=60, what="every GPU")
+        await shot("fleet", 6)
+        await pilot.press("down", "enter")
+        await until(pilot, lambda: len(app.screen.query(MetricChart)) == 2, timeout=30)
+        await shot("host", 2)
         await pilot.press("escape", "2")
-        await until(pilot, lambda: getattr(app.screen, "view", None) is not None and app.screen.view.num_rows)
-        await pilot.press("space", "space", "space")
+        await until(pilot, lambda: getattr(app.screen, "view", None) is not None
+                    and app.screen.view.num_rows >= 12, timeout=60, what="the fleet's runs")
+        await pilot.press("slash", *"demo-sweep", "enter", "space", "down", "space", "down", "space")
         await shot("runs", 1)
         await pilot.press("c")
-        await until(pilot, lambda: len(app.screen.query(MetricChart)) >= 2)
-        await shot("compare", 1)
-        await pilot.press("2", "enter")
-        await until(pilot, lambda: len(app.screen.query(MetricChart)) >= 2)
-        await shot("run-detail", 1)
+        await until(pilot, lambda: len(app.screen.query(MetricChart)) >= 2, timeout=30)
+        await shot("compare", 2)
+        await pilot.press("2", "slash", "ctrl+u", *"status:running host:gpu-a", "enter", "enter")
+        await until(pilot, lambda: len(app.screen.query(MetricChart)) >= 2, timeout=30)
+        await shot("run-detail", 3)
         await pilot.press("escape", "4")
         await shot("launch")
         await pilot.press("5")
-        await until(pilot, lambda: getattr(app.screen, "versions", None))
+        await until(pilot, lambda: getattr(app.screen, "versions", None), timeout=30)
         await shot("registry", 1)
-        await pilot.press("enter", "down", "p")  # v1 to production: its gate fails, and says why
+        await pilot.press("enter", "down", "p")  # the staging version to production: deltas, gates
         await until(pilot, lambda: isinstance(app.screen, AliasPicker))
         await pilot.press("enter")
         await until(pilot, lambda: isinstance(app.screen, PromoteDialog))
-        await shot("promote", 1.5)
+        await shot("promote", 2)
         await pilot.press("escape")
         for key, name in (("6", "serving"), ("7", "drift"), ("8", "cost")):
             await pilot.press(key)
             if name == "drift":
-                await until(pilot, lambda: app.screen.query_one(DistributionChart).dist, timeout=30)
-            await shot(name, 6 if name == "serving" else 2)
+                await until(pilot, lambda: app.screen.query_one(DistributionChart).dist, timeout=60)
+            await shot(name, 8 if name == "serving" else 3)
         await pilot.press("2", "question_mark")
         await shot("help")
     return shots
+
+
+def to_png(name: str) -> None:
+    # rsvg draws a span's leading non-breaking spaces with no width (and stretches the rest to the
+    # span's textLength): the PNG is made from plain spaces that xml:space="preserve" keeps.
+    svg = (OUT / f"{name}.svg").read_text().replace("&#160;", " ").replace("<svg ", SVG_PRESERVE, 1)
+    subprocess.run(["rsvg-convert", "-o", str(OUT / f"{name}.png")], input=svg.encode(), check=True)
+    print(f"screenshots/{name}.svg  screenshots/{name}.png")
 
 
 def main() -> None:
@@ -106,34 +146,35 @@ def main() -> None:
         raise SystemExit("rsvg-convert is missing: apt-get install -y librsvg2-bin")
     OUT.mkdir(exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
-        agent = start_agent(Path(tmp) / "home", config=CONFIG.format(port=free_port()))
+        root = Path(tmp)
+        laptop, key = make_client_home(root / "laptop")
+        sshd = start_sshd(root / "sshd", key)
+        pin(laptop, sshd)
+        local = start_agent(root / "local", config=demo.demo_config(free_port(), RETRAIN_PIPELINE))
+        boxes = {name: start_agent(root / name, config=BOX_CONFIG) for name in BOXES}
         try:
-            make_runs(agent)
-            make_models(agent, ["churn:0.91", "churn:0.95"])
-            launched = rpc(agent.home, "runs.launch", {"script": str(REPO / "tests/tui/make_runs.py"),
-                                                       "args": ["mlp-launched", "0.2"], "gpus": 1})
-            wait_for(lambda: rpc(agent.home, "runs.get", {"run_id": launched["result"]["run_id"]})
-                     ["result"]["status"] == "succeeded", timeout=60, what="the launched run")
-            stop = threading.Event()
-            threading.Thread(target=traffic, args=(serve(agent.home), stop), daemon=True).start()
-            release = Path(tmp) / "release-gpus"
-            for _ in range(2):  # two jobs hold the simulated GPUs, so the Fleet shows them busy
-                rpc(agent.home, "runs.launch", {"script": str(REPO / "tests/tui/hold_gpu.py"), "gpus": 1,
-                                                "env": {"STOP_FILE": str(release)}})
-            time.sleep(15)
+            for name, agent in boxes.items():
+                box_jobs(agent, name)
+            started = time.monotonic()
+            figures = asyncio.run(tell(local.home))
+            print(f"the story took {time.monotonic() - started:.0f}s: aliases {figures['aliases']}")
+            traffic = keep_traffic(local.home)
+            wait_for(lambda: rpc(local.home, "drift.status", {"name": demo.MODEL}).get("result", {})
+                     .get("drifted_columns"), timeout=180, interval=1, what="drift on the served model")
+            hosts: dict[str, Host | None] = {LOCAL: None}
+            hosts |= {name: Host(target=f"ssh://root@127.0.0.1:{sshd.port}", home=str(agent.home),
+                                 python=sys.executable) for name, agent in boxes.items()}
             try:
-                shots = asyncio.run(session(agent.home))
+                shots = asyncio.run(session(
+                    lambda: Fleet(hosts, local_home=local.home, ssh_options=laptop.ssh_options())))
             finally:
-                stop.set()
-                release.touch()
+                rpc(local.home, "runs.stop", {"run_id": traffic})
         finally:
-            agent.stop()
+            for agent in (local, *boxes.values()):
+                agent.stop()
+            sshd.stop()
     for name in shots:
-        # rsvg draws a span's leading non-breaking spaces with no width (and stretches the rest to the
-        # span's textLength): the PNG is made from plain spaces that xml:space="preserve" keeps.
-        svg = (OUT / f"{name}.svg").read_text().replace("&#160;", " ").replace("<svg ", SVG_PRESERVE, 1)
-        subprocess.run(["rsvg-convert", "-o", str(OUT / f"{name}.png")], input=svg.encode(), check=True)
-        print(f"screenshots/{name}.svg  screenshots/{name}.png")
+        to_png(name)
 
 
 if __name__ == "__main__":

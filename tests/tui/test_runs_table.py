@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import pyarrow as pa
 import pytest
 
-from mldeck.tui.screens.runs import columns_table
+from mldeck.tui.screens.runs import columns_table, with_duration
 from tests.conftest import rpc
 from tests.tui.conftest import Deck
 
@@ -35,6 +36,15 @@ def test_pages_match_runs_list_with_latest_metrics_pivoted(deck: Deck) -> None:
     table = columns_table("local", page)
     assert table.num_rows == len(runs) and table["host"].to_pylist() == ["local"] * len(runs)
     assert table["created"].to_pylist() == [r["created_at"] for r in runs]
+
+
+def test_progress_and_eta_only_for_runs_that_said_their_total() -> None:
+    table = pa.table({"status": ["running", "running", "succeeded"], "started_at": [100.0, 100.0, 50.0],
+                      "ended_at": [None, None, 90.0], "total_steps": [None, 100.0, 10.0],
+                      "last_step": [5.0, 24.0, 9.0]})
+    shown = with_duration(table, now=200.0)
+    assert shown["progress"].to_pylist() == [None, 0.25, 1.0]
+    assert shown["eta"].to_pylist() == [None, 300.0, None]  # 100 s for a quarter: 300 s to go
 
 
 @pytest.mark.parametrize(("params", "says"), [

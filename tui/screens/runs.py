@@ -71,7 +71,8 @@ def with_duration(table: pa.Table, now: float) -> pa.Table:
     if "total_steps" not in table.column_names or "last_step" not in table.column_names:
         return table.append_column("progress", pa.nulls(table.num_rows, pa.float64())).append_column(
             "eta", pa.nulls(table.num_rows, pa.float64()))
-    done = pc.min_element_wise(pc.divide(pc.add(table["last_step"], 1.0), table["total_steps"]), 1.0)
+    done = pc.min_element_wise(pc.divide(pc.add(table["last_step"], 1.0), table["total_steps"]), 1.0,
+                              skip_nulls=False)
     running = pc.and_(pc.equal(table["status"], "running"), pc.greater(done, 0.0))
     eta = pc.if_else(running, pc.divide(pc.multiply(elapsed, pc.subtract(1.0, done)), done),
                      pa.scalar(None, pa.float64()))
