@@ -135,8 +135,7 @@ def batch_script(spec: dict[str, Any], run_dir: Path, attempt: int, env: dict[st
         *(f"export {key}={shlex.quote(value)}" for key, value in env.items()),
         f"export MLDECK_ATTEMPT=$(({attempt} + ${{SLURM_RESTART_COUNT:-0}}))",
         *([] if gpus else ["export CUDA_VISIBLE_DEVICES="]),
-        *([f'MLDECK_RDZV_ENDPOINT="$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)'
-           f':$(({RDZV_PORT} + SLURM_JOB_ID % 1000))"'] if nodes > 1 else []),
+        *(rendezvous() if nodes > 1 else []),
         f"rm -f {exit_file}",
         'echo "[mldeck] attempt $MLDECK_ATTEMPT started $(date \'+%Y-%m-%d %H:%M:%S\'), Slurm job '
         '$SLURM_JOB_ID on $SLURM_JOB_NODELIST, gpus ${CUDA_VISIBLE_DEVICES:-none}"',
@@ -149,6 +148,17 @@ def batch_script(spec: dict[str, Any], run_dir: Path, attempt: int, env: dict[st
         'exit "$code"',
     ]
     return "\n".join(lines) + "\n"
+
+
+def rendezvous() -> list[str]:
+    """The batch script's lines that set the c10d endpoint: the first node's address (NodeAddr, which
+    Slurm itself reaches it by; its name where sinfo does not say) and a port of the job's own."""
+    return [
+        'MLDECK_RDZV_NODE="$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)"',
+        'MLDECK_RDZV_ADDR="$(sinfo -h -N -n "$MLDECK_RDZV_NODE" -o %o | head -n 1)"',
+        'MLDECK_RDZV_ENDPOINT="${MLDECK_RDZV_ADDR:-$MLDECK_RDZV_NODE}"'
+        f'":$(({RDZV_PORT} + SLURM_JOB_ID % 1000))"',
+    ]
 
 
 def pending_reason(slurm_id: int, reason: str) -> str:

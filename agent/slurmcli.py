@@ -289,18 +289,20 @@ async def partitions() -> list[Partition]:
 
 
 async def nodes() -> list[Node]:
-    """sinfo's nodes: state, partitions, GPUs and free GPUs, CPUs, and why a node is down or drained."""
-    fields = ["NodeHost", "Partition", "StateLong", "Gres", "GresUsed", "CPUsState", "Reason"]
+    """sinfo's nodes: state, partitions, GPUs and free GPUs, CPUs, and why a node is down or drained.
+
+    Nodes by name (NodeList with -N), not by NodeHost: several nodes may share one host."""
+    fields = ["NodeList", "Partition", "StateLong", "Gres", "GresUsed", "CPUsState", "Reason"]
     out = await run(["sinfo", "-h", "-N", "-O", ",".join(f"{f}:{SEP}" for f in fields)])
     by_name: dict[str, Node] = {}
-    for host, part, state, gres, used, cpus, reason in rows(out, 7):
-        if host in by_name:  # one line per partition the node is in
-            by_name[host].partitions.append(part.rstrip("*"))
+    for name, part, state, gres, used, cpus, reason in rows(out, 7):
+        if name in by_name:  # one line per partition the node is in
+            by_name[name].partitions.append(part.rstrip("*"))
             continue
         total, busy = gpu_count(gres), gpu_count(used)
         alloc, idle, _, cpu_total = (int(c) if c.isdigit() else 0 for c in (cpus.split("/") + ["0"] * 4)[:4])
         why = reason.strip(SEP + " ")
-        by_name[host] = Node(name=host, partitions=[part.rstrip("*")], state=state, gpus=total,
+        by_name[name] = Node(name=name, partitions=[part.rstrip("*")], state=state, gpus=total,
                              gpus_free=max(0, total - busy), cpus=cpu_total, cpus_allocated=alloc,
                              cpus_idle=idle, reason=None if why in ("", "none") else why)
     return list(by_name.values())

@@ -1,8 +1,10 @@
-"""A real one-machine Slurm cluster: munged, slurmctld and slurmd on this host, with two fake GPUs.
+"""A real one-machine Slurm cluster: munged, slurmctld and three slurmd on this host, with fake GPUs.
 
 Everything the daemons write (state, spool, logs, the munge key and socket) is in a temporary folder,
-and they listen on their own ports, so the cluster is the tests' alone. gres.conf points the two GPUs
-at /dev/tty0 and /dev/tty1 (Slurm then sets CUDA_VISIBLE_DEVICES as on a real GPU node). Where the
+and they listen on their own ports, so the cluster is the tests' alone. The node named after this
+host has two GPUs, /dev/tty0 and /dev/tty1 in gres.conf (Slurm then sets CUDA_VISIBLE_DEVICES as on
+a real GPU node); two more nodes of one GPU each (tty2, tty3), each its own slurmd, make partition
+multi, for jobs that span nodes. Where the
 daemons cannot start the tests skip with the reason, except in CI (the CI variable set), where they fail.
 """
 
@@ -27,7 +29,7 @@ from mldeck.core.ports import free_port
 
 SBIN = ("munged", "slurmctld", "slurmd")
 CLIENTS = ("sbatch", "squeue", "scontrol", "scancel", "sinfo")
-GPUS = ("/dev/tty0", "/dev/tty1")
+GPUS = ("/dev/tty0", "/dev/tty1", "/dev/tty2", "/dev/tty3")
 PATH = os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin", "/usr/local/sbin"])
 PR_SET_PDEATHSIG = 1
 
@@ -38,12 +40,18 @@ def unavailable(reason: str) -> NoReturn:
     pytest.skip(reason)
 
 
+def extra_nodes(node: str) -> tuple[str, str]:
+    """The names of partition multi's two nodes (a host list Slurm writes as NODE-n[1-2])."""
+    return f"{node}-n1", f"{node}-n2"
+
 
 def slurm_conf(root: Path, node: str, munge_socket: Path) -> str:
-    """A cluster of one node (2 CPUs, 2 GPUs) that schedules at once and forgets ended jobs after 5 s.
+    """A cluster that schedules at once and forgets ended jobs after 5 s: node NODE (2 CPUs, 2 GPUs) and
+    two nodes of 1 CPU and 1 GPU, all on this host (each slurmd started with -N and its own port).
 
     Partition debug is the tests'; a job in partition high preempts its jobs (PreemptMode=CANCEL: they
-    get SIGTERM, SIGKILL after KillWait, and end PREEMPTED)."""
+    get SIGTERM, SIGKILL after KillWait, and end PREEMPTED); partition multi has the two small nodes."""
+    n1, n2 = extra_nodes(node)
     return f"""\
 ClusterName=mldeck-tests
 SlurmctldHost={node}(127.0.0.1)
@@ -54,11 +62,11 @@ AuthType=auth/munge
 AuthInfo=socket={munge_socket}
 CredType=cred/munge
 StateSaveLocation={root}/state
-SlurmdSpoolDir={root}/spool
+SlurmdSpoolDir={root}/spool/%n
 SlurmctldPidFile={root}/slurmctld.pid
-SlurmdPidFile={root}/slurmd.pid
+SlurmdPidFile={root}/slurmd-%n.pid
 SlurmctldLogFile={root}/slurmctld.log
-SlurmdLogFile={root}/slurmd.log
+SlurmdLogFile={root}/slurmd-%n.log
 ProctrackType=proctrack/linuxproc
 TaskPlugin=task/none
 JobAcctGatherType=jobacct_gather/none
@@ -76,8 +84,11 @@ SchedulerParameters=sched_interval=1,bf_interval=1
 PreemptType=preempt/partition_prio
 PreemptMode=CANCEL
 NodeName={node} NodeAddr=127.0.0.1 CPUs=2 RealMemory=8000 Gres=gpu:2 State=UNKNOWN
+NodeName={n1} NodeHostname={node} NodeAddr=127.0.0.1 Port={free_port()} CPUs=1 RealMemory=2000 Gres=gpu:1
+NodeName={n2} NodeHostname={node} NodeAddr=127.0.0.1 Port={free_port()} CPUs=1 RealMemory=2000 Gres=gpu:1
 PartitionName=debug Nodes={node} Default=YES MaxTime=INFINITE State=UP PriorityTier=1
 PartitionName=high Nodes={node} MaxTime=INFINITE State=UP PriorityTier=2
+PartitionName=multi Nodes={n1},{n2} MaxTime=INFINITE State=UP PriorityTier=1
 """
 
 
@@ -87,6 +98,8 @@ class Cluster:
 
     root: Path
     conf: Path
+    node: str
+    """The node named after this host (partition debug's)."""
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
 
     @property
@@ -109,8 +122,8 @@ class Cluster:
         return state, reason
 
     def log(self) -> str:
-        return "".join((self.root / name).read_text()[-3000:] for name in ("slurmctld.log", "slurmd.log")
-                       if (self.root / name).exists())
+        logs = [self.root / "slurmctld.log", *sorted(self.root.glob("slurmd-*.log"))]
+        return "".join(log.read_text()[-3000:] for log in logs if log.exists())
 
     def stop(self) -> None:
         self.run("scancel", "--user", os.environ.get("USER", "root"), check=False)
@@ -153,10 +166,9 @@ def _wait(cluster: Cluster, ready: Callable[[], object], what: str, timeout: flo
     unavailable(f"timed out waiting for {what}: {cluster.log()[-1500:]}")
 
 
-@pytest.fixture(scope="session")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    """munged, slurmctld and slurmd, started once for the session and stopped at its end; SLURM_CONF is
-    exported so that the agents and CLIs the tests start use this cluster."""
+def start_cluster(root: Path) -> Cluster:
+    """munged, slurmctld and the three slurmd, their files in root, up and with every node idle; where
+    they cannot start, the test skips (fails in CI) with the reason."""
     missing = [t for t in (*SBIN, *CLIENTS) if shutil.which(t, path=PATH) is None]
     if missing:
         unavailable(f"{', '.join(missing)} not installed (Debian: apt-get install slurm-wlm munge)")
@@ -164,7 +176,6 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
         unavailable("slurmd must run as root to start jobs as their users")
     if not all(os.path.exists(g) for g in GPUS):
         unavailable(f"the fake GPUs {', '.join(GPUS)} are missing")
-    root = tmp_path_factory.mktemp("slurm")
     for sub in ("state", "spool"):
         (root / sub).mkdir()
     key = root / "munge.key"
@@ -174,19 +185,34 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     conf = root / "slurm.conf"
     node = socket.gethostname().split(".")[0]
     conf.write_text(slurm_conf(root, node, munge_socket))
-    (root / "gres.conf").write_text(f"NodeName={node} Name=gpu File=/dev/tty[0-1]\n")
-    cluster = Cluster(root, conf)
+    n1, n2 = extra_nodes(node)
+    (root / "gres.conf").write_text(f"NodeName={node} Name=gpu File=/dev/tty[0-1]\n"
+                                    f"NodeName={n1} Name=gpu File=/dev/tty2\n"
+                                    f"NodeName={n2} Name=gpu File=/dev/tty3\n")
+    cluster = Cluster(root, conf, node)
     _start(cluster, ["munged", "--foreground", "--force", f"--socket={munge_socket}", f"--key-file={key}",
                      f"--pid-file={root}/munged.pid", f"--seed-file={root}/munged.seed",
                      f"--log-file={root}/munged.log"], "munged")
     _wait(cluster, munge_socket.exists, "munged's socket")
     _start(cluster, ["slurmctld", "-D", "-i", "-f", str(conf)], "slurmctld")
     _wait(cluster, lambda: cluster.run("scontrol", "ping", check=False).stdout.count("UP") > 0, "slurmctld")
-    _start(cluster, ["slurmd", "-D", "-f", str(conf)], "slurmd")
-    _wait(cluster, lambda: set(cluster.run("sinfo", "-h", "-N", "-o", "%T", check=False).stdout.split())
-          == {"idle"}, "the node to be idle")
+    for name in (node, n1, n2):
+        (root / "spool" / name).mkdir()
+        _start(cluster, ["slurmd", "-D", "-N", name, "-f", str(conf)], f"slurmd-{name}")
+    idle = {f"{name} idle" for name in (node, n1, n2)}
+    states = ("sinfo", "-h", "-N", "-o", "%N %T")  # a node in two partitions is listed twice
+    _wait(cluster, lambda: set(cluster.run(*states, check=False).stdout.splitlines()) == idle,
+          "the three nodes to be idle")
+    return cluster
+
+
+@pytest.fixture(scope="session")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    """The cluster, started once for the session and stopped at its end; SLURM_CONF is exported so that
+    the agents and CLIs the tests start use it."""
+    cluster = start_cluster(tmp_path_factory.mktemp("slurm"))
     with pytest.MonkeyPatch.context() as env:
-        env.setenv("SLURM_CONF", str(conf))
+        env.setenv("SLURM_CONF", str(cluster.conf))
         env.setenv("PATH", PATH)
         try:
             yield cluster

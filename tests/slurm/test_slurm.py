@@ -10,7 +10,7 @@ import pytest
 
 from tests.agent.test_jobs import STEPPER, launch, rpc, run_json, sql, wait_status
 from tests.conftest import AgentProc, start_agent, wait_for
-from tests.slurm.conftest import Cluster
+from tests.slurm.conftest import Cluster, extra_nodes
 
 pytestmark = pytest.mark.slow
 
@@ -131,7 +131,7 @@ def test_two_runs_of_two_gpus_are_serialized_by_slurm(
     status = rpc(agent, "slurm.status")
     (debug,) = [p for p in status["partitions"] if p["name"] == "debug"]
     assert debug["default"] and debug["gpus"] == 2 and debug["gpus_free"] == 0
-    (node,) = status["nodes"]
+    (node,) = [n for n in status["nodes"] if n["name"] == cluster.node]
     assert node["gpus"] == 2 and node["gpus_free"] == 0 and set(node["partitions"]) == {"debug", "high"}
     by_id = {int(j["job_id"]): j for j in status["queue"]}
     assert by_id[second]["state"] == "PENDING" and by_id[second]["reason"] in ("Resources", "Priority")
@@ -217,6 +217,51 @@ def test_scancel_from_outside_is_reported_as_cancelled(
     assert run["status"] == "stopped", run
     assert run["status_reason"] == f"cancelled in Slurm (Slurm job {job_id} was cancelled outside mldeck)"
     assert not rpc(agent, "jobs.queue")["queued"]
+
+
+RANKS = """
+import os
+e = os.environ
+print("rank", e["RANK"], "of", e["WORLD_SIZE"], "on", e["SLURMD_NODENAME"], "gpus", e["CUDA_VISIBLE_DEVICES"],
+      flush=True)
+"""
+
+
+@pytest.mark.timeout(120)
+def test_nodes_count_is_one_run_that_slurm_places_on_two_nodes(
+    cluster: Cluster, scripts: Path, tmp_path: Path
+) -> None:
+    """`mldeck run --nodes 2`: one sbatch --nodes=2 job, srun starts torchrun on both nodes, and their
+    c10d rendezvous on the first makes one world of two ranks."""
+    (scripts / "ranks.py").write_text(RANKS)
+    agent = start_agent(tmp_path / "home", config=config(tmp_path / "shared", partition="multi"))
+    try:
+        run_id = agent.cli("run", str(scripts / "ranks.py"), "--nodes", "2", "--gpus", "1",
+                           check=True).out.strip()
+        job_id = slurm_id(agent, run_id)
+        run = wait_status(agent, run_id, "succeeded", "failed", timeout=90)
+        logs = agent.cli("runs", "logs", run_id, check=True).out
+        assert run["status"] == "succeeded", logs
+        ranks = sorted(line.split() for line in logs.splitlines() if line.startswith("rank "))
+        nodes = sorted(extra_nodes(cluster.node))
+        assert [r[1] for r in ranks] == ["0", "1"] and {(r[3], r[7]) for r in ranks} == {("2", "0")}, logs
+        assert sorted(r[5] for r in ranks) == nodes, logs  # one rank on each node, each with its GPU
+        assert f"Slurm job {job_id} on {cluster.node}-n[1-2]" in logs
+        assert run["gpus"] == [f"{n}:0" for n in nodes] and run["tags"]["slurm_job_id"] == str(job_id)
+        script = (agent.layout.run_dir(run_id) / "slurm.sh").read_text()
+        assert "srun --nodes=2 --ntasks-per-node=1 --kill-on-bad-exit=1 --gres=gpu:1" in script
+    finally:
+        agent.stop()
+
+
+def test_nodes_count_on_an_agent_without_slurm_says_so(scripts: Path, tmp_path: Path) -> None:
+    agent = start_agent(tmp_path / "home")
+    try:
+        result = agent.cli("run", str(scripts / "sleeper.py"), "--nodes", "2")
+        assert result.code == 2 and "does not run its jobs on Slurm" in result.err, result.err
+        assert agent.cli("runs", "ls", "--json", check=True).json() == []
+    finally:
+        agent.stop()
 
 
 @pytest.mark.timeout(120)

@@ -36,13 +36,16 @@ def write_script(tmp_path: Path, s: dict[str, Any], attempt: int = 1) -> Path:
 
 
 def slurm_env(tmp_path: Path, **extra: str) -> dict[str, str]:
-    """What slurmd gives a batch script, with fake srun and scontrol first on PATH."""
+    """What slurmd gives a batch script, with fake srun, scontrol and sinfo first on PATH (sinfo says
+    node07's NodeAddr unless SINFO_SAYS_NOTHING is set)."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir(exist_ok=True)
     (bin_dir / "srun").write_text('#!/bin/sh\necho "srun $*"\nwhile [ "${1#--}" != "$1" ]; do shift; done\n'
                                   'exec "$@"\n')
     (bin_dir / "scontrol").write_text('#!/bin/sh\nprintf "node07\\nnode08\\n"\n')
-    for tool in ("srun", "scontrol"):
+    (bin_dir / "sinfo").write_text('#!/bin/sh\n[ -n "$SINFO_SAYS_NOTHING" ] || '
+                                   '[ "$*" != "-h -N -n node07 -o %o" ] || printf "10.1.0.7\\n10.1.0.7\\n"\n')
+    for tool in ("srun", "scontrol", "sinfo"):
         (bin_dir / tool).chmod(0o755)
     return {"PATH": f"{bin_dir}:{os.environ['PATH']}", "SLURM_JOB_ID": "1234",
             "SLURM_JOB_NODELIST": "node[07-08]", "CUDA_VISIBLE_DEVICES": "0,1", **extra}
@@ -81,17 +84,21 @@ def test_batch_script_passes_sigterm_on_and_waits_for_the_checkpoint(tmp_path: P
     assert (script.parent / "exit_code").read_text().strip() == "143"
 
 
-def test_multi_node_runs_torchrun_on_every_node_with_the_rendezvous_on_the_first(tmp_path: Path) -> None:
+@pytest.mark.parametrize(("sinfo_says", "host"), [(True, "10.1.0.7"), (False, "node07")])
+def test_multi_node_runs_torchrun_on_every_node_with_the_rendezvous_on_the_first(
+    tmp_path: Path, sinfo_says: bool, host: str
+) -> None:
+    """The endpoint is the first node's NodeAddr (its name where sinfo does not say one)."""
     dist = q.Distributed(nnodes=2, node_rank=0, endpoint=RDZV_ENDPOINT)
     command = q.job_argv(["echo", "train.py"], [], {}, 4, "r1", dist, python="python3")
     command = [c if c != "python3" else "echo" for c in command]  # print torchrun's arguments
     script = write_script(tmp_path, spec(tmp_path, command, gpus=4, nnodes=2))
-    done = subprocess.run(["bash", str(script)], capture_output=True, text=True, env=slurm_env(tmp_path),
-                          timeout=30)
+    env = slurm_env(tmp_path, **({} if sinfo_says else {"SINFO_SAYS_NOTHING": "1"}))
+    done = subprocess.run(["bash", str(script)], capture_output=True, text=True, env=env, timeout=30)
     assert done.returncode == 0, done.stderr
     srun, torchrun = done.stdout.splitlines()[1:3]
     assert srun.startswith("srun --nodes=2 --ntasks-per-node=1 --kill-on-bad-exit=1 --gres=gpu:4 echo")
-    assert "--rdzv-backend c10d --rdzv-endpoint node07:29634 --rdzv-id r1 echo train.py" in torchrun
+    assert f"--rdzv-backend c10d --rdzv-endpoint {host}:29634 --rdzv-id r1 echo train.py" in torchrun
     assert "--nproc-per-node 4 --nnodes 2" in torchrun
 
 

@@ -10,10 +10,12 @@ from pathlib import Path
 from typing import Any
 
 from mldeck.core.errors import MldeckError, NotFound, UsageError
-from mldeck.tui.cli.connect import call_agent, remote_host
+from mldeck.tui.cli.connect import agent_client, call_agent, remote_host
 from mldeck.tui.cli.output import print_json
 from mldeck.tui.cli.watch import Progress, wait_for_end
 
+SLURM_METHOD = "slurm.status"
+"""Only an agent on Slurm has it: there --nodes N is Slurm's to place."""
 USAGE = "%(prog)s [OPTIONS] (SCRIPT | -m MODULE) [-- SCRIPT_ARGS ...]"
 
 
@@ -133,20 +135,40 @@ async def launch_on_nodes(args: argparse.Namespace, nodes: list[str]) -> list[di
     return [r for _, r in done]
 
 
+async def launch_on_slurm(args: argparse.Namespace, count: int) -> dict[str, Any]:
+    """--nodes N: one run on the agent, whose Slurm places it on N nodes (the rendezvous on the first)."""
+    params = launch_params(args, is_local(args))
+    async with agent_client(args) as client:
+        hello = await client.call("hello", client="mldeck-cli")
+        if SLURM_METHOD not in hello.get("methods", []):
+            raise UsageError(
+                f"--nodes {count} asks Slurm for {count} nodes, and this agent does not run its jobs on "
+                'Slurm ([jobs] backend = "slurm" in its agent.toml); to run across hosts, name them: '
+                "--nodes gpu-1,gpu-2"
+            )
+        return dict(await client.call("runs.launch", **params, dist={"nnodes": count, "node_rank": 0}))
+
+
 def parse_nodes(text: str) -> list[str]:
     nodes = [n.strip() for n in text.split(",") if n.strip()]
     if len(nodes) < 2:
-        raise UsageError("--nodes takes two or more hosts, comma-separated (e.g. gpu-1,gpu-2)")
+        raise UsageError("--nodes takes a number of Slurm nodes (e.g. 2) or two or more hosts, "
+                         "comma-separated (e.g. gpu-1,gpu-2)")
     return nodes
 
 
 async def run(args: argparse.Namespace) -> int:
     """Launch; print the run id at once; with --wait follow it (progress on stderr) until it ends."""
-    if args.nodes:
-        nodes = parse_nodes(args.nodes)
-        for node in nodes:
+    count = int(args.nodes) if args.nodes and args.nodes.strip().isdigit() else None
+    hosts = parse_nodes(args.nodes) if args.nodes and count is None else []
+    if count is not None and count < 1:
+        raise UsageError("--nodes N takes 1 or more nodes")
+    if hosts:
+        for node in hosts:
             remote_host(node_args(args, node))
-        results = await launch_on_nodes(args, nodes)
+        results = await launch_on_nodes(args, hosts)
+    elif count is not None and count > 1:
+        results = [await launch_on_slurm(args, count)]
     else:
         results = [await call_agent(args, "runs.launch", **launch_params(args, is_local(args)))]
     run_id = results[0]["run_id"]
@@ -154,12 +176,12 @@ async def run(args: argparse.Namespace) -> int:
         print(run_id, flush=True)
     if args.wait:
         for r in results:
-            target = node_args(args, r["node"]) if args.nodes else args
-            label = f"{run_id} on {r['node']}" if args.nodes else run_id
+            target = node_args(args, r["node"]) if hosts else args
+            label = f"{run_id} on {r['node']}" if hosts else run_id
             end = await wait_for_end(target, run_id, None if args.json else Progress(sys.stderr, label))
             r.update(status=end["status"], status_reason=end.get("status_reason"))
     if args.json:
-        print_json(results if args.nodes else results[0])
+        print_json(results if hosts else results[0])
     return 1 if args.wait and any(r["status"] != "succeeded" for r in results) else 0
 
 
@@ -184,7 +206,7 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
                        usage=USAGE, epilog=order_note("mldeck run train.py --gpus 1 -- --epochs 3"))
     add_launch_options(p)
     p.add_argument(
-        "--nodes", help="run on several hosts as one torchrun rendezvous: H1,H2 "
-        "(host names, ssh:// URLs, local, or local:/path/to/agent/home)",
+        "--nodes", help="run on several nodes as one torchrun rendezvous: N (on a Slurm agent: Slurm "
+        "places it on N nodes) or H1,H2 (host names, ssh:// URLs, local, or local:/path/to/agent/home)",
     )
     p.set_defaults(func=run)

@@ -1,4 +1,5 @@
-"""Fleet (home): a row per host with live GPUs, host load, jobs, cost per hour and serving rate."""
+"""Fleet (home): a row per host with live GPUs, host load, jobs, cost per hour and serving rate; under a
+Slurm host's row, its partitions, nodes and queue."""
 
 from __future__ import annotations
 
@@ -13,10 +14,12 @@ from mldeck.core.errors import MethodNotAvailable, MldeckError
 from mldeck.tui.fleet import HostDown
 from mldeck.tui.screens.base import DeckScreen, screen_work, why
 from mldeck.tui.screens.serving import WINDOW_S, serving_rows
+from mldeck.tui.screens.slurm_panel import SlurmPanel
 from mldeck.tui.widgets.host_row import HostRow
 
 PAINT_S = 1.0  # the collector samples at 1 Hz: one batched repaint per sample
 EXTRAS_S = 5.0
+SLURM_S = 5.0  # slurm.status runs sinfo and squeue against the cluster's controller: not at every paint
 HISTORY_S = 60
 
 
@@ -65,7 +68,9 @@ def _serving_rps(host: str, stats: dict[str, Any]) -> dict[str, Any]:
 class FleetScreen(DeckScreen):
     TITLE = "Fleet"
     HELP = ("Every host: GPUs live (utilization sparkline, memory bar, temperature, power), CPU and RAM, "
-            "running jobs, cost per hour and the requests per second it serves. enter opens a host.")
+            "running jobs, cost per hour and the requests per second it serves. A host whose agent runs its "
+            "jobs on Slurm also shows the cluster: partitions, nodes and the queue (everyone's jobs, "
+            "mldeck's first, with Slurm's reasons). enter opens a host.")
     AUTO_FOCUS = "HostRow"
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("enter", "open", "open host"),
@@ -99,6 +104,7 @@ class FleetScreen(DeckScreen):
             for row in rows:
                 self.watch_host(row)
                 self.poll(EXTRAS_S, functools.partial(self.refresh_extras, row))
+                self.poll(SLURM_S, functools.partial(self.refresh_slurm, row))
             self.poll(PAINT_S, self.paint)
 
     def paint(self) -> None:
@@ -133,6 +139,29 @@ class FleetScreen(DeckScreen):
             return
         row.dirty = True
         self.updated(f"{len(self.rows())} host(s)  ·  GPUs live, the rest every {EXTRAS_S:.0f}s")
+
+    async def refresh_slurm(self, row: HostRow) -> bool:
+        """The cluster under a Slurm host's row; an agent without slurm.status is not on Slurm, and its
+        row stays as it is (True: this poll ends)."""
+        try:
+            status = await self.call(row.host, "slurm.status")
+        except MethodNotAvailable:
+            return True
+        except HostDown:
+            return False  # the row shows the host's state and why
+        except MldeckError as exc:
+            (await self.slurm_panel(row)).fail(why(exc))
+            return False
+        (await self.slurm_panel(row)).show(status)
+        return False
+
+    async def slurm_panel(self, row: HostRow) -> SlurmPanel:
+        found = row.query(SlurmPanel)
+        if found:
+            return found.first()
+        panel = SlurmPanel()
+        await row.mount(panel)
+        return panel
 
     def action_move(self, step: int) -> None:
         rows = self.rows()
