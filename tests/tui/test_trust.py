@@ -26,7 +26,7 @@ from mldeck.tui.screens.serving import WINDOW_S, ServingScreen
 from mldeck.tui.units import money
 from mldeck.tui.widgets.deck_table import DeckTable
 from mldeck.tui.widgets.gpu_spark import GpuSpark
-from mldeck.tui.widgets.host_row import HostLine, HostRow
+from mldeck.tui.widgets.host_row import HostLine, HostNotes, HostRow
 from tests.conftest import REPO, wait_for
 from tests.tui.conftest import Deck, text_of, until
 from tests.tui.test_app import SIZE, app_for, run
@@ -116,6 +116,24 @@ def test_a_run_that_said_its_total_shows_progress_and_eta(deck: Deck, tmp_path: 
                 assert 0 < row()["progress"] < 1
                 shown = runs.table.header().text
                 assert "done" in shown and "ETA" in shown
+
+        run(go())
+    finally:
+        stop.touch()
+
+
+def test_fleet_lists_each_hosts_running_jobs_with_their_progress(deck: Deck, tmp_path: Path) -> None:
+    _, stop = hold(deck, tmp_path, "fleet-job", total_steps=500)
+    try:
+        async def go() -> None:
+            app = app_for(deck)
+            async with app.run_test(size=SIZE) as pilot:
+                row = await until(pilot, lambda: app.screen.query(HostRow).first(), what="the host row")
+                notes = lambda: "\n".join(line.plain for line in row.query_one(HostNotes).lines)  # noqa: E731
+                await until(pilot, lambda: "/500 " in notes(), timeout=30,
+                            what="the running job under its host, with its progress")
+                line = next(line for line in notes().splitlines() if "/500 " in line)
+                assert re.search(r"▸ gpu-holder\s+CPU\s+step \d+/500 \d+% · ETA \S+\s+running \d+", line), line
 
         run(go())
     finally:

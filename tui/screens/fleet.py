@@ -1,5 +1,6 @@
-"""Fleet (home): a row per host with live GPUs, host load, jobs, cost per hour and serving rate; under a
-Slurm host's row, its partitions, nodes and queue."""
+"""Fleet (home): a row per host with live GPUs, host load, jobs, cost per hour and serving rate, its
+running jobs with their progress and its open alerts; under a Slurm host's row, its partitions, nodes and
+queue."""
 
 from __future__ import annotations
 
@@ -21,18 +22,25 @@ PAINT_S = 1.0  # the collector samples at 1 Hz: one batched repaint per sample
 EXTRAS_S = 5.0
 SLURM_S = 5.0  # slurm.status runs sinfo and squeue against the cluster's controller: not at every paint
 HISTORY_S = 60
+SHOWN_JOBS = 4
+SHOWN_ALERTS = 2
+JOB_COLUMNS = ("run_id", "name", "started_at", "gpus", "total_steps")
 
 
 async def host_extras(screen: DeckScreen, host: str, missing: set[str]) -> dict[str, Any]:
-    """Running jobs, cost per hour and serving rps, each from its own method if the agent has it.
+    """Running jobs (the first few with their progress), cost per hour, serving rps and open alerts, each
+    from its own method if the agent has it.
 
     The rate is the Serving screen's (serving.stats over the same window), summed over models and variants.
     """
-    out: dict[str, Any] = {}
-    running = await screen.call(host, "runs.list", status="running", limit=1000)
-    out["jobs"] = len(running)
+    running = await screen.call(host, "runs.table", status="running", limit=SHOWN_JOBS, metrics=[],
+                                columns=list(JOB_COLUMNS))
+    cols = running["columns"]
+    jobs = [dict(zip(cols, row, strict=True)) for row in zip(*cols.values(), strict=True)]
+    out: dict[str, Any] = {"jobs": running["total"], "running": jobs}
     asks = (("cost.host", {"since_s": 3600}, _cost_per_hour),
-            ("serving.stats", {"window_s": WINDOW_S}, lambda stats: _serving_rps(host, stats)))
+            ("serving.stats", {"window_s": WINDOW_S}, lambda stats: _serving_rps(host, stats)),
+            ("alerts.list", {"limit": SHOWN_ALERTS}, lambda got: {"alerts": got["alerts"]}))
     for method, params, pick in asks:
         if method in missing:
             continue
@@ -68,7 +76,8 @@ def _serving_rps(host: str, stats: dict[str, Any]) -> dict[str, Any]:
 class FleetScreen(DeckScreen):
     TITLE = "Fleet"
     HELP = ("Every host: GPUs live (utilization sparkline, memory bar, temperature, power), CPU and RAM, "
-            "running jobs, cost per hour and the requests per second it serves. A host whose agent runs its "
+            "running jobs, cost per hour and the requests per second it serves; under it, its running jobs "
+            "(GPUs, progress, ETA) and open alerts. A host whose agent runs its "
             "jobs on Slurm also shows the cluster: partitions, nodes and the queue (everyone's jobs, "
             "mldeck's first, with Slurm's reasons). enter opens a host.")
     AUTO_FOCUS = "HostRow"

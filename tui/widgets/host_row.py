@@ -1,7 +1,10 @@
-"""A host in the fleet: state, CPU and RAM, jobs, cost and serving, then one GpuSpark per GPU."""
+"""A host in the fleet: state, CPU and RAM, jobs, cost and serving, one GpuSpark per GPU, then its running
+jobs and open alerts."""
 
 from __future__ import annotations
 
+import json
+import time
 from typing import Any
 
 from textual.app import ComposeResult
@@ -9,7 +12,7 @@ from textual.containers import Vertical
 from textual.content import Content
 from textual.widget import Widget
 
-from mldeck.tui.units import gib, money, pct
+from mldeck.tui.units import age, gib, money, pct, progress, span
 from mldeck.tui.widgets.gpu_spark import GpuSpark
 
 
@@ -39,6 +42,41 @@ class HostLine(Widget):
         return self.long if len(self.long.plain) <= self.size.width else self.short
 
 
+def job_line(job: dict[str, Any], now: float) -> Content:
+    """`▸ mlp-long  GPU 0  step 12/400 3% · ETA 25m  running 5m02s`: a running job at a glance."""
+    gpus = json.loads(job["gpus"]) if isinstance(job.get("gpus"), str) else job.get("gpus")
+    where = f"GPU {','.join(map(str, gpus))}" if gpus else "CPU"
+    done = progress(job.get("last_step"), job.get("total_steps"), job.get("started_at"), True, now)
+    name = str(job.get("name") or job.get("run_id"))[:28]
+    return Content.assemble(("  ▸ ", "$accent"), (f"{name:<28}", "bold"), f"  {where:<9}  ",
+                            f"{done if done != '-' else '':<34}",
+                            (f"  running {span(job.get('started_at'), None, now)}", "dim"))
+
+
+def alert_line(alert: dict[str, Any], now: float) -> Content:
+    return Content.assemble(("  ⚠ ", "$error"), (str(alert.get("message") or alert.get("kind")), "$error"),
+                            (f"  {age(alert.get('ts'), now)}", "dim"))
+
+
+class HostNotes(Widget):
+    """Under a host's GPUs: its running jobs (the first few, then how many more) and its open alerts."""
+
+    DEFAULT_CSS = "HostNotes { height: auto; }"
+
+    def __init__(self, **kw: Any) -> None:
+        super().__init__(**kw)
+        self.lines: list[Content] = []
+
+    def show(self, lines: list[Content]) -> None:
+        if [line.plain for line in lines] != [line.plain for line in self.lines]:
+            self.lines = lines
+            self.styles.height = len(lines)
+            self.refresh(layout=True)
+
+    def render(self) -> Content:
+        return Content("\n").join(self.lines)
+
+
 class HostRow(Vertical, can_focus=True):
     """Focusable; Enter on it opens the host (the Fleet screen handles the key)."""
 
@@ -55,6 +93,7 @@ class HostRow(Vertical, can_focus=True):
     def compose(self) -> ComposeResult:
         yield HostLine(id="host-line")
         yield Vertical(id="gpus")
+        yield HostNotes()
 
     def feed(self, snapshot: dict[str, Any]) -> None:
         """Take a host.metrics sample; painting waits for the next batch."""
@@ -92,10 +131,19 @@ class HostRow(Vertical, can_focus=True):
         parts.append(f"{gap}{'' if short else 'serving '}{rate} rps")
         return Content.assemble(*parts)
 
+    def notes(self) -> list[Content]:
+        now = time.time()
+        jobs = self.extras.get("running") or []
+        lines = [job_line(job, now) for job in jobs]
+        if (more := (self.extras.get("jobs") or 0) - len(jobs)) > 0:
+            lines.append(Content.styled(f"    … and {more} more running (2 lists every run)", "dim"))
+        return lines + [alert_line(a, now) for a in self.extras.get("alerts") or []]
+
     def paint(self) -> None:
         if not self.dirty:
             return
         self.dirty = False
         self.query_one(HostLine).show(self.line(), self.line(short=True))
+        self.query_one(HostNotes).show(self.notes())
         for spark in self.sparks.values():
             spark.paint()
