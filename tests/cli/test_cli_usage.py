@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import pty
+import re
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -39,10 +40,20 @@ run.finish()
 STEPS = """
 import time
 from mldeck.core import track
-run = track.init()
+run = track.init(total_steps=15)
 for step in range(15):
     time.sleep(0.2)
     run.log({"loss": 1.0 / (step + 1)}, step=step)
+run.finish()
+"""
+
+MODEL = """
+import numpy as np
+import torch
+from mldeck.core import track
+run = track.init()
+run.log({"acc": 0.5}, step=0)
+run.log_model(torch.nn.Linear(4, 2).eval(), sample=np.zeros((8, 4), np.float32))
 run.finish()
 """
 
@@ -58,7 +69,7 @@ def agent(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AgentProc]:
 
 @pytest.fixture
 def scripts(tmp_path: Path) -> Path:
-    for name, text in (("argv.py", ARGV), ("steps.py", STEPS), ("fails.py", FAILS)):
+    for name, text in (("argv.py", ARGV), ("steps.py", STEPS), ("fails.py", FAILS), ("model.py", MODEL)):
         (tmp_path / name).write_text(text)
     return tmp_path
 
@@ -152,6 +163,7 @@ def test_run_wait_prints_progress_lines_when_piped_then_how_it_ended(agent: Agen
     assert any(" running " in line for line in progress), done.err
     stepped = [line for line in progress if "step " in line]
     assert stepped and "loss " in stepped[0], done.err
+    assert re.search(r"step \d+/15 \d+% · ETA \S+", stepped[0]), done.err  # the script said its total
     assert "\r" not in done.err and "\033" not in done.err  # plain lines, no colour, when piped
     assert done.err.splitlines()[-1].startswith(f"{run_id} succeeded after ")
 
@@ -197,6 +209,18 @@ def test_run_wait_on_a_terminal_rewrites_one_line_and_respects_no_color(
     code, plain = on_terminal(agent, "run", str(scripts / "fails.py"), "--wait", NO_COLOR="1")
     assert code == 1, plain
     assert "\033[" not in plain and " failed after " in plain and "about to fail" in plain, plain
+
+
+@pytest.mark.timeout(120)
+def test_models_register_says_what_it_waits_for_on_a_terminal_only(agent: AgentProc, scripts: Path) -> None:
+    run_id = agent.cli("run", str(scripts / "model.py"), "--wait", check=True).out.strip()
+    code, shown = on_terminal(agent, "models", "register", run_id, "--name", "said")
+    assert code == 0, shown
+    said = f"registering run {run_id}'s model as said: loading, checking and profiling it... 0s"
+    assert said in shown, shown
+    assert "registered said v1" in shown, shown
+    piped = agent.cli("models", "register", run_id, "--name", "quiet")
+    assert piped.code == 0 and piped.err == "" and "registered quiet v1" in piped.out, piped
 
 
 def completions(agent: AgentProc, line: str, tmp_path: Path, **env: str) -> list[str]:

@@ -12,6 +12,7 @@ from typing import Any
 from mldeck.core.errors import Invalid, NotFound, Refused
 from mldeck.tui.cli.connect import agent_client, call_agent
 from mldeck.tui.cli.output import print_json, print_table, show, when
+from mldeck.tui.cli.watch import saying
 from mldeck.tui.units import number
 
 MAX_METRIC_COLUMNS = 6
@@ -67,8 +68,10 @@ async def register_cmd(args: argparse.Namespace) -> int:
     artifact = args.artifact
     if artifact and _is_local(args):
         artifact = str(Path(artifact).expanduser().resolve())
-    row = await call_agent(
-        args, "models.register", run_id=args.run, name=args.name, artifact=artifact, actor=actor()
+    row = await saying(
+        f"registering run {args.run}'s model as {args.name}: loading, checking and profiling it",
+        call_agent(args, "models.register", run_id=args.run, name=args.name, artifact=artifact,
+                   actor=actor()),
     )
     return show(args, row, print_registered)
 

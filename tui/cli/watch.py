@@ -1,4 +1,5 @@
-"""`mldeck run --wait`: follow a run until it ends, showing where it is, then how it ended.
+"""`mldeck run --wait`: follow a run until it ends, showing where it is, then how it ended; and what a
+command is waiting for (`saying`).
 
 Progress goes to stderr, so stdout holds only the run id (or the --json document) for scripts. On a
 terminal one line is rewritten in place at every poll; elsewhere (piped, a CI log) plain lines are
@@ -13,19 +14,23 @@ import asyncio
 import math
 import os
 import shutil
+import sys
 import time
-from typing import Any, TextIO
+from collections.abc import Awaitable
+from typing import Any, TextIO, TypeVar
 
 from mldeck.core.client import Client, Subscription
 from mldeck.core.runlog import TERMINAL
 from mldeck.tui.cli.connect import agent_client
-from mldeck.tui.units import duration, number
+from mldeck.tui.units import duration, number, progress
 
 WAIT_POLL_S = 0.3
+TICK_S = 0.5
 PLAIN_EVERY_S = 10.0
 METRICS_SHOWN = 4
 LOG_TAIL_LINES = 15
 LOG_TAIL_BYTES = 16 * 1024
+T = TypeVar("T")
 COLORS = {"succeeded": "32", "failed": "31", "stopped": "33", "pruned": "33"}
 
 
@@ -60,8 +65,12 @@ class Progress:
     def line(self, run: dict[str, Any]) -> str:
         since = run.get("started_at") or run.get("created_at")
         parts = [self.label, run["status"], duration(time.time() - since) if since else ""]
-        if self.step is not None:
-            parts.append(f"step {self.step}")
+        step = self.step if self.step is not None else run.get("last_step")
+        if run.get("total_steps") and step is not None:
+            running = run["status"] == "running"
+            parts.append(progress(step, run["total_steps"], run.get("started_at"), running))
+        elif step is not None:
+            parts.append(f"step {step}")
         metrics = {**run.get("metrics", {}), **self.metrics}
         parts += [f"{k} {number(v)}" for k, v in sorted(metrics.items())[:METRICS_SHOWN]]
         return "  ".join(p for p in parts if p)
@@ -108,6 +117,28 @@ class Progress:
         if not self.ended:
             self.clear()
             print(f"stopped waiting; {self.label} goes on (`mldeck runs stop` stops it)", file=self.stream)
+
+
+async def saying(what: str, work: Awaitable[T], stream: TextIO | None = None) -> T:
+    """Await work while saying what it is on a terminal (stderr): a line that counts the seconds, so nothing
+    sits silent, and is wiped once the work is done. Piped output stays as the command's own."""
+    stream = stream or sys.stderr
+    if not stream.isatty():
+        return await work
+    task = asyncio.ensure_future(work)
+    started = time.monotonic()
+    text = ""
+    try:
+        while not task.done():
+            text = f"{what}... {duration(time.monotonic() - started)}"
+            stream.write("\r" + text)
+            stream.flush()
+            await asyncio.wait({task}, timeout=TICK_S)
+        return task.result()
+    finally:
+        task.cancel()
+        stream.write("\r" + " " * len(text) + "\r")
+        stream.flush()
 
 
 def drain(sub: Subscription) -> list[Any]:
