@@ -27,7 +27,8 @@ class AgentSection(Section):
 class ServingSection(Section):
     """The model server (agent/serving): where it listens and how it batches (Triton's knobs)."""
 
-    AGENT_ONLY: ClassVar[frozenset[str]] = frozenset({"autostart", "keep_segments"})  # not the server's
+    # not the server's
+    AGENT_ONLY: ClassVar[frozenset[str]] = frozenset({"autostart", "keep_segments", "explain_sample"})
 
     host: str = "127.0.0.1"
     port: int = 8700
@@ -51,6 +52,9 @@ class ServingSection(Section):
     max_id_chars: Annotated[int, msgspec.Meta(ge=1, le=65_536)] = 256
     max_feedback_bytes: Annotated[int, msgspec.Meta(ge=64)] = 64 * 1024
     feedback_ids: Annotated[int, msgspec.Meta(ge=1)] = 1_000_000
+    # the share of logged requests the agent explains in the background (Integrated Gradients, kept in
+    # `explanations`), never on the request path; 0 explains none, 1 every one
+    explain_sample: Annotated[float, msgspec.Meta(ge=0, le=1)] = 0.0
 
     def __post_init__(self) -> None:
         if self.keep_segments < 0:
@@ -199,6 +203,14 @@ class QuerySection(Section):
     time_limit_s: Annotated[float, msgspec.Meta(gt=0)] = 30.0
 
 
+class SocketSection(Section):
+    """The control socket: how many clients at once (never over half the file-handle limit), and how long
+    one without subscriptions may go without sending a whole request before it is closed."""
+
+    max_connections: Annotated[int, msgspec.Meta(ge=1)] = 1024
+    idle_timeout_s: Annotated[float, msgspec.Meta(gt=0)] = 600.0
+
+
 class StoreSection(Section):
     """The store: how many daily backups the agent keeps in backups/ (0: none), and DuckDB's memory limit
     and threads (None: one per core), set when the agent opens it, so its memory stays bounded."""
@@ -223,6 +235,7 @@ class AgentConfig(Section):
     cost: CostSection = msgspec.field(default_factory=CostSection)
     monitor: MonitorSection = msgspec.field(default_factory=MonitorSection)
     query: QuerySection = msgspec.field(default_factory=QuerySection)
+    socket: SocketSection = msgspec.field(default_factory=SocketSection)
     store: StoreSection = msgspec.field(default_factory=StoreSection)
 
 

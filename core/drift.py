@@ -37,6 +37,12 @@ Conventions (the same in every function and in the report):
   merge bins), replaces empty-bin proportions by 1e-4, and sums
   ``(p_ref - p_cur) * ln(p_ref / p_cur)``. Evidently bins PSI like JS instead; we use the
   textbook credit-scoring definition so the 0.1 / 0.25 reading applies.
+* ``domain_classifier`` (for embeddings, as Evidently's classifier method; see
+  ``domain_classifier_test``) is the held-out ROC AUC of a logistic regression telling current rows
+  from reference rows, with a p-value from permuting the held-out labels; it drifts when
+  ``p < threshold`` (default 0.05), i.e. when the AUC is above the permutations' 95th percentile.
+  A model's output named ``embedding`` is tested this way as a whole (``embedding_drift``); any
+  numeric column can ask for it in its override.
 * ``distribution`` (what the Drift screen draws) drops missing values, then gives each side's
   fractions (summing to 1, or all 0 for an empty side) over shared bins. Numbers: 20 equal-width
   bins over the reference's range widened to the current's 1st–99th percentile, so the shifted
@@ -86,6 +92,10 @@ QUANTILE_LEVELS: tuple[float, ...] = tuple(i / 100 for i in range(101))
 DISTRIBUTION_BINS = 20
 TOP_CATEGORIES = 12
 OTHER = "other"
+DOMAIN_CLASSIFIER = "domain_classifier"
+DOMAIN_P_THRESHOLD = 0.05
+DOMAIN_PERMUTATIONS = 1_000
+DOMAIN_MAX_ROWS = 5_000
 
 
 # --------------------------------------------------------------------------- results
@@ -546,6 +556,90 @@ def expected_calibration_error(probs: np.ndarray, labels: np.ndarray, n_bins: in
     return float(np.sum(np.abs(acc_sum - conf_sum)) / confidence.size)
 
 
+# --------------------------------------------------------------------------- domain classifier
+
+
+class DomainTest(msgspec.Struct, frozen=True):
+    """A domain classifier's verdict: its held-out ROC AUC, the label permutations' p-value and the AUC
+    a chance classifier reaches at the 1 − threshold quantile of those permutations (the drift line)."""
+
+    auc: float
+    p_value: float
+    null_auc: float
+    n_reference: int
+    n_current: int
+    dimensions: int
+
+
+def _as_rows(values: np.ndarray) -> np.ndarray:
+    """A column (n,) or embedding (n, d) as float rows (n, d), rows with a missing value dropped."""
+    x = np.asarray(values, dtype=np.float64)
+    x = x.reshape(len(x), -1)
+    finite = np.isfinite(x).all(axis=1)
+    return x if finite.all() else x[finite]
+
+
+def _subsample(x: np.ndarray, limit: int, rng: np.random.Generator) -> np.ndarray:
+    """At most limit rows, a random choice kept in order: a large window costs no more than this."""
+    return x if len(x) <= limit else x[np.sort(rng.choice(len(x), limit, replace=False))]
+
+
+def _auc(ranks: np.ndarray, positive: np.ndarray) -> np.ndarray:
+    """ROC AUC from the scores' (mid-)ranks: Mann–Whitney U / (n₁·n₀), for each row of label masks."""
+    n1 = positive.sum(axis=-1)
+    n0 = positive.shape[-1] - n1
+    return ((positive * ranks).sum(axis=-1) - n1 * (n1 + 1) / 2) / (n1 * n0)
+
+
+def domain_classifier_test(
+    reference: np.ndarray, current: np.ndarray, *, threshold: float = DOMAIN_P_THRESHOLD,
+    permutations: int = DOMAIN_PERMUTATIONS, max_rows: int = DOMAIN_MAX_ROWS, seed: int = 0,
+) -> DomainTest:
+    """Can a classifier tell current rows from reference rows? Evidently's test for embeddings.
+
+    Each side (rows of an embedding, or one column) is split in halves, at most max_rows per side; an
+    L2 logistic regression on standardized features learns reference (0) against current (1) on one half,
+    and its ROC AUC on the other half is the statistic. The threshold comes from the labels permuted over
+    the held-out scores `permutations` times (a chance classifier's AUCs): p is the share of them at least
+    as high, and drift is p < threshold, that is an AUC above their 1 − threshold quantile. Seeded: the
+    same rows give the same answer."""
+    from sklearn.linear_model import LogisticRegression  # loads only when this test runs
+
+    rng = np.random.default_rng(seed)
+    ref, cur = (_subsample(_as_rows(v), max_rows, rng) for v in (reference, current))
+    if min(len(ref), len(cur)) < 2:
+        raise ValueError("the domain classifier needs at least 2 usable rows on each side")
+    if ref.shape[1] != cur.shape[1]:
+        raise ValueError(f"reference rows have {ref.shape[1]} values, current rows {cur.shape[1]}")
+    halves = [np.array_split(rng.permutation(len(side)), 2) for side in (ref, cur)]
+    train = np.concatenate([ref[halves[0][0]], cur[halves[1][0]]])
+    test = np.concatenate([ref[halves[0][1]], cur[halves[1][1]]])
+    y_train = np.r_[np.zeros(len(halves[0][0])), np.ones(len(halves[1][0]))]
+    y_test = np.r_[np.zeros(len(halves[0][1]), bool), np.ones(len(halves[1][1]), bool)]
+    mean, std = train.mean(axis=0), train.std(axis=0)
+    std[std == 0] = 1.0
+    model = LogisticRegression(class_weight="balanced", max_iter=1_000)
+    model.fit((train - mean) / std, y_train)
+    ranks = stats.rankdata(model.decision_function((test - mean) / std))
+    auc = float(_auc(ranks, y_test))
+    shuffled = rng.permuted(np.broadcast_to(y_test, (permutations, y_test.size)), axis=1)
+    null = _auc(ranks, shuffled)
+    return DomainTest(auc, float((1 + np.sum(null >= auc)) / (1 + permutations)),
+                      float(np.quantile(null, 1 - threshold)), len(ref), len(cur), ref.shape[1])
+
+
+def embedding_drift(name: str, reference: np.ndarray, current: np.ndarray) -> ColumnDrift:
+    """One report row for a model's embedding output: the domain classifier on its vectors."""
+    got = domain_classifier_test(reference, current)
+    return ColumnDrift(
+        name, "embedding", DOMAIN_CLASSIFIER, got.auc, got.p_value, DOMAIN_P_THRESHOLD,
+        got.p_value < DOMAIN_P_THRESHOLD, f"{got.dimensions}-dimensional output {name!r}",
+        f"logistic regression on {got.n_reference:,} reference and {got.n_current:,} current vectors, "
+        f"AUC on a held-out half; drift above AUC {got.null_auc:.3f}, the {1 - DOMAIN_P_THRESHOLD:.0%} "
+        f"quantile of {DOMAIN_PERMUTATIONS:,} label permutations",
+    )
+
+
 # --------------------------------------------------------------------------- test selection
 
 
@@ -580,6 +674,12 @@ def _distinct_count(ref: _Column, cur: _Column, kind: Kind) -> int:
     return len(ref_values | cur.distinct_upto(FEW_VALUES + 1))
 
 
+def _domain_columns(ref: np.ndarray, cur: np.ndarray) -> tuple[float, float]:
+    """The domain classifier on one column (sorted: the test shuffles its rows itself)."""
+    got = domain_classifier_test(ref, cur)
+    return got.auc, got.p_value
+
+
 @dataclass(frozen=True)
 class Statistic:
     """One drift test: its statistic (and p-value, for a hypothesis test) from a reference and a current
@@ -599,6 +699,8 @@ STATISTICS: dict[str, Statistic] = {
     "z": Statistic(lambda r, c, k: _z_counts(r.counts(), c.counts()), 0.05),
     "jensenshannon": Statistic(lambda r, c, k: (_js_columns(r, c, k), None), 0.1),
     "psi": Statistic(lambda r, c, k: (_psi_columns(r, c, k), None), 0.1),
+    DOMAIN_CLASSIFIER: Statistic(lambda r, c, k: _domain_columns(r.sorted(), c.sorted()), DOMAIN_P_THRESHOLD,
+                                 numeric_only=True),
 }
 
 

@@ -1,7 +1,10 @@
 """Why the model decided what it did: Integrated Gradients attributions for one logged request (Captum).
 
-`python -m mldeck.core.explain FOLDER` reads `{"inputs": {name: rows}, "row": i}` on stdin and prints one
-JSON line; the agent runs it as a child process, since the agent never imports torch. Integrated Gradients
+`python -m mldeck.core.explain FOLDER` reads one JSON request on stdin and prints one JSON line; the agent
+runs it as a child process, since the agent never imports torch. The request is one row of a logged request
+(`{"inputs": {name: rows}, "row": i}`), many logged requests, every row of each (`{"requests":
+[{"request_id", "inputs"}], "max_rows": n}`: the sample of live traffic explained in the background), or
+rows of the reference (`{"reference_rows": n}`: the mean |attribution| per feature). Integrated Gradients
 (Sundararajan et al., 2017) integrates the gradient along the straight line from a baseline to the input,
 so every input value gets an attribution and together they add up to F(input) − F(baseline) (up to
 `delta`, the integral's numerical error). The baseline is the reference's mean: each input column's mean
@@ -23,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from mldeck.core.monitor import mean_abs_attributions
 from mldeck.core.signature import TensorSpec, column_names, numpy_dtype, tensor_columns
 
 STEPS = 64
@@ -127,58 +131,136 @@ def features(
     return sorted(out, key=lambda f: -abs(f["attribution"]))
 
 
+class Attributor:
+    """One model folder, loaded once with its reference and feature names, explaining rows one at a time."""
+
+    def __init__(self, folder: Path, steps: int = STEPS) -> None:
+        from mldeck.core.modelfile import load_model
+
+        self.model = load_model(folder)
+        self.sig = self.model.signature
+        self.steps = steps
+        for spec in self.sig.inputs:
+            if numpy_dtype(spec.datatype).kind != "f":
+                raise ValueError(f"input {spec.name!r} is {spec.datatype}: Integrated Gradients needs floats")
+        self.named = column_names(folder)
+        self.reference = read_reference(folder, self.sig.inputs)
+        self.folder = folder
+
+    def arrays(self, logged: Mapping[str, Any]) -> dict[str, np.ndarray]:
+        """A logged request's inputs, checked against the signature."""
+        from mldeck.core.signature import check_inputs
+
+        missing = [s.name for s in self.sig.inputs if s.name not in logged]
+        if missing:
+            raise ValueError(f"the logged request lacks inputs {missing} "
+                             "(inputs too large are logged as null)")
+        return check_inputs(self.sig, {s.name: np.asarray(logged[s.name], dtype=numpy_dtype(s.datatype))
+                                       for s in self.sig.inputs})
+
+    def row(self, arrays: Mapping[str, np.ndarray], row: int) -> dict[str, Any]:
+        """Every input value's attribution for one row of the arrays, most important first."""
+        import torch
+
+        n = len(next(iter(arrays.values())))
+        if not 0 <= row < n:
+            raise ValueError(f"row {row} is not in the request, which has {n} row(s)")
+        sig, model = self.sig, self.model
+        one = {name: a[row:row + 1] for name, a in arrays.items()}
+        shapes = {k: v.shape for k, v in one.items()}
+        base, uncovered = baselines(sig.inputs, shapes, self.reference, self.named)
+        scores = np.asarray(model.predict(one)[sig.outputs[0].name], dtype=np.float64)[0]
+        target = int(scores.argmax()) if scores.ndim == 1 and scores.size > 1 else None
+
+        def forward(*args: Any) -> Any:
+            out = model.forward(*args)[0]
+            return out.reshape(len(out), -1)[:, 0] if target is None else out
+
+        with torch.enable_grad():
+            attributions, delta = integrated_gradients(forward, one, base, target, self.steps)
+        with torch.no_grad():
+            start = [torch.as_tensor(base[s.name], dtype=torch.from_numpy(one[s.name]).dtype)
+                     for s in sig.inputs]
+            baseline_score = forward(*start)[0]
+        note = f" (zeros for {', '.join(uncovered)}: not in the reference)" if uncovered else ""
+        return {"method": "integrated_gradients", "steps": self.steps, "baseline": "reference mean" + note,
+                "row": row, "output": sig.outputs[0].name, "target": target,
+                "score": float(scores[target] if target is not None else scores.reshape(-1)[0]),
+                "baseline_score": float(baseline_score if target is None else baseline_score[target]),
+                "delta": delta,
+                "features": features(sig.inputs, one, base, attributions, self.reference, self.named)}
+
+    def reference_rows(self, limit: int) -> dict[str, np.ndarray]:
+        """Up to `limit` complete rows of the reference sample (a seeded choice), shaped as the inputs."""
+        import pyarrow.parquet as pq
+
+        path = self.folder / REFERENCE_FILE
+        if not path.is_file():
+            raise ValueError(f"there is no {REFERENCE_FILE} to explain the reference with")
+        table = pq.read_table(path)
+        out = {}
+        for spec in self.sig.inputs:
+            columns = reference_columns(spec, self.named)
+            if not all(c in table.column_names for c in columns):
+                raise ValueError(f"the reference does not hold input {spec.name!r}")
+            values = np.stack([np.asarray(table.column(c).to_numpy(zero_copy_only=False), dtype=np.float64)
+                               for c in columns], axis=1)
+            out[spec.name] = values.reshape(len(values), *spec.shape[1:]).astype(numpy_dtype(spec.datatype))
+        complete = np.all([np.isfinite(v.reshape(len(v), -1)).all(axis=1) for v in out.values()], axis=0)
+        rows = np.flatnonzero(complete)
+        if rows.size > limit:
+            rows = np.sort(np.random.default_rng(0).choice(rows, limit, replace=False))
+        return {name: v[rows] for name, v in out.items()}
+
+
 def explain(folder: Path, logged: Mapping[str, Any], row: int, steps: int = STEPS) -> dict[str, Any]:
     """Every input value's attribution for one row of a logged request, most important first."""
-    import torch
+    attributor = Attributor(folder, steps)
+    return attributor.row(attributor.arrays(logged), row)
 
-    from mldeck.core.modelfile import load_model
-    from mldeck.core.signature import check_inputs
 
-    model = load_model(folder)
-    sig = model.signature
-    for spec in sig.inputs:
-        if numpy_dtype(spec.datatype).kind != "f":
-            raise ValueError(f"input {spec.name!r} is {spec.datatype}: Integrated Gradients needs floats")
-    missing = [s.name for s in sig.inputs if s.name not in logged]
-    if missing:
-        raise ValueError(f"the logged request lacks inputs {missing} (inputs too large are logged as null)")
-    arrays = check_inputs(sig, {s.name: np.asarray(logged[s.name], dtype=numpy_dtype(s.datatype))
-                                for s in sig.inputs})
+def explain_requests(
+    folder: Path, requests: Sequence[Mapping[str, Any]], max_rows: int
+) -> list[dict[str, Any]]:
+    """Every row (the first max_rows) of many logged requests: each row's result, or its request's error."""
+    attributor = Attributor(folder)
+    out: list[dict[str, Any]] = []
+    for request in requests:
+        try:
+            arrays = attributor.arrays(request["inputs"])
+            n = min(len(next(iter(arrays.values()))), max_rows)
+            out += [{"request_id": request["request_id"], **attributor.row(arrays, i)} for i in range(n)]
+        except ValueError as exc:
+            out.append({"request_id": request["request_id"], "error": str(exc)})
+    return out
+
+
+def explain_reference(folder: Path, rows: int) -> dict[str, Any]:
+    """Mean |attribution| per feature over reference rows: what drives the model on its training data."""
+    attributor = Attributor(folder)
+    arrays = attributor.reference_rows(rows)
     n = len(next(iter(arrays.values())))
-    if not 0 <= row < n:
-        raise ValueError(f"row {row} is not in the request, which has {n} row(s)")
-    one = {name: a[row:row + 1] for name, a in arrays.items()}
-    named = column_names(folder)
-    reference = read_reference(folder, sig.inputs)
-    base, uncovered = baselines(sig.inputs, {k: v.shape for k, v in one.items()}, reference, named)
-    scores = np.asarray(model.predict(one)[sig.outputs[0].name], dtype=np.float64)[0]
-    target = int(scores.argmax()) if scores.ndim == 1 and scores.size > 1 else None
+    if n == 0:
+        raise ValueError("the reference has no complete row to explain")
+    return {"n": n, "features": mean_abs_attributions([attributor.row(arrays, i) for i in range(n)])}
 
-    def forward(*args: Any) -> Any:
-        out = model.forward(*args)[0]
-        return out.reshape(len(out), -1)[:, 0] if target is None else out
 
-    with torch.enable_grad():
-        attributions, delta = integrated_gradients(forward, one, base, target, steps)
-    with torch.no_grad():
-        start = [torch.as_tensor(base[s.name], dtype=torch.from_numpy(one[s.name]).dtype) for s in sig.inputs]
-        baseline_score = forward(*start)[0]
-    note = f" (zeros for {', '.join(uncovered)}: not in the reference)" if uncovered else ""
-    return {"method": "integrated_gradients", "steps": steps, "baseline": "reference mean" + note, "row": row,
-            "output": sig.outputs[0].name, "target": target,
-            "score": float(scores[target] if target is not None else scores.reshape(-1)[0]),
-            "baseline_score": float(baseline_score if target is None else baseline_score[target]),
-            "delta": delta, "features": features(sig.inputs, one, base, attributions, reference, named)}
+def answer(folder: Path, request: Mapping[str, Any]) -> dict[str, Any]:
+    """One request of the agent: a row of a logged request, many logged requests, or the reference."""
+    if "requests" in request:
+        return {"results": explain_requests(folder, request["requests"], int(request["max_rows"]))}
+    if "reference_rows" in request:
+        return explain_reference(folder, int(request["reference_rows"]))
+    return explain(folder, request["inputs"], int(request.get("row", 0)))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """One JSON line: {"ok": true, ...explain's result} or {"ok": false, "message": why}."""
+    """One JSON line: {"ok": true, ...answer's result} or {"ok": false, "message": why}."""
     parser = argparse.ArgumentParser(prog="python -m mldeck.core.explain")
     parser.add_argument("folder", type=Path, help="the model version's folder")
     args = parser.parse_args(argv)
     try:
-        request = json.loads(sys.stdin.read())
-        result = {"ok": True, **explain(args.folder, request["inputs"], int(request.get("row", 0)))}
+        result = {"ok": True, **answer(args.folder, json.loads(sys.stdin.read()))}
     except Exception as exc:  # the caller is another process: every failure becomes a message
         result = {"ok": False, "message": str(exc) or type(exc).__name__}
     print(json.dumps(result), flush=True)

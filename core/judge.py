@@ -3,14 +3,16 @@
 A version's Reference is its input profile (reference.json/parquet, columns named by columns.json;
 N-D inputs as their summary features, see core.summaries) and the profile of the outputs stored in
 its sample.npz. judge_window tests every input column and every output of a window's logged
-requests against it (core.drift) and scores the labelled ones (accuracy and ECE of the first output,
-whatever the inputs); column_distribution draws one column of a window beside its reference sample.
+requests against it (core.drift; an output named `embedding`, one vector per row, as a whole with the
+domain classifier, against the vectors the model gave for its sample) and scores the labelled ones
+(accuracy and ECE of the first output, whatever the inputs); column_distribution draws one column of a
+window beside its reference sample.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -30,6 +32,7 @@ if TYPE_CHECKING:
 
 Rows = list[tuple[str | None, str | None, str | None]]  # (inputs, outputs, label) JSON of each request
 Verdict = tuple[dict[str, Any], list[dict[str, Any]]]  # a window's summary, and its per-column results
+EMBEDDING = "embedding"  # the output name that marks a model's embedding (export_model's output_names)
 
 
 @dataclass
@@ -41,6 +44,7 @@ class Reference:
     outputs: drift.ReferenceProfile | None
     output_layout: dict[str, list[str]]
     metrics: dict[str, float]
+    embeddings: dict[str, np.ndarray] = field(default_factory=dict)  # output → its sample's vectors
 
     def roles(self) -> dict[str, str]:
         """Column → "input" or "output": every column drift.distribution can draw."""
@@ -104,10 +108,14 @@ def load_reference(row: dict[str, Any]) -> Reference | None:
     layout = {t: cols for t, cols in layout.items() if cols}
     if not layout:
         return None
-    out_layout = tensor_columns(signature.get("outputs") or [])
+    out_specs = signature.get("outputs") or []
+    embedded = [s["name"] for s in out_specs if s["name"] == EMBEDDING and len(s.get("shape") or []) == 2]
+    out_layout = tensor_columns([s for s in out_specs if s["name"] not in embedded])
     outputs = None
+    embeddings: dict[str, np.ndarray] = {}
     if (folder / SAMPLE_FILE).is_file():
         with np.load(folder / SAMPLE_FILE, allow_pickle=False) as sample:
+            embeddings = {e: sample[f"outputs/{e}"] for e in embedded if f"outputs/{e}" in sample}
             frame: dict[str, np.ndarray] = {}
             for tensor, cols in out_layout.items():
                 key = f"outputs/{tensor}"
@@ -117,7 +125,7 @@ def load_reference(row: dict[str, Any]) -> Reference | None:
                     frame.update(split)
         if frame:
             outputs = drift.ReferenceProfile.build(frame)
-    return Reference(profile, layout, outputs, out_layout, row.get("metrics") or {})
+    return Reference(profile, layout, outputs, out_layout, row.get("metrics") or {}, embeddings)
 
 
 def regroup_inputs(
@@ -181,6 +189,12 @@ def _judge(ref: Reference, policy: ModelPolicy, rows: Rows, kinds: Mapping[str, 
                                             drift_share=policy.drift_share)
             results += [{**c.to_dict(), "role": "output", "n_rows": n_rows} for c in out_report.columns]
             output_drifted = out_report.dataset_drifted
+    for name, vectors in ref.embeddings.items() if policy.outputs else ():
+        current_vectors = decode_vectors([r[1] for r in rows], name, vectors.shape[1])
+        if len(current_vectors) >= 2:
+            found = drift.embedding_drift(name, vectors, current_vectors)
+            results.append({**found.to_dict(), "role": "embedding", "n_rows": len(current_vectors)})
+            output_drifted = bool(output_drifted) or found.drifted
     accuracy = ece = None
     probs, labels = mon.labelled_outputs([(r[1], r[2]) for r in rows], next(iter(ref.output_layout), ""))
     if labels.size:
@@ -197,6 +211,18 @@ def _judge(ref: Reference, policy: ModelPolicy, rows: Rows, kinds: Mapping[str, 
         "baseline_metric": policy.metric if baseline is not None else None, "baseline": baseline,
     }
     return summary, results
+
+
+def decode_vectors(texts: Sequence[str | None], name: str, width: int) -> np.ndarray:
+    """One logged output of many requests as rows of `width` values (requests that do not fit left out)."""
+    parts = []
+    for text in texts:
+        obj = msgspec.json.decode(text) if text else None
+        if isinstance(obj, dict) and obj.get(name) is not None:
+            arr = np.asarray(obj[name], dtype=np.float64)
+            if arr.ndim == 2 and arr.shape[1] == width:
+                parts.append(arr)
+    return np.concatenate(parts) if parts else np.empty((0, width))
 
 
 def column_distribution(ref: Reference, column: str, rows: Rows, bins: int | None,

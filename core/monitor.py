@@ -17,7 +17,7 @@ import math
 import re
 import secrets
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Annotated, Any
 
@@ -76,10 +76,21 @@ class AlertsListParams(Params):
 
 
 class ExplainParams(Params):
+    """A logged request's row to explain; without request_id, the model's latest logged live request."""
+
     name: str
-    request_id: Annotated[str, msgspec.Meta(min_length=1, max_length=1_000)]
+    request_id: Annotated[str, msgspec.Meta(min_length=1, max_length=1_000)] | None = None
     row: Annotated[int, msgspec.Meta(ge=0)] = 0
     top: Annotated[int, msgspec.Meta(ge=1, le=MAX_FEATURES)] = 10
+
+
+class ExplainSummaryParams(Params):
+    """Which features drive a version's predictions in a window (default: its latest judged one)."""
+
+    name: str
+    window: str | None = None
+    version: int | None = None
+    top: Annotated[int, msgspec.Meta(ge=1, le=MAX_FEATURES)] = 20
 
 
 class AlertResolveParams(Params):
@@ -423,6 +434,76 @@ def logged_request(store: Store, name: str, request_id: str) -> dict[str, Any] |
         "ORDER BY variant = 'shadow', ts DESC LIMIT 1", [name, request_id],
     ))
     return rows[0] if rows else None
+
+
+def latest_request_id(store: Store, name: str) -> str | None:
+    """The id of a model's newest logged live request (what the screens explain when asked to)."""
+    registry.check_model_name(name)
+    row = store.cur().execute(
+        "SELECT request_id FROM predictions WHERE model = ? AND variant <> 'shadow' "
+        "AND request_id IS NOT NULL ORDER BY ts DESC LIMIT 1", [name],
+    ).fetchone()
+    return row[0] if row else None
+
+
+SAMPLE_SCALE = 1_000_000
+
+
+def sampled_requests(
+    store: Store, share: float, since: float, skip_versions: Sequence[str], skip_requests: Sequence[str],
+    limit: int,
+) -> list[dict[str, Any]]:
+    """Logged live requests after `since` in the sample (a `share` of request ids, by their hash, so the
+    choice is the same whenever it is made) that have no explanation yet, newest first. Versions
+    (`model:version`) and requests that could not be explained are skipped."""
+    return rows_as_dicts(store.cur().execute(
+        "SELECT p.request_id, p.model, p.version, p.ts, p.inputs FROM predictions p "
+        "WHERE p.variant <> 'shadow' AND p.request_id IS NOT NULL AND p.inputs IS NOT NULL AND p.ts > ? "
+        "AND hash(p.request_id) % ? < ? "
+        "AND NOT EXISTS (SELECT 1 FROM explanations e "
+        "                WHERE e.model = p.model AND e.request_id = p.request_id) "
+        "AND NOT list_contains(?::VARCHAR[], p.model || ':' || p.version) "
+        "AND NOT list_contains(?::VARCHAR[], p.request_id) ORDER BY p.ts DESC LIMIT ?",
+        [since, SAMPLE_SCALE, round(share * SAMPLE_SCALE), list(skip_versions), list(skip_requests), limit],
+    ))
+
+
+def latest_span(store: Store, name: str, version: int, spec: WindowSpec, now: float) -> tuple[float, float]:
+    """Where the most recent window of a spec starts and ends: the last `size` seconds, or the requests
+    holding the last `size` rows."""
+    if spec.kind == "time":
+        return now - spec.size, now
+    row = store.cur().execute(
+        f"SELECT min(ts), max(ts) FROM ("
+        f"  SELECT ts, n, sum(n) OVER (ORDER BY ts DESC, request_id DESC ROWS UNBOUNDED PRECEDING) AS upto "
+        f"  FROM ("
+        f"    SELECT ts, request_id, {_ROWS} AS n FROM predictions WHERE {_LIVE} "
+        f"    ORDER BY ts DESC, request_id DESC LIMIT ?)) WHERE upto - n < ?",
+        [name, version, int(spec.size), int(spec.size)],
+    ).fetchone()
+    return (row[0], row[1]) if row and row[0] is not None else (now, now)
+
+
+def mean_abs_attributions(explained: Sequence[Mapping[str, Any]]) -> dict[str, float]:
+    """Feature → mean |attribution| over explained rows: which features drive the predictions."""
+    totals: dict[str, float] = {}
+    for one in explained:
+        for f in one["features"]:
+            totals[f["feature"]] = totals.get(f["feature"], 0.0) + abs(f["attribution"])
+    return {name: total / len(explained) for name, total in totals.items()}
+
+
+def window_explanations(store: Store, name: str, version: int, start: float, end: float, limit: int) -> list[
+    list[dict[str, Any]]
+]:
+    """The features of the newest `limit` explanations of a version's live requests with start ≤ ts ≤ end."""
+    rows = store.cur().execute(
+        "SELECT e.features FROM explanations e JOIN predictions p ON p.model = e.model "
+        "AND p.request_id = e.request_id AND p.variant <> 'shadow' "
+        "WHERE e.model = ? AND e.version = ? AND p.ts >= ? AND p.ts <= ? ORDER BY p.ts DESC LIMIT ?",
+        [name, version, start, end, limit],
+    ).fetchall()
+    return [json.loads(r[0]) for r in rows]
 
 
 _EXPLANATION = ("request_id", "model", "version", "row", "ts", "method", "baseline", "output", "target",

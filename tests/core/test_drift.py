@@ -482,3 +482,28 @@ def test_distribution_folds_rare_categories_into_other() -> None:
     named = np.array(["other"] * 50 + [f"k{i}" for i in range(20)], dtype=object)
     labels = drift.distribution(named, named)["categories"]
     assert labels[0] == "other" and labels[-1] == "other (rest)"
+
+
+def test_domain_classifier_auc_is_chance_on_one_distribution_and_one_on_disjoint_ones() -> None:
+    rng = np.random.default_rng(7)
+    reference = rng.normal(size=(600, 16))
+    same = drift.domain_classifier_test(reference, rng.normal(size=(400, 16)))
+    assert same.auc == pytest.approx(0.5, abs=0.06) and same.p_value >= 0.05
+    assert 0.5 < same.null_auc < 0.6 and (same.n_reference, same.n_current, same.dimensions) == (600, 400, 16)
+    apart = drift.domain_classifier_test(reference, rng.normal(size=(400, 16)) + 6.0)
+    assert apart.auc == pytest.approx(1.0) and apart.p_value == pytest.approx(1 / 1_001)
+    assert drift.domain_classifier_test(reference, rng.normal(size=(400, 16)) + 6.0) != apart  # new rows
+    again = drift.domain_classifier_test(reference, np.asarray(reference[:400]))
+    assert again == drift.domain_classifier_test(reference, np.asarray(reference[:400]))  # seeded
+
+    row = drift.embedding_drift("embedding", reference, rng.normal(size=(400, 16)) + 0.5)
+    assert (row.column, row.kind, row.method, row.drifted) == ("embedding", "embedding", "domain_classifier",
+                                                                True)
+    assert row.statistic > 0.8 and "16-dimensional" in row.kind_reason
+    assert "label permutations" in row.method_reason
+    one = drift.drift_report({"x": reference[:, 0]}, {"x": rng.normal(2.0, 1.0, 400)},
+                             overrides={"x": ColumnTest("domain_classifier")}).columns[0]
+    assert (one.method, one.drifted, one.threshold) == ("domain_classifier", True, 0.05)
+    assert one.statistic > 0.8
+    with pytest.raises(ValueError, match="at least 2 usable rows"):
+        drift.domain_classifier_test(reference, np.full((3, 16), np.nan))

@@ -28,7 +28,10 @@ def print_report(rep: dict[str, Any]) -> None:
         base = f" (validation {rep['baseline_metric']} {rep['baseline']:.4g})" if rep.get("baseline") else ""
         print(f"accuracy {rep['accuracy']:.4g} on {rep['n_labeled']} labels{base}, ECE {rep['ece']:.4g}")
     rows = []
+    embeddings = [c for c in rep["columns"] if c.get("role") == "embedding"]
     for col in rep["columns"]:
+        if col.get("role") == "embedding":
+            continue
         kind, value = _measure(col)
         rows.append([col["column"], col.get("role"), _why(col["kind"], col.get("kind_reason")), col["method"],
                      col["statistic"], value if kind == "p" else None, value if kind == "distance" else None,
@@ -36,6 +39,10 @@ def print_report(rep: dict[str, Any]) -> None:
     headers = ["column", "role", "type", "method", "statistic", "p-value", "distance", "threshold", "drifted",
                "why this test"]
     print_table(headers, rows)
+    for col in embeddings:
+        said = "drift" if col["drifted"] else "no drift"
+        print(f"{col['column']} (domain classifier) AUC {col['statistic']:.2f} → {said}  "
+              f"(p {col['p_value']:.3g}: {col['method_reason']})")
 
 
 def _why(kind: str, reason: str | None) -> str:

@@ -12,6 +12,7 @@ from textual.containers import Horizontal, Vertical
 from textual.widgets import Static
 
 from mldeck.tui.screens.base import screen_work
+from mldeck.tui.screens.explanation import ExplanationScreen
 from mldeck.tui.screens.panel import PolledScreen, one, per_host
 from mldeck.tui.units import age, number
 from mldeck.tui.widgets.deck_table import Col, DeckTable, TableBox
@@ -69,9 +70,11 @@ class DriftScreen(PolledScreen):
     HELP = ("Each production model's latest judged window against its reference: per column the test, "
             "statistic and verdict; drift over the last windows (chart, follows the selected column); "
             "the selected column's reference and current distributions overlaid; open alerts. "
-            "tab moves between models and columns.")
+            "tab moves between models and columns; e explains the model's latest request and which features "
+            "drive its predictions in the window against its reference.")
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("tab", "switch", "models/columns"),
+        Binding("e", "explain", "explain (selected feature in bold)"),
         Binding("ctrl+r", "reload", "reload", show=False),
     ]
 
@@ -164,9 +167,11 @@ class DriftScreen(PolledScreen):
         if key is not None and key == self.distribution_key:
             return
         chart = self.query_one("#drift-distribution", DistributionChart)
-        if m is None or col is None:
-            self.distribution_key, self.distribution_note = None, ""
+        if m is None or col is None or col.get("role") == "embedding":
+            self.distribution_key = None
+            self.distribution_note = "" if col is None else "an embedding is tested as a whole (its AUC)"
             chart.show(None)
+            self.show_statistic()
             return
         self.distribution_note = "loading the distributions…"
         self.show_statistic()
@@ -202,6 +207,16 @@ class DriftScreen(PolledScreen):
         ids = ["#drift-models", "#drift-columns"]
         at = next((i for i, x in enumerate(ids) if self.query_one(x).has_focus), -1)
         self.query_one(ids[(at + 1) % len(ids)], DeckTable).focus()
+
+    def action_explain(self) -> None:
+        """The selected model's latest request and its window's drivers, the selected column in bold."""
+        m = self.model()
+        if m is None:
+            self.say("no monitored model to explain: promote one and serve it")
+            return
+        col = self.column()
+        feature = col["column"] if col else None
+        self.app.push_screen(ExplanationScreen(m["host"], m["name"], feature, summary=True))
 
     def action_reload(self) -> None:
         self.reload()

@@ -14,6 +14,7 @@ from textual.containers import Grid, Vertical
 from mldeck.core.errors import MldeckError
 from mldeck.tui.screens.base import screen_work, why
 from mldeck.tui.screens.dialogs import Prompt
+from mldeck.tui.screens.explanation import ExplanationScreen
 from mldeck.tui.screens.panel import PolledScreen, per_host
 from mldeck.tui.widgets.deck_table import Col, DeckTable, TableBox
 from mldeck.tui.widgets.metric_chart import MetricChart
@@ -74,6 +75,7 @@ class ServingScreen(PolledScreen):
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("t", "shadow", "toggle shadow"),
         Binding("C", "canary", "canary %"),
+        Binding("e", "explain", "explain the latest request"),
         Binding("ctrl+r", "reload", "reload", show=False),
     ]
 
@@ -141,6 +143,14 @@ class ServingScreen(PolledScreen):
 
     def action_reload(self) -> None:
         self.reload()
+
+    def action_explain(self) -> None:
+        """The selected model's latest logged request: its top features, values and reference percentiles."""
+        row = self.current()
+        if row is None:
+            self.say("nothing served to explain: promote a version to production")
+            return
+        self.app.push_screen(ExplanationScreen(row["host"], row["model"]))
 
     def action_shadow(self) -> None:
         row = self.current()
