@@ -105,9 +105,10 @@ class ServingScreen(PolledScreen):
         stats = await per_host(self, "serving.stats", notes, window_s=WINDOW_S)
         now = time.time() - self.t0
         rows = []
+        idle = [host for host, s in stats.items() if not s.get("running")]
+        if idle:
+            notes.append(f"not serving: {', '.join(idle)} (`mldeck serve start --host NAME`)")
         for host, s in stats.items():
-            if not s.get("running"):
-                notes.append(f"{host}: the model server is not running (`mldeck serve start --host {host}`)")
             rows += serving_rows(host, s)
         for r in rows:
             if r["variant"] != NO_TRAFFIC:
