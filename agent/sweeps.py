@@ -2,25 +2,31 @@
 
 The controller listens to `run.metrics` in-process; when a trial's objective is clearly worse
 (median stopping rule, or ASHA at its rungs) it stops the trial through the job runner, and the
-trial ends `pruned` with the rule's sentence as its reason. sweeps.register registers the best
-trial through the registry. Publishes `sweeps` events {sweep_id, status}.
+trial ends `pruned` with the rule's sentence as its reason. With a search (agent/search.py), an
+Optuna study picks each trial's point instead: `parallel` trials run at once, the next asked when
+one ends and its result told, and Optuna's pruner judges the points. sweeps.register registers the
+best trial through the registry. Publishes `sweeps` events {sweep_id, status}.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
+import shutil
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import msgspec
 
+from mldeck.agent.search import SweepStudy
 from mldeck.agent.service import Context, rpc
 from mldeck.core import sweep as sw
-from mldeck.core.errors import Conflict, Invalid, NotFound
+from mldeck.core.errors import Conflict, Invalid, MldeckError, NotFound
 from mldeck.core.jobs import LaunchParams
-from mldeck.core.paths import new_run_id
+from mldeck.core.paths import check_name, new_run_id
 from mldeck.core.runlog import TERMINAL
 from mldeck.core.sweep import SweepCreateParams, SweepListParams, SweepRef, SweepRegisterParams
 
@@ -33,9 +39,12 @@ log = logging.getLogger("mldeck.sweeps")
 
 @dataclass
 class SweepState:
-    """What early stopping needs in memory: each trial's objective points and status."""
+    """What early stopping and a search need in memory: each trial's objective points and status, and
+    the study (its calls one at a time, under the lock)."""
 
     sweep_id: str
+    name: str
+    experiment: str
     metric: str
     mode: str
     early_stop: str | None
@@ -43,6 +52,16 @@ class SweepState:
     status: dict[str, str] = field(default_factory=dict)
     history: dict[str, list[tuple[int, float]]] = field(default_factory=dict)
     asha: sw.AshaState | None = None
+    search: SweepStudy | None = None
+    total: int = 0
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+    @property
+    def parallel(self) -> int:
+        return self.spec.get("parallel") or 1
+
+    def in_flight(self) -> int:
+        return sum(1 for status in self.status.values() if status not in TERMINAL)
 
 
 class Sweeps:
@@ -62,24 +81,29 @@ class Sweeps:
 
     def _state(self, sweep: dict[str, Any]) -> SweepState:
         spec = sweep["spec"]
-        state = SweepState(sweep["sweep_id"], sweep["metric"], sweep["mode"], sweep["early_stop"], spec)
-        if state.early_stop == "asha":
+        state = SweepState(sweep["sweep_id"], sweep["name"], sweep["experiment"], sweep["metric"],
+                           sweep["mode"], sweep["early_stop"], spec)
+        if spec.get("search"):  # the number of trials it asks the study for, one by one
+            state.total = len(sw.trials(sw.parse_grid(spec["grid"]), sw.parse_random(spec["random"]),
+                                        spec["trials"], spec["seed"]))
+        elif state.early_stop == "asha":
             state.asha = sw.AshaState.new(
                 spec["min_steps"], spec["reduction_factor"], spec["max_steps"], state.mode
             )
         return state
 
+    def _folder(self, sweep_id: str) -> Path:
+        """The sweep's folder in the agent's home (its Optuna study's journal)."""
+        return self.ctx.layout.home / "sweeps" / check_name(sweep_id, "sweep id")
+
     async def start(self) -> None:
         """Pick up the sweeps that were running when the agent last stopped."""
         for sweep in await self.ctx.read(sw.list_sweeps, self.store, 1000, "running"):
             state = self._state(sweep)
-            runs = await self.ctx.read(self.store.list_runs, None, None, sweep["sweep_id"], 100_000)
-            for run in runs:
-                state.status[run["run_id"]] = run["status"]
-                self.trial_of[run["run_id"]] = state.sweep_id
-            state.history = await self.ctx.read(
-                sw.metric_history, self.store, list(state.status), state.metric
-            )
+            if sweep["spec"].get("search"):
+                await self._resume_search(state)
+                continue
+            await self._adopt_trials(state)
             if state.asha:
                 for run_id, points in state.history.items():
                     for step, value in points:
@@ -87,12 +111,46 @@ class Sweeps:
             self.active[state.sweep_id] = state
             await self._maybe_done(state)
 
+    async def _adopt_trials(self, state: SweepState) -> None:
+        """The sweep's trials as the store has them: status and points of the metric."""
+        runs = await self.ctx.read(self.store.list_runs, None, None, state.sweep_id, 100_000)
+        run_ids = [run["run_id"] for run in runs]
+        state.history = await self.ctx.read(sw.metric_history, self.store, run_ids, state.metric)
+        for run in runs:
+            state.status[run["run_id"]] = run["status"]
+            self.trial_of[run["run_id"]] = state.sweep_id
+
+    async def _resume_search(self, state: SweepState) -> None:
+        """Reopen the sweep's study, tell it what ended while no agent watched, and ask for what is left."""
+        try:
+            search = await asyncio.to_thread(SweepStudy.open, self._folder(state.sweep_id), state.sweep_id,
+                                             state.spec)
+        except MldeckError as exc:
+            log.error("sweep %s cannot go on with its search until the agent can open it: %s",
+                      state.sweep_id, exc.message)
+            return
+        state.search = search
+        await self._adopt_trials(state)
+        self.active[state.sweep_id] = state
+        async with state.lock:
+            await asyncio.to_thread(search.fail_unlaunched)
+            for run_id in list(search.running):
+                status = state.status.get(run_id, "failed")  # asked, but the agent stopped before its launch
+                if status in TERMINAL:
+                    await self._tell(state, search, run_id, status)
+                else:
+                    await asyncio.to_thread(search.report, run_id, state.history.get(run_id, []), False)
+            state.history.clear()
+            await self._ask(state, search)
+        await self._maybe_done(state)
+
     @rpc("sweeps.create")
     async def create(self, p: SweepCreateParams) -> dict[str, Any]:
         """Validate everything first, then write the sweep and queue its trials."""
         if not p.metric.strip():
             raise Invalid("metric must name the logged metric to optimize, e.g. val_loss")
         grid, rand = sw.parse_grid(p.grid), sw.parse_random(p.random)
+        sw.check_search(grid, rand, p.search, p.early_stop, p.parallel)
         points = sw.trials(grid, rand, p.trials, p.seed)
         if len(points) > sw.MAX_TRIALS:
             raise Invalid(f"{len(points)} trials is too many for one sweep (at most {sw.MAX_TRIALS})")
@@ -104,22 +162,88 @@ class Sweeps:
             "sweep_id": sweep_id, "name": name, "experiment": p.experiment or name, "spec": spec,
             "metric": p.metric, "mode": p.mode, "early_stop": p.early_stop, "created_at": time.time(),
         }
-        await self.ctx.db(sw.insert_sweep, self.store, sweep)
         state = self._state(sweep)
+        folder = self._folder(sweep_id)
+        if p.search:
+            state.search = await asyncio.to_thread(SweepStudy.open, folder, sweep_id, spec)
+        try:
+            await self.ctx.db(sw.insert_sweep, self.store, sweep)
+        except BaseException:
+            shutil.rmtree(folder, ignore_errors=True)
+            raise
         self.active[sweep_id] = state
-        run_ids = []
-        for i, trial in enumerate(points):
-            launch = LaunchParams(
-                script=p.script, module=p.module, args=p.args, params={**p.params, **trial},
-                gpus=p.gpus, amp=p.amp, cwd=p.cwd, env=p.env, name=f"{name}-{i}",
-                experiment=sweep["experiment"], sweep_id=sweep_id,
-            )
-            run_id = await self.jobs.launch(launch)
-            state.status[run_id] = "queued"
-            self.trial_of[run_id] = sweep_id
-            run_ids.append(run_id)
-        self.ctx.hub.publish("sweeps", {"sweep_id": sweep_id, "status": "running", "trials": len(run_ids)})
-        return {"sweep_id": sweep_id, "run_ids": run_ids, "trials": points}
+        if state.search is None:
+            launched = [(await self._launch(state, trial), trial) for trial in points]
+        else:
+            async with state.lock:
+                launched = await self._ask(state, state.search)
+        self.ctx.hub.publish("sweeps", {"sweep_id": sweep_id, "status": "running", "trials": len(points)})
+        return {"sweep_id": sweep_id, "run_ids": [run_id for run_id, _ in launched],
+                "trials": [trial for _, trial in launched], "planned": len(points)}
+
+    async def _launch(self, state: SweepState, trial: dict[str, Any], run_id: str | None = None) -> str:
+        """Queue one trial: the sweep's job with the trial's params, named after its place in the sweep."""
+        spec = state.spec
+        launch = LaunchParams(
+            script=spec["script"], module=spec["module"], args=spec["args"],
+            params={**spec["params"], **trial},
+            gpus=spec["gpus"], amp=spec["amp"], cwd=spec["cwd"], env=spec["env"],
+            name=f"{state.name}-{len(state.status)}", experiment=state.experiment, sweep_id=state.sweep_id,
+            run_id=run_id,
+        )
+        run_id = await self.jobs.launch(launch)
+        state.status[run_id] = "queued"
+        self.trial_of[run_id] = state.sweep_id
+        return run_id
+
+    # search ---------------------------------------------------------------------
+
+    async def _ask(self, state: SweepState, search: SweepStudy) -> list[tuple[str, dict[str, Any]]]:
+        """Under the lock: launch the study's next trials while fewer than `parallel` run and the sweep
+        has trials left; a trial whose launch fails is told failed."""
+        launched = []
+        while not search.stopped and search.asked < state.total and state.in_flight() < state.parallel:
+            run_id = new_run_id()
+            trial = await asyncio.to_thread(search.ask, run_id)
+            try:
+                await self._launch(state, trial, run_id)
+            except BaseException:
+                await asyncio.to_thread(search.tell, run_id, "failed", None)
+                raise
+            launched.append((run_id, trial))
+        return launched
+
+    async def _tell(self, state: SweepState, search: SweepStudy, run_id: str, status: str) -> None:
+        """Under the lock: the trial's result for the study (its best value of the metric if it succeeded)."""
+        value = None
+        if status == "succeeded":
+            value = await self.ctx.read(sw.objective, self.store, run_id, state.metric, state.mode)
+            if value is None:
+                log.warning("sweep %s: trial %s succeeded without logging %s; the study counts it failed",
+                            state.sweep_id, run_id, state.metric)
+        await asyncio.to_thread(search.tell, run_id, status, value)
+
+    async def _trial_ended(self, state: SweepState, search: SweepStudy, run_id: str, status: str) -> None:
+        """Tell the study, ask for the next trials, and end the sweep after its last."""
+        async with state.lock:
+            await self._tell(state, search, run_id, status)
+            try:
+                await self._ask(state, search)
+            except MldeckError as exc:
+                log.error("sweep %s asks for no more trials: its next could not be launched: %s",
+                          state.sweep_id, exc.message)
+                await asyncio.to_thread(search.stop)
+        await self._maybe_done(state)
+
+    async def _report(
+        self, state: SweepState, search: SweepStudy, run_id: str, points: list[tuple[int, float]]
+    ) -> None:
+        """Report a trial's new points to the study; stop the trial when its pruner says so."""
+        async with state.lock:
+            judge = state.status.get(run_id) == "running" and run_id not in self.stopping
+            reason = await asyncio.to_thread(search.report, run_id, points, judge)
+        if reason and run_id not in self.stopping:
+            self._prune(state, run_id, reason)
 
     # early stopping -------------------------------------------------------------
 
@@ -134,6 +258,9 @@ class Sweeps:
             if k == state.metric and v is not None and not math.isnan(v)
         ]
         if not points:
+            return
+        if state.search is not None:
+            self.ctx.tasks.spawn(self._report(state, state.search, run_id, points), "sweep-search-report")
             return
         history = state.history.setdefault(run_id, [])
         history.extend(points)
@@ -151,9 +278,12 @@ class Sweeps:
                 history, others, state.mode, state.spec["warmup_steps"], state.spec["min_trials"]
             )
         if decision.stop:
-            self.stopping.add(run_id)
-            log.info("sweep %s: stopping trial %s early: %s", state.sweep_id, run_id, decision.reason)
-            self.ctx.tasks.spawn(self._stop_early(run_id, decision.reason), "sweep-early-stop")
+            self._prune(state, run_id, decision.reason)
+
+    def _prune(self, state: SweepState, run_id: str, reason: str) -> None:
+        self.stopping.add(run_id)
+        log.info("sweep %s: stopping trial %s early: %s", state.sweep_id, run_id, reason)
+        self.ctx.tasks.spawn(self._stop_early(run_id, reason), "sweep-early-stop")
 
     async def _stop_early(self, run_id: str, reason: str) -> None:
         """Stop the trial; it ends pruned, with the rule's sentence as its reason."""
@@ -168,10 +298,16 @@ class Sweeps:
         state.status[data["run_id"]] = data["status"]
         if data["status"] in TERMINAL:
             self.stopping.discard(data["run_id"])
-            self.ctx.tasks.spawn(self._maybe_done(state), "sweep-done")
+            if state.search is not None:
+                self.ctx.tasks.spawn(self._trial_ended(state, state.search, data["run_id"], data["status"]),
+                                     "sweep-search-tell")
+            else:
+                self.ctx.tasks.spawn(self._maybe_done(state), "sweep-done")
 
     async def _maybe_done(self, state: SweepState) -> None:
         if state.sweep_id not in self.active or not all(s in TERMINAL for s in state.status.values()):
+            return
+        if state.search is not None and not state.search.stopped and state.search.asked < state.total:
             return
         del self.active[state.sweep_id]
         await self.ctx.db(sw.finish_sweep, self.store, state.sweep_id, time.time())
@@ -192,6 +328,10 @@ class Sweeps:
     @rpc("sweeps.stop")
     async def stop_sweep(self, p: SweepRef) -> dict[str, Any]:
         sweep = await self.show(p)
+        state = self.active.get(p.sweep_id)
+        if state is not None and state.search is not None:
+            async with state.lock:
+                await asyncio.to_thread(state.search.stop)
         stopped = []
         for trial in sweep["trials"]:
             if self.jobs.pending(trial["run_id"]):

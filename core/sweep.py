@@ -5,7 +5,9 @@ Grammar: a grid axis is `name=v1,v2,...`; a random axis is `name=DIST(a,b)` with
 uniform, loguniform, int (uniform integers, inclusive) or choice(v1,v2,...). The grid is
 crossed with itself; each trial draws the random axes once. Early stopping follows the
 median stopping rule (Golovin et al., Google Vizier) or ASHA (Li et al.), as Optuna's
-MedianPruner and SuccessiveHalvingPruner decide them.
+MedianPruner and SuccessiveHalvingPruner decide them. With `search`, an Optuna study in the
+agent (agent/search.py) picks each trial's point of the same space instead, and Optuna's
+pruners judge the trials.
 """
 
 from __future__ import annotations
@@ -31,7 +33,8 @@ _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]*$")
 _DIST = re.compile(r"^(uniform|loguniform|int|choice)\((.*)\)$")
 MAX_TRIALS = 10_000
 Mode = Literal["min", "max"]
-EarlyStop = Literal["median", "asha"]
+EarlyStop = Literal["median", "asha", "hyperband"]
+Search = Literal["tpe", "cmaes", "random", "grid"]
 
 
 class SweepCreateParams(JobSpec, kw_only=True):
@@ -49,6 +52,8 @@ class SweepCreateParams(JobSpec, kw_only=True):
     min_steps: Annotated[int, msgspec.Meta(ge=1)] = 1
     reduction_factor: Annotated[int, msgspec.Meta(ge=2)] = 3
     max_steps: Annotated[int, msgspec.Meta(ge=1)] = 100
+    search: Search | None = None
+    parallel: Annotated[int, msgspec.Meta(ge=1, le=MAX_TRIALS)] | None = None
 
 
 class SweepRef(Params, kw_only=True):
@@ -187,6 +192,26 @@ def trials(
             trial[name] = dist.sample(rng)
         out.append(trial)
     return out
+
+
+def check_search(
+    grid: Mapping[str, Sequence[Any]],
+    rand: Mapping[str, Dist],
+    search: str | None,
+    early_stop: str | None,
+    parallel: int | None,
+) -> None:
+    """The options that only an Optuna search takes, and the space its grid sampler can walk."""
+    if search is None:
+        if early_stop == "hyperband":
+            raise Invalid("--early-stop hyperband is Optuna's HyperbandPruner: add --search "
+                          "tpe|cmaes|random|grid")
+        if parallel is not None:
+            raise Invalid("--parallel is for --search: mldeck's own grid and random queue every trial "
+                          "at once")
+    elif search == "grid" and rand:
+        raise Invalid(f"--search grid walks --grid axes only; {', '.join(sorted(rand))} "
+                      "is a --random axis (use --search tpe, cmaes or random)")
 
 
 def _better(a: float, b: float, mode: str) -> bool:
@@ -347,6 +372,15 @@ def sweep_trials(store: Store, sweep_id: str, metric: str, mode: str) -> list[di
         if isinstance(row.get("params"), str):
             row["params"] = json.loads(row["params"])
     return rows
+
+
+def objective(store: Store, run_id: str, metric: str, mode: str) -> float | None:
+    """A finished trial's result for the search: its best value of the metric, as sweep_trials ranks it."""
+    best = "min_value" if mode == "min" else "max_value"
+    row = store.cur().execute(
+        f"SELECT {best} FROM metric_summary WHERE run_id = ? AND key = ?", [run_id, metric]
+    ).fetchone()
+    return None if row is None or row[0] is None else float(row[0])
 
 
 def best_trial(trials: Sequence[Mapping[str, Any]]) -> Mapping[str, Any] | None:

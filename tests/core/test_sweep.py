@@ -44,7 +44,7 @@ def test_grammar_errors(grid: list[str], rand: list[str], message: str) -> None:
 
 @pytest.mark.parametrize(
     ("field", "bad"),
-    [("mode", "best"), ("early_stop", "hyperband"), ("trials", 0), ("trials", sw.MAX_TRIALS + 1),
+    [("mode", "best"), ("early_stop", "pbt"), ("trials", 0), ("trials", sw.MAX_TRIALS + 1),
      ("min_trials", 0), ("warmup_steps", -1), ("min_steps", 0), ("reduction_factor", 1), ("max_steps", 0)],
 )
 def test_sweep_params_declare_their_ranges(field: str, bad: object) -> None:

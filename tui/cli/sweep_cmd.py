@@ -1,12 +1,13 @@
-"""`mldeck sweep SCRIPT --grid ... --random ...`, `mldeck sweep show|ls|stop|register`: sweeps."""
+"""`mldeck sweep SCRIPT --grid ... --random ... [--search tpe]`, `mldeck sweep show|ls|stop|register`."""
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 from typing import Any
 
 from mldeck.core.errors import UsageError
-from mldeck.tui.cli.connect import call_agent
+from mldeck.tui.cli.connect import agent_client, call_agent
 from mldeck.tui.cli.models_cmd import actor, print_registered
 from mldeck.tui.cli.output import print_table, show
 from mldeck.tui.cli.run_cmd import add_launch_options, is_local, launch_params, misplaced, order_note
@@ -16,11 +17,16 @@ USAGE = """%(prog)s [OPTIONS] (SCRIPT | -m MODULE) --metric NAME [-- SCRIPT_ARGS
        %(prog)s show|stop SWEEP_ID
        %(prog)s register SWEEP_ID --name MODEL
        %(prog)s ls"""
+WAIT_POLL_S = 1.0
 
 
-def _print_queued(result: dict[str, Any], count: int) -> None:
+def _print_queued(result: dict[str, Any], count: int, args: argparse.Namespace) -> None:
     print(result["sweep_id"])
-    print(f"{count} trials queued", flush=True)
+    if args.search:
+        print(f"{count} trials, {args.parallel or 1} at a time, each asked of Optuna ({args.search})",
+              flush=True)
+    else:
+        print(f"{count} trials queued", flush=True)
 
 
 async def create(args: argparse.Namespace) -> int:
@@ -31,6 +37,7 @@ async def create(args: argparse.Namespace) -> int:
     if not args.metric:
         raise UsageError("--metric is required: the logged metric the sweep optimizes (e.g. val_loss)")
     grid, rand = sw.parse_grid(args.grid or []), sw.parse_random(args.random or [])
+    sw.check_search(grid, rand, args.search, args.early_stop, args.parallel)
     count = len(sw.trials(grid, rand, args.trials))
     base = launch_params(args, is_local(args))
     base.pop("priority")
@@ -40,15 +47,31 @@ async def create(args: argparse.Namespace) -> int:
         "trials": args.trials, "seed": args.seed, "metric": args.metric, "mode": args.mode,
         "early_stop": args.early_stop, "warmup_steps": args.warmup_steps, "min_trials": args.min_trials,
         "min_steps": args.min_steps, "reduction_factor": args.reduction_factor, "max_steps": args.max_steps,
+        "search": args.search, "parallel": args.parallel,
     }
     result = await call_agent(args, "sweeps.create", **params)
-    return show(args, result, lambda r: _print_queued(r, count))
+    if not args.wait:
+        return show(args, result, lambda r: _print_queued(r, count, args))
+    if not args.json:
+        _print_queued(result, count, args)
+    sweep = await wait_done(args, result["sweep_id"])
+    show(args, sweep, _print_sweep)
+    return 0 if any(t["status"] == "succeeded" for t in sweep["trials"]) else 1
+
+
+async def wait_done(args: argparse.Namespace, sweep_id: str) -> dict[str, Any]:
+    """--wait: the sweep once its last trial has ended."""
+    async with agent_client(args) as client:
+        while (sweep := await client.call("sweeps.show", sweep_id=sweep_id))["status"] != "done":
+            await asyncio.sleep(WAIT_POLL_S)
+    return sweep
 
 
 def _print_sweep(sweep: dict[str, Any]) -> None:
     stop = sweep["early_stop"] or "none"
+    search = sweep["spec"].get("search")
     print(f"sweep {sweep['sweep_id']} ({sweep['status']}): {sweep['mode']} {sweep['metric']}, "
-          f"early stopping: {stop}")
+          f"early stopping: {stop}" + (f", search: {search} (Optuna)" if search else ""))
     keys = sorted({k for t in sweep["trials"] for k in (t["params"] or {})})
     print_table(
         ["rank", "run", "status", f"best {sweep['metric']}", "step", *keys, "reason"],
@@ -120,10 +143,16 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of the random draws")
     p.add_argument("--metric", help="the metric to optimize, as the script logs it")
     p.add_argument("--mode", choices=["min", "max"], default="min")
-    p.add_argument("--early-stop", choices=["median", "asha"], help="stop clearly worse trials")
+    p.add_argument("--search", choices=["tpe", "cmaes", "random", "grid"],
+                   help="ask an Optuna study for each trial's point (needs mldeck[optuna])")
+    p.add_argument("--parallel", type=int, help="with --search: trials at once, the next asked as one ends "
+                   "(default 1)")
+    p.add_argument("--early-stop", choices=["median", "asha", "hyperband"],
+                   help="stop clearly worse trials (with --search: Optuna's pruner; hyperband only there)")
     p.add_argument("--warmup-steps", type=int, default=2, help="median rule: steps before it judges")
     p.add_argument("--min-trials", type=int, default=2, help="median rule: other trials it needs")
-    p.add_argument("--min-steps", type=int, default=1, help="ASHA: the first rung's step")
-    p.add_argument("--reduction-factor", type=int, default=3, help="ASHA: η, keep the top 1/η per rung")
-    p.add_argument("--max-steps", type=int, default=100, help="ASHA: the last step a trial runs")
+    p.add_argument("--min-steps", type=int, default=1, help="ASHA, hyperband: the first rung's step")
+    p.add_argument("--reduction-factor", type=int, default=3,
+                   help="ASHA, hyperband: η, keep the top 1/η per rung")
+    p.add_argument("--max-steps", type=int, default=100, help="ASHA, hyperband: the last step a trial runs")
     p.set_defaults(func=sweep)
