@@ -52,6 +52,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("mldeck.jobs")
 LOST = -1
+SPAWNED = "spawned.json"
+"""In the run folder: the process of the attempt the agent just started, written before anything else is."""
 LIVENESS_S = 5.0
 """How often the runs started outside the agent (a plain `python train.py`) are checked for their process."""
 CLOCK_SLACK_S = 2.0
@@ -166,6 +168,7 @@ class Jobs:
 
     async def start(self) -> None:
         """Re-adopt jobs that outlived the last agent, finish those that died, reload the queue, run."""
+        await self.adopt_spawned()
         for row in await self.ctx.read(q.jobs_in_state, self.store, "running"):
             job = await self._job_from_row(row)
             alive = _same_process(job.pid, row.get("pid_create_time"))
@@ -186,6 +189,22 @@ class Jobs:
         self._wake.set()
         self.ctx.tasks.every(0, self._tick, "jobs")
         self.ctx.tasks.every(LIVENESS_S, self._end_lost_sdk_runs, "lost-runs", first=0)
+
+    async def adopt_spawned(self) -> None:
+        """Queued jobs whose next attempt was started just before the last agent died (its spawn file
+        written, `mark_started` not yet): recorded as running, so they are adopted (or finished), not
+        started a second time beside themselves."""
+        for row in await self.ctx.read(q.jobs_in_state, self.store, "queued"):
+            try:
+                spawned = json.loads((self.ctx.layout.run_dir(row["run_id"]) / SPAWNED).read_bytes())
+            except (OSError, ValueError):
+                continue
+            if spawned.get("attempt") != (row.get("attempts") or 0) + 1:
+                continue  # an earlier attempt's, already recorded
+            log.warning("run %s: attempt %d started just before the agent stopped; taking it back",
+                        row["run_id"], spawned["attempt"])
+            await self.ctx.db(q.mark_started, self.store, row["run_id"], spawned["gpus"], spawned["pid"],
+                              spawned["create_time"], spawned["attempt"], spawned["at"])
 
     async def _end_lost_sdk_runs(self) -> None:
         """End as failed the runs started outside the agent whose process is gone (see sdk_process_gone)."""
@@ -395,6 +414,9 @@ class Jobs:
             create_time = psutil.Process(proc.pid).create_time()
         except psutil.Error:
             create_time = 0.0
+        spawned = {"pid": proc.pid, "create_time": create_time, "attempt": attempt, "gpus": gpus,
+                   "at": time.time()}
+        write_atomic(run_dir / SPAWNED, json.dumps(spawned).encode())  # before any await: see adopt_spawned
         run = await self.ctx.read(self.store.get_run, run_id) or {}
         job = Job(
             run_id, spec, gpus, proc.pid, create_time, attempt, proc=proc,

@@ -7,10 +7,12 @@ import contextlib
 import os
 import re
 import signal
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import duckdb
 import psutil
 import pytest
 
@@ -369,6 +371,41 @@ def test_a_stop_asked_before_an_agent_restart_still_ends_stopped(tmp_path: Path,
             assert (run["status"], run["status_reason"]) == ("stopped", "stopped on request")
             assert "saving" in rpc(second, "runs.logs", run_id=run_id)["data"]
             assert rpc(second, "jobs.queue")["queued"] == []
+        finally:
+            second.stop()
+    finally:
+        first.stop()
+
+
+@pytest.mark.timeout(120)
+def test_an_attempt_started_just_before_the_agent_died_is_taken_back_not_started_twice(
+    tmp_path: Path, scripts: Path
+) -> None:
+    """The agent is killed after it started a job's process and before it recorded the start: the store
+    says "queued", the process runs. The next agent adopts that process instead of starting another."""
+    home = tmp_path / "home"
+    first = start_agent(home, config=CONFIG)
+    try:
+        release = scripts / "release"
+        run_id = launch(first, scripts / "waiter.py", gpus=1, release=str(release))
+        job_pid = wait_status(first, run_id, "running") and _job_pid(first, run_id)
+        first.kill(signal.SIGKILL)
+        with duckdb.connect(str(home / "mldeck.duckdb")) as con:  # the store as that instant left it
+            con.execute("UPDATE jobs SET state = 'queued', attempts = 0, pid = NULL, pid_create_time = NULL "
+                        "WHERE run_id = ?", [run_id])
+            con.execute("UPDATE runs SET status = 'queued' WHERE run_id = ?", [run_id])
+        second = start_agent(home, config=CONFIG)
+        try:
+            run = wait_status(second, run_id, "running")
+            assert _job_pid(second, run_id) == job_pid and run["resumed_count"] == 0
+            time.sleep(1.5)  # several scheduling passes: none may start the run again
+            wrappers = [p for p in psutil.process_iter(["cmdline"])
+                        if str(home / "runs" / run_id) in (p.info["cmdline"] or [])]
+            assert [p.pid for p in wrappers] == [job_pid]
+            release.touch()
+            run = wait_status(second, run_id, "succeeded")
+            log = rpc(second, "runs.logs", run_id=run_id)["data"]
+            assert log.count("attempt 1 started") == 1 and "attempt 2" not in log, log
         finally:
             second.stop()
     finally:
