@@ -33,6 +33,7 @@ from mldeck.agent.service import Context
 from mldeck.agent.servingctl import Serving
 from mldeck.agent.simgpu import SimulatedNvml
 from mldeck.agent.slurm import Slurm, SlurmJobs
+from mldeck.agent.storeops import StoreOps
 from mldeck.agent.sweeps import Sweeps
 from mldeck.agent.tasks import Tasks
 from mldeck.core.config import AgentConfig, load_config
@@ -54,7 +55,7 @@ class Agent:
         self.hub = Hub()
         self.tasks = Tasks()
         self.dispatcher = Dispatcher()
-        self.rpc = RpcServer(self.dispatcher, self.hub)
+        self.rpc = RpcServer(self.dispatcher, self.hub, self.config.socket)
         sim = self.config.agent.simulate_gpus
         self.simulated = SimulatedNvml(sim) if sim else None
         self.nvml = Nvml(self.simulated) if self.simulated else Nvml()
@@ -86,7 +87,8 @@ class Agent:
                     self.dispatcher, self.rpc, self.request_stop)
         backend = Jobs if ctx.config.jobs.backend == "local" else SlurmJobs
         jobs = backend(ctx, self.nvml, self.simulated, self.collector, self.ingest)
-        runs = Runs(ctx, jobs)
+        store_ops = StoreOps(ctx)
+        runs = Runs(ctx, jobs, store_ops)
         cost = Cost(ctx, jobs)
         registry = Registry(ctx)
         sweeps = Sweeps(ctx, jobs, registry)
@@ -96,8 +98,8 @@ class Agent:
         monitor = Monitor(ctx, registry, pipelines)
         backups = Backups(ctx)
         explainer = Explainer(ctx)
-        return [host, jobs, runs, cost, registry, sweeps, query, serving, pipelines, monitor, backups,
-                explainer, *([Slurm(ctx, jobs)] if isinstance(jobs, SlurmJobs) else [])]
+        return [host, jobs, store_ops, runs, cost, registry, sweeps, query, serving, pipelines, monitor,
+                backups, explainer, *([Slurm(ctx, jobs)] if isinstance(jobs, SlurmJobs) else [])]
 
     async def start(self) -> None:
         self.layout.ensure()

@@ -8,6 +8,8 @@ import inspect
 import itertools
 import logging
 import os
+import resource
+import socket
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -15,11 +17,16 @@ from typing import Any, NamedTuple
 import msgspec
 
 from mldeck.core import protocol
-from mldeck.core.errors import BadRequest, Internal, MethodNotAvailable, MldeckError, TooLarge
+from mldeck.core.config import SocketSection
+from mldeck.core.errors import BadRequest, Internal, MethodNotAvailable, MldeckError, TooLarge, Unavailable
 
 log = logging.getLogger("mldeck.rpc")
 
 CONNECTION_QUEUE = 1000
+ACCEPT_BACKLOG = 128
+ACCEPT_RETRY_S = 0.5  # after accept failed (the process out of file handles, say)
+REFUSE_LINGER_S = 0.5  # how long a refused client's request is read and dropped before it is closed
+MAX_LINGERING = 16  # refused clients that linger at once; past that (a flood) they are closed at once
 
 
 class Method(NamedTuple):
@@ -104,11 +111,16 @@ class Hub:
         self._ids = itertools.count(1)
         self._subs: dict[int, tuple[str, dict[str, str], Connection]] = {}
         self._listeners: dict[str, list[Callable[[Any], None]]] = {}
+        self._wire: dict[str, Callable[[Any], Any]] = {}
         self.topics: set[str] = set()
 
     def declare(self, *topics: str) -> None:
         """Topics a service publishes on, which clients may subscribe to."""
         self.topics.update(topics)
+
+    def wire_form(self, topic: str, form: Callable[[Any], Any]) -> None:
+        """What clients get of a topic's data where JSON cannot carry it as it is; listeners get it as is."""
+        self._wire[topic] = form
 
     def on(self, topic: str, callback: Callable[[Any], None]) -> None:
         """An in-process listener (another part of the agent), called on every publish."""
@@ -135,6 +147,7 @@ class Hub:
                 callback(data)
             except Exception:
                 log.exception("listener on %s failed", topic)
+        sent: Any = None
         for sub_id, (t, filters, conn) in list(self._subs.items()):
             if t != topic:
                 continue
@@ -142,7 +155,9 @@ class Hub:
                 isinstance(data, dict) and all(str(data.get(k)) == v for k, v in filters.items())
             ):
                 continue
-            conn.send(protocol.event(topic, sub_id, data))
+            if sent is None:
+                sent = self._wire[topic](data) if topic in self._wire else data
+            conn.send(protocol.event(topic, sub_id, sent))
 
 
 class Connection:
@@ -182,40 +197,123 @@ class Connection:
             await asyncio.wait_for(self.outbox.join(), timeout_s)
 
 
-class RpcServer:
-    """Serves a Dispatcher on a UNIX socket only its owner can open."""
+def connection_cap(wanted: int) -> int:
+    """max_connections, or half the process's file-handle limit when that is lower: the other half stays
+    for the store, ingest, jobs and logs, so a flood of clients cannot starve them."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY or wanted <= soft // 2:
+        return wanted
+    cap = max(1, soft // 2)
+    log.info("[socket] max_connections %d is over half the file-handle limit (%d): using %d",
+             wanted, soft, cap)
+    return cap
 
-    def __init__(self, dispatcher: Dispatcher, hub: Hub) -> None:
+
+class RpcServer:
+    """Serves a Dispatcher on a UNIX socket only its owner can open, to at most `max_connections` clients;
+    one that sends no whole request for `idle_timeout_s` (and has no subscription) is closed.
+
+    It accepts one connection at a time itself (asyncio's server accepts up to its backlog at once and logs
+    a traceback for each that the file-handle limit refuses), so open handles never pass the cap by more
+    than the few refused clients still being answered."""
+
+    def __init__(self, dispatcher: Dispatcher, hub: Hub, limits: SocketSection) -> None:
         self.dispatcher = dispatcher
         self.hub = hub
-        self.server: asyncio.base_events.Server | None = None
         self.connections: set[Connection] = set()
+        self.max_connections = connection_cap(limits.max_connections)
+        self.idle_timeout_s = limits.idle_timeout_s
+        self.served = 0  # connections accepted and not yet closed (self.connections once each is set up)
+        self.lingering = 0
+        self.refused = 0
+        """Connections refused since the socket was last under its cap (logged once per such burst)."""
+        self._listener: socket.socket | None = None
+        self._accepting: asyncio.Future[None] | None = None
+        self._tasks: set[asyncio.Future[None]] = set()
 
     async def start(self, path: Path) -> None:
         with contextlib.suppress(FileNotFoundError):
             path.unlink()
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         old = os.umask(0o177)
         try:
-            self.server = await asyncio.start_unix_server(
-                self._serve, path=str(path), limit=protocol.MAX_MESSAGE
-            )
+            listener.bind(str(path))
         finally:
             os.umask(old)
         os.chmod(path, 0o600)
+        listener.listen(ACCEPT_BACKLOG)
+        listener.setblocking(False)
+        self._listener = listener
+        self._accepting = self._spawn(self._accept_loop(listener))
 
     async def stop(self) -> None:
-        if self.server:
-            self.server.close()
-            conns = list(self.connections)
-            await asyncio.gather(*(conn.flush(1.0) for conn in conns))
-            for conn in conns:
-                conn.writer.close()
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self.server.wait_closed(), 2)
+        if self._listener is None or self._accepting is None:
+            return
+        self._accepting.cancel()
+        await asyncio.wait([self._accepting])
+        self._listener.close()
+        conns = list(self.connections)
+        await asyncio.gather(*(conn.flush(1.0) for conn in conns))
+        for conn in conns:
+            conn.writer.close()
+        for task in list(self._tasks):
+            task.cancel()
+        if self._tasks:
+            await asyncio.wait(self._tasks, timeout=2)
 
     async def serve_streams(self, reader: asyncio.StreamReader, writer: Any) -> None:
         """Serve one client on any stream pair (the socket, or a bridge's stdin/stdout)."""
         await self._serve(reader, writer)
+
+    def _spawn(self, coro: Awaitable[None]) -> asyncio.Future[None]:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._done)
+        return task
+
+    def _done(self, task: asyncio.Future[None]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("control socket: a client's task failed", exc_info=task.exception())
+
+    async def _accept_loop(self, listener: socket.socket) -> None:
+        loop = asyncio.get_running_loop()
+        failing = False
+        while True:
+            try:
+                sock, _ = await loop.sock_accept(listener)
+            except OSError as exc:  # no file handle left, say: logged once, retried until it passes
+                if not failing:
+                    log.error("control socket: cannot accept clients: %s; retrying", exc)
+                failing = True
+                await asyncio.sleep(ACCEPT_RETRY_S)
+                continue
+            if failing:
+                log.info("control socket: accepting clients again")
+            failing = False
+            if self.served >= self.max_connections:
+                self._refuse(sock)
+                continue
+            if self.refused:
+                log.info("control socket: accepting clients again (%d refused while full)", self.refused)
+                self.refused = 0
+            self.served += 1
+            self._spawn(self._serve_socket(sock))
+
+    async def _serve_socket(self, sock: socket.socket) -> None:
+        try:
+            reader, writer = await asyncio.open_unix_connection(sock=sock, limit=protocol.MAX_MESSAGE)
+        except OSError as exc:
+            log.warning("control socket: a client could not be set up: %s", exc)
+            self.served -= 1
+            sock.close()
+            return
+        try:
+            await self._serve(reader, writer)
+        finally:
+            if writer.transport.get_write_buffer_size():  # a client that does not read: drop what it left
+                writer.transport.abort()
+            self.served -= 1
 
     async def _serve(self, reader: asyncio.StreamReader, writer: Any) -> None:
         conn = Connection(writer, "local")
@@ -223,7 +321,7 @@ class RpcServer:
         writer_task = asyncio.create_task(conn.write_loop())
         try:
             while True:
-                line = await self._read_line(reader, conn)
+                line = await self._next_line(reader, conn)
                 if line is None:
                     break
                 if not line.strip():
@@ -242,6 +340,53 @@ class RpcServer:
             writer_task.cancel()
             with contextlib.suppress(Exception):
                 writer.close()
+
+    def _refuse(self, sock: socket.socket) -> None:
+        """One error for a client over the cap, then it is closed. What it sent meanwhile is read and dropped
+        for a moment (for a few clients at a time), so its write does not fail before it reads why."""
+        if not self.refused:
+            log.warning("control socket full (%d open): refusing new clients", self.served)
+        self.refused += 1
+        err = Unavailable(
+            f"too many connections ({self.served} open); the agent serves at most "
+            f"{self.max_connections} clients at once ([socket] max_connections in agent.toml): "
+            "close idle clients and retry"
+        )
+        try:  # a few hundred bytes into a new connection's empty buffer: sent whole or not at all
+            sock.send(protocol.encode(protocol.error_response(None, err)))
+            sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            sock.close()
+            return
+        if self.lingering >= MAX_LINGERING:
+            sock.close()
+            return
+        self.lingering += 1
+        self._spawn(self._linger(sock))
+
+    async def _linger(self, sock: socket.socket) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            with contextlib.suppress(OSError, TimeoutError):
+                async with asyncio.timeout(REFUSE_LINGER_S):
+                    while await loop.sock_recv(sock, 65536):
+                        pass
+        finally:
+            self.lingering -= 1
+            sock.close()
+
+    async def _next_line(self, reader: asyncio.StreamReader, conn: Connection) -> bytes | None:
+        """The next line; None at EOF, or once a client without subscriptions sent no whole line for
+        idle_timeout_s (it is told why)."""
+        if conn.subscriptions:
+            return await self._read_line(reader, conn)
+        try:
+            return await asyncio.wait_for(self._read_line(reader, conn), self.idle_timeout_s)
+        except TimeoutError:
+            conn.send(protocol.error_response(None, Unavailable(
+                f"closed: no whole request in {self.idle_timeout_s:g} s ([socket] idle_timeout_s, agent.toml)"
+            )))
+            return None
 
     @staticmethod
     async def _drain(conn: Connection) -> None:

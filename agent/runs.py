@@ -11,14 +11,25 @@ from mldeck.core import jobs as q
 from mldeck.core.errors import NotFound
 from mldeck.core.jobs import LaunchParams, LogsParams, StopParams
 from mldeck.core.protocol import RunRef, RunsListParams, RunsMetricsParams, RunsTableParams
-from mldeck.core.runlog import list_checkpoints
+from mldeck.core.runlog import by_name, list_checkpoints
 
 if TYPE_CHECKING:
     from mldeck.agent.jobs import Jobs
+    from mldeck.agent.storeops import StoreOps
 
 
 def no_run(run_id: str) -> NotFound:
     return NotFound(f"no run {run_id!r} on this host (`mldeck runs ls` lists them)")
+
+
+def named(metrics: dict[str, Any]) -> dict[str, Any]:
+    """Metric values for the wire, NaN and infinities by name (JSON has none; the client reads them back)."""
+    return dict(zip(metrics, by_name(list(metrics.values())), strict=True))
+
+
+def points_by_name(event: dict[str, Any]) -> dict[str, Any]:
+    """A run.metrics event for the wire, its NaN and infinite values by name."""
+    return {**event, "value": by_name(event["value"])}
 
 
 def read_log(path: Path, offset: int | None, max_bytes: int) -> tuple[str, int, int]:
@@ -37,25 +48,35 @@ def read_log(path: Path, offset: int | None, max_bytes: int) -> tuple[str, int, 
 class Runs:
     """Reads of runs and their metrics; launching, stopping and resuming go to the job runner."""
 
-    def __init__(self, ctx: Context, jobs: Jobs) -> None:
+    def __init__(self, ctx: Context, jobs: Jobs, store_ops: StoreOps) -> None:
         self.ctx = ctx
         self.store = ctx.store
         self.jobs = jobs
+        self.store_ops = store_ops
         ctx.hub.declare("runs", "run.metrics", "run.event")
+        ctx.hub.wire_form("run.metrics", points_by_name)
 
     async def get_run(self, run_id: str) -> dict[str, Any]:
         """The run's row, or NotFound in the words every runs.* method uses."""
         run = await self.ctx.read(self.store.get_run, run_id)
         if run is None:
-            raise no_run(run_id)
+            raise await self.missing(run_id)
         return run
+
+    async def missing(self, run_id: str) -> NotFound:
+        """Why a run is not in the store: it is archived (and where), or there is no such run."""
+        archived = await self.store_ops.archived_run(run_id)
+        if archived is None:
+            return no_run(run_id)
+        return NotFound(f"run {run_id!r} is archived in {archived['archived']['path']}; "
+                        f"`mldeck runs restore {run_id}` brings it back")
 
     @rpc("runs.list")
     async def list(self, p: RunsListParams) -> list[dict[str, Any]]:
         runs = await self.ctx.read(self.store.list_runs, p.status, p.experiment, p.sweep_id, p.limit)
         latest = await self.ctx.read(self.store.latest_metrics, [r["run_id"] for r in runs])
         for r in runs:
-            r["metrics"] = latest.get(r["run_id"], {})
+            r["metrics"] = named(latest.get(r["run_id"], {}))
         return runs
 
     @rpc("runs.table")
@@ -63,11 +84,15 @@ class Runs:
         table, total, keys = await self.ctx.read(
             self.store.runs_table, p.offset, p.limit, p.status, p.experiment, p.columns, p.metrics
         )
-        return {"columns": table.to_pydict(), "total": total, "offset": p.offset, "metrics": keys}
+        columns = table.to_pydict()
+        for key in keys:
+            columns[f"m:{key}"] = by_name(columns[f"m:{key}"])
+        return {"columns": columns, "total": total, "offset": p.offset, "metrics": keys}
 
     @rpc("runs.get")
     async def get(self, p: RunRef) -> dict[str, Any]:
         run = await self.ctx.read(self._run_with_metrics, p.run_id)
+        run = run or await self.store_ops.archived_run(p.run_id)  # an archived run says where it is
         if run is None:
             raise no_run(p.run_id)
         run["dir"] = str(self.ctx.layout.runs / p.run_id)
@@ -78,7 +103,7 @@ class Runs:
         for 20)."""
         run = self.store.get_run(run_id)
         if run is not None:
-            run["metrics"] = self.store.latest_metrics([run_id]).get(run_id, {})
+            run["metrics"] = named(self.store.latest_metrics([run_id]).get(run_id, {}))
             run["last_step"] = self.store.last_step(run_id)
         return run
 
@@ -93,6 +118,8 @@ class Runs:
         series = await self.ctx.read(self.store.run_metrics, p.run_id, p.keys, p.max_points)
         if not any(curve["step"] for curve in series.values()):
             await self.get_run(p.run_id)  # no points: NotFound if there is no such run either
+        for curve in series.values():
+            curve["value"] = by_name(curve["value"])
         return {"run_id": p.run_id, "series": series}
 
     @rpc("runs.launch")

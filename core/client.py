@@ -5,14 +5,57 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any, Protocol
 
 from mldeck.core import protocol
 from mldeck.core.errors import MldeckError, Unavailable, from_wire
+from mldeck.core.runlog import NONFINITE
 
 SUBSCRIPTION_QUEUE = 10_000
+
+
+def _floats(values: list[Any]) -> list[Any]:
+    """Metric values off the wire, where a NaN or an infinity comes by name (core.runlog.by_name)."""
+    return [NONFINITE.get(v, v) if v.__class__ is str else v for v in values]
+
+
+def _run(run: dict[str, Any]) -> dict[str, Any]:
+    metrics = run.get("metrics")
+    if isinstance(metrics, dict):
+        run["metrics"] = dict(zip(metrics, _floats(list(metrics.values())), strict=True))
+    return run
+
+
+def _runs(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [_run(r) for r in runs]
+
+
+def _series(result: dict[str, Any]) -> dict[str, Any]:
+    for curve in result["series"].values():
+        curve["value"] = _floats(curve["value"])
+    return result
+
+
+def _table(result: dict[str, Any]) -> dict[str, Any]:
+    columns = result["columns"]
+    for name in columns:
+        if name.startswith("m:"):
+            columns[name] = _floats(columns[name])
+    return result
+
+
+def _points(event: dict[str, Any]) -> dict[str, Any]:
+    event["value"] = _floats(event["value"])
+    return event
+
+
+METRIC_RESULTS: dict[str, Callable[[Any], Any]] = {
+    "runs.list": _runs, "runs.get": _run, "runs.metrics": _series, "runs.table": _table,
+}
+"""The results that carry metric values, and how their NaN and infinities are read back into floats."""
+METRIC_EVENTS: dict[str, Callable[[Any], Any]] = {"run.metrics": _points}
 
 
 class Reader(Protocol):
@@ -47,7 +90,7 @@ class Subscription:
             item = await self.queue.get()
             if isinstance(item, Exception):
                 raise item
-            yield item
+            yield METRIC_EVENTS[self.topic](item) if self.topic in METRIC_EVENTS else item
 
     async def close(self) -> None:
         self.client._subs.pop(self.id, None)
@@ -66,6 +109,7 @@ class Client:
         self._subs: dict[int, Subscription] = {}
         self._early: dict[int, list[Any]] = {}
         self._closed: Exception | None = None
+        self._said: Unavailable | None = None  # why the agent is closing this connection, when it said
         self._pump = asyncio.get_running_loop().create_task(self._read_loop())
 
     async def call(self, method: str, **params: Any) -> Any:
@@ -76,11 +120,17 @@ class Client:
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._pending[msg_id] = fut
         try:
-            self._writer.write(protocol.encode(protocol.request(msg_id, method, params)))
-            await self._writer.drain()
-            return await fut
+            try:
+                self._writer.write(protocol.encode(protocol.request(msg_id, method, params)))
+                await self._writer.drain()
+            except OSError as exc:  # the agent closed the connection: the read loop has (or soon has) why
+                await asyncio.wait([self._pump], timeout=1.0)
+                if not fut.done():
+                    fut.set_exception(ConnectionLost(str(exc) or type(exc).__name__))
+            result = await fut
         finally:
             self._pending.pop(msg_id, None)
+        return METRIC_RESULTS[method](result) if method in METRIC_RESULTS else result
 
     async def subscribe(self, topic: str, **filters: str) -> Subscription:
         result = await self.call("subscribe", topic=topic, filter=filters)
@@ -98,7 +148,7 @@ class Client:
         except (OSError, asyncio.IncompleteReadError, ValueError) as exc:
             why = str(exc) or type(exc).__name__
         finally:
-            self._fail_all(ConnectionLost(why))
+            self._fail_all(ConnectionLost(self._said.message if self._said else why))
 
     def _dispatch(self, msg: dict[str, Any]) -> None:
         if msg.get("method") == "event":
@@ -112,6 +162,15 @@ class Client:
                 early = self._early.setdefault(sub_id, [])
                 if len(early) < SUBSCRIPTION_QUEUE:
                     early.append(params["data"])
+            return
+        if "error" in msg and msg.get("id") is None:  # no answer: a line refused, or the connection itself
+            err = msg["error"]
+            said = from_wire(err.get("code"), err.get("message"), err.get("data"))
+            if isinstance(said, Unavailable):  # refused or idle: the agent closes it next
+                self._said = said
+            for fut in self._pending.values():
+                if not fut.done():
+                    fut.set_exception(said)
             return
         fut = self._pending.get(msg.get("id"))  # type: ignore[arg-type]
         if fut is None or fut.done():

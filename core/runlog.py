@@ -39,6 +39,11 @@ def nonfinite_name(value: float) -> str:
     return "Infinity" if value > 0 else "-Infinity"
 
 
+def by_name(values: list[Any]) -> list[Any]:
+    """Metric values as JSON can carry them (on the agent's socket too): NaN and infinities by name."""
+    return [nonfinite_name(v) if v.__class__ is float and v - v != 0.0 else v for v in values]
+
+
 def finish_line(run_dir: Path) -> dict[str, Any] | None:
     """The data of the SDK's finish event when it is the last line of the run's metrics.jsonl, else None.
 

@@ -202,6 +202,14 @@ MIGRATIONS: list[str] = [
     """
     ALTER TABLE runs ADD COLUMN total_steps BIGINT;
     """,
+    # issue 18: runs moved out into Parquet files (`mldeck runs archive`): a row each to list and find them
+    """
+    CREATE TABLE archived_runs (
+        run_id VARCHAR, experiment VARCHAR, name VARCHAR, status VARCHAR, sweep_id VARCHAR,
+        created_at DOUBLE, ended_at DOUBLE, archived_at DOUBLE, path VARCHAR, points BIGINT, bytes BIGINT,
+        metrics JSON, run JSON
+    );
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -7,7 +7,9 @@ its own cursor; the agent funnels writes through one thread so they never confli
 from __future__ import annotations
 
 import json
+import os
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +19,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from mldeck.core.errors import Invalid, Refused, TooLarge
+from mldeck.core.atomic import fsync
+from mldeck.core.errors import Internal, Invalid, Refused, TooLarge
 from mldeck.core.metric_series import Series, level_curve, level_partials, series, summary_partials
 from mldeck.core.schema import LEVEL_BUCKETS, LEVEL_FROM_POINTS, LEVEL_SHIFT, SUMMARY_FROM_POINTS, migrate
 
@@ -35,6 +38,7 @@ READ_ONLY_STATEMENTS = {"SELECT", "EXPLAIN"}
 # The agent reads no files and changes no settings through DuckDB, so a user's query can't either.
 SANDBOX = {"enable_external_access": False, "lock_configuration": True}
 QUERY_FETCH_ROWS = 1000
+SWAP_POLL_S = 0.01
 MANAGED_FIELDS = ("status", "started_at", "created_at", "command", "host")
 """What the agent knows better than a run's SDK about the runs it launched: their init leaves these."""
 _json = msgspec.json.Encoder()
@@ -126,6 +130,9 @@ class Store:
         self.settings = dict(settings or {})
         self._queries: dict[duckdb.DuckDBPyConnection, str] = {}
         self._queries_lock = threading.Lock()
+        self._usable = threading.Event()
+        """Cleared while swap() replaces the file: new reads wait for the store that comes after."""
+        self._usable.set()
         self._open()
 
     def _open(self) -> None:
@@ -142,8 +149,31 @@ class Store:
     def close(self) -> None:
         self._con.close()
 
+    def swap(self, replacement: Path) -> None:
+        """Make another store file this one (a compacted copy), on the writer thread, nothing uncommitted:
+        new reads wait, user queries are cancelled, the file is replaced, fsynced and opened again."""
+        self._usable.clear()
+        try:
+            self.cancel_queries("the store is being compacted; run it again")
+            while True:
+                try:
+                    self._con.close()
+                    break
+                except duckdb.ResourceInUseException:  # a read in flight: it ends; new ones wait
+                    time.sleep(SWAP_POLL_S)
+            wal = self.path.with_name(self.path.name + ".wal")
+            if wal.exists() and wal.stat().st_size:
+                self._open()
+                raise Internal(f"{wal} holds commits after the copy was made; the store was left as it was")
+            os.replace(replacement, self.path)
+            fsync(self.path.parent)
+            self._open()
+        finally:
+            self._usable.set()
+
     def cur(self) -> duckdb.DuckDBPyConnection:
         """This thread's cursor on the shared database."""
+        self._usable.wait()
         cur = getattr(self._local, "cur", None)
         if cur is None:
             cur = self._local.cur = self._con.cursor()
@@ -338,8 +368,12 @@ class Store:
         and levels are built again from the points that stay)."""
         cur = self.cur()
         deleted = cur.execute("DELETE FROM metrics WHERE run_id = ? AND step > ?", [run_id, step]).fetchall()
-        if not deleted or not deleted[0][0]:
-            return
+        if deleted and deleted[0][0]:
+            self.rebuild_summaries(run_id)
+
+    def rebuild_summaries(self, run_id: str) -> None:
+        """The run's summaries and levels, built again from its points (after points went or came back)."""
+        cur = self.cur()
         cur.execute("DELETE FROM metric_summary WHERE run_id = ?", [run_id])
         cur.execute("DELETE FROM metric_level WHERE run_id = ?", [run_id])
         cur.execute(SUMMARY_FROM_POINTS.format(runs="run_id = ?"), [run_id])
@@ -466,6 +500,7 @@ class Store:
         """Run one user statement where it can do no harm: SELECT or EXPLAIN only, in a read-only
         transaction on a cursor of its own, in a store that has no file access and locked settings
         (SANDBOX); interrupted past time_limit_s; its result capped at limit rows and max_bytes of JSON."""
+        self._usable.wait()
         cur = self._con.cursor()
         over_time = f"it ran past the time limit of {time_limit_s:g} s ([query] time_limit_s in agent.toml)"
         with self._queries_lock:

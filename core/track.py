@@ -124,7 +124,7 @@ class Run:
             elif value.__class__ is str:
                 _as_number(value)
         if self._write_error is not None and len(self._pending) >= MAX_PENDING_LINES:
-            self.dropped += 1
+            self.dropped += len(values)
         else:
             self._pending.append({"t": time.time(), "s": step, "m": values})
         if self.preempted and not self._handles_stop:
@@ -259,7 +259,11 @@ class Run:
         return folder
 
     def checkpoint(self, state: Any, step: int | None = None) -> Path:
-        """Save state atomically; the newest complete checkpoint is what resume() returns."""
+        """Save state atomically; the newest complete checkpoint is what resume() returns.
+
+        The points logged so far are written first: a resume from this checkpoint replays only the steps
+        after it, so one killed before its flush thread wrote them would otherwise lose them for good."""
+        self.flush()
         step = self._step if step is None else step
         folder = self.dir / CHECKPOINTS
         folder.mkdir(exist_ok=True)

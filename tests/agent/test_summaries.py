@@ -1,11 +1,14 @@
 """Per-run summaries and long series' levels (issue 18) always say what the points say: after seeded random
-ingest with torn lines, resumes and kill -9 of a real agent, and when an older store is upgraded."""
+ingest with torn lines, resumes, archives, restores and kill -9 of a real agent (no point lost or doubled
+on the way), and when an older store is upgraded."""
 
 from __future__ import annotations
 
 import json
 import math
 import random
+import shutil
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -17,6 +20,8 @@ from mldeck.core.schema import LEVEL_BUCKETS, LEVEL_FROM, MIGRATIONS
 from tests.conftest import AgentProc, rpc, start_agent, wait_for
 
 KEYS = ("loss", "acc", "lr")
+SUMMARIES = next(i for i, sql in enumerate(MIGRATIONS) if "CREATE TABLE metric_summary" in sql)
+"""The migration that brought summaries and levels: an older store has those before it."""
 ODD_VALUES = (math.nan, math.inf, -math.inf, 0.5, 2.0, -3.0)
 
 SUMMARY_WRONG = """
@@ -87,13 +92,13 @@ class Writer:
         self.next_step: dict[str, int] = {}
         self.torn: dict[str, bytes] = {}
 
-    def write(self, run_id: str, lines: list[dict[str, Any]]) -> None:
+    def write(self, run_id: str, lines: list[dict[str, Any]], whole: bool = False) -> None:
         data = self.torn.pop(run_id, b"") + b"".join(json.dumps(line).encode() + b"\n" for line in lines)
         path = self.home / "runs" / run_id / "metrics.jsonl"
         if not path.exists():
             path.parent.mkdir(parents=True, exist_ok=True)
             data = json.dumps({"t": time.time(), "e": "init", "d": {"name": run_id}}).encode() + b"\n" + data
-        cut = len(data) if self.rng.random() < 0.7 else self.rng.randrange(1, len(data))
+        cut = len(data) if whole or self.rng.random() < 0.7 else self.rng.randrange(1, len(data))
         with open(path, "ab") as fh:
             fh.write(data[:cut])
         if cut < len(data):
@@ -117,6 +122,10 @@ class Writer:
         step = self.rng.randrange(0, self.next_step.get(run_id, 0) + 1)
         self.write(run_id, [{"t": time.time(), "e": "resume", "d": {"step": step}}])
         self.next_step[run_id] = step
+
+    def finish(self, run_id: str) -> None:
+        """The run ends: its finish line is its file's last, written whole."""
+        self.write(run_id, [{"t": time.time(), "e": "finish", "d": {"status": "succeeded"}}], whole=True)
 
     def close(self) -> None:
         """Finish the torn lines (every file ends with a whole line)."""
@@ -168,6 +177,96 @@ def test_summaries_equal_the_points_after_random_ingest_resumes_and_kill_9(tmp_p
         agent.stop()
 
 
+DIGEST = """SELECT run_id, key, count(*), sum(hash(step, ts, value))::VARCHAR FROM metrics
+              GROUP BY ALL ORDER BY ALL"""
+"""Each series' points as a multiset: equal digests, the same points (none lost, none twice)."""
+
+
+def archive_maybe_killed(home: Path, agent: AgentProc, rng: random.Random) -> AgentProc:
+    """Archive every finished run; half the time kill -9 the agent while it may be at it."""
+    if rng.random() < 0.5:
+        assert "result" in rpc(home, "runs.archive", {"before_s": 0}, timeout=60)
+        return agent
+    asked = threading.Thread(target=rpc, args=(home, "runs.archive", {"before_s": 0}), kwargs={"timeout": 60})
+    asked.start()
+    time.sleep(rng.uniform(0, 0.2))
+    agent.kill(9)
+    asked.join()
+    return start_agent(home)
+
+
+def restore_one(home: Path, rng: random.Random) -> None:
+    archived = query(home, "SELECT run_id FROM archived_runs ORDER BY run_id")
+    if archived:
+        run_id = rng.choice(archived)[0]
+        assert "result" in rpc(home, "runs.restore", {"run_id": run_id}, timeout=60)
+
+
+def reference_digest(tmp_path: Path, home: Path) -> list[list[Any]]:
+    """What a fresh agent makes of the same run files: every point they hold, once."""
+    fresh = tmp_path / "fresh"
+    shutil.copytree(home / "runs", fresh / "runs")
+    agent = start_agent(fresh)
+    try:
+        wait_for(lambda: all_ingested(fresh), timeout=60, what="every line committed")
+        return query(fresh, DIGEST)
+    finally:
+        agent.stop()
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("seed", [3, 4])
+def test_summaries_equal_the_points_after_random_ingest_crash_and_archive(tmp_path: Path, seed: int) -> None:
+    """Issue 18's done-when: runs written, resumed and finished at random, finished ones archived (the
+    agent killed mid-archive now and then) and restored, the agent killed in between: the summaries say
+    what the live points say at the end; restoring every archived run gives back each point once."""
+    rng = random.Random(seed)
+    home = tmp_path / "home"
+    writer = Writer(home, rng)
+    active, made = ["long", *(f"run-{i}" for i in range(4))], 4
+    agent = start_agent(home)
+    try:
+        for round_ in range(30):
+            op = rng.random()
+            if op < 0.08:
+                agent.kill(9)
+                agent = start_agent(home)
+            elif op < 0.2:
+                agent = archive_maybe_killed(home, agent, rng)
+            elif op < 0.28:
+                restore_one(home, rng)
+            elif op < 0.4:  # the long run (past its level) ends half way
+                run_id = rng.choice([r for r in active if r != "long" or round_ > 15])
+                writer.finish(run_id)
+                active.remove(run_id)
+                active.append(f"run-{made}")
+                made += 1
+            elif op < 0.5:
+                writer.resume(rng.choice(active))
+            elif op < 0.65 and "long" in active:
+                writer.points("long", rng.randrange(4000, 12_000), keys=("loss",))
+            else:
+                writer.points(rng.choice(active), rng.randrange(1, 400))
+            time.sleep(rng.uniform(0, 0.3))
+        for run_id in active:
+            writer.finish(run_id)
+        wait_for(lambda: all_ingested(home), timeout=60, what="every line committed")
+        assert "result" in rpc(home, "runs.archive", {"before_s": 0}, timeout=60)  # every run, now all ended
+        restore_one(home, rng)
+        assert_summaries_true(home)
+        archived = {r[0] for r in query(home, "SELECT run_id FROM archived_runs")}
+        live = {r[0] for r in query(home, "SELECT run_id FROM runs")}
+        assert len(archived) == made and len(live) == 1 and not archived & live
+        for run_id in sorted(archived):
+            assert "result" in rpc(home, "runs.restore", {"run_id": run_id}, timeout=60)
+        assert_summaries_true(home)
+        assert query(home, "SELECT count(*) FROM archived_runs") == [[0]]
+        assert not list((home / "archive").rglob("*.parquet"))  # one a killed archive left was written again
+        assert query(home, DIGEST) == reference_digest(tmp_path, home)
+    finally:
+        agent.stop()
+
+
 def test_the_last_value_is_the_last_written_at_the_last_step(agent_home: AgentProc) -> None:
     home = agent_home.home
     path = home / "runs" / "twice" / "metrics.jsonl"
@@ -189,7 +288,7 @@ def test_an_older_store_gets_summaries_and_levels_from_its_points(tmp_path: Path
     home.mkdir()
     con = duckdb.connect(str(home / "mldeck.duckdb"))
     con.execute("CREATE TABLE schema_version (version INTEGER)")
-    for version, sql in enumerate(MIGRATIONS[:-1], start=1):
+    for version, sql in enumerate(MIGRATIONS[:SUMMARIES], start=1):
         con.execute(sql)
         con.execute("INSERT INTO schema_version VALUES (?)", [version])
     con.execute("INSERT INTO metrics SELECT 'short', 'loss', range, range, "

@@ -11,9 +11,10 @@ append as the SDK's flush thread does. The lines are encoded before the clock st
 the first write to the agent reporting every line committed. Then,
 medians of three warm calls on one connection: runs.list of 1,000 runs, the Runs screen's first page
 (runs.table, 1,000 runs), one run's runs.get and runs.metrics; the agent's RSS at rest; the store's
-bytes per point once the agent has stopped; the first page again after a restart. Last, 20 long runs
+bytes per point once the agent has stopped; the first page again after a restart. 20 long runs
 (--long-points each, 2 keys) are written into the largest store and compared as the Compare screen
-does (runs.get and runs.metrics at 500 points for all 20 at once).
+does (runs.get and runs.metrics at 500 points for all 20 at once). Last, the older half of each store's
+runs is archived (`runs.archive`) and the store compacted (`store.compact`).
 """
 
 from __future__ import annotations
@@ -41,6 +42,8 @@ from tests.conftest import rpc, start_agent  # noqa: E402
 KEYS = 10
 STEPS = 1000
 FLUSH_LINES = 200
+BASE = 1.7e9
+"""Run i of a store is created at BASE + i and ends 1e4 s later (in 2023: old enough to archive)."""
 ENCODE = msgspec.json.Encoder().encode
 
 
@@ -195,7 +198,7 @@ def bench_size(root: Path, points: int, long_points: int, writers: int, memory_l
     agent = start_agent(home, config=f'[store]\nmemory_limit = "{memory_limit}"\n')
     out: dict[str, Any] = {"runs": runs, "writers": writers}
     try:
-        seconds = fill(home, runs, writers, STEPS, KEYS, base=1.7e9)
+        seconds = fill(home, runs, writers, STEPS, KEYS, base=BASE)
         out["ingest"] = runs * STEPS * KEYS / seconds
         time.sleep(5)
         out["rss"], out["peak"] = rss_mb(agent.proc.pid)
@@ -214,9 +217,24 @@ def bench_size(root: Path, points: int, long_points: int, writers: int, memory_l
     agent = start_agent(home)
     try:
         out["cold_table"] = asyncio.run(first_page_ms(home))
+        out.update(archive_and_compact(home, runs, base=BASE))
     finally:
         agent.stop()
     return out
+
+
+def archive_and_compact(home: Path, runs: int, base: float) -> dict[str, Any]:
+    """Archive the older half of the store's runs (run i ended at base + i + 1e4), then compact the
+    store: seconds, points and bytes of each."""
+    cutoff = base + runs // 2 + 1e4 - 0.5
+    t0 = time.perf_counter()
+    archived = rpc(home, "runs.archive", {"before_s": time.time() - cutoff}, timeout=3600)["result"]
+    took = time.perf_counter() - t0
+    assert len(archived["runs"]) == runs // 2, archived["kept"]
+    compacted = rpc(home, "store.compact", timeout=3600)["result"]
+    return {"archive_s": took, "archived_points": archived["points"], "archive_bytes": archived["bytes"],
+            "compact_s": compacted["took_s"], "store_before": compacted["bytes_before"],
+            "store_after": compacted["bytes_after"]}
 
 
 def table(results: dict[int, dict[str, Any]], long_points: int) -> list[tuple[str, ...]]:
@@ -240,6 +258,11 @@ def table(results: dict[int, dict[str, Any]], long_points: int) -> list[tuple[st
         row("runs.get + runs.metrics, one run", lambda r: f"{r['one']:,.0f} ms"),
         row("agent RSS at rest after ingest", lambda r: f"{r['rss']:,.0f} MB (peak {r['peak']:,.0f})"),
         row("store bytes per point", lambda r: f"{r['bytes_per_point']:.1f}"),
+        row("archive of the older half of the runs", lambda r: f"{r['archive_s']:.1f} s, "
+            f"{r['archived_points'] / r['archive_s'] / 1e3:,.0f} k points/s, "
+            f"{r['archive_bytes'] / r['archived_points']:.1f} bytes/point in Parquet"),
+        row("store compact after it", lambda r: f"{r['compact_s']:.1f} s, "
+            f"{r['store_before'] / 2**20:,.0f} -> {r['store_after'] / 2**20:,.0f} MiB"),
     ]
     largest = results[sizes[-1]]
     if "compare" in largest:

@@ -30,6 +30,7 @@ from mldeck.tui.cli import (
     run_cmd,
     runs_cmd,
     serve_cmd,
+    store_cmd,
     sweep_cmd,
 )
 
@@ -38,6 +39,7 @@ COMMANDS: list[Callable[[Any, argparse.ArgumentParser], None]] = [
     agent_cmd.register,
     backup_cmd.register,
     runs_cmd.register,
+    store_cmd.register,
     query_cmd.register,
     hosts_cmd.register,
     import_cmd.register,

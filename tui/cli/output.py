@@ -10,11 +10,23 @@ from typing import Any
 
 import msgspec
 
+from mldeck.core.runlog import nonfinite_name
 from mldeck.tui.units import number
 
 
 def print_json(data: Any) -> None:
-    sys.stdout.write(msgspec.json.format(msgspec.json.encode(data), indent=2).decode() + "\n")
+    sys.stdout.write(msgspec.json.format(msgspec.json.encode(_named(data)), indent=2).decode() + "\n")
+
+
+def _named(data: Any) -> Any:
+    """NaN and infinities by name, as the agent sends them: JSON has none, and msgspec would write null."""
+    if data.__class__ is float:
+        return data if data - data == 0.0 else nonfinite_name(data)
+    if isinstance(data, dict):
+        return {k: _named(v) for k, v in data.items()}
+    if isinstance(data, list | tuple):
+        return [_named(v) for v in data]
+    return data
 
 
 def show(args: argparse.Namespace, result: Any, render: Callable[[Any], object]) -> int:

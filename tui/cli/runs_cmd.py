@@ -1,13 +1,16 @@
-"""`mldeck runs ls|show|logs|stop|resume`: the runs an agent knows, and control of its jobs."""
+"""`mldeck runs ls|show|logs|stop|resume|archive|restore`: the runs an agent knows, control of its jobs,
+and moving old runs' points out of the store into Parquet files and back."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import re
 import sys
 import time
 from typing import Any
 
+from mldeck.core.errors import UsageError
 from mldeck.tui.cli.connect import agent_client, call_agent
 from mldeck.tui.cli.output import print_table, show, when
 from mldeck.tui.fleet import Fleet
@@ -16,6 +19,8 @@ from mldeck.tui.units import duration
 
 FOLLOW_POLL_S = 0.3
 FLEET_HOST = "fleet_host"  # with --host all: which host of the fleet a run is on
+AGE_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86_400, "w": 7 * 86_400}
+SHOWN_IDS = 10  # a dry run names this many of the runs it would archive
 
 
 def _duration(run: dict[str, Any]) -> float | None:
@@ -37,23 +42,39 @@ def _print_runs(runs: list[dict[str, Any]]) -> None:
     )
 
 
+def _print_archived(runs: list[dict[str, Any]]) -> None:
+    fleet = any(FLEET_HOST in r for r in runs)
+    print_table(
+        [*(["host"] if fleet else []), "run", "experiment", "name", "status", "created", "archived", "points",
+         "file"],
+        [[*([r[FLEET_HOST]] if fleet else []), r["run_id"], r["experiment"], r["name"], r["status"],
+          when(r["created_at"]), when(r["archived"]["at"]), r["archived"]["points"], r["archived"]["path"]]
+         for r in runs],
+    )
+
+
 async def ls(args: argparse.Namespace) -> int:
-    params = {"status": args.status, "experiment": args.experiment, "limit": args.limit}
+    if args.archived and args.status:
+        raise UsageError("`--archived` lists finished runs by experiment; leave out --status")
+    params = {"experiment": args.experiment, "limit": args.limit}
+    method, render = ("runs.archived", _print_archived) if args.archived else ("runs.list", _print_runs)
+    if not args.archived:
+        params["status"] = args.status
     if args.host == ALL:
-        return await ls_fleet(args, params)
-    return show(args, await call_agent(args, "runs.list", **params), _print_runs)
+        return await ls_fleet(args, method, params, render)
+    return show(args, await call_agent(args, method, **params), render)
 
 
-async def ls_fleet(args: argparse.Namespace, params: dict[str, Any]) -> int:
+async def ls_fleet(args: argparse.Namespace, method: str, params: dict[str, Any], render: Any) -> int:
     """--host all: the runs of this machine and every host of the hosts file, newest first, as one list."""
     async with Fleet.from_config(local_home=args.home) as fleet:
-        got = await fleet.gather("runs.list", **params)
+        got = await fleet.gather(method, **params)
     runs = [{**run, FLEET_HOST: name} for name, out in got.items() if out.ok for run in out.value]
     runs.sort(key=lambda r: r["created_at"] or 0, reverse=True)
     for name, out in got.items():
         if not out.ok:
             print(f"mldeck: {name} left out: {out.why}", file=sys.stderr)
-    show(args, runs[:args.limit], _print_runs)
+    show(args, runs[:args.limit], render)
     return 0 if all(out.ok for out in got.values()) else 3
 
 
@@ -69,7 +90,11 @@ def _print_run(run: dict[str, Any]) -> None:
         print(f"  {k} = {v}")
     print("metrics (last value):")
     for k, v in sorted(run["metrics"].items()):
-        print(f"  {k} = {v:.6g}")
+        print(f"  {k} = {'-' if v is None else f'{v:.6g}'}")
+    if run.get("archived"):
+        where = run["archived"]
+        print(f"{'archived:':<15}{when(where['at'])}, {where['points']:,} points in {where['path']} "
+              f"(`mldeck runs restore {run['run_id']}` brings it back)")
 
 
 async def show_cmd(args: argparse.Namespace) -> int:
@@ -111,6 +136,39 @@ async def resume(args: argparse.Namespace) -> int:
     return show(args, result, lambda _: print(f"{args.run}: queued to resume from its last checkpoint"))
 
 
+def age_seconds(text: str) -> float:
+    """`90d`, `12h`, `2w`, `30m`, `45s`: an age in seconds."""
+    match = re.fullmatch(r"(\d+(?:\.\d+)?)([smhdw])", text.strip())
+    if match is None:
+        raise UsageError(f"--before {text!r}: give an age such as 90d, 12h, 2w, 30m or 45s")
+    return float(match[1]) * AGE_UNITS[match[2]]
+
+
+def _print_archive(result: dict[str, Any]) -> None:
+    runs, kept = result["runs"], result["kept"]
+    if result["dry_run"]:
+        names = ", ".join(runs[:SHOWN_IDS]) + (", …" if len(runs) > SHOWN_IDS else "")
+        print(f"would archive {len(runs):,} runs ({result['points']:,} points) into {result['folder']}"
+              + (f": {names}" if runs else ""))
+    else:
+        print(f"archived {len(runs):,} runs ({result['points']:,} points, {result['bytes'] / 2**20:,.1f} MiB "
+              f"of Parquet) into {result['folder']}")
+    if kept:
+        print(f"kept {sum(kept.values()):,}: " + "; ".join(f"{n:,} because {why}" for why, n in kept.items()))
+
+
+async def archive(args: argparse.Namespace) -> int:
+    result = await call_agent(args, "runs.archive", before_s=age_seconds(args.before),
+                              experiment=args.experiment, status=args.status, dry_run=args.dry_run)
+    return show(args, result, _print_archive)
+
+
+async def restore(args: argparse.Namespace) -> int:
+    result = await call_agent(args, "runs.restore", run_id=args.run)
+    return show(args, result, lambda r: print(f"{r['run_id']}: {r['points']:,} points back in the store "
+                                              f"(from {r['path']}, now removed)"))
+
+
 def register(sub: Any, common: argparse.ArgumentParser) -> None:
     runs = sub.add_parser("runs", help="list and inspect runs")
     cmds = runs.add_subparsers(dest="runs_command", metavar="ACTION", required=True)
@@ -118,6 +176,7 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("--status", help="only runs with this status")
     p.add_argument("--experiment", help="only runs of this experiment")
     p.add_argument("--limit", type=int, default=1000)
+    p.add_argument("--archived", action="store_true", help="the archived runs instead (`runs archive`)")
     p.set_defaults(func=ls)
     p = cmds.add_parser("show", parents=[common], help="one run's details")
     p.add_argument("run", help="run id")
@@ -134,3 +193,14 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     p = cmds.add_parser("resume", parents=[common], help="queue a stopped/failed/preempted run again")
     p.add_argument("run", help="run id")
     p.set_defaults(func=resume)
+    p = cmds.add_parser("archive", parents=[common],
+                        help="move finished runs' points out of the store into Parquet files in the home")
+    p.add_argument("--before", required=True, metavar="AGE",
+                   help="runs that ended longer ago than this: 90d, 12h, 2w, 30m, 45s")
+    p.add_argument("--experiment", help="only runs of this experiment")
+    p.add_argument("--status", help="only runs with this status (succeeded, failed, stopped, pruned)")
+    p.add_argument("--dry-run", action="store_true", help="say what would be archived, and archive nothing")
+    p.set_defaults(func=archive)
+    p = cmds.add_parser("restore", parents=[common], help="bring an archived run back into the store")
+    p.add_argument("run", help="run id (`mldeck runs ls --archived` lists them)")
+    p.set_defaults(func=restore)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from textual_plotext import PlotextPlot
@@ -32,8 +33,8 @@ class MetricChart(PlotextPlot):
         plt.clear_figure()
         plt.title(self.title)
         plt.xlabel(self.xlabel)
-        drawn = {label: [(x, y) for x, y in zip(xs, ys, strict=False) if y is not None and y == y]
-                 for label, (xs, ys) in series.items()}
+        drawn = {label: [(x, y) for x, y in zip(xs, ys, strict=False) if y is not None and math.isfinite(y)]
+                 for label, (xs, ys) in series.items()}  # NaN and infinities cannot be drawn
         drawn = {label: points for label, points in drawn.items() if points}
         if self.ylim:
             plt.ylim(*self.ylim)

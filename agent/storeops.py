@@ -1,0 +1,97 @@
+"""The StoreOps service: `runs.archive`, `runs.restore`, `runs.archived` and `store.compact`.
+
+Archiving moves finished runs' points into Parquet files under the home and out of the store
+(core.archive); compacting rewrites the store into a fresh file to give the space back (core.compact).
+Both write on the agent's writer thread, and one of them runs at a time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+from mldeck.agent.service import Context, rpc
+from mldeck.core import archive, compact
+from mldeck.core.archive import ArchivedParams, ArchiveParams
+from mldeck.core.errors import NotFound, Refused
+from mldeck.core.protocol import NoParams, RunRef
+
+log = logging.getLogger("mldeck.storeops")
+
+COMPACT_ROOM = 2.2
+"""Free space a compaction needs beside the store, as a multiple of its size (a copy, and the new file)."""
+
+
+class StoreOps:
+    """Archive and restore of runs, and compaction of the store."""
+
+    def __init__(self, ctx: Context) -> None:
+        self.ctx = ctx
+        self.home = ctx.layout.home
+        self._one_at_a_time = asyncio.Lock()
+
+    @rpc("runs.archive")
+    async def archive(self, p: ArchiveParams) -> dict[str, Any]:
+        cutoff = time.time() - p.before_s
+        plan = await self.ctx.read(archive.plan, self.ctx.store, cutoff, p.experiment, p.status)
+        out: dict[str, Any] = {"dry_run": p.dry_run, "kept": plan.kept, "folder": str(self.home / "archive")}
+        if p.dry_run:
+            points = sum(n for _, n in plan.runs)
+            return {**out, "runs": [r for r, _ in plan.runs], "points": points, "bytes": 0}
+        moved: list[dict[str, Any]] = []
+        async with self._one_at_a_time:
+            for batch in plan.batches():
+                moved += await self.ctx.db(archive.archive_batch, self.ctx.store, self.home, batch,
+                                           time.time())
+        left = len(plan.runs) - len(moved)
+        if left:
+            out["kept"] = {**plan.kept, "it changed while the archive ran": left}
+        points, size = sum(r["points"] for r in moved), sum(r["bytes"] for r in moved)
+        if moved:
+            log.info("archived %d runs (%d points, %d bytes of Parquet)", len(moved), points, size)
+        return {**out, "runs": [r["run_id"] for r in moved], "points": points, "bytes": size}
+
+    @rpc("runs.archived")
+    async def archived(self, p: ArchivedParams) -> list[dict[str, Any]]:
+        runs = await self.ctx.read(archive.list_archived, self.ctx.store, p.experiment, p.limit)
+        return [self._where(run) for run in runs]
+
+    async def archived_run(self, run_id: str) -> dict[str, Any] | None:
+        """The archived run of this id as runs.archived shows it; None when it is not archived."""
+        run = await self.ctx.read(archive.archived_run, self.ctx.store, run_id)
+        return None if run is None else self._where(run)
+
+    def _where(self, run: dict[str, Any]) -> dict[str, Any]:
+        run["archived"]["path"] = str(self.home / run["archived"]["path"])
+        return run
+
+    @rpc("runs.restore")
+    async def restore(self, p: RunRef) -> dict[str, Any]:
+        async with self._one_at_a_time:
+            found = await self.archived_run(p.run_id)
+            if found is None:
+                raise NotFound(f"run {p.run_id!r} is not archived (`mldeck runs ls --archived` lists those "
+                               "that are)")
+            path = Path(found["archived"]["path"])
+            run, points = await asyncio.to_thread(archive.read_archive, path, found["archived"]["points"])
+            await self.ctx.db(archive.restore, self.ctx.store, run, points)
+        await asyncio.to_thread(path.unlink, missing_ok=True)
+        log.info("restored run %s (%d points) from %s", p.run_id, points.num_rows, path)
+        return {"run_id": p.run_id, "points": points.num_rows, "path": str(path)}
+
+    @rpc("store.compact")
+    async def compact(self, _: NoParams) -> dict[str, Any]:
+        size = await asyncio.to_thread(compact.store_bytes, self.ctx.store.path)
+        free = (await asyncio.to_thread(shutil.disk_usage, self.home)).free
+        if free < size * COMPACT_ROOM:
+            raise Refused(f"compacting needs about {size * COMPACT_ROOM / 2**20:,.0f} MiB free beside the "
+                          f"store (a copy and the new file); {free / 2**20:,.0f} MiB are")
+        async with self._one_at_a_time:
+            result = await self.ctx.db(compact.compact, self.ctx.store)
+        log.info("compacted the store: %d -> %d bytes in %.1f s", result["bytes_before"],
+                 result["bytes_after"], result["took_s"])
+        return result
