@@ -1,10 +1,11 @@
 """The agent's side of serving (the Serving service): supervise the model server, tell it what to
 serve, ingest its logs, and answer the `serving.*` methods.
 
-The server (`python -m mldeck.agent.serving`, which imports torch) is a child process,
-restarted with backoff if it dies while wanted. An agent that restarts after a crash adopts
-the server its predecessor left running (same pid and start time, ready, same [serving]
-settings) instead of replacing it, so serving never stops for the agent's sake. What it serves comes from
+The server (`python -m mldeck.agent.serving`, which imports torch) is a process of its own session,
+restarted with backoff if it dies while wanted. It outlives the agent: a planned stop (`mldeck agent
+stop`, SIGTERM) leaves it serving, as a crash does, and the next agent adopts the server it finds
+running (same pid and start time, ready, same [serving] settings) instead of replacing it, so serving
+never stops for the agent's sake; only `serving.stop` ends it. What it serves comes from
 `serving/manifest.json`, written here atomically from the aliases table and the
 traffic split whenever the registry publishes on `models` (and on a slow poll of
 the store behind that). Its prediction, feedback and alert lines are ingested
@@ -17,6 +18,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -33,6 +35,7 @@ from mldeck.core import cost as costs
 from mldeck.core import serving as sv
 from mldeck.core.atomic import write_atomic
 from mldeck.core.errors import Invalid, NotFound, Unavailable
+from mldeck.core.paths import Layout
 from mldeck.core.protocol import NoParams
 from mldeck.core.registry import get_version
 from mldeck.core.serving import LabelledParams, StatsParams, TrafficParams
@@ -56,7 +59,7 @@ BACKOFF_MAX_S = 30.0
 STABLE_S = 60.0
 LOG_FILE = "server.log"
 PID_FILE = "server.pid"
-ADOPTED_POLL_S = 0.5
+WATCH_POLL_S = 0.5
 
 _INT = pa.int32()
 _STR = pa.string()
@@ -88,7 +91,7 @@ class Serving:
         self.ingest = ingest
         self.config = ctx.config.serving
         self.dir = ctx.layout.serving
-        self.proc: asyncio.subprocess.Process | Adopted | None = None
+        self.proc: ServerProcess | None = None
         self._usage: tuple[int, float, float] | None = None  # pid, monotonic time, CPU seconds
         self.wanted = False
         self.started_at: float | None = None
@@ -114,8 +117,10 @@ class Serving:
         tasks.every(USAGE_EVERY_S, self.account_usage, "serving-usage")
 
     async def stop(self) -> None:
-        """The server goes with the agent: it is a child, not a daemon of its own."""
-        await self.terminate()
+        """A planned stop of the agent leaves the server serving; the next agent adopts it."""
+        if self.running and self.proc is not None:
+            log.info("model server pid %d keeps serving on %s; the next agent adopts it", self.proc.pid,
+                     self.url)
         if self._session is not None:
             await self._session.close()
 
@@ -260,31 +265,10 @@ class Serving:
             "--device", c.device, "--log-queue", str(c.log_queue), "--segment-bytes", str(c.segment_bytes),
         ]
 
-    def _left_running(self) -> psutil.Process | None:
-        """The model server of this home an earlier agent started, if it still runs (pid and start time)."""
-        try:
-            record = msgspec.json.decode((self.dir / PID_FILE).read_bytes(), type=ServerRecord)
-            proc = psutil.Process(record.pid)
-            if abs(proc.create_time() - record.created) > 1.0:
-                return None  # the pid was reused
-            cmdline = proc.cmdline()
-        except (OSError, msgspec.DecodeError, msgspec.ValidationError, psutil.Error):
-            return None
-        return proc if "mldeck.agent.serving" in cmdline and str(self.ctx.layout.home) in cmdline else None
-
-    def _end_orphan(self) -> None:
-        """A server left by an agent that was killed, and not adopted, still holds the port: end it."""
-        proc = self._left_running()
-        if proc is not None:
-            log.warning("ending model server pid %d left by an earlier agent", proc.pid)
-            with contextlib.suppress(psutil.Error):
-                proc.terminate()
-                proc.wait(STOP_TIMEOUT_S)
-
     async def resume(self) -> None:
         """Adopt the server an earlier agent left running if it is ready and runs these settings."""
         async with self._launching:
-            proc = await asyncio.to_thread(self._left_running)
+            proc = await asyncio.to_thread(left_running, self.ctx.layout)
             if proc is None or self.running:
                 return
             stats = await self._get(sv.STATS_PATH, window_s="1")
@@ -296,7 +280,7 @@ class Serving:
                             proc.pid, why)
                 return
             await self.write_manifest()
-            self.proc = Adopted(proc)
+            self.proc = ServerProcess(proc)
             self.wanted = True
             self.last_exit = None
             self.started_at = proc.create_time()
@@ -304,18 +288,22 @@ class Serving:
             self.ctx.hub.publish(TOPIC, {"kind": "state", "state": "adopted", "pid": proc.pid})
             self.ctx.tasks.spawn(self.supervise(self.proc), "serving-supervisor")
 
-    async def _spawn(self) -> asyncio.subprocess.Process:
+    async def _spawn(self) -> ServerProcess:
+        """Start the server as a plain process, not an asyncio child (whose transport kills it on close)."""
         self.dir.mkdir(parents=True, exist_ok=True)
-        await asyncio.to_thread(self._end_orphan)
+        ended = await asyncio.to_thread(end_left_running, self.ctx.layout)
+        if ended is not None:
+            log.warning("ended model server pid %d left by an earlier agent, not adopted", ended)
         with open(self.dir / LOG_FILE, "ab") as out:
-            proc = await asyncio.create_subprocess_exec(
-                *self.command(), stdin=asyncio.subprocess.DEVNULL, stdout=out, stderr=out,
+            child = subprocess.Popen(
+                self.command(), stdin=subprocess.DEVNULL, stdout=out, stderr=out,
                 env={**os.environ, "PYTHONUNBUFFERED": "1"}, start_new_session=True,
             )
+        proc = ServerProcess(psutil.Process(child.pid), child)
         self.proc = proc
         self.started_at = time.time()
         with contextlib.suppress(psutil.Error):  # one that died at once is supervised all the same
-            record = ServerRecord(proc.pid, psutil.Process(proc.pid).create_time())
+            record = ServerRecord(proc.pid, proc.process.create_time())
             write_atomic(self.dir / PID_FILE, msgspec.json.encode(record))
         log.info("model server started: pid %d on %s", proc.pid, self.url)
         self.ctx.hub.publish(TOPIC, {"kind": "state", "state": "starting", "pid": proc.pid})
@@ -349,7 +337,7 @@ class Serving:
             f"the model server did not answer within {START_TIMEOUT_S:.0f}s; "
             f"see {self.dir / LOG_FILE}")
 
-    async def supervise(self, proc: asyncio.subprocess.Process | Adopted) -> None:
+    async def supervise(self, proc: ServerProcess) -> None:
         """Restart the server if it dies while wanted, backing off when it keeps dying."""
         backoff = 1.0
         while True:
@@ -446,38 +434,78 @@ class ServerRecord(msgspec.Struct, array_like=True):
     created: float
 
 
-class Adopted:
-    """A server an earlier agent started: not our child, so it is watched by pid (asyncio's Process API).
+class ServerProcess:
+    """The model server behind asyncio's Process interface, watched by polling so that it outlives the agent.
 
-    Its exit status cannot be known; `returncode` is 0 once it is gone.
+    One this agent started is also its Popen, which gives its exit code; one an earlier agent started is
+    not our child: its exit status cannot be known, and `returncode` is 0 once it is gone.
     """
 
-    def __init__(self, proc: psutil.Process) -> None:
-        self._proc = proc
-        self.pid = proc.pid
-        self.returncode: int | None = None
+    def __init__(self, process: psutil.Process, child: subprocess.Popen[bytes] | None = None) -> None:
+        self.process = process
+        self._child = child
+        self.pid = process.pid
+        self._code: int | None = None
+
+    @property
+    def returncode(self) -> int | None:
+        if self._code is None:
+            self._code = self._child.poll() if self._child is not None else 0 if gone(self.process) else None
+        return self._code
 
     async def wait(self) -> int:
-        while self.returncode is None:
-            if not await asyncio.to_thread(self._alive):
-                self.returncode = 0
-                break
-            await asyncio.sleep(ADOPTED_POLL_S)
-        return self.returncode
-
-    def _alive(self) -> bool:
-        try:
-            return self._proc.status() != psutil.STATUS_ZOMBIE
-        except psutil.NoSuchProcess:
-            return False
+        while (code := self.returncode) is None:
+            await asyncio.sleep(WATCH_POLL_S)
+        return code
 
     def terminate(self) -> None:
         with contextlib.suppress(psutil.NoSuchProcess):
-            self._proc.terminate()
+            self.process.terminate()
 
     def kill(self) -> None:
         with contextlib.suppress(psutil.NoSuchProcess):
-            self._proc.kill()
+            self.process.kill()
+
+
+def left_running(layout: Layout) -> psutil.Process | None:
+    """The model server an agent of this home started, if it still runs (pid and start time checked)."""
+    try:
+        record = msgspec.json.decode((layout.serving / PID_FILE).read_bytes(), type=ServerRecord)
+        proc = psutil.Process(record.pid)
+        if abs(proc.create_time() - record.created) > 1.0:
+            return None  # the pid was reused
+        cmdline = proc.cmdline()
+    except (OSError, msgspec.DecodeError, msgspec.ValidationError, psutil.Error):
+        return None
+    return proc if "mldeck.agent.serving" in cmdline and str(layout.home) in cmdline else None
+
+
+def end_left_running(layout: Layout) -> int | None:
+    """End the model server an agent of this home left running (it holds the port): its pid, or None."""
+    proc = left_running(layout)
+    if proc is None:
+        return None
+    for send in (proc.terminate, proc.kill):
+        with contextlib.suppress(psutil.NoSuchProcess):
+            send()
+        deadline = time.monotonic() + STOP_TIMEOUT_S
+        while time.monotonic() < deadline:
+            if gone(proc):
+                return proc.pid
+            time.sleep(0.05)
+    raise Unavailable(f"the model server pid {proc.pid} left by an earlier agent does not end")
+
+
+def gone(proc: psutil.Process) -> bool:
+    """Whether the process has exited: a zombie has (reaped here if it is our child, else by its parent)."""
+    try:
+        if proc.status() != psutil.STATUS_ZOMBIE:
+            return False
+    except psutil.NoSuchProcess:
+        return True
+    with contextlib.suppress(psutil.Error):
+        proc.wait(0)
+    return True
 
 
 def _tail(path: Path, lines: int = 1) -> str:

@@ -84,6 +84,7 @@ class AgentProc(AgentHome):
         self.proc.wait(timeout=30)
 
     def stop(self) -> None:
+        """SIGTERM (a planned stop), then end the model server such a stop leaves serving."""
         if self.proc.poll() is None:
             self.proc.terminate()
             try:
@@ -91,6 +92,14 @@ class AgentProc(AgentHome):
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+        end_model_server(self.home)
+
+
+def end_model_server(home: Path) -> None:
+    """A test's agent takes its model server along: a planned agent stop leaves it running."""
+    from mldeck.agent.servingctl import end_left_running
+
+    end_left_running(Layout(home))
 
 
 def rpc(home: Path, method: str, params: dict[str, Any] | None = None, timeout: float = 10) -> Any:
@@ -166,6 +175,7 @@ class InProcessAgent(AgentHome):
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(10)
         self._loop.close()
+        end_model_server(self.home)
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO, agent_env
+from tests.conftest import REPO, agent_env, end_model_server
 
 BLOCK = re.compile(r"^```bash runnable\n(.*?)^```", re.MULTILINE | re.DOTALL)
 
@@ -35,3 +35,4 @@ def test_readme_blocks_run(tmp_path: Path) -> None:
     finally:
         subprocess.run([sys.executable, "-m", "mldeck.tui.cli", "agent", "stop"], env=env, cwd=REPO,
                        capture_output=True, timeout=60)
+        end_model_server(tmp_path / "home")  # the walk's promotion started one; `agent stop` leaves it

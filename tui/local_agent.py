@@ -29,12 +29,17 @@ PING_ANSWER_S = 5.0
 
 async def ping(layout: Layout) -> dict[str, Any] | None:
     """The agent's status if one answers on this home's socket."""
+    return await ask(layout, "agent.status")
+
+
+async def ask(layout: Layout, method: str, answer_s: float = PING_ANSWER_S) -> Any:
+    """One call to this home's agent, without params; None if no agent answers (or it answers an error)."""
     try:
         client = await asyncio.wait_for(connect_unix(layout.socket), PING_CONNECT_S)
     except (OSError, TimeoutError):
         return None
     try:
-        return await asyncio.wait_for(client.call("agent.status"), PING_ANSWER_S)
+        return await asyncio.wait_for(client.call(method), answer_s)
     except (MldeckError, TimeoutError):
         return None
     finally:

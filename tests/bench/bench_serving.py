@@ -1,6 +1,10 @@
-"""Serving benchmark: mldeck's model server against a naive aiohttp server and `mlflow models serve`.
+"""Serving benchmark: mldeck's model server against a naive aiohttp server, `mlflow models serve`,
+MLServer and LitServe.
 
     .venv/bin/python tests/bench/bench_serving.py [--seconds 10] [--mlflow-python /tmp/mlflowenv/bin/python]
+        [--mlserver-python /work/peers/mlserver/bin/python]
+        [--litserve-python /work/peers/litserve/bin/python]
+        [--rounds 2] [--peers-only]
 
 Load comes from a separate process (an aiohttp client, not the server's code):
 64 closed-loop clients, one row per request recorded, the warm-up discarded.
@@ -9,7 +13,11 @@ Load comes from a separate process (an aiohttp client, not the server's code):
    environment is given; otherwise its figure from NOTES is quoted, labelled so);
 2. a compute-heavy MLP (~6M parameters): mldeck with batching on vs off, with the
    batch-size histogram;
-3. a hot swap every 2 s during 30 s of load: failures counted.
+3. a hot swap every 2 s during 30 s of load: failures counted;
+4. when their environments are given (each a venv with torch and the peer), the small MLP side by side
+   with MLServer (a custom runtime, adaptive batching 64 / 1 ms; request log, metrics and gzip off, its
+   fastest here) and LitServe (batching 64 / 1 ms), in alternating rounds (mldeck, MLServer, LitServe,
+   then again), each server started fresh for its turn and given the same KServe v2 body.
 The naive server and the load generator are modes of this script (--naive-server, --load).
 """
 
@@ -17,9 +25,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import itertools
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -35,6 +45,7 @@ from mldeck.core.ports import free_port
 REPO = Path(__file__).resolve().parents[2]
 
 CLIENTS = 64
+SMALL = [32, 256, 256, 2]
 WARMUP_S = 3.0
 QUOTED_MLFLOW = {"rps": 600.0, "p50_ms": None, "p99_ms": 330.0, "errors": 0, "note": "quoted from NOTES"}
 
@@ -56,7 +67,7 @@ def make_models(root: Path) -> dict[str, Path]:
         return torch.nn.Sequential(*layers[:-1]).eval()
 
     out = {}
-    for key, sizes, seed in (("small1", [32, 256, 256, 2], 1), ("small2", [32, 256, 256, 2], 2),
+    for key, sizes, seed in (("small1", SMALL, 1), ("small2", SMALL, 2),
                              ("heavy", [512, 2048, 2048, 512], 3)):
         model = mlp(sizes, seed)
         sample = np.random.default_rng(seed).normal(size=(16, sizes[0])).astype(np.float32)
@@ -101,6 +112,81 @@ for a, b in zip(layers, layers[1:]):
 model = torch.nn.Sequential(*mods[:-1]).eval()
 model.load_state_dict(torch.load(state))
 mlflow.pytorch.save_model(model, out, input_example=numpy.zeros((2, layers[0]), numpy.float32))
+"""
+
+
+# the peers: the same MLP from the same weights, loaded in each peer's own environment --------------
+
+PEER_MLP = """
+import torch
+
+
+def build(state, sizes):
+    mods = []
+    for a, b in zip(sizes, sizes[1:]):
+        mods += [torch.nn.Linear(a, b), torch.nn.ReLU()]
+    model = torch.nn.Sequential(*mods[:-1]).eval()
+    model.load_state_dict(torch.load(state))
+    return model
+"""
+
+MLSERVER_RUNTIME = """
+import torch
+from mlserver import MLModel
+from mlserver.codecs import NumpyCodec
+from mlserver.types import InferenceRequest, InferenceResponse
+
+from peer_mlp import build
+
+
+class MLP(MLModel):
+    async def load(self) -> bool:
+        extra = self.settings.parameters.extra
+        self.model = build(extra["state"], extra["sizes"])
+        return True
+
+    async def predict(self, payload: InferenceRequest) -> InferenceResponse:
+        x = torch.from_numpy(NumpyCodec.decode_input(payload.inputs[0]))
+        with torch.inference_mode():
+            y = self.model(x).numpy()
+        return InferenceResponse(model_name=self.name, outputs=[NumpyCodec.encode_output("output__0", y)])
+"""
+
+LITSERVE_SERVER = """
+import sys
+
+import litserve as ls
+import torch
+
+from peer_mlp import build
+
+
+class MLP(ls.LitAPI):
+    def setup(self, device):
+        self.model = build(sys.argv[1], [int(x) for x in sys.argv[2].split(",")])
+
+    def decode_request(self, request):
+        item = request["inputs"][0]
+        return torch.tensor(item["data"], dtype=torch.float32).reshape(item["shape"])
+
+    def batch(self, inputs):
+        return torch.cat(inputs)
+
+    def predict(self, x):
+        with torch.inference_mode():
+            return self.model(x)
+
+    def unbatch(self, output):
+        return list(output.split(1))
+
+    def encode_response(self, y):
+        return {"outputs": [{"name": "output__0", "datatype": "FP32", "shape": list(y.shape),
+                             "data": y.ravel().tolist()}]}
+
+
+if __name__ == "__main__":
+    server = ls.LitServer(MLP(max_batch_size=64, batch_timeout=0.001), accelerator="cpu")
+    server.run(host="127.0.0.1", port=int(sys.argv[3]), generate_client_file=False, log_level="warning")
 """
 
 
@@ -155,7 +241,8 @@ def drive(url: str, body: bytes, seconds: float, tmp: Path, clients: int = CLIEN
 # servers ----------------------------------------------------------------------------------
 
 
-def wait_http(url: str, proc: subprocess.Popen[bytes], timeout: float = 180) -> None:
+def wait_http(url: str, proc: subprocess.Popen[bytes], timeout: float = 180, ready: bool = False) -> None:
+    """Until the URL answers at all, or (ready) answers 200."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -164,7 +251,9 @@ def wait_http(url: str, proc: subprocess.Popen[bytes], timeout: float = 180) -> 
             urllib.request.urlopen(url, timeout=2)
             return
         except urllib.error.HTTPError:
-            return
+            if not ready:
+                return
+            time.sleep(0.2)
         except OSError:
             time.sleep(0.2)
     raise RuntimeError(f"{url} did not answer")
@@ -256,11 +345,128 @@ def run_mlflow(python: str, tmp: Path, seconds: float) -> dict[str, Any]:
         mlflow.wait()
 
 
+class Peer:
+    """A peer server in its own environment and process group, serving the small MLP on the v2 body."""
+
+    def __init__(self, argv: list[str], cwd: Path, python: str, url: str, ready_url: str) -> None:
+        env = {**os.environ, "PYTHONPATH": str(cwd.parent),
+               "PATH": f"{Path(python).parent}:{os.environ['PATH']}"}
+        self.log = open(cwd / "server.log", "ab")  # noqa: SIM115
+        self.proc = subprocess.Popen(argv, cwd=cwd, env=env, stdout=self.log, stderr=self.log,
+                                     start_new_session=True)
+        self.url = url
+        try:
+            wait_http(ready_url, self.proc, ready=True)
+        except RuntimeError:
+            self.stop()
+            raise RuntimeError(f"{argv[0]} did not start; see {cwd / 'server.log'}") from None
+
+    def stop(self) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGTERM)
+        try:
+            self.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+        self.log.close()
+
+
+def peer_version(python: str, module: str) -> str:
+    done = subprocess.run([python, "-c", f"import {module}; print({module}.__version__)"],
+                          capture_output=True, text=True, check=True)
+    return done.stdout.strip()
+
+
+def peer_files(tmp: Path) -> Path:
+    """The peers' code: the shared MLP builder beside each peer's server folder."""
+    root = tmp / "peers"
+    for name in ("mlserver", "litserve"):
+        (root / name).mkdir(parents=True, exist_ok=True)
+    (root / "peer_mlp.py").write_text(PEER_MLP)
+    (root / "mlserver" / "runtime.py").write_text(MLSERVER_RUNTIME)
+    (root / "litserve" / "server.py").write_text(LITSERVE_SERVER)
+    return root
+
+
+def start_mlserver(python: str, root: Path, state: Path) -> Peer:
+    """`mlserver start` on a custom runtime, adaptive batching 64 / 1 ms, one inference worker (default)."""
+    folder = root / "mlserver"
+    port = free_port()
+    (folder / "settings.json").write_text(json.dumps({  # its fastest here: no request log, metrics or gzip
+        "http_port": port, "grpc_port": free_port(), "metrics_port": free_port(), "host": "127.0.0.1",
+        "debug": False, "metrics_endpoint": None, "gzip_enabled": False}))
+    (folder / "model-settings.json").write_text(json.dumps({
+        "name": "mlp", "implementation": "runtime.MLP", "max_batch_size": 64, "max_batch_time": 0.001,
+        "parameters": {"extra": {"state": str(state), "sizes": SMALL}}}))
+    url = f"http://127.0.0.1:{port}"
+    return Peer([str(Path(python).parent / "mlserver"), "start", str(folder)], folder, python,
+                url + "/v2/models/mlp/infer", url + "/v2/models/mlp/ready")
+
+
+def start_litserve(python: str, root: Path, state: Path) -> Peer:
+    """A LitAPI with batch/unbatch, batching 64 / 1 ms, decoding the same v2 body."""
+    folder = root / "litserve"
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    return Peer([python, str(folder / "server.py"), str(state), ",".join(map(str, SMALL)), str(port)],
+                folder, python, url + "/predict", url + "/health")
+
+
+def run_peers(args: argparse.Namespace, tmp: Path, models: dict[str, Path], body: bytes) -> None:
+    """Alternating rounds, each server started fresh for its turn; one table side by side, then ratios."""
+    root = peer_files(tmp)
+    state = tmp / "models" / "small1.state.pt"
+    contenders: list[tuple[str, Any]] = [("mldeck", None)]
+    if args.mlserver_python:
+        contenders.append((f"MLServer {peer_version(args.mlserver_python, 'mlserver')}",
+                           lambda: start_mlserver(args.mlserver_python, root, state)))
+    if args.litserve_python:
+        contenders.append((f"LitServe {peer_version(args.litserve_python, 'litserve')}",
+                           lambda: start_litserve(args.litserve_python, root, state)))
+    rounds: list[dict[str, dict[str, Any]]] = []
+    for n in range(args.rounds):
+        results: dict[str, dict[str, Any]] = {}
+        for name, start in contenders:
+            if start is None:
+                server = Mldeck(tmp / f"home-peers-{n}", args.device)
+                server.serve(models["small1"], 1)
+                url = server.url + "/v2/models/mlp/infer"
+            else:
+                server = start()
+                url = server.url
+            load = os.getloadavg()[0]  # the box may be shared: what else ran is part of the figure
+            try:
+                results[name] = {**drive(url, body, args.seconds, tmp), "load": load}
+            finally:
+                server.stop()
+            print(f"round {n + 1}, {name}: {results[name]['rps']:,.0f} req/s (load {load:.1f})", flush=True)
+        rounds.append(results)
+    names = [name for name, _ in contenders]
+    print("\n## Small MLP 32→256→256→2 side by side: each with batching 64 / 1 ms, the same 64 clients\n")
+    print("| round | " + " | ".join(f"{n} req/s | p50 ms | p99 ms" for n in names) + " | load at each turn |")
+    print("| ---: |" + " ---: | ---: | ---: |" * len(names) + " --- |")
+    for n, results in enumerate(rounds, start=1):
+        cells = [f"{r['rps']:,.0f} | {r['p50_ms']:.1f} | {r['p99_ms']:.1f}" for r in results.values()]
+        loads = " / ".join(f"{r['load']:.1f}" for r in results.values())
+        print(f"| {n} | " + " | ".join(cells) + f" | {loads} |")
+    errors = {name: sum(r[name]["errors"] for r in rounds) for name in names}
+    print(f"\nfailed requests: {errors}")
+    for name in names[1:]:
+        ratios = [r["mldeck"]["rps"] / r[name]["rps"] for r in rounds]
+        print(f"mldeck / {name}: {min(ratios):.1f}–{max(ratios):.1f}× req/s by round")
+    print()
+
+
 def main() -> int:
     p = argparse.ArgumentParser()
     p.add_argument("--seconds", type=float, default=10.0)
     p.add_argument("--swap-seconds", type=float, default=30.0)
     p.add_argument("--mlflow-python", help="python of a venv with mlflow (and torch) installed")
+    p.add_argument("--mlserver-python", help="python of a venv with mlserver (and torch) installed")
+    p.add_argument("--litserve-python", help="python of a venv with litserve (and torch) installed")
+    p.add_argument("--rounds", type=int, default=2, help="alternating rounds against MLServer and LitServe")
+    p.add_argument("--peers-only", action="store_true", help="only the side by side with MLServer/LitServe")
     p.add_argument("--device", default="cpu", help="where mldeck runs the models (cpu, like the baselines)")
     p.add_argument("--naive-server", nargs=2, metavar=("FOLDER", "PORT"))
     p.add_argument("--load", metavar="URL")
@@ -282,6 +488,10 @@ def main() -> int:
     models = make_models(tmp / "models")
     results: dict[str, dict[str, Any]] = {}
     body32 = v2_body(32)
+    if args.mlserver_python or args.litserve_python:
+        run_peers(args, tmp, models, body32)
+    if args.peers_only:
+        return 0
 
     server = Mldeck(tmp / "home", args.device)
     server.serve(models["small1"], 1)

@@ -11,10 +11,11 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from mldeck.core.errors import Conflict, Invalid, NotFound, Unavailable, UsageError
+from mldeck.core.errors import Conflict, Invalid, MldeckError, NotFound, Unavailable, UsageError
 from mldeck.tui import local_agent
 from mldeck.tui.cli.connect import local_layout, remote_host
 from mldeck.tui.cli.output import print_json
@@ -25,6 +26,10 @@ from mldeck.tui.units import duration
 
 if TYPE_CHECKING:
     import asyncssh
+
+SERVING_STOP_S = 30.0  # serving.stop waits up to 15 s for the server to exit, then kills it
+KEEPS_SERVING = "keeps serving; the next agent adopts it"
+ENDS_IT = "`mldeck agent stop --with-serving` or `mldeck serve stop` ends it"
 
 
 async def start(args: argparse.Namespace) -> int:
@@ -44,6 +49,34 @@ async def start(args: argparse.Namespace) -> int:
     return 0
 
 
+Ask = Callable[[str, float], Awaitable[Any]]  # (method, seconds to wait) → the answer, None if none
+
+
+async def serving_first(call: Ask, with_serving: bool) -> dict[str, Any] | None:
+    """The model server's pid and url if one runs, stopped first with --with-serving: a planned agent
+    stop leaves it serving (the next agent adopts it). None if none runs or the agent cannot say."""
+    status = await call("serving.status", local_agent.PING_ANSWER_S)
+    if not status or not status.get("running"):
+        return None
+    after = await call("serving.stop", SERVING_STOP_S) if with_serving else status
+    return {"running": bool((after or status)["running"]), "pid": status["pid"], "url": status["url"]}
+
+
+def serving_json(serving: dict[str, Any] | None) -> dict[str, Any]:
+    """`serving` in a stop's JSON only where a model server was running."""
+    return {} if serving is None else {"serving": serving}
+
+
+def say_serving(serving: dict[str, Any] | None, with_serving: bool) -> None:
+    if serving is None:
+        if with_serving:
+            print("no model server was running, or the agent could not say")
+    elif serving["running"]:
+        print(f"the model server (pid {serving['pid']}, {serving['url']}) {KEEPS_SERVING}; {ENDS_IT}")
+    else:
+        print(f"model server stopped (pid {serving['pid']})")
+
+
 async def stop(args: argparse.Namespace) -> int:
     name, host = remote_host(args)
     if host is not None:
@@ -54,13 +87,17 @@ async def stop(args: argparse.Namespace) -> int:
         if not args.json:
             print(line, flush=True)
 
+    serving = await serving_first(lambda method, wait_s: local_agent.ask(layout, method, wait_s),
+                                  args.with_serving)
     pid = await local_agent.stop(layout, args.timeout, say)
     if args.json:
-        print_json({"stopped": pid is not None, "running": False, "pid": pid})
-    elif pid is None:
+        print_json({"stopped": pid is not None, "running": False, "pid": pid, **serving_json(serving)})
+        return 0
+    if pid is None:
         print(f"no agent running for {layout.home}")
     else:
         print(f"agent stopped (pid {pid})")
+        say_serving(serving, args.with_serving)
     return 0
 
 
@@ -69,16 +106,22 @@ async def status_cmd(args: argparse.Namespace) -> int:
     if host is not None:
         async with Fleet({name: host}) as fleet:
             status, where, why = await _remote_status(fleet, name), name, fleet.status(name).why
+            serving = await _remote_call(fleet, name, "serving.status") if status else None
     else:
         layout = local_layout(args)
         status, where, why = await local_agent.ping(layout), str(layout.home), ""
+        serving = await local_agent.ask(layout, "serving.status") if status else None
     if args.json:
-        print_json({"running": bool(status), **(status or {"home": where, "why": why or None})})
+        print_json({"running": bool(status), **(status or {"home": where, "why": why or None}),
+                    **({"serving": serving} if status else {})})
         return 0 if status else 3
     if not status:
         print(f"agent: not running ({where}{': ' + why if why else ''})")
         return 3
     print_status(status)
+    if serving is not None and serving.get("running"):
+        print(f"model server: pid {serving['pid']} on {serving['url']}, keeps serving across an agent stop "
+              f"({ENDS_IT})")
     warn_version_skew(name, status.get("version"))
     return 0
 
@@ -108,6 +151,14 @@ async def _remote_status(fleet: Fleet, name: str, timeout_s: float | None = None
     try:
         return await fleet.call(name, "agent.status", timeout_s=timeout_s)
     except HostDown:
+        return None
+
+
+async def _remote_call(fleet: Fleet, name: str, method: str, timeout_s: float | None = None) -> Any:
+    """One call to a host's agent; None if it does not answer (or answers an error)."""
+    try:
+        return await fleet.call(name, method, timeout_s=timeout_s)
+    except MldeckError:
         return None
 
 
@@ -171,14 +222,21 @@ async def stop_remote(args: argparse.Namespace, name: str, host: Host) -> int:
     """agent.stop, then wait until it no longer answers (a link dropped before the reply: it is stopping)."""
     async with Fleet({name: host}) as fleet:
         status = await _remote_status(fleet, name)
+        serving = None
         if status:
+            serving = await serving_first(lambda method, wait_s: _remote_call(fleet, name, method, wait_s),
+                                          args.with_serving)
             with contextlib.suppress(HostDown):
                 await fleet.call(name, "agent.stop")
             await _wait_remote(fleet, name, False, args.timeout)
     if args.json:
-        print_json({"stopped": bool(status), "pid": status and status["pid"], "host": name})
+        print_json({"stopped": bool(status), "pid": status and status["pid"], "host": name,
+                    **serving_json(serving)})
+    elif status:
+        print(f"agent stopped on {name} (pid {status['pid']})")
+        say_serving(serving, args.with_serving)
     else:
-        print(f"agent stopped on {name} (pid {status['pid']})" if status else f"no agent running on {name}")
+        print(f"no agent running on {name}")
     return 0
 
 
@@ -273,7 +331,10 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     p = cmds.add_parser("start", parents=[common], help="start the agent in the background")
     p.add_argument("--foreground", action="store_true", help="run in this terminal")
     p.set_defaults(func=start)
-    p = cmds.add_parser("stop", parents=[common], help="stop the agent and wait until it has exited")
+    p = cmds.add_parser("stop", parents=[common], help="stop the agent and wait until it has exited; the "
+                        "model server keeps serving (the next agent adopts it)")
+    p.add_argument("--with-serving", action="store_true",
+                   help="stop the model server too (it outlives a plain stop, so a restart drops no request)")
     p.add_argument("--timeout", type=float, default=local_agent.STOP_TIMEOUT_S, metavar="SECONDS",
                    help="how long to wait for it to exit (default %(default)g); if it still runs after "
                         "that, say so and exit 1")

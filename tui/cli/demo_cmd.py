@@ -88,11 +88,13 @@ def demo_cmd(args: argparse.Namespace) -> int:
 
         return run_tui(Path(args.home) if args.home else mldeck_home(), story)
     finally:
-        if throwaway:
-            asyncio.run(local_agent.stop(Layout(Path(args.home)), local_agent.STOP_TIMEOUT_S, lambda _: None))
+        if throwaway:  # its model server outlives a plain agent stop: end it first
+            layout = Layout(Path(args.home))
+            asyncio.run(local_agent.ask(layout, "serving.stop", local_agent.STOP_TIMEOUT_S))
+            asyncio.run(local_agent.stop(layout, local_agent.STOP_TIMEOUT_S, lambda _: None))
         elif local and not args.json:
             print(f"the agent keeps running for {args.home}: `mldeck runs ls --home {args.home}`; "
-                  f"`mldeck agent stop --home {args.home}` stops it")
+                  f"`mldeck agent stop --with-serving --home {args.home}` stops it and its model server")
 
 
 def register(sub: Any, common: argparse.ArgumentParser) -> None:
