@@ -20,6 +20,7 @@ from mldeck.tui import local_agent
 from mldeck.tui.cli.connect import local_layout, remote_host
 from mldeck.tui.cli.output import print_json
 from mldeck.tui.cli.versions import warn_version_skew
+from mldeck.tui.cli.watch import saying
 from mldeck.tui.fleet import Fleet, HostDown
 from mldeck.tui.hosts import Host, load_hosts, parse_target, update_host
 from mldeck.tui.units import duration
@@ -267,8 +268,8 @@ async def install(args: argparse.Namespace) -> int:
     if host is None:
         raise UsageError("`agent install` needs --host NAME (locally, `pip install .` does it)")
     with tempfile.TemporaryDirectory(prefix="mldeck-wheel-") as tmp:
-        wheel = await asyncio.to_thread(build_wheel, Path(tmp))
-        conn = await _ssh(host)
+        wheel = await saying("building mldeck's wheel", asyncio.to_thread(build_wheel, Path(tmp)))
+        conn = await saying(f"connecting to {name}", _ssh(host))
         async with conn:
             step = host.timeout_s
             user_home = (await ssh.run_checked(conn, ["printenv", "HOME"], step, "reading $HOME")).strip()
@@ -276,20 +277,22 @@ async def install(args: argparse.Namespace) -> int:
             python = f"{venv}/bin/python"
             base = args.base_python or ssh.DEFAULT_PYTHON
             slow = max(step, 600.0)
-            await ssh.run_checked(
-                conn, [base, "-m", "venv", *(["--system-site-packages"] if args.system_site_packages else []),
-                       venv], slow, f"creating the venv {venv} with {base}")
+
+            async def remote(argv: list[str], what: str, timeout: float = slow) -> str:
+                return await saying(f"{name}: {what}", ssh.run_checked(conn, argv, timeout, what))
+
+            shared = ["--system-site-packages"] if args.system_site_packages else []
+            await remote([base, "-m", "venv", *shared, venv], f"creating the venv {venv} with {base}")
             remote_wheel = f"{venv}/wheels/{wheel.name}"
             async with conn.start_sftp_client() as sftp:
                 await sftp.makedirs(f"{venv}/wheels", exist_ok=True)
-                await sftp.put(str(wheel), remote_wheel)
+                await saying(f"{name}: copying {wheel.name}", sftp.put(str(wheel), remote_wheel))
             pip = [python, "-m", "pip", "install", "--no-input", "--disable-pip-version-check", "-q"]
             if not args.no_deps:
-                await ssh.run_checked(conn, [*pip, remote_wheel], slow, "installing mldeck's dependencies")
-            await ssh.run_checked(conn, [*pip, "--no-deps", "--force-reinstall", remote_wheel], slow,
-                                  "installing mldeck")
+                await remote([*pip, remote_wheel], "installing mldeck's dependencies (torch too: minutes)")
+            await remote([*pip, "--no-deps", "--force-reinstall", remote_wheel], "installing mldeck")
             check = [python, "-c", "import mldeck.agent; print(mldeck.agent.__file__)"]
-            where = await ssh.run_checked(conn, check, step, "checking the install")
+            where = await remote(check, "checking the install", step)
     if name in load_hosts():
         update_host(name, python=python)
     if args.json:
