@@ -305,6 +305,8 @@ async def nodes() -> list[Node]:
         by_name[name] = Node(name=name, partitions=[part.rstrip("*")], state=state, gpus=total,
                              gpus_free=max(0, total - busy), cpus=cpu_total, cpus_allocated=alloc,
                              cpus_idle=idle, reason=None if why in ("", "none") else why)
+    for node in by_name.values():
+        node.partitions.sort()  # sinfo's line order varies between calls
     return list(by_name.values())
 
 

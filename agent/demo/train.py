@@ -183,7 +183,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         name=args.name or ("demo-mlp" if not os.environ.get(track.RUN_DIR_ENV) else None),
         experiment=args.experiment or ("demo" if not os.environ.get(track.RUN_DIR_ENV) else None),
         params=params, data_files=[data.data_file(), *([args.labelled] if args.labelled else [])],
-        total_steps=args.epochs,
+        total_steps=args.epochs or None,  # --epochs 0: a model exported untrained
     ) as run:
         mean, std = split.x_train.mean(axis=0), split.x_train.std(axis=0)
         model = MLP(mean, std, args.hidden).to(device)

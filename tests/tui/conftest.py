@@ -82,6 +82,14 @@ def deck(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deck]:
         agent.stop()
 
 
+def promo_from_scratch(deck: Deck) -> None:
+    """promo v1 in production and staging: the tests that promote promo share one deck per worker, in
+    either order, and each starts from here."""
+    for alias in ("production", "staging"):
+        deck.rpc("models.promote", name="promo", version=1, alias=alias, force=True,
+                 reason="each promotion test starts from v1")
+
+
 async def until(pilot: Any, predicate: Callable[[], Any], timeout: float = 15, what: str = "") -> Any:
     """Let the app run until predicate() holds (data arrived, a dialog opened)."""
     deadline = time.monotonic() + timeout

@@ -21,7 +21,7 @@ from mldeck.tui.widgets.deck_table import DeckTable
 from mldeck.tui.widgets.host_row import HostLine, HostRow
 from mldeck.tui.widgets.metric_chart import MetricChart
 from tests.conftest import REPO
-from tests.tui.conftest import Deck, text_of, until
+from tests.tui.conftest import Deck, promo_from_scratch, text_of, until
 
 SIZE = (140, 42)
 pytestmark = pytest.mark.timeout(120)
@@ -113,6 +113,8 @@ def test_runs_filter_sort_mark_compare_detail_logs(deck: Deck) -> None:
 
 
 def test_promote_in_few_keys_gates_fail_and_rollback(deck: Deck) -> None:
+    promo_from_scratch(deck)
+
     async def go() -> None:
         app = app_for(deck)
         async with app.run_test(size=SIZE) as pilot:

@@ -28,7 +28,7 @@ from mldeck.tui.widgets.deck_table import DeckTable
 from mldeck.tui.widgets.gpu_spark import GpuSpark
 from mldeck.tui.widgets.host_row import HostLine, HostNotes, HostRow
 from tests.conftest import REPO, wait_for
-from tests.tui.conftest import Deck, text_of, until
+from tests.tui.conftest import Deck, promo_from_scratch, text_of, until
 from tests.tui.test_app import SIZE, app_for, run
 from tests.tui.test_screens_live import answers, infer
 
@@ -133,7 +133,8 @@ def test_fleet_lists_each_hosts_running_jobs_with_their_progress(deck: Deck, tmp
                 await until(pilot, lambda: "/500 " in notes(), timeout=30,
                             what="the running job under its host, with its progress")
                 line = next(line for line in notes().splitlines() if "/500 " in line)
-                assert re.search(r"▸ gpu-holder\s+CPU\s+step \d+/500 \d+% · ETA \S+\s+running \d+", line), line
+                shape = r"▸ gpu-holder\s+CPU\s+step \d+/500 \d+% · ETA \S+\s+running \d+"
+                assert re.search(shape, line), line
 
         run(go())
     finally:
@@ -239,6 +240,8 @@ def test_tables_filter_and_sort_by_the_column_under_the_cursor(deck: Deck) -> No
 
 
 def test_promotion_and_rollback_ask_why_and_name_the_version(deck: Deck) -> None:
+    promo_from_scratch(deck)
+
     async def go() -> None:
         app = app_for(deck)
         async with app.run_test(size=SIZE) as pilot:
