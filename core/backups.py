@@ -20,6 +20,7 @@ from typing import Any
 
 import duckdb
 
+from mldeck.core.atomic import fsync
 from mldeck.core.errors import Conflict, Invalid, NotFound
 from mldeck.core.paths import Layout
 from mldeck.core.schema import SCHEMA_VERSION
@@ -100,9 +101,9 @@ def seal(staging: Path, target: Path, settings: dict[str, Any]) -> dict[str, int
     except BaseException:
         discard(staging)
         raise
-    _fsync(staging)
+    fsync(staging)
     os.replace(staging, target)
-    _fsync(target.parent)
+    fsync(target.parent)
     return counts
 
 
@@ -157,7 +158,7 @@ def restore(layout: Layout, source: Path, now: float) -> dict[str, Any]:
         staged = layout.db.with_name(f".{layout.db.name}.restoring-{os.getpid()}")
         try:
             shutil.copyfile(source, staged)
-            _fsync(staged)
+            fsync(staged)
         except BaseException:
             staged.unlink(missing_ok=True)
             raise
@@ -169,7 +170,7 @@ def restore(layout: Layout, source: Path, now: float) -> dict[str, Any]:
                 if old.exists():
                     os.replace(old, aside)
         os.replace(staged, layout.db)
-        _fsync(layout.home)
+        fsync(layout.home)
     finally:
         os.close(lock)
     return {"restored": str(source), "store": str(layout.db), "replaced": replaced and str(replaced),
@@ -186,11 +187,3 @@ def _hold_home(layout: Layout) -> int:
         raise Conflict(f"an agent is running for {layout.home}; stop it first (`mldeck agent stop`), "
                        "then restore") from None
     return fd
-
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -323,15 +323,25 @@ def test_unknown_and_taken_run_ids(agent: AgentProc, scripts: Path) -> None:
     assert rest["done"] and (logs["data"] + rest["data"]).endswith("slept\n")
 
 
-@pytest.mark.timeout(120)
-def test_restart_readopts_running_job(tmp_path: Path, scripts: Path) -> None:
-    home = tmp_path / "home"
+def killed_while_a_job_waits(home: Path, scripts: Path) -> tuple[AgentProc, str, int, Path]:
+    """An agent killed (-9) while its job waits for a release file: (that agent, run id, job pid, file)."""
     first = start_agent(home, config=CONFIG)
     try:
         release = scripts / "release"
         run_id = launch(first, scripts / "waiter.py", gpus=1, release=str(release))
         job_pid = wait_status(first, run_id, "running") and _job_pid(first, run_id)
         first.kill(signal.SIGKILL)
+    except BaseException:
+        first.stop()
+        raise
+    return first, run_id, job_pid, release
+
+
+@pytest.mark.timeout(120)
+def test_restart_readopts_running_job(tmp_path: Path, scripts: Path) -> None:
+    home = tmp_path / "home"
+    first, run_id, job_pid, release = killed_while_a_job_waits(home, scripts)
+    try:
         assert psutil.pid_exists(job_pid)
         second = start_agent(home, config=CONFIG)
         try:
@@ -384,12 +394,8 @@ def test_an_attempt_started_just_before_the_agent_died_is_taken_back_not_started
     """The agent is killed after it started a job's process and before it recorded the start: the store
     says "queued", the process runs. The next agent adopts that process instead of starting another."""
     home = tmp_path / "home"
-    first = start_agent(home, config=CONFIG)
+    first, run_id, job_pid, release = killed_while_a_job_waits(home, scripts)
     try:
-        release = scripts / "release"
-        run_id = launch(first, scripts / "waiter.py", gpus=1, release=str(release))
-        job_pid = wait_status(first, run_id, "running") and _job_pid(first, run_id)
-        first.kill(signal.SIGKILL)
         with duckdb.connect(str(home / "mldeck.duckdb")) as con:  # the store as that instant left it
             con.execute("UPDATE jobs SET state = 'queued', attempts = 0, pid = NULL, pid_create_time = NULL "
                         "WHERE run_id = ?", [run_id])
