@@ -28,8 +28,8 @@ JOB_COLUMNS = ("run_id", "name", "started_at", "gpus", "total_steps")
 
 
 async def host_extras(screen: DeckScreen, host: str, missing: set[str]) -> dict[str, Any]:
-    """Running jobs (the first few with their progress), cost per hour, serving rps and open alerts, each
-    from its own method if the agent has it.
+    """Running jobs (the first few with their progress), cost per hour, serving rps, open alerts and the
+    agent's own problems (ingest, failing background tasks), each from its own method if the agent has it.
 
     The rate is the Serving screen's (serving.stats over the same window), summed over models and variants.
     """
@@ -40,7 +40,8 @@ async def host_extras(screen: DeckScreen, host: str, missing: set[str]) -> dict[
     out: dict[str, Any] = {"jobs": running["total"], "running": jobs}
     asks = (("cost.host", {"since_s": 3600}, _cost_per_hour),
             ("serving.stats", {"window_s": WINDOW_S}, lambda stats: _serving_rps(host, stats)),
-            ("alerts.list", {"limit": SHOWN_ALERTS}, lambda got: {"alerts": got["alerts"]}))
+            ("alerts.list", {"limit": SHOWN_ALERTS}, lambda got: {"alerts": got["alerts"]}),
+            ("agent.status", {}, lambda got: {"problems": got.get("problems") or []}))
     for method, params, pick in asks:
         if method in missing:
             continue
@@ -77,7 +78,7 @@ class FleetScreen(DeckScreen):
     TITLE = "Fleet"
     HELP = ("Every host: GPUs live (utilization sparkline, memory bar, temperature, power), CPU and RAM, "
             "running jobs, cost per hour and the requests per second it serves; under it, its running jobs "
-            "(GPUs, progress, ETA) and open alerts. A host whose agent runs its "
+            "(GPUs, progress, ETA), open alerts and the agent's own problems. A host whose agent runs its "
             "jobs on Slurm also shows the cluster: partitions, nodes and the queue (everyone's jobs, "
             "mldeck's first, with Slurm's reasons). enter opens a host.")
     AUTO_FOCUS = "HostRow"

@@ -59,7 +59,8 @@ def alert_line(alert: dict[str, Any], now: float) -> Content:
 
 
 class HostNotes(Widget):
-    """Under a host's GPUs: its running jobs (the first few, then how many more) and its open alerts."""
+    """Under a host's GPUs: the agent's problems, its running jobs (the first few, then how many more) and
+    its open alerts."""
 
     DEFAULT_CSS = "HostNotes { height: auto; }"
 
@@ -137,7 +138,9 @@ class HostRow(Vertical, can_focus=True):
         lines = [job_line(job, now) for job in jobs]
         if (more := (self.extras.get("jobs") or 0) - len(jobs)) > 0:
             lines.append(Content.styled(f"    … and {more} more running (2 lists every run)", "dim"))
-        return lines + [alert_line(a, now) for a in self.extras.get("alerts") or []]
+        problems = [Content.assemble(("  ! ", "$warning"), (str(text), "$warning"))
+                    for text in self.extras.get("problems") or []]
+        return problems + lines + [alert_line(a, now) for a in self.extras.get("alerts") or []]
 
     def paint(self) -> None:
         if not self.dirty:
