@@ -14,8 +14,9 @@ from typing import Any
 import numpy as np
 import pytest
 
-from tests.conftest import AgentProc, rpc, start_agent, wait_for
+from tests.conftest import AgentProc, start_agent, wait_for
 from tests.monitor.embedding_train import rows
+from tests.monitor.serve import serve_in_production, train_and_register
 from tests.serving.conftest import free_port
 
 pytestmark = pytest.mark.timeout(300)
@@ -59,12 +60,8 @@ def embedding_row(report: dict[str, Any]) -> dict[str, Any]:
 
 
 def test_embedding_drift_is_a_domain_classifier_on_the_vectors(agent: AgentProc) -> None:
-    trained = agent.python("tests/monitor/embedding_train.py", MODEL, timeout=300)
-    assert trained.returncode == 0, trained.stderr
-    wait_for(lambda: rpc(agent.home, "models.versions", {"name": MODEL}).get("result"), timeout=120,
-             what="the registered model")
-    agent.cli("models", "promote", MODEL, "1", "--to", "production", "--yes", check=True)
-    url = agent.cli("serve", "start", "--json", check=True, timeout=240).json()["url"]
+    train_and_register(agent, "tests/monitor/embedding_train.py", MODEL)
+    url = serve_in_production(agent, MODEL)
 
     clean, _ = rows(WINDOW, seed=5)  # seeded: at p < 0.05 one clean window in 20 drifts by chance
     moved, _ = rows(WINDOW, seed=2)

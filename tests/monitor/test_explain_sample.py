@@ -16,6 +16,7 @@ from mldeck.core.config import ConfigError, load_config
 from mldeck.core.errors import NotFound, wire_code
 from tests.conftest import AgentProc, rpc, start_agent, wait_for
 from tests.monitor.embedding_train import FEATURES, rows
+from tests.monitor.serve import serve_in_production, train_and_register
 from tests.serving.conftest import free_port
 
 pytestmark = pytest.mark.timeout(300)
@@ -51,14 +52,10 @@ def count(agent: AgentProc, sql: str) -> int:
 
 
 def test_sampled_requests_are_explained_in_the_background(agent: AgentProc) -> None:
-    trained = agent.python("tests/monitor/embedding_train.py", MODEL, timeout=300)
-    assert trained.returncode == 0, trained.stderr
-    wait_for(lambda: rpc(agent.home, "models.versions", {"name": MODEL}).get("result"), timeout=120,
-             what="the registered model")
+    train_and_register(agent, "tests/monitor/embedding_train.py", MODEL)
     empty = rpc(agent.home, "explain.request", {"name": MODEL})["error"]
     assert empty["code"] == wire_code(NotFound) and "has no logged request yet" in empty["message"]
-    agent.cli("models", "promote", MODEL, "1", "--to", "production", "--yes", check=True)
-    url = agent.cli("serve", "start", "--json", check=True, timeout=240).json()["url"]
+    url = serve_in_production(agent, MODEL)
 
     x, _ = rows(REQUESTS * BATCH, seed=3)
     for i in range(REQUESTS):

@@ -15,8 +15,9 @@ import pytest
 
 from mldeck.core import drift
 from mldeck.core.servingtoken import bearer, serving_token
-from tests.conftest import AgentProc, rpc, start_agent, wait_for
+from tests.conftest import AgentProc, start_agent, wait_for
 from tests.monitor.image_train import images
+from tests.monitor.serve import serve_in_production, train_and_register
 from tests.serving.conftest import free_port
 
 pytestmark = pytest.mark.timeout(600)
@@ -101,12 +102,8 @@ def softmax(logits: np.ndarray) -> np.ndarray:
 
 
 def test_an_image_model_is_monitored_on_summary_features(agent: AgentProc) -> None:
-    trained = agent.python("tests/monitor/image_train.py", MODEL, timeout=300)
-    assert trained.returncode == 0, trained.stderr
-    wait_for(lambda: rpc(agent.home, "models.versions", {"name": MODEL}).get("result"), timeout=120,
-             what="the registered CNN")
-    agent.cli("models", "promote", MODEL, "1", "--to", "production", "--yes", check=True)
-    url = agent.cli("serve", "start", "--json", check=True, timeout=240).json()["url"]
+    train_and_register(agent, "tests/monitor/image_train.py", MODEL)
+    url = serve_in_production(agent, MODEL)
 
     sent = 0
     for seed, phase in enumerate(["clean", "brightness", "contrast"], start=1):
