@@ -104,12 +104,13 @@ async def session(fleet: Callable[[], Fleet]) -> list[str]:
         await pilot.press("escape", "2")
         await until(pilot, lambda: getattr(app.screen, "view", None) is not None
                     and app.screen.view.num_rows >= 12, timeout=60, what="the fleet's runs")
-        await pilot.press("slash", *"demo-sweep", "enter", "space", "down", "space", "down", "space")
+        await pilot.press("slash", *"demo-sweep", "escape", "home", "space", "down", "space", "down", "space")
         await shot("runs", 1)
         await pilot.press("c")
         await until(pilot, lambda: len(app.screen.query(MetricChart)) >= 2, timeout=30)
         await shot("compare", 2)
-        await pilot.press("2", "slash", "ctrl+u", *"status:running host:gpu-a", "enter", "enter")
+        await pilot.press("2", "slash", "ctrl+u", *"status:running host:gpu-a", "escape", "home",
+                          "enter")
         await until(pilot, lambda: len(app.screen.query(MetricChart)) >= 2, timeout=30)
         await shot("run-detail", 3)
         await pilot.press("escape", "4")
