@@ -10,7 +10,7 @@ from mldeck.agent.service import Context, rpc
 from mldeck.core import jobs as q
 from mldeck.core.errors import NotFound
 from mldeck.core.jobs import LaunchParams, LogsParams, StopParams
-from mldeck.core.protocol import RunRef, RunsListParams, RunsMetricsParams, RunsTableParams
+from mldeck.core.protocol import RunRef, RunsCompareParams, RunsListParams, RunsMetricsParams, RunsTableParams
 from mldeck.core.runlog import by_name, list_checkpoints
 
 if TYPE_CHECKING:
@@ -106,6 +106,26 @@ class Runs:
             run["metrics"] = named(self.store.latest_metrics([run_id]).get(run_id, {}))
             run["last_step"] = self.store.last_step(run_id)
         return run
+
+    @rpc("runs.compare")
+    async def compare(self, p: RunsCompareParams) -> dict[str, Any]:
+        """Compare's read of several runs in one turn on a reader: their rows, latest metrics and curves."""
+        runs, series = await self.ctx.read(self._compared, p.run_ids, p.keys, p.max_points)
+        if missing := [r for r in p.run_ids if r not in series]:
+            raise await self.missing(missing[0])
+        for run in runs:
+            run["metrics"] = named(run["metrics"])
+            run["dir"] = str(self.ctx.layout.runs / run["run_id"])
+        for curves in series.values():
+            for curve in curves.values():
+                curve["value"] = by_name(curve["value"])
+        return {"runs": runs, "series": series}
+
+    def _compared(self, run_ids: list[str], keys: list[str] | None,
+                  max_points: int) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+        runs = self.store.get_runs(list(dict.fromkeys(run_ids)))
+        found = [r["run_id"] for r in runs]
+        return runs, self.store.runs_metrics(found, keys, max_points)
 
     @rpc("runs.checkpoints")
     async def checkpoints(self, p: RunRef) -> dict[str, Any]:

@@ -38,6 +38,13 @@ def _series(result: dict[str, Any]) -> dict[str, Any]:
     return result
 
 
+def _compare(result: dict[str, Any]) -> dict[str, Any]:
+    _runs(result["runs"])
+    for series in result["series"].values():
+        _series({"series": series})
+    return result
+
+
 def _table(result: dict[str, Any]) -> dict[str, Any]:
     columns = result["columns"]
     for name in columns:
@@ -53,6 +60,7 @@ def _points(event: dict[str, Any]) -> dict[str, Any]:
 
 METRIC_RESULTS: dict[str, Callable[[Any], Any]] = {
     "runs.list": _runs, "runs.get": _run, "runs.metrics": _series, "runs.table": _table,
+    "runs.compare": _compare,
 }
 """The results that carry metric values, and how their NaN and infinities are read back into floats."""
 METRIC_EVENTS: dict[str, Callable[[Any], Any]] = {"run.metrics": _points}

@@ -18,6 +18,8 @@ MAX_OFFSET = 2**53  # any real offset is far below; larger numbers are mistakes,
 MAX_DEPTH = 64  # requests are a few levels deep; deeper is a broken or hostile client
 
 Points = Annotated[int, msgspec.Meta(ge=2, le=MAX_POINTS)]
+MAX_COMPARED = 64
+"""Runs one runs.compare reads: more than Compare shows side by side."""
 Seconds = Annotated[float, msgspec.Meta(gt=0)]
 
 _encoder = msgspec.json.Encoder()
@@ -143,6 +145,14 @@ class RunsMetricsParams(Params):
     run_id: str
     keys: list[str] | None = None
     max_points: Points = 1000
+
+
+class RunsCompareParams(Params):
+    """runs.compare: Compare's read of several runs (rows and curves) in one turn."""
+
+    run_ids: Annotated[list[str], msgspec.Meta(min_length=1, max_length=MAX_COMPARED)]
+    keys: list[str] | None = None
+    max_points: Points = 500
 
 
 class QueryParams(Params):

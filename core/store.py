@@ -307,28 +307,56 @@ class Store:
     ) -> dict[str, dict[str, list[float]]]:
         """Each key's curve in at most max_points points (min/max buckets): a long key's from its level,
         the others' from their points."""
+        return self.runs_metrics([run_id], keys, max_points)[run_id]
+
+    def runs_metrics(
+        self, run_ids: list[str], keys: list[str] | None, max_points: int
+    ) -> dict[str, dict[str, dict[str, list[float]]]]:
+        """run_metrics of several runs (Compare's), the summaries and levels of all of them read at once."""
         cur = self.cur()
-        found = dict(cur.execute(
-            "SELECT key, level_shift FROM metric_summary WHERE run_id = ? ORDER BY key", [run_id]).fetchall())
-        keys = keys if keys is not None else list(found)
+        found: dict[str, dict[str, int | None]] = {r: {} for r in run_ids}
+        for run_id, key, shift in cur.execute(
+                "SELECT run_id, key, level_shift FROM metric_summary WHERE run_id IN (SELECT unnest(?)) "
+                "ORDER BY run_id, key", [run_ids]).fetchall():
+            found[run_id][key] = shift
         leveled = max_points <= LEVEL_BUCKETS
-        long = [k for k in keys if leveled and found.get(k) is not None]
-        short = [k for k in keys if k in found and k not in long]
-        out: dict[str, dict[str, list[float]]] = {k: {"step": [], "ts": [], "value": []} for k in keys}
-        if short:
-            rows = cur.execute(RAW_CURVES, [run_id, short, max_points, max(1, max_points // 2)]).fetchall()
-            for key, step, ts, value in rows:
-                curve = out[key]
-                curve["step"].append(step)
-                curve["ts"].append(ts)
-                curve["value"].append(value)
-        if long:
-            level = cur.sql("SELECT key, bucket, min_step, min_ts, min_value, max_step, max_ts, max_value "
-                            "FROM metric_level WHERE run_id = ?", params=[run_id]).to_arrow_table()
-            for key in long:
-                rows = level.filter(pc.equal(level["key"], key))
-                out[key] = level_curve(rows.take(pc.sort_indices(rows["bucket"])), max_points)
+        out: dict[str, dict[str, dict[str, list[float]]]] = {}
+        long: dict[str, list[str]] = {}
+        for run_id in run_ids:
+            wanted = keys if keys is not None else list(found[run_id])
+            curves = out[run_id] = {k: {"step": [], "ts": [], "value": []} for k in wanted}
+            long[run_id] = [k for k in wanted if leveled and found[run_id].get(k) is not None]
+            short = [k for k in wanted if k in found[run_id] and k not in long[run_id]]
+            if short:
+                raw = cur.execute(RAW_CURVES, [run_id, short, max_points, max(1, max_points // 2)])
+                for key, step, ts, value in raw.fetchall():
+                    curve = curves[key]
+                    curve["step"].append(step)
+                    curve["ts"].append(ts)
+                    curve["value"].append(value)
+        if any(long.values()):
+            level = cur.sql("SELECT run_id, key, bucket, min_step, min_ts, min_value, max_step, max_ts, "
+                            "max_value FROM metric_level WHERE run_id IN (SELECT unnest(?))",
+                            params=[[r for r, ks in long.items() if ks]]).to_arrow_table()
+            for run_id, ks in long.items():
+                mine = level.filter(pc.equal(level["run_id"], run_id))
+                for key in ks:
+                    rows = mine.filter(pc.equal(mine["key"], key)).drop_columns(["run_id"])
+                    out[run_id][key] = level_curve(rows.take(pc.sort_indices(rows["bucket"])), max_points)
         return out
+
+    def get_runs(self, run_ids: list[str]) -> list[dict[str, Any]]:
+        """The runs' rows, with their latest metric values and last step, in the order asked (Compare's)."""
+        cur = self.cur().execute("SELECT * FROM runs WHERE run_id IN (SELECT unnest(?))", [run_ids])
+        rows = {r["run_id"]: _decode_run(r) for r in rows_as_dicts(cur)}
+        latest = self.latest_metrics(run_ids)
+        steps = dict(self.cur().execute(
+            "SELECT run_id, max(last_step) FROM metric_summary WHERE run_id IN (SELECT unnest(?)) "
+            "GROUP BY run_id", [run_ids]).fetchall())
+        for run_id, row in rows.items():
+            row["metrics"] = latest.get(run_id, {})
+            row["last_step"] = steps.get(run_id)
+        return [rows[r] for r in run_ids if r in rows]
 
     def finish_unmanaged_run(self, run_id: str, status: str, ended_at: float, reason: str | None) -> None:
         """The SDK's own finish counts only for runs the agent did not launch (it knows better)."""

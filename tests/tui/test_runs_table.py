@@ -1,4 +1,5 @@
-"""`runs.table`: the Runs screen's columnar, paged read of a real agent's store, and its bad input."""
+"""`runs.table` and `runs.compare`: the Runs and Compare screens' reads of a real agent's store, and their bad
+input."""
 
 from __future__ import annotations
 
@@ -60,4 +61,28 @@ def test_progress_and_eta_only_for_runs_that_said_their_total() -> None:
 def test_bad_input_gets_one_clear_message(deck: Deck, params: dict, says: str) -> None:
     reply = rpc(deck.home, "runs.table", params)
     assert says in reply["error"]["message"]
+    assert rpc(deck.home, "hello")["result"]
+
+
+def test_compare_reads_several_runs_in_one_call_as_each_would_alone(deck: Deck) -> None:
+    run_ids = [r["run_id"] for r in deck.rpc("runs.list")][:3]
+    got = deck.rpc("runs.compare", run_ids=[*run_ids, run_ids[0]], max_points=50)
+    assert [r["run_id"] for r in got["runs"]] == run_ids  # each once, in the order asked
+    for run in got["runs"]:
+        alone = deck.rpc("runs.get", run_id=run["run_id"])
+        assert {k: run[k] for k in ("status", "params", "metrics", "last_step")} == \
+            {k: alone[k] for k in ("status", "params", "metrics", "last_step")}
+        assert got["series"][run["run_id"]] == deck.rpc("runs.metrics", run_id=run["run_id"],
+                                                        max_points=50)["series"]
+
+
+@pytest.mark.parametrize(("params", "says"), [
+    ({"run_ids": []}, "length >= 1 - at `$.run_ids`"),
+    ({"run_ids": [f"r{i}" for i in range(65)]}, "length <= 64 - at `$.run_ids`"),
+    ({"run_ids": ["no-such-run"]}, "no-such-run"),
+    ({"run_ids": "run-a"}, "at `$.run_ids`"),
+])
+def test_compare_bad_input_gets_one_clear_message(deck: Deck, params: dict, says: str) -> None:
+    reply = rpc(deck.home, "runs.compare", params)
+    assert says in reply["error"]["message"], reply
     assert rpc(deck.home, "hello")["result"]

@@ -18,6 +18,8 @@ from mldeck.tui.units import lower_is_better, number
 from mldeck.tui.widgets.metric_chart import MetricChart
 
 MAX_CHARTS = 6
+POINTS = 500
+"""Points per curve: min/max buckets, enough for a chart's width."""
 NOTHING = "nothing to compare: in Runs (2), mark runs with space and press c"
 
 
@@ -93,14 +95,18 @@ class CompareScreen(DeckScreen):
             self.say(NOTHING)
             return
         self.say(f"loading {len(chosen)} runs…")
+        by_host: dict[str, list[str]] = {}
+        for host, run_id in chosen:
+            by_host.setdefault(host, []).append(run_id)
         try:
-            runs = await asyncio.gather(*(self.call(h, "runs.get", run_id=r) for h, r in chosen))
-            got = await asyncio.gather(*(self.call(h, "runs.metrics", run_id=r, max_points=500)
-                                         for h, r in chosen))
+            got = await asyncio.gather(*(self.call(h, "runs.compare", run_ids=ids, max_points=POINTS)
+                                         for h, ids in by_host.items()))
         except MldeckError as exc:
             self.say(why(exc))
             return
-        series = {g["run_id"]: g["series"] for g in got}
+        found = {(h, r["run_id"]): r for h, g in zip(by_host, got, strict=True) for r in g["runs"]}
+        runs = [found[c] for c in chosen]
+        series = {run_id: curves for g in got for run_id, curves in g["series"].items()}
         self.query_one("#compare-params", Static).update(params_side_by_side(runs))
         self.query_one("#compare-summary", Static).update(summary(runs, series))
         grid = self.query_one("#compare-charts", Grid)
