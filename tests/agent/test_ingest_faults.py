@@ -19,7 +19,7 @@ from typing import Any
 import duckdb
 import pytest
 
-from mldeck.agent.ingest import READ_CHUNK
+from mldeck.agent.ingest import FULL_SCAN_S, READ_CHUNK
 from mldeck.core import track
 from mldeck.core.schema import MIGRATIONS, RELATIVE_OFFSETS
 from tests.conftest import AgentProc, rpc, start_agent, wait_for
@@ -364,7 +364,10 @@ def test_a_full_disk_in_the_sdk_drops_counts_and_reports(
         points = sum(1 for x in written if "m" in x)
         reported = sum(x["d"]["points"] for x in written if x.get("e") == "dropped")
         assert points + run.dropped == logged and reported == run.dropped
-        wait_for(lambda: rows_of(home, run.id) == points, what="the written points ingested")
+        # the watcher cannot see into a file system mounted after it looked (as with a shared one): the
+        # agent's full scan finds the run
+        found = FULL_SCAN_S + 30
+        wait_for(lambda: rows_of(home, run.id) == points, timeout=found, what="the written points ingested")
         record = wait_for(lambda: (r := rpc(home, "runs.get", {"run_id": run.id}).get("result"))
-                          and r.get("dropped_points") and r, what="the dropped count in the run")
+                          and r.get("dropped_points") and r, timeout=found, what="the dropped count")
         assert record["dropped_points"] == run.dropped
