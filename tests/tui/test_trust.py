@@ -59,12 +59,12 @@ def fact(detail: RunDetailScreen, key: str) -> str:
 async def open_detail(app: MldeckApp, pilot: Any, run_id: str) -> RunDetailScreen:
     app.push_screen(RunDetailScreen("local", run_id))
     return await until(pilot, lambda: isinstance(app.screen, RunDetailScreen) and app.screen.run is not None
-                       and app.screen, what="the run's detail")
+                       and "status " in facts(app.screen) and app.screen, what="the run's detail")
 
 
 def test_run_detail_header_follows_the_run_to_its_end(deck: Deck, tmp_path: Path) -> None:
     done_id, done_stop = hold(deck, tmp_path, "follow-me")
-    stopped_id, _ = hold(deck, tmp_path, "stop-me")
+    stopped_id, stopped_stop = hold(deck, tmp_path, "stop-me")
 
     async def go() -> None:
         app = app_for(deck)
@@ -95,7 +95,11 @@ def test_run_detail_header_follows_the_run_to_its_end(deck: Deck, tmp_path: Path
                                   None)
             await until(pilot, lambda: status() == "stopped", what="the table saying stopped too")
 
-    run(go())
+    try:
+        run(go())
+    finally:  # a failure must not leave the jobs holding the deck's job slots
+        done_stop.touch()
+        stopped_stop.touch()
 
 
 def test_a_run_that_said_its_total_shows_progress_and_eta(deck: Deck, tmp_path: Path) -> None:
