@@ -4,7 +4,6 @@ ends the run as failed, saying why. Real agents, real SDK processes, real kills.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import signal
@@ -18,7 +17,7 @@ from typing import Any
 import psutil
 import pytest
 
-from mldeck.core.client import connect_unix
+from tests.agent.test_jobs import rpc
 from tests.conftest import REPO, AgentProc, agent_env, start_agent, wait_for
 
 pytestmark = pytest.mark.timeout(120)
@@ -48,17 +47,6 @@ while True:
 """
 
 WAITER = "import time\nprint('up', flush=True)\ntime.sleep(120)\n"
-
-
-def rpc(agent: AgentProc, method: str, **params: Any) -> Any:
-    async def call() -> Any:
-        client = await connect_unix(agent.layout.socket)
-        try:
-            return await client.call(method, **params)
-        finally:
-            await client.close()
-
-    return asyncio.run(call())
 
 
 def status(agent: AgentProc, run_id: str) -> dict[str, Any] | None:
