@@ -91,20 +91,15 @@ class Runs:
 
     @rpc("runs.get")
     async def get(self, p: RunRef) -> dict[str, Any]:
-        run = await self.ctx.read(self._run_with_metrics, p.run_id)
-        run = run or await self.store_ops.archived_run(p.run_id)  # an archived run says where it is
-        if run is None:
-            raise no_run(p.run_id)
+        found = await self.ctx.read(self.store.get_runs, [p.run_id])
+        if found:
+            run = found[0]
+            run["metrics"] = named(run["metrics"])
+        else:  # an archived run says where it is
+            run = await self.store_ops.archived_run(p.run_id)
+            if run is None:
+                raise no_run(p.run_id)
         run["dir"] = str(self.ctx.layout.runs / p.run_id)
-        return run
-
-    def _run_with_metrics(self, run_id: str) -> dict[str, Any] | None:
-        """The run's row with its latest metric values and last step, in one turn on a reader (Compare asks
-        for 20)."""
-        run = self.store.get_run(run_id)
-        if run is not None:
-            run["metrics"] = named(self.store.latest_metrics([run_id]).get(run_id, {}))
-            run["last_step"] = self.store.last_step(run_id)
         return run
 
     @rpc("runs.compare")

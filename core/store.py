@@ -292,12 +292,6 @@ class Store:
             cur.unregister("_runs_page")
         return table, total, metrics
 
-    def last_step(self, run_id: str) -> int | None:
-        """The highest step the run logged: its progress when it said how many steps it takes."""
-        row = self.cur().execute(
-            "SELECT max(last_step) FROM metric_summary WHERE run_id = ?", [run_id]).fetchone()
-        return None if row is None else row[0]
-
     def metric_keys(self, run_id: str) -> list[str]:
         cur = self.cur().execute("SELECT key FROM metric_summary WHERE run_id = ? ORDER BY key", [run_id])
         return [r[0] for r in cur.fetchall()]
@@ -346,7 +340,8 @@ class Store:
         return out
 
     def get_runs(self, run_ids: list[str]) -> list[dict[str, Any]]:
-        """The runs' rows, with their latest metric values and last step, in the order asked (Compare's)."""
+        """The runs' rows, with their latest metric values and last step, in the order asked (runs.get and
+        Compare's runs.compare)."""
         cur = self.cur().execute("SELECT * FROM runs WHERE run_id IN (SELECT unnest(?))", [run_ids])
         rows = {r["run_id"]: _decode_run(r) for r in rows_as_dicts(cur)}
         latest = self.latest_metrics(run_ids)

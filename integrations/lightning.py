@@ -25,7 +25,6 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import Logger
 from lightning.pytorch.utilities import rank_zero_only
 
-import mldeck
 from mldeck.core.track import Run
 from mldeck.integrations.tracking import (
     StepLog,
@@ -34,6 +33,7 @@ from mldeck.integrations.tracking import (
     numbers,
     record_checkpoint,
     resume_path,
+    stopping_run,
 )
 
 CHECKPOINT_DIR = "lightning"
@@ -54,8 +54,7 @@ class MLDeckLogger(Logger):
         run: Run | None = None,
     ) -> None:
         super().__init__()
-        self.run = run or mldeck.init(name=name, experiment=experiment, params=params, tags=tags)
-        _ = self.run.should_stop  # claims SIGTERM: log() must not exit mid-batch, Lightning stops at its end
+        self.run = stopping_run(run, name, experiment, params, tags)  # Lightning stops at the batch's end
         self.log_model = log_model
         self._steps = StepLog(self.run)
         self._trainer: Trainer | None = None
@@ -121,8 +120,7 @@ class MLDeckLogger(Logger):
 
     def resume(self) -> str | None:
         """The checkpoint for `Trainer.fit(ckpt_path=...)`: the run's newest, or None on a fresh start."""
-        path = resume_path(self.run)
-        return None if path is None else str(path)
+        return resume_path(self.run)
 
     # inside ------------------------------------------------------------------------------
 

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from mldeck.core.errors import Invalid
-from mldeck.core.track import Run
+from mldeck.core.track import Run, init
 
 CHECKPOINT_KEY = "framework_checkpoint"
 """The one key of the state an integration checkpoints: the framework checkpoint's path (relative to the
@@ -88,8 +88,18 @@ def record_checkpoint(run: Run, path: str | Path, step: int) -> None:
     run.checkpoint({CHECKPOINT_KEY: stored}, step=step)
 
 
-def resume_path(run: Run) -> Path | None:
-    """The framework checkpoint to resume from, or None on a fresh start.
+def stopping_run(run: Run | None, name: str | None, experiment: str | None, params: dict[str, Any] | None,
+                 tags: dict[str, str] | None) -> Run:
+    """The run given, else a new one (or the job's own under `mldeck run`), with SIGTERM claimed: log()
+    never exits mid-step, and the framework stops at a step's end with its own checkpoint."""
+    run = run or init(name=name, experiment=experiment, params=params, tags=tags)
+    _ = run.should_stop
+    return run
+
+
+def resume_path(run: Run) -> str | None:
+    """The framework checkpoint to resume from (what `ckpt_path` / `resume_from_checkpoint` take), or None
+    on a fresh start.
 
     It goes through `run.resume()`, so points an earlier attempt logged after that checkpoint are dropped;
     a checkpoint the framework has deleted since means starting over, said on stderr."""
@@ -108,4 +118,4 @@ def resume_path(run: Run) -> Path | None:
               file=sys.stderr)
         run.event("resume", step=-1)
         return None
-    return path
+    return str(path)

@@ -20,7 +20,6 @@ from typing import Any
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
-import mldeck
 from mldeck.core.track import Run
 from mldeck.integrations.tracking import (
     StepLog,
@@ -29,6 +28,7 @@ from mldeck.integrations.tracking import (
     numbers,
     record_checkpoint,
     resume_path,
+    stopping_run,
 )
 
 OUTPUT_DIR = "transformers"
@@ -47,8 +47,7 @@ class MLDeckCallback(TrainerCallback):
         *,
         run: Run | None = None,
     ) -> None:
-        self.run = run or mldeck.init(name=name, experiment=experiment, params=params, tags=tags)
-        _ = self.run.should_stop  # claims SIGTERM: the Trainer stops at a step's end, after saving
+        self.run = stopping_run(run, name, experiment, params, tags)  # the Trainer saves, then stops
         self._steps = StepLog(self.run)
 
     @property
@@ -58,8 +57,7 @@ class MLDeckCallback(TrainerCallback):
 
     def resume(self) -> str | None:
         """The checkpoint folder for `trainer.train(resume_from_checkpoint=...)`, or None on a fresh start."""
-        path = resume_path(self.run)
-        return None if path is None else str(path)
+        return resume_path(self.run)
 
     def on_train_begin(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
