@@ -83,11 +83,11 @@ class Agent:
 
     def compose(self, ctx: Context) -> list[Any]:
         """Every service, built in dependency order; each gets exactly what it uses."""
-        host = Host(ctx, self.nvml, self.simulated is not None, self.collector, self.ingest,
+        store_ops = StoreOps(ctx, self.ingest)
+        host = Host(ctx, self.nvml, self.simulated is not None, self.collector, self.ingest, store_ops,
                     self.dispatcher, self.rpc, self.request_stop)
         backend = Jobs if ctx.config.jobs.backend == "local" else SlurmJobs
         jobs = backend(ctx, self.nvml, self.simulated, self.collector, self.ingest)
-        store_ops = StoreOps(ctx)
         runs = Runs(ctx, jobs, store_ops)
         cost = Cost(ctx, jobs)
         registry = Registry(ctx)

@@ -32,6 +32,7 @@ if TYPE_CHECKING:
     from mldeck.agent.ingest import Ingest
     from mldeck.agent.nvml import Nvml
     from mldeck.agent.rpc import Connection, Dispatcher, RpcServer
+    from mldeck.agent.storeops import StoreOps
 
 
 class Host:
@@ -39,13 +40,14 @@ class Host:
 
     def __init__(
         self, ctx: Context, nvml: Nvml, simulated: bool, collector: Collector, ingest: Ingest,
-        dispatcher: Dispatcher, server: RpcServer, request_stop: Callable[[], None],
+        store_ops: StoreOps, dispatcher: Dispatcher, server: RpcServer, request_stop: Callable[[], None],
     ) -> None:
         self.ctx = ctx
         self.nvml = nvml
         self.simulated = simulated
         self.collector = collector
         self.ingest = ingest
+        self.store_ops = store_ops
         self.dispatcher = dispatcher
         self.server = server
         self.request_stop = request_stop
@@ -137,6 +139,7 @@ class Host:
             "cpu_pct": proc.cpu_percent(None),
             "connections": len(self.server.connections),
             "ingest": self.ingest.status(),
+            "store": await self.store_ops.memory(),
             "nvml": self.nvml_state,
             "task_failures": self.ctx.tasks.status(),
             "problems": problems(self.ingest.status(), self.ctx.tasks.status()),

@@ -27,7 +27,7 @@ class Query:
         run = functools.partial(
             self.ctx.store.read_only_query, p.sql, p.limit, self.ctx.config.query.time_limit_s, RESULT_BYTES
         )
-        return await asyncio.get_running_loop().run_in_executor(self._threads, run)
+        return await self.ctx.on(self._threads, run)
 
     async def stop(self) -> None:
         """Cancel the queries still running, so that the store can close and the agent exit."""

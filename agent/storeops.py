@@ -1,8 +1,11 @@
-"""The StoreOps service: `runs.archive`, `runs.restore`, `runs.archived` and `store.compact`.
+"""The StoreOps service: `runs.archive`, `runs.restore`, `runs.archived` and `store.compact`, and the
+store's memory at rest.
 
 Archiving moves finished runs' points into Parquet files under the home and out of the store
 (core.archive); compacting rewrites the store into a fresh file to give the space back (core.compact).
-Both write on the agent's writer thread, and one of them runs at a time.
+Both write on the agent's writer thread, and one of them runs at a time. DuckDB keeps what it read or
+wrote cached up to `[store] memory_limit`; once the store has been at rest a while, the cache above a
+quarter of the limit is given back, so that an agent that ingested a backlog does not sit on it.
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ import logging
 import shutil
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mldeck.agent.service import Context, rpc
 from mldeck.core import archive, compact
@@ -20,19 +23,52 @@ from mldeck.core.archive import ArchivedParams, ArchiveParams
 from mldeck.core.errors import NotFound, Refused
 from mldeck.core.protocol import NoParams, RunRef
 
+if TYPE_CHECKING:
+    from mldeck.agent.ingest import Ingest
+
 log = logging.getLogger("mldeck.storeops")
 
 COMPACT_ROOM = 2.2
 """Free space a compaction needs beside the store, as a multiple of its size (a copy, and the new file)."""
+REST_S = 5.0
+"""Seconds without a line ingested after which the store is at rest (and its cache may be trimmed)."""
+TRIM_ABOVE, TRIM_TO = 0.5, 0.25
+"""At rest, a cache over TRIM_ABOVE of the memory limit is trimmed to TRIM_TO of it."""
+TRIM_DRAIN_S = 1.0
+"""How long a trim waits for the store work under way (new work waiting meanwhile) before it gives up."""
 
 
 class StoreOps:
     """Archive and restore of runs, and compaction of the store."""
 
-    def __init__(self, ctx: Context) -> None:
+    def __init__(self, ctx: Context, ingest: Ingest) -> None:
         self.ctx = ctx
+        self.ingest = ingest
         self.home = ctx.layout.home
         self._one_at_a_time = asyncio.Lock()
+        self.trims = 0
+        self._lines = -1
+
+    async def start(self) -> None:
+        self.ctx.tasks.every(REST_S, self.trim_at_rest, "store-trim")
+
+    async def trim_at_rest(self) -> None:
+        """Give back the cache over TRIM_ABOVE of the limit once ingest has rested for a whole tick."""
+        lines, self._lines = self._lines, self.ingest.rows_committed
+        if lines != self._lines:
+            return
+        used, limit = await self.ctx.read(self.ctx.store.memory)
+        if used <= limit * TRIM_ABOVE:
+            return
+        after = await self.ctx.alone(self.ctx.store.trim_cache, int(limit * TRIM_TO), drain_s=TRIM_DRAIN_S)
+        if after is not None:
+            self.trims += 1
+            log.info("store at rest: cache trimmed from %d to %d MiB", used >> 20, after >> 20)
+
+    async def memory(self) -> dict[str, int]:
+        """What `agent status` shows of the store's cache."""
+        used, limit = await self.ctx.read(self.ctx.store.memory)
+        return {"cache_bytes": used, "limit_bytes": limit, "trims": self.trims}
 
     @rpc("runs.archive")
     async def archive(self, p: ArchiveParams) -> dict[str, Any]:
@@ -47,6 +83,7 @@ class StoreOps:
             for batch in plan.batches():
                 moved += await self.ctx.db(archive.archive_batch, self.ctx.store, self.home, batch,
                                            time.time())
+            await self.ctx.db(self.ctx.store.show_archive)
         left = len(plan.runs) - len(moved)
         if left:
             out["kept"] = {**plan.kept, "it changed while the archive ran": left}
@@ -79,7 +116,8 @@ class StoreOps:
             path = Path(found["archived"]["path"])
             run, points = await asyncio.to_thread(archive.read_archive, path, found["archived"]["points"])
             await self.ctx.db(archive.restore, self.ctx.store, run, points)
-        await asyncio.to_thread(path.unlink, missing_ok=True)
+            await asyncio.to_thread(path.unlink, missing_ok=True)
+            await self.ctx.db(self.ctx.store.show_archive)
         log.info("restored run %s (%d points) from %s", p.run_id, points.num_rows, path)
         return {"run_id": p.run_id, "points": points.num_rows, "path": str(path)}
 

@@ -25,12 +25,11 @@ import pyarrow.parquet as pq
 
 from mldeck.core.atomic import fsync
 from mldeck.core.errors import Conflict, Internal, NotFound
-from mldeck.core.paths import BadName, check_name
+from mldeck.core.paths import ARCHIVE_DIR, BadName, check_name
 from mldeck.core.protocol import Params
 from mldeck.core.runlog import TERMINAL
 from mldeck.core.store import Store, decode_json_fields, rows_as_dicts
 
-ARCHIVE_DIR = "archive"
 RUN_META = b"mldeck.run"
 """The Parquet metadata key of the run's row (JSON): the file alone is enough to restore the run."""
 BATCH_POINTS = 1_000_000

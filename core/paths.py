@@ -49,6 +49,10 @@ def config_dir() -> Path:
     return Path(base) / "mldeck"
 
 
+ARCHIVE_DIR = "archive"
+"""The home's folder of archived runs, beside the store file (core.archive)."""
+
+
 class Layout:
     """The folders and files of one agent home, as DESIGN.md lays them out."""
 

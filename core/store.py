@@ -6,6 +6,7 @@ its own cursor; the agent funnels writes through one thread so they never confli
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 import threading
@@ -22,6 +23,7 @@ import pyarrow.compute as pc
 from mldeck.core.atomic import fsync
 from mldeck.core.errors import Internal, Invalid, Refused, TooLarge
 from mldeck.core.metric_series import Series, level_curve, level_partials, series, summary_partials
+from mldeck.core.paths import ARCHIVE_DIR
 from mldeck.core.schema import LEVEL_BUCKETS, LEVEL_FROM_POINTS, LEVEL_SHIFT, SUMMARY_FROM_POINTS, migrate
 
 RUN_FIELDS = (
@@ -34,9 +36,11 @@ RUNS_TABLE_COLUMNS = (
     "total_steps",
 )
 _JSON_FIELDS = {"params", "tags", "command", "gpus"}
-READ_ONLY_STATEMENTS = {"SELECT", "EXPLAIN"}
-# The agent reads no files and changes no settings through DuckDB, so a user's query can't either.
+READ_ONLY_STATEMENTS = {"SELECT", "EXPLAIN SELECT"}
 SANDBOX = {"enable_external_access": False, "lock_configuration": True}
+"""A store file opened only to be checked reads no other file and changes no setting."""
+ARCHIVED_METRICS = "archived_metrics"
+"""The view of the archive's points (Parquet files): `mldeck query` reads archived runs through it."""
 QUERY_FETCH_ROWS = 1000
 SWAP_POLL_S = 0.01
 MANAGED_FIELDS = ("status", "started_at", "created_at", "command", "host")
@@ -95,6 +99,20 @@ RAW_CURVES = """
 """Each key's points, min/max-bucketed down to the points asked for (all of them when there are fewer)."""
 
 
+def _literal(text: str) -> str:
+    return text.replace("'", "''")
+
+
+_UNITS = {"bytes": 1, "KiB": 2**10, "MiB": 2**20, "GiB": 2**30, "TiB": 2**40,
+          "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12}
+
+
+def _bytes(size: str) -> int:
+    """DuckDB's way of writing a size ("488.2 MiB") as bytes."""
+    number, unit = size.split()
+    return round(float(number) * _UNITS[unit])
+
+
 def _ident(name: str) -> str:
     """A name safe inside double quotes in SQL."""
     return name.replace('"', '""')
@@ -136,9 +154,48 @@ class Store:
         self._open()
 
     def _open(self) -> None:
-        self._con = duckdb.connect(str(self.path), config={**self.settings, **SANDBOX})
+        """Connect, then close the sandbox: no file outside the archive can be read, from then on, by
+        anyone (DuckDB takes allowed_directories only once running, and never widens it after)."""
+        self._con = duckdb.connect(str(self.path), config=self.settings)
+        archive = self.path.parent / ARCHIVE_DIR
+        self._con.execute(f"SET allowed_directories = ['{_literal(str(archive))}/']")
+        self._con.execute("SET enable_external_access = false")
         self._local = threading.local()
         migrate(self._con)
+        self.show_archive(self._con)
+
+    def show_archive(self, con: duckdb.DuckDBPyConnection | None = None) -> None:
+        """(Re)define the view archived_metrics over the archive's Parquet files as they are now: the
+        points of every archived run, or none. A view that already says so is left (no write at open)."""
+        con = con or self.cur()
+        files = _literal(f"{self.path.parent / ARCHIVE_DIR}/*/*.parquet")
+        reads = bool(glob.glob(files))
+        now = con.execute("SELECT sql FROM duckdb_views() WHERE view_name = ? AND NOT internal",
+                          [ARCHIVED_METRICS]).fetchall()
+        if now and (f"'{files}'" in now[0][0]) == reads and ("read_parquet" in now[0][0]) == reads:
+            return
+        points = (f"SELECT run_id, key, step, ts, value FROM read_parquet('{files}')" if reads else
+                  "SELECT NULL::VARCHAR AS run_id, NULL::VARCHAR AS key, NULL::BIGINT AS step, "
+                  "NULL::DOUBLE AS ts, NULL::DOUBLE AS value WHERE false")
+        con.execute(f"CREATE OR REPLACE VIEW {ARCHIVED_METRICS} AS {points}")
+
+    def memory(self) -> tuple[int, int]:
+        """DuckDB's buffer memory in use and its limit, in bytes."""
+        used, limit = self.cur().execute(
+            "SELECT sum(memory_usage_bytes), current_setting('memory_limit') FROM duckdb_memory()").fetchone()
+        return int(used or 0), _bytes(limit)
+
+    def trim_cache(self, to_bytes: int) -> int:
+        """Give back the cached blocks above to_bytes (the least recently used go), then allow the whole
+        limit again; on the writer thread, at rest. The bytes in use after."""
+        cur = self.cur()
+        limit = self.settings.get("memory_limit") or cur.execute(
+            "SELECT current_setting('memory_limit')").fetchone()[0]
+        try:
+            cur.execute(f"SET memory_limit = '{to_bytes}B'")
+        finally:
+            cur.execute(f"SET memory_limit = '{_literal(limit)}'")
+        return self.memory()[0]
 
     def reopen(self) -> None:
         """Open the file again after DuckDB gave up on it (a checkpoint that failed on a full disk
@@ -590,8 +647,23 @@ def _check_statement(cur: duckdb.DuckDBPyConnection, sql: str) -> None:
     if len(statements) != 1:
         raise Invalid(f"send exactly one statement (got {len(statements)})")
     kind = statements[0].type.name
+    if kind == "EXPLAIN":  # EXPLAIN ANALYZE runs what it explains: that must be a SELECT too
+        explained = cur.extract_statements(sql[_explained_at(sql):])
+        kind = "EXPLAIN " + (explained[0].type.name if len(explained) == 1 else "of several statements")
     if kind not in READ_ONLY_STATEMENTS:
-        raise Refused(f"only read-only queries (SELECT, EXPLAIN) are allowed here, not {kind}")
+        raise Refused(f"only read-only queries (SELECT, EXPLAIN SELECT) are allowed here, not {kind}")
+
+
+def _explained_at(sql: str) -> int:
+    """Where the statement an EXPLAIN explains begins: past EXPLAIN, its (options) and ANALYZE."""
+    tokens = [(at, kind) for at, kind in duckdb.tokenize(sql) if kind != duckdb.token_type.comment][1:]
+    depth = 0
+    for n, (at, kind) in enumerate(tokens):
+        if kind == duckdb.token_type.operator and sql[at] in "()" and (depth or n == 0):
+            depth += 1 if sql[at] == "(" else -1
+        elif depth == 0 and not (kind == duckdb.token_type.keyword and sql[at:at + 7].upper() == "ANALYZE"):
+            return at
+    return len(sql)
 
 
 def _capped_result(cur: duckdb.DuckDBPyConnection, limit: int, max_bytes: int) -> dict[str, Any]:

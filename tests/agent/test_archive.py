@@ -25,6 +25,7 @@ DAY = 86_400.0
 SERIES = "SELECT * FROM metric_summary WHERE run_id = '{run}' ORDER BY key"
 LEVEL = "SELECT * FROM metric_level WHERE run_id = '{run}' ORDER BY key, bucket"
 COLLECTED = ("system_metrics", "gpu_processes")
+ARCHIVED = "SELECT run_id, count(*) FROM archived_metrics GROUP BY run_id ORDER BY run_id"
 
 
 def write_run(home: Path, run_id: str, ended: float | None, steps: int = 50, experiment: str = "exp",
@@ -88,6 +89,7 @@ def test_archive_moves_old_finished_runs_out_and_restore_brings_one_back(tmp_pat
         assert sorted(dry["runs"]) == ["old-a", "old-b"] and dry["points"] == 2 * (LEVEL_FROM + 100) + 1 + 101
         assert dry["kept"] == {"not finished": 1, "it backs a registered model version": 1}
         assert counts(home) == everything and not (home / "archive").exists()
+        assert query(home, ARCHIVED) == []
 
         out = agent.cli("runs", "archive", "--before", "90d", check=True).out
         assert "archived 2 runs" in out and "1 because it backs a registered model version" in out
@@ -102,6 +104,11 @@ def test_archive_moves_old_finished_runs_out_and_restore_brings_one_back(tmp_pat
         table = pq.read_table(home / files[0])
         assert table.num_rows == 2 * (LEVEL_FROM + 100) + 1
         assert json.loads(table.schema.metadata[RUN_META])["params"] == '{"lr": 0.1}'
+        points = {"old-a": 2 * (LEVEL_FROM + 100) + 1, "old-b": 101}
+        assert query(home, ARCHIVED) == [[run, n] for run, n in points.items()]
+        read = agent.cli("query", "SELECT max(value) AS loss FROM archived_metrics WHERE key = 'loss'",
+                         "--json", check=True).json()
+        assert read == [{"loss": 42.0}]
 
         listed = agent.cli("runs", "ls", "--archived", "--json", check=True).json()
         assert [r["run_id"] for r in listed] == ["old-b", "old-a"]
@@ -117,6 +124,7 @@ def test_archive_moves_old_finished_runs_out_and_restore_brings_one_back(tmp_pat
         assert query(home, LEVEL.format(run="old-a")) == before["old-a"][1]
         assert call(home, "runs.get", {"run_id": "old-a"})["params"] == {"lr": 0.1}
         assert not (home / files[0]).exists() and "old-a" in live_ids(home)
+        assert query(home, ARCHIVED) == [["old-b", 101]]
         again = agent.cli("runs", "restore", "old-a")
         assert again.code == 1 and "not archived" in again.err
         assert counts(home) == {**everything, "archived_runs": 1, "runs": everything["runs"] - 1,

@@ -79,6 +79,11 @@ HOSTILE = [  # every statement the issue saw go through, and close variants
     "PRAGMA disable_checkpoint_on_shutdown",
     "EXPLAIN ANALYZE PRAGMA disable_checkpoint_on_shutdown",
     "EXPLAIN ANALYZE SET GLOBAL threads = 1",
+    "/* a comment first */ explain -- and one here\n analyze SET memory_limit = '10GB'",
+    "EXPLAIN (ANALYZE, FORMAT json) SET threads = 1",
+    "EXPLAIN ANALYZE RESET memory_limit",
+    "SELECT * FROM glob('{archive}/../*')",
+    "SELECT * FROM read_text('{archive}/../agent.toml')",
     "SELECT * FROM read_csv('{secret}')",
     "SELECT * FROM read_text('{secret}')",
     "SELECT * FROM glob('{outside}/**')",
@@ -106,7 +111,7 @@ def test_a_hostile_statement_is_refused_and_changes_nothing(
     secret = tmp_path / "outside" / "shadow.csv"
     secret.parent.mkdir()
     secret.write_text(f"user,password\nroot,{SECRET}\n")
-    sql = template.format(out=out, secret=secret, outside=secret.parent)
+    sql = template.format(out=out, secret=secret, outside=secret.parent, archive=agent.home / "archive")
     before = snapshot(agent)
     reply = query(agent, sql)
     assert "error" in reply, f"{sql!r} was not refused: {reply}"

@@ -326,8 +326,7 @@ def test_a_long_curve_comes_from_its_level_with_its_extremes(agent_home: AgentPr
 
 
 def test_the_store_settings_reach_duckdb(tmp_path: Path) -> None:
-    """[store] memory_limit and threads are what DuckDB runs with (set at connect; the configuration is
-    locked after)."""
+    """[store] memory_limit and threads are what DuckDB runs with (set at connect)."""
     agent = start_agent(tmp_path / "home", config='[store]\nmemory_limit = "300MB"\nthreads = 1\n')
     try:
         expected = duckdb.connect(config={"memory_limit": "300MB"}).execute(

@@ -142,6 +142,9 @@ def print_status(status: dict[str, Any]) -> None:
     print(f"version: mldeck {status.get('version', '-')}")
     print(f"home: {status['home']}")
     print(f"memory: {status['rss_bytes'] / 2**20:.0f} MiB, clients: {status['connections']}")
+    if store := status.get("store"):  # an agent older than the store's memory line has none
+        print(f"store cache: {store['cache_bytes'] / 2**20:.0f} of {store['limit_bytes'] / 2**20:.0f} MiB "
+              f"([store] memory_limit), given back at rest {store['trims']} times")
     print(f"ingest: {status['ingest']['rows']} lines, {status['ingest']['bad_lines']} bad")
     print(f"gpus: {status['nvml']}")
     for problem in status.get("problems", []):
