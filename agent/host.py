@@ -139,7 +139,7 @@ class Host:
             "cpu_pct": proc.cpu_percent(None),
             "connections": len(self.server.connections),
             "ingest": self.ingest.status(),
-            "store": await self.store_ops.memory(),
+            "store": self.store_ops.memory(),
             "nvml": self.nvml_state,
             "task_failures": self.ctx.tasks.status(),
             "problems": problems(self.ingest.status(), self.ctx.tasks.status()),

@@ -47,28 +47,29 @@ class StoreOps:
         self.home = ctx.layout.home
         self._one_at_a_time = asyncio.Lock()
         self.trims = 0
+        self.cache = (0, 0)
+        """DuckDB's cache in use and its limit, bytes, as the last tick read them."""
         self._lines = -1
 
     async def start(self) -> None:
+        self.cache = await self.ctx.read(self.ctx.store.memory)
         self.ctx.tasks.every(REST_S, self.trim_at_rest, "store-trim")
 
     async def trim_at_rest(self) -> None:
         """Give back the cache over TRIM_ABOVE of the limit once ingest has rested for a whole tick."""
         lines, self._lines = self._lines, self.ingest.rows_committed
-        if lines != self._lines:
-            return
-        used, limit = await self.ctx.read(self.ctx.store.memory)
-        if used <= limit * TRIM_ABOVE:
+        used, limit = self.cache = await self.ctx.read(self.ctx.store.memory)
+        if lines != self._lines or used <= limit * TRIM_ABOVE:
             return
         after = await self.ctx.alone(self.ctx.store.trim_cache, int(limit * TRIM_TO), drain_s=TRIM_DRAIN_S)
         if after is not None:
+            self.cache = (after, limit)
             self.trims += 1
             log.info("store at rest: cache trimmed from %d to %d MiB", used >> 20, after >> 20)
 
-    async def memory(self) -> dict[str, int]:
-        """What `agent status` shows of the store's cache."""
-        used, limit = await self.ctx.read(self.ctx.store.memory)
-        return {"cache_bytes": used, "limit_bytes": limit, "trims": self.trims}
+    def memory(self) -> dict[str, int]:
+        """What `agent status` shows of the store's cache, as the last tick saw it (no query per status)."""
+        return {"cache_bytes": self.cache[0], "limit_bytes": self.cache[1], "trims": self.trims}
 
     @rpc("runs.archive")
     async def archive(self, p: ArchiveParams) -> dict[str, Any]:

@@ -96,6 +96,27 @@ def deep_line(depth: int) -> bytes:
     return b'{"t":1.0,"e":"note","d":{"x":' + b"[" * depth + b"]" * depth + b"}}\n"
 
 
+def test_deeply_nested_lines_cost_no_time(tmp_path: Path) -> None:
+    """Arrow's JSON reader spends seconds on one deeply nested line that msgspec refuses at once (4-8 s
+    each here): such lines, spaced as json.dumps writes them or shaped like points, must not reach it,
+    or a dozen hostile runs hold ingest up for a minute."""
+    home = tmp_path / "home"
+    nested = b"[" * 5000 + b"]" * 5000
+    hostile = [b'{"t": 1.0, "e": "note", "d": {"x": ' + nested + b"}}\n",
+               b'{"t":1.0,"s":1,"m":{"loss":' + nested + b"}}\n",
+               b'{"t":1.0,"s":2,"m":' + b'{"a":' * 3000 + b"1" + b"}" * 3000 + b"}\n"]
+    runs = [f"deep-{n}" for n in range(12)]
+    for n, run_id in enumerate(runs):
+        write_run(home, run_id, hostile[n % len(hostile)], point(3, loss=0.5))
+    agent = start_agent(home)
+    try:
+        wait_for(lambda: one(home, "SELECT count(*) FROM metrics") == len(runs), timeout=20,
+                 what="the good line after each deep one")
+        assert ingest_status(home)["bad_lines"] == len(runs)
+    finally:
+        agent.stop()
+
+
 @pytest.mark.timeout(240)
 def test_poison_lines_are_skipped_and_never_stop_ingest(tmp_path: Path) -> None:
     """Lines too deep, too long, not UTF-8 or refused by the store are skipped, counted and named; the
