@@ -8,7 +8,9 @@ the MLP from its named columns in any order, and its drift report names the feat
 
 from __future__ import annotations
 
+import itertools
 import json
+import threading
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,6 +22,8 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 import pytest
 
+from mldeck.core.errors import Invalid
+from mldeck.tui.cli.predict_cmd import ahead
 from tests.conftest import AgentProc, rpc, start_agent, wait_for
 from tests.serving.conftest import free_port
 
@@ -180,3 +184,28 @@ def test_the_drift_report_names_the_features(agent: AgentProc) -> None:
     report = agent.cli("drift", "report", "tumor", "--window", "200rows", "--json", check=True).json()
     assert [c["column"] for c in report["columns"] if c["role"] == "input"] == FEATURES
     assert report["n_rows"] == 200
+
+
+def test_a_failing_stage_stops_the_reader_under_it() -> None:
+    """A batch that does not fit ends predict while the file is still being read ahead: the reading
+    thread must stop then, not at exit, where a thread inside pyarrow aborted the process ("terminate
+    called without an active exception", exit -6) after the error was printed."""
+    closed = threading.Event()
+
+    def read() -> Iterator[int]:
+        try:
+            yield from itertools.count()
+        finally:
+            closed.set()
+
+    def predict(batches: Iterator[int]) -> Iterator[int]:
+        for batch in batches:
+            if batch == 3:
+                raise Invalid("rows 4-4: column 'pixels' holds 63 values per row")
+            yield batch
+
+    with pytest.raises(Invalid) as failed:
+        list(ahead(predict(ahead(read()))))
+    assert "rows 4-4" in str(failed.value)  # the error, with its traceback, is still held here
+    assert closed.wait(5), "the reader still runs"
+    assert not [t for t in threading.enumerate() if t.name == "predict-ahead"]

@@ -20,6 +20,7 @@ import queue
 import sys
 import threading
 import time
+import traceback
 from collections.abc import Callable, Iterator, Mapping
 from functools import partial
 from pathlib import Path
@@ -383,6 +384,7 @@ def ahead(items: Iterator[T], depth: int = AHEAD) -> Iterator[T]:
                 if not put((False, item)):
                     return
         except BaseException as exc:  # handed to the caller, who raises it
+            traceback.clear_frames(exc.__traceback__)  # what the failed stages held (their readers) goes now
             put((True, exc))
         else:
             put((True, None))
