@@ -24,7 +24,7 @@ from typing import Any, TypeVar
 import duckdb
 
 from mldeck.agent.ingest import Ingest
-from mldeck.core import registry, serving
+from mldeck.core import archive, registry, serving
 from mldeck.core.backups import backup_dir, list_backups, wal_of
 from mldeck.core.errors import Conflict, Refused
 from mldeck.core.paths import BadName, Layout, check_name, mldeck_home
@@ -145,6 +145,8 @@ async def recover_store(
     try:
         await ingest.scan()
         runs = await db(_recover_runs, store, layout)
+        runs["archived_runs"] = await db(archive.recover_archived, store, layout.home, time.time())
+        runs["runs"] -= runs["archived_runs"]
         versions = await db(_recover_versions, store, layout, requests)
         aliases = await db(_recover_aliases, store, manifest, versions["recovered"])
     finally:
@@ -344,6 +346,8 @@ def describe(report: dict[str, Any]) -> str:
     lines.append(f"  runs: {report['runs']} ({report['metric_lines']:,} lines ingested, "
                  f"{report['bad_lines']} bad; {report['runs_from_run_json']} from run.json alone, "
                  f"{report['runs_ended_from_files']} ended as their files say)")
+    if report["archived_runs"]:
+        lines.append(f"  archived runs: {report['archived_runs']} (from the files in archive/)")
     if report["ingest_errors"]:
         lines.append(f"  ingest failed {report['ingest_errors']} time(s), last: "
                      f"{report['last_ingest_error']}; the agent retries those files when it starts")

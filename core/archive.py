@@ -34,6 +34,9 @@ RUN_META = b"mldeck.run"
 """The Parquet metadata key of the run's row (JSON): the file alone is enough to restore the run."""
 BATCH_POINTS = 1_000_000
 """Points archived per turn of the writer thread (at least one run): ingest waits no longer than that."""
+LAST_VALUES = ("SELECT key, arg_max(value, (step, i)) FROM "
+               "(SELECT key, step, value, row_number() OVER () AS i FROM {points}) GROUP BY key")
+"""Each key's value at its last step (of a step written twice, the later) in points as they were written."""
 POINTS_SCHEMA = pa.schema([("run_id", pa.string()), ("key", pa.string()), ("step", pa.int64()),
                            ("ts", pa.float64()), ("value", pa.float64())])
 _encode = msgspec.json.Encoder().encode  # NaN and the infinities become null: JSON has no words for them
@@ -273,6 +276,34 @@ def read_archive(path: Path, points: int) -> tuple[dict[str, Any], pa.Table]:
         raise Internal(f"{path} is not the file archived (it has {table.num_rows:,} points of {points:,}"
                        f"{'' if meta else ' and no run row'})")
     return msgspec.json.decode(meta), table
+
+
+def recover_archived(store: Store, home: Path, now: float) -> int:
+    """After a rebuild from the run folders (`agent recover`): each run with a file in the archive is
+    archived again, its points out of the store and its archived_runs row back (from the file alone).
+    The runs so recovered."""
+    runs = 0
+    for path in sorted((home / ARCHIVE_DIR).glob("*/*.parquet")):
+        meta = (pq.read_schema(path).metadata or {}).get(RUN_META)
+        if meta is None:
+            continue
+        run = msgspec.json.decode(meta)
+        table = pq.read_table(path).cast(POINTS_SCHEMA)
+        with store.transaction() as cur:
+            cur.register("_archived", table)
+            try:
+                latest = dict(cur.execute(LAST_VALUES.format(points="_archived")).fetchall())
+            finally:
+                cur.unregister("_archived")
+            for name in ("archived_runs", "metrics", "metric_summary", "metric_level", "runs"):
+                cur.execute(f"DELETE FROM {name} WHERE run_id = ?", [run["run_id"]])
+            row = _archived_row(run, latest, path.relative_to(home).as_posix(), table.num_rows,
+                                path.stat().st_size, now)
+            cur.execute("INSERT INTO archived_runs VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                        list(row.values()))
+        runs += 1
+    store.show_archive()
+    return runs
 
 
 def restore(store: Store, run: dict[str, Any], points: pa.Table) -> None:

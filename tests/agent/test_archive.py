@@ -134,6 +134,38 @@ def test_archive_moves_old_finished_runs_out_and_restore_brings_one_back(tmp_pat
         agent.stop()
 
 
+def test_recover_keeps_archived_runs_archived(tmp_path: Path) -> None:
+    """A lost store rebuilt from the home's files (`agent recover`): the run folders of archived runs are
+    still there, but those runs come back archived, as their files in archive/ say, not live."""
+    home = tmp_path / "home"
+    old = time.time() - 100 * DAY
+    write_run(home, "old-a", old, steps=120)
+    write_run(home, "old-b", old + 60)
+    write_run(home, "recent", time.time() - DAY)
+    agent = start_agent(home)
+    try:
+        ingested(home, 3)
+        call(home, "runs.archive", {"before_s": 90 * DAY})
+        listed = agent.cli("runs", "ls", "--archived", "--json", check=True).json()
+        points = query(home, ARCHIVED)
+    finally:
+        agent.stop()
+    (home / "mldeck.duckdb").unlink()
+    recovered = agent.cli("agent", "recover", "--json", check=True).json()
+    assert recovered["archived_runs"] == 2 and recovered["runs"] == 1
+    agent = start_agent(home)
+    try:
+        assert live_ids(home) == {"recent"} and query(home, ARCHIVED) == points
+        again = agent.cli("runs", "ls", "--archived", "--json", check=True).json()
+        for run in (*listed, *again):
+            del run["archived"]["at"]
+        assert again == listed and again[0]["metrics"] == {"loss": 42.0, "acc": 0.98}
+        agent.cli("runs", "restore", "old-a", check=True)
+        assert live_ids(home) == {"recent", "old-a"}
+    finally:
+        agent.stop()
+
+
 def test_a_file_a_crash_left_is_written_again_and_nothing_is_lost(agent_home: AgentProc) -> None:
     """A crash between writing a run's file and deleting its rows leaves the run live and the file behind
     (here: half a file); the next archive writes it whole, and the run comes back point for point."""
