@@ -10,7 +10,8 @@ line format (init line, point lines, finish line) into runs/<id>/metrics.jsonl, 
 append as the SDK's flush thread does. The lines are encoded before the clock starts, which runs from
 the first write to the agent reporting every line committed. Then,
 medians of three warm calls on one connection: runs.list of 1,000 runs, the Runs screen's first page
-(runs.table, 1,000 runs), one run's runs.get and runs.metrics; the agent's RSS at rest; the store's
+(runs.table, 1,000 runs), one run's runs.get and runs.metrics; the agent's RSS at rest (once it has
+given back its store's cache: agent status says); the store's
 bytes per point once the agent has stopped; the first page again after a restart. 20 long runs
 (--long-points each, 2 keys) are written into the largest store and compared as the Compare screen
 does (runs.get and runs.metrics at 500 points for all 20 at once). Last, the older half of each store's
@@ -36,6 +37,7 @@ import psutil
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
+from mldeck.agent.storeops import TRIM_ABOVE  # noqa: E402
 from mldeck.core.client import connect_unix  # noqa: E402
 from tests.conftest import rpc, start_agent  # noqa: E402
 
@@ -183,6 +185,19 @@ async def compare_ms(home: Path, run_ids: list[str]) -> tuple[float, float]:
         await client.close()
 
 
+def at_rest(home: Path, timeout_s: float = 60.0) -> float:
+    """Seconds until the agent, ingest done, has its store's cache at most TRIM_ABOVE of the limit (the
+    agent gives the rest back once ingest rests for a tick); then 2 s more for the allocator."""
+    t0 = time.perf_counter()
+    while time.perf_counter() - t0 < timeout_s:
+        store = status(home)["store"]
+        if store["cache_bytes"] <= store["limit_bytes"] * TRIM_ABOVE:
+            break
+        time.sleep(0.5)
+    time.sleep(2)
+    return time.perf_counter() - t0
+
+
 def rss_mb(pid: int) -> tuple[float, float]:
     """The process's RSS now and its peak (VmHWM), MB."""
     proc = psutil.Process(pid)
@@ -205,8 +220,9 @@ def bench_size(root: Path, points: int, long_points: int, writers: int, memory_l
     try:
         seconds = fill(home, runs, writers, STEPS, KEYS, base=BASE)
         out["ingest"] = runs * STEPS * KEYS / seconds
-        time.sleep(5)
+        out["rest_s"] = at_rest(home)
         out["rss"], out["peak"] = rss_mb(agent.proc.pid)
+        out["cache"] = status(home)["store"]["cache_bytes"] / 2**20
         out.update(asyncio.run(reads(home)))
         out["rss_after_reads"], out["peak"] = rss_mb(agent.proc.pid)
         if long_points:
@@ -261,7 +277,8 @@ def table(results: dict[int, dict[str, Any]], long_points: int) -> list[tuple[st
         row("runs.table first page (1,000 runs)", lambda r: f"{r['table']:,.0f} ms"),
         row("runs.table first page after a restart", lambda r: f"{r['cold_table']:,.0f} ms"),
         row("runs.get + runs.metrics, one run", lambda r: f"{r['one']:,.0f} ms"),
-        row("agent RSS at rest after ingest", lambda r: f"{r['rss']:,.0f} MB (peak {r['peak']:,.0f})"),
+        row("agent RSS at rest after ingest", lambda r: f"{r['rss']:,.0f} MB (peak {r['peak']:,.0f}; "
+            f"cache {r['cache']:,.0f} MB, at rest {r['rest_s']:.0f} s after ingest)"),
         row("store bytes per point", lambda r: f"{r['bytes_per_point']:.1f}"),
         row("archive of the older half of the runs", lambda r: f"{r['archive_s']:.1f} s, "
             f"{r['archived_points'] / r['archive_s'] / 1e3:,.0f} k points/s, "
