@@ -8,6 +8,7 @@ The store merges these partials into its tables (core.store Store.add_points).
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 from typing import Any
 
@@ -120,28 +121,44 @@ def level_partials(s: Series, shifts: np.ndarray) -> pa.Table | None:
     return pa.table(dict(zip(LEVEL_COLUMNS, columns, strict=True)))
 
 
-def level_curve(level: pa.Table, max_points: int) -> dict[str, list[Any]]:
-    """One key's curve from its level rows (sorted by bucket): the buckets regrouped into max_points // 2
-    groups, each drawn as its least and greatest point, in step order (a step once)."""
-    bucket = level["bucket"].to_numpy()
-    if not len(bucket):
-        return {"step": [], "ts": [], "value": []}
-    groups = max(1, max_points // 2)
-    lo, hi = bucket[0], bucket[-1]
-    group = bucket if len(bucket) <= groups else (bucket - lo) * groups // (hi - lo + 1)
-    starts = _starts(group)
+def level_curves(level: pa.Table, groups: int) -> dict[tuple[str, str], dict[str, list[Any]]]:
+    """The curves of many series at once from their level rows (in any order): each series' buckets
+    regrouped into `groups` groups (each bucket its own while there are no more), each group drawn as its
+    least and greatest point (NaN ignored; of equal values the first bucket's), in step order, a step
+    once."""
+    if not level.num_rows:
+        return {}
+    run, key = _dictionary(level["run_id"]), _dictionary(level["key"])
+    run_idx = run.indices.to_numpy(zero_copy_only=False).astype(np.int64)
+    key_idx = key.indices.to_numpy(zero_copy_only=False).astype(np.int64)
+    order = np.lexsort((_numbers(level["bucket"], pa.int64()), key_idx, run_idx))
+    level, run_idx, key_idx = level.take(pa.array(order)), run_idx[order], key_idx[order]
+    series_at = _starts(run_idx, key_idx)
+    lengths = np.diff(np.append(series_at, len(run_idx)))
+    of_series = np.repeat(np.arange(len(series_at)), lengths)
+    bucket = _numbers(level["bucket"], pa.int64())
+    lo = np.repeat(bucket[series_at], lengths)
+    hi = np.repeat(bucket[np.append(series_at[1:], len(bucket)) - 1], lengths)
+    group = np.where(np.repeat(lengths, lengths) <= groups, bucket, (bucket - lo) * groups // (hi - lo + 1))
+    starts = _starts(of_series, group)
+    rows = np.arange(len(bucket))
     picked = []
     for side, reduce in (("min", np.fmin), ("max", np.fmax)):
         value = _numbers(level[f"{side}_value"], pa.float64())
         with np.errstate(invalid="ignore"):
             best = reduce.reduceat(value, starts)
-        row = _first_where(value == np.repeat(best, np.diff(np.append(starts, len(value)))),
-                           np.arange(len(value)), starts)
+        row = _first_where(value == np.repeat(best, np.diff(np.append(starts, len(value)))), rows, starts)
         row = row[~np.isnan(best)]
-        picked.append((pc.fill_null(level[f"{side}_step"], 0).to_numpy()[row],
+        picked.append((of_series[row], _numbers(level[f"{side}_step"], pa.int64())[row],
                        _numbers(level[f"{side}_ts"], pa.float64())[row], value[row]))
-    step, ts, value = (np.concatenate(parts) for parts in zip(*picked, strict=True))
-    order = np.argsort(step, kind="stable")
-    step, ts, value = step[order], ts[order], value[order]
-    keep = np.append(True, step[1:] != step[:-1])
-    return {"step": step[keep].tolist(), "ts": ts[keep].tolist(), "value": value[keep].tolist()}
+    which, step, ts, value = (np.concatenate(parts) for parts in zip(*picked, strict=True))
+    order = np.lexsort((step, which))  # stable: of a least and a greatest point at one step, the least
+    which, step, ts, value = which[order], step[order], ts[order], value[order]
+    keep = np.append(True, (step[1:] != step[:-1]) | (which[1:] != which[:-1]))
+    which, step, ts, value = which[keep], step[keep], ts[keep], value[keep]
+    bounds = np.searchsorted(which, np.arange(len(series_at) + 1))
+    runs = run.dictionary.take(pa.array(run_idx[series_at])).to_pylist()
+    keys = key.dictionary.take(pa.array(key_idx[series_at])).to_pylist()
+    return {(runs[i], keys[i]): {"step": step[a:b].tolist(), "ts": ts[a:b].tolist(),
+                                 "value": value[a:b].tolist()}
+            for i, (a, b) in enumerate(itertools.pairwise(bounds)) if b > a}

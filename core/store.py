@@ -22,7 +22,7 @@ import pyarrow.compute as pc
 
 from mldeck.core.atomic import fsync
 from mldeck.core.errors import Internal, Invalid, Refused, TooLarge
-from mldeck.core.metric_series import Series, level_curve, level_partials, series, summary_partials
+from mldeck.core.metric_series import Series, level_curves, level_partials, series, summary_partials
 from mldeck.core.paths import ARCHIVE_DIR
 from mldeck.core.schema import LEVEL_BUCKETS, LEVEL_FROM_POINTS, LEVEL_SHIFT, SUMMARY_FROM_POINTS, migrate
 
@@ -389,11 +389,9 @@ class Store:
             level = cur.sql("SELECT run_id, key, bucket, min_step, min_ts, min_value, max_step, max_ts, "
                             "max_value FROM metric_level WHERE run_id IN (SELECT unnest(?))",
                             params=[[r for r, ks in long.items() if ks]]).to_arrow_table()
-            for run_id, ks in long.items():
-                mine = level.filter(pc.equal(level["run_id"], run_id))
-                for key in ks:
-                    rows = mine.filter(pc.equal(mine["key"], key)).drop_columns(["run_id"])
-                    out[run_id][key] = level_curve(rows.take(pc.sort_indices(rows["bucket"])), max_points)
+            for (run_id, key), curve in level_curves(level, max(1, max_points // 2)).items():
+                if key in long[run_id]:
+                    out[run_id][key] = curve
         return out
 
     def get_runs(self, run_ids: list[str]) -> list[dict[str, Any]]:
