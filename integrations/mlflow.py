@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import sys
 import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -35,6 +36,8 @@ NOTE_SUFFIX = ".import-only.txt"
 STAGING = ".importing"
 """Where run folders are put together in the home before they are renamed into runs/."""
 PAGE = 1000
+LIGHTNING_AUTOLOG = "mlflow.pytorch._lightning_autolog"
+"""What mlflow.pytorch imports when Lightning is installed, and with it pytorch_lightning (seconds)."""
 
 Progress = Callable[[int, int], None]
 
@@ -242,12 +245,24 @@ def _export_version(client: Any, version: Version, dest: Path) -> None:
             raise Invalid(f"its PyTorch model could not be re-exported: {why}") from None
 
 
-def _export_pytorch(local: str, sample: Any, dest: Path) -> None:
-    import mlflow.pytorch
+def mlflow_pytorch() -> Any:
+    """mlflow.pytorch without its Lightning autologging, which an import never uses; a pickled
+    LightningModule still imports Lightning itself when it is loaded."""
+    held = LIGHTNING_AUTOLOG not in sys.modules
+    if held:
+        sys.modules[LIGHTNING_AUTOLOG] = None  # its import raises ImportError, which mlflow.pytorch allows
+    try:
+        import mlflow.pytorch
+    finally:
+        if held:
+            del sys.modules[LIGHTNING_AUTOLOG]
+    return mlflow.pytorch
 
+
+def _export_pytorch(local: str, sample: Any, dest: Path) -> None:
     from mldeck.core import modelfile
 
-    model = mlflow.pytorch.load_model(local, map_location="cpu")
+    model = mlflow_pytorch().load_model(local, map_location="cpu")
     with contextlib.suppress(NotImplementedError):  # a pt2 program is traced already: it has no modes
         model.eval()
     modelfile.export_model(model, sample, dest)

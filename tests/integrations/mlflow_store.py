@@ -1,10 +1,12 @@
-"""An MLflow store made with the real mlflow package, for the import test.
+"""The MLflow stores of the import test, made with the real mlflow package.
 
-`python mlflow_store.py URI ARTIFACTS [--no-models]` (a sqlite:///path store or an mlruns folder; ARTIFACTS
-a folder) logs two experiments: three runs with 1,500 points each of two metrics (steps and timestamps of
-their own, a NaN among them), params and tags, one run FAILED and one KILLED; then, unless --no-models, a
-registered PyTorch model `tiny` with two versions, only the first with an input example, and the alias
-`champion` on it. Prints the MLflow run ids and versions it made as one JSON line.
+`python mlflow_store.py FOLDER` makes both in one process (MLflow and torch are imported once):
+FOLDER/mlflow.db, a sqlite store, and FOLDER/mlruns, a file store, with their artifacts under
+FOLDER/artifacts-db and FOLDER/artifacts-mlruns. Each holds two experiments: three runs with 1,500 points
+each of two metrics (steps and timestamps of their own, a NaN among them), params and tags, one run FAILED
+and one KILLED. The sqlite store also holds a registered PyTorch model `tiny` with two versions, only the
+first with an input example, and the alias `champion` on it. Prints the MLflow run ids and versions of
+each store as one JSON line: {"sqlite": {"uri", "runs", "versions"}, "mlruns": {...}}.
 """
 
 from __future__ import annotations
@@ -13,23 +15,22 @@ import json
 import math
 import sys
 import warnings
+from pathlib import Path
+from typing import Any
 
 import mlflow
 import numpy as np
-import torch
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunTag
+
+from mldeck.integrations.mlflow import mlflow_pytorch
 
 POINTS = 1_500
 T0_MS = 1_700_000_000_000
 
 
-def main(uri: str, artifacts: str, models: bool) -> None:
-    warnings.filterwarnings("ignore")
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_registry_uri(uri)
-    client = MlflowClient()
-    made: dict[str, list[str]] = {"runs": [], "versions": []}
+def log_runs(client: Any, artifacts: str, made: dict[str, Any]) -> None:
+    """The three runs of two experiments, their points logged in batches of MLflow's most (1,000)."""
     for n, (experiment, status) in enumerate(
         [("churn", "FINISHED"), ("churn", "FAILED"), ("vision", "KILLED")]
     ):
@@ -48,9 +49,13 @@ def main(uri: str, artifacts: str, models: bool) -> None:
         client.log_batch(run.info.run_id, params=params, tags=[RunTag("stage", "import-test")])
         client.set_terminated(run.info.run_id, status, end_time=T0_MS + n * 10_000_000 + 99_000)
         made["runs"].append(run.info.run_id)
-    if not models:
-        print(json.dumps(made))
-        return
+
+
+def log_models(client: Any, made: dict[str, Any]) -> None:
+    """Two versions of `tiny`, each from a run of its own; only the first has an input example."""
+    import torch
+
+    pytorch = mlflow_pytorch()
     model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2)).eval()
     example = np.random.default_rng(0).normal(size=(3, 4)).astype(np.float32)
     for with_example in (True, False):
@@ -58,7 +63,7 @@ def main(uri: str, artifacts: str, models: bool) -> None:
                               run_name="tiny-model"):
             mlflow.log_param("hidden", "8")
             mlflow.log_metric("val_acc", 0.9)
-            info = mlflow.pytorch.log_model(
+            info = pytorch.log_model(
                 model, name="model", input_example=example if with_example else None,
                 serialization_format="pt2" if with_example else "pickle", pip_requirements=["torch"],
                 registered_model_name="tiny",
@@ -66,8 +71,27 @@ def main(uri: str, artifacts: str, models: bool) -> None:
             made["runs"].append(mlflow.active_run().info.run_id)
             made["versions"].append(str(info.registered_model_version))
     client.set_registered_model_alias("tiny", "champion", made["versions"][0])
-    print(json.dumps(made))
+
+
+def make(uri: str, artifacts: Path, models: bool) -> dict[str, Any]:
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    client = MlflowClient()
+    made: dict[str, Any] = {"uri": uri, "runs": [], "versions": []}
+    log_runs(client, str(artifacts), made)
+    if models:
+        log_models(client, made)
+    return made
+
+
+def main(folder: Path) -> None:
+    warnings.filterwarnings("ignore")
+    stores = {
+        "sqlite": make(f"sqlite:///{folder / 'mlflow.db'}", folder / "artifacts-db", models=True),
+        "mlruns": make(str(folder / "mlruns"), folder / "artifacts-mlruns", models=False),
+    }
+    print(json.dumps(stores))
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2], models="--no-models" not in sys.argv)
+    main(Path(sys.argv[1]).resolve())

@@ -14,17 +14,20 @@ from typing import Any
 import pytest
 
 from tests.conftest import AgentProc, agent_env
-from tests.integrations.conftest import sql
+from tests.integrations.conftest import run_row, sql
 
 pytest.importorskip("mlflow")
 
 STORE_SCRIPT = Path(__file__).with_name("mlflow_store.py")
 
 
-def make_store(tmp_path: Path, uri: str, *flags: str) -> dict[str, Any]:
+@pytest.fixture(scope="module")
+def stores(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """Both stores, made by one process of the real mlflow: the tests only read them."""
+    folder = tmp_path_factory.mktemp("mlflow")
     env = {**os.environ, "MLFLOW_ALLOW_FILE_STORE": "true"}
-    done = subprocess.run([sys.executable, str(STORE_SCRIPT), uri, str(tmp_path / "artifacts"), *flags],
-                          capture_output=True, text=True, cwd=tmp_path, env=env, timeout=300)
+    done = subprocess.run([sys.executable, str(STORE_SCRIPT), str(folder)],
+                          capture_output=True, text=True, cwd=folder, env=env, timeout=300)
     assert done.returncode == 0, done.stderr
     return json.loads(done.stdout.strip().splitlines()[-1])
 
@@ -54,7 +57,7 @@ def check_runs(agent: AgentProc, history: dict[str, Any]) -> None:
     statuses = {"FINISHED": "succeeded", "FAILED": "failed", "KILLED": "stopped"}
     for mlflow_id, want in history.items():
         run_id = f"mlflow-{mlflow_id}"
-        run = agent.cli("runs", "show", run_id, "--json", check=True).json()
+        run = run_row(agent, run_id)
         assert run["params"] == want["params"] and run["experiment"] == want["experiment"]
         assert run["tags"] == {**want["tags"], "mldeck.imported_from": f"mlflow run {mlflow_id}"}
         assert run["status"] == statuses[want["status"]]
@@ -78,9 +81,9 @@ def counts(agent: AgentProc) -> dict[str, int]:
 
 
 @pytest.mark.timeout(600)
-def test_sqlite_store_with_a_registered_model(agent: AgentProc, tmp_path: Path) -> None:
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    made = make_store(tmp_path, uri)
+def test_sqlite_store_with_a_registered_model(agent: AgentProc, stores: dict[str, Any]) -> None:
+    made = stores["sqlite"]
+    uri = made["uri"]
     first = import_json(agent, uri)
     assert sorted(first["runs"]) == sorted(f"mlflow-{r}" for r in made["runs"])
     assert first["points"] == 3 * 2 * 1500 + 2 and first["skipped"] == []
@@ -107,9 +110,10 @@ def test_sqlite_store_with_a_registered_model(agent: AgentProc, tmp_path: Path) 
 
 
 @pytest.mark.timeout(600)
-def test_mlruns_folder(agent: AgentProc, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    folder = tmp_path / "mlruns"
-    made = make_store(tmp_path, str(folder), "--no-models")
+def test_mlruns_folder(agent: AgentProc, stores: dict[str, Any], tmp_path: Path,
+                      monkeypatch: pytest.MonkeyPatch) -> None:
+    made = stores["mlruns"]
+    folder = Path(made["uri"])
     env_without_flag = {k: v for k, v in agent_env(agent.home).items() if k != "MLFLOW_ALLOW_FILE_STORE"}
     done = subprocess.run([sys.executable, "-m", "mldeck.tui.cli", "import", "mlflow", str(folder), "--json"],
                           capture_output=True, text=True, env=env_without_flag, timeout=300)

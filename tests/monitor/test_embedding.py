@@ -17,6 +17,7 @@ import pytest
 from tests.conftest import AgentProc, start_agent, wait_for
 from tests.monitor.embedding_train import rows
 from tests.monitor.serve import serve_in_production, train_and_register
+from tests.monitor.watch import judged_windows, stored
 from tests.serving.conftest import free_port
 
 pytestmark = pytest.mark.timeout(300)
@@ -49,11 +50,6 @@ def send(url: str, x: np.ndarray, phase: str) -> None:
             assert len(json.loads(resp.read())["outputs"]) == 2
 
 
-def count(agent: AgentProc, sql: str) -> int:
-    (row,) = agent.cli("query", sql, "--json", check=True).json()
-    return int(next(iter(row.values())))
-
-
 def embedding_row(report: dict[str, Any]) -> dict[str, Any]:
     (row,) = [c for c in report["columns"] if c["role"] == "embedding"]
     return row
@@ -70,7 +66,7 @@ def test_embedding_drift_is_a_domain_classifier_on_the_vectors(agent: AgentProc)
     for phase, x, drifted in [("clean", clean, False), ("shifted", moved, True)]:
         send(url, x, phase)
         sent += WINDOW // BATCH
-        wait_for(lambda n=sent: count(agent, LOGGED) == n, timeout=60, interval=0.5,
+        wait_for(lambda n=sent: stored(agent, LOGGED) == n, timeout=60, interval=0.5,
                  what=f"the {phase} requests in the store")
         got = agent.cli("drift", "report", MODEL, "--window", f"{WINDOW}rows", "--json", check=True).json()
         row = embedding_row(got)
@@ -87,10 +83,9 @@ def test_embedding_drift_is_a_domain_classifier_on_the_vectors(agent: AgentProc)
         assert f"embedding (domain classifier) AUC {row['statistic']:.2f} → {verdict}" in text
 
     # the monitor's own tumbling windows keep the row too
-    hist = wait_for(lambda: (h := agent.cli("drift", "history", MODEL, "--json", check=True).json())
-                    ["windows"][1:] and h, timeout=60, interval=1, what="two judged windows")
-    stored = [agent.cli("query", "SELECT drifted FROM drift_reports WHERE role = 'embedding' AND "
-                        f"window_end = {w['window_end']}", "--json", check=True).json()
-              for w in hist["windows"]]
-    assert stored == [[{"drifted": False}], [{"drifted": True}]]
-    assert count(agent, "SELECT count(*) FROM explanations") == 0  # explain_sample = 0: none explained
+    hist = judged_windows(agent, MODEL, 2)
+    kept = [agent.cli("query", "SELECT drifted FROM drift_reports WHERE role = 'embedding' AND "
+                      f"window_end = {w['window_end']}", "--json", check=True).json()
+            for w in hist["windows"]]
+    assert kept == [[{"drifted": False}], [{"drifted": True}]]
+    assert stored(agent, "SELECT count(*) FROM explanations") == 0  # explain_sample = 0: none explained

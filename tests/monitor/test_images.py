@@ -18,6 +18,7 @@ from mldeck.core.servingtoken import bearer, serving_token
 from tests.conftest import AgentProc, start_agent, wait_for
 from tests.monitor.image_train import images
 from tests.monitor.serve import serve_in_production, train_and_register
+from tests.monitor.watch import judged_windows, stored
 from tests.serving.conftest import free_port
 
 pytestmark = pytest.mark.timeout(600)
@@ -81,11 +82,6 @@ def send(agent: AgentProc, url: str, phase: str, seed: int) -> tuple[np.ndarray,
     return np.concatenate(logits), labels
 
 
-def stored(agent: AgentProc, sql: str) -> int:
-    (row,) = agent.cli("query", sql, "--json", check=True).json()
-    return int(next(iter(row.values())))
-
-
 def ingested(agent: AgentProc) -> tuple[int, int]:
     """Requests and labelled requests of the model in the store."""
     return (stored(agent, f"SELECT count(*) FROM predictions WHERE model = '{MODEL}'"),
@@ -134,9 +130,7 @@ def test_an_image_model_is_monitored_on_summary_features(agent: AgentProc) -> No
             assert twelve["accuracy"] == pytest.approx(float(np.mean(last.argmax(axis=1) == labels[-12:])))
 
     # the monitor's own tumbling windows: one per phase, each WINDOW rows of WINDOW / BATCH requests
-    hist = wait_for(lambda: (h := agent.cli("drift", "history", MODEL, "--json", check=True).json())
-                    ["windows"][2:] and h, timeout=60, interval=1, what="three judged windows")
-    windows = hist["windows"]
+    windows = judged_windows(agent, MODEL, 3)["windows"]
     assert [(w["n_rows"], w["n_requests"]) for w in windows] == [(WINDOW, WINDOW // BATCH)] * 3
     assert [sorted(w["drifted_columns"]) for w in windows] == [sorted(MOVED[p]) for p in MOVED]
     assert all(w["n_labeled"] == WINDOW and 0 <= w["ece"] <= 1 for w in windows)

@@ -17,6 +17,7 @@ import pytest
 
 from mldeck.core.errors import Invalid, NotFound, wire_code
 from tests.conftest import REPO, AgentProc, agent_env, rpc, start_agent, wait_for
+from tests.monitor.watch import call, judged_windows
 from tests.serving.conftest import free_port
 
 pytestmark = pytest.mark.timeout(600)
@@ -115,13 +116,11 @@ def test_shift_alert_retrain_gate_challenger_promotion(agent: AgentProc, tmp_pat
     url = agent.cli("serve", "start", "--json", check=True, timeout=240).json()["url"]
 
     # 400 clean requests (two windows), then 400 with three columns shifted by 2 std
-    sent = traffic(agent, url, "--rps", "80", "--duration", "10", "--shift-at", "5",
+    sent = traffic(agent, url, "--rps", "200", "--duration", "4", "--shift-at", "2",
                    "--shift-columns", ",".join(SHIFTED), "--shift-std", "2", "--feedback-share", "0.6")
     assert sent["errors"] == 0 and sent["sent"] == 800 and sent["shifted"] == 400
 
-    hist = wait_for(lambda: (h := cli_json(agent, "drift", "history", MODEL))["windows"][3:] and h,
-                    timeout=90, interval=1, what="four judged windows")
-    windows = hist["windows"][:4]
+    windows = judged_windows(agent, MODEL, 4, timeout=90)["windows"][:4]
     assert [w["n_requests"] for w in windows] == [WINDOW_ROWS] * 4
     assert [bool(w["dataset_drifted"]) for w in windows] == [False, False, True, True]
     for w in windows[2:]:
@@ -139,17 +138,19 @@ def test_shift_alert_retrain_gate_challenger_promotion(agent: AgentProc, tmp_pat
     assert "mean_radius" in text and "DRIFT" in text and "p-value" in text.lower()
     check_distributions(agent, windows[3])
 
-    alerts = wait_for(lambda: cli_json(agent, "alerts"), timeout=30, what="the drift alert")
-    (alert,) = [a for a in alerts if a["kind"] == "drift"]
+    wait_for(lambda: call(agent, "alerts.list")["alerts"], timeout=30, interval=0.5, what="the drift alert")
+    (alert,) = [a for a in cli_json(agent, "alerts") if a["kind"] == "drift"]
     assert alert["details"]["consecutive_windows"] == 2 and alert["version"] == 1
     assert alert["details"]["window_ends"] == [w["window_end"] for w in windows[2:4]]  # K = 2: at the 4th
 
-    def retrained() -> dict[str, Any] | None:
-        rows = [r for r in cli_json(agent, "pipeline", "ls")
-                if r["trigger"].get("alert_id") == alert["alert_id"]]
+    def retrained(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
+        rows = [r for r in rows if r["trigger"].get("alert_id") == alert["alert_id"]]
         return rows[0] if rows and rows[0]["status"] != "running" else None
 
-    pipe = wait_for(retrained, timeout=240, interval=1, what="the retraining pipeline")
+    wait_for(lambda: retrained(call(agent, "pipelines.list")), timeout=240, interval=0.5,
+             what="the retraining pipeline")
+    pipe = retrained(cli_json(agent, "pipeline", "ls"))
+    assert pipe is not None
     assert pipe["status"] == "succeeded", pipe
     assert pipe["registered_version"] == 2 and pipe["promoted_alias"] == "challenger"
     lineage = cli_json(agent, "models", "lineage", f"{MODEL}/2")
@@ -177,13 +178,13 @@ def test_shift_alert_retrain_gate_challenger_promotion(agent: AgentProc, tmp_pat
     assert alert_row["details"]["drifted_columns"] and alert_row["details"]["share_drifted"]
 
     # v2 in production sees clean traffic: two clean windows close the drift alert by themselves
-    assert traffic(agent, url, "--rps", "80", "--duration", "5", "--feedback-share", "0.6")["errors"] == 0
+    assert traffic(agent, url, "--rps", "200", "--duration", "2", "--feedback-share", "0.6")["errors"] == 0
 
-    def resolved(alert_id: str) -> dict[str, Any] | None:
-        got = [a for a in cli_json(agent, "alerts", "--all") if a["alert_id"] == alert_id]
-        return got[0] if got and got[0]["status"] == "resolved" else None
+    def resolved(alert_id: str) -> bool:
+        return any(a["alert_id"] == alert_id and a["status"] == "resolved"
+                   for a in call(agent, "alerts.list", all=True)["alerts"])
 
-    wait_for(lambda: resolved(alert["alert_id"]), timeout=60, interval=1, what="the alert closing itself")
+    wait_for(lambda: resolved(alert["alert_id"]), timeout=60, interval=0.5, what="the alert closing itself")
     closing = next(a for a in cli_json(agent, "models", "audit", MODEL) if a["action"] == "resolve_alert")
     assert closing["actor"] == "mldeck-monitor" and closing["version"] == 1
     assert "v2 matched its reference in 2 consecutive windows" in closing["comment"]
@@ -198,12 +199,14 @@ def test_shift_alert_retrain_gate_challenger_promotion(agent: AgentProc, tmp_pat
     )
     assert trained.returncode == 0, trained.stderr
     run_id = json.loads(trained.stdout.strip().splitlines()[-1])["run_id"]
-    wait_for(lambda: agent.cli("runs", "show", run_id).code == 0, timeout=30, what="the untrained run")
+    wait_for(lambda: rpc(agent.home, "runs.get", {"run_id": run_id}).get("result"), timeout=30,
+             what="the untrained run")
     assert cli_json(agent, "models", "register", run_id, "--name", MODEL)["version"] == 3
     agent.cli("models", "promote", MODEL, "3", "--to", "production", "--yes", check=True)
-    assert traffic(agent, url, "--rps", "80", "--duration", "5", "--feedback-share", "0.6")["errors"] == 0
-    back = wait_for(lambda: (a := cli_json(agent, "alerts", "--model", MODEL)) and
-                    [x for x in a if x["kind"] == "rollback"], timeout=60, interval=1, what="the rollback")
+    assert traffic(agent, url, "--rps", "200", "--duration", "2", "--feedback-share", "0.6")["errors"] == 0
+    wait_for(lambda: any(a["kind"] == "rollback" for a in call(agent, "alerts.list", name=MODEL)["alerts"]),
+             timeout=60, interval=0.5, what="the rollback")
+    back = [a for a in cli_json(agent, "alerts", "--model", MODEL) if a["kind"] == "rollback"]
     numbers = back[0]["details"]
     assert (numbers["new_version"], numbers["old_version"]) == (3, 2)
     assert numbers["new_accuracy"] < numbers["old_accuracy"] - numbers["margin"]
