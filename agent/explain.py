@@ -1,6 +1,7 @@
 """Explanations of served predictions: `explain.request` attributes one logged request's prediction to its
-input values with Integrated Gradients against the reference mean (core.explain, run in a child process:
-the agent never imports torch) and keeps the result next to the prediction, in `explanations`.
+input values with Integrated Gradients against the reference mean (core.explain, run in the agent's one
+long-lived explainer process, agent.explain_worker: the agent never imports torch) and keeps the result next
+to the prediction, in `explanations`.
 
 With `[serving] explain_sample` above 0, a periodic task explains that share of the logged live requests
 (every row of each, off the request path: the model server only logs them), so `explain.summary` can say
@@ -9,14 +10,13 @@ which features drive a version's predictions in a window, beside what drives the
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import time
 from pathlib import Path
 from typing import Any
 
-from mldeck.agent.child import ask_child
+from mldeck.agent.explain_worker import ExplainWorker
 from mldeck.agent.service import Context, rpc
 from mldeck.core import monitor as mon
 from mldeck.core.errors import Invalid, NotFound
@@ -34,7 +34,7 @@ SUMMARY_EXPLANATIONS = 5_000
 
 
 class Explainer:
-    """One per agent: explains logged requests (asked for, or sampled), one child process at a time."""
+    """One per agent: explains logged requests (asked for, or sampled), one at a time in its worker."""
 
     def __init__(self, ctx: Context) -> None:
         self.ctx = ctx
@@ -44,17 +44,19 @@ class Explainer:
         self.unexplainable: dict[str, str] = {}  # "model:version" → why its requests cannot be explained
         self.failed: set[str] = set()  # sampled request ids that could not be explained
         self.references: dict[tuple[str, int], dict[str, Any]] = {}
-        self._one = asyncio.Semaphore(1)
+        self.worker = ExplainWorker(ctx.tasks, EXPLAIN_TIMEOUT_S)
 
     async def start(self) -> None:
         if self.share > 0:
             self.ctx.tasks.every(SAMPLE_EVERY_S, self.explain_sample, "explain-sample")
 
-    async def _child(self, folder: Path, request: dict[str, Any], what: str) -> dict[str, Any]:
-        """Run core.explain on the version's folder; its result, or its reason as Invalid."""
-        async with self._one:
-            result = await ask_child("mldeck.core.explain", [str(folder)], what, EXPLAIN_TIMEOUT_S,
-                                     json.dumps(request).encode())
+    async def stop(self) -> None:
+        """The worker goes with the agent."""
+        await self.worker.stop()
+
+    async def _explain(self, folder: Path, request: dict[str, Any], what: str) -> dict[str, Any]:
+        """The worker's core.explain answer on the version's folder; its reason as Invalid if it has none."""
+        result = await self.worker.ask({"folder": str(folder), **request}, what)
         if not result.pop("ok"):
             raise Invalid(f"cannot explain {what.removeprefix('explaining ')}: {result['message']}")
         return result
@@ -75,8 +77,8 @@ class Explainer:
         if logged["inputs"] is None:
             raise Invalid(f"request {request_id} was logged without its inputs (too large to log)")
         folder = await self._folder(p.name, logged["version"])
-        result = await self._child(folder, {"inputs": json.loads(logged["inputs"]), "row": p.row},
-                                   "explaining this request")
+        result = await self._explain(folder, {"inputs": json.loads(logged["inputs"]), "row": p.row},
+                                     "explaining this request")
         record = {"request_id": request_id, "model": p.name, "version": logged["version"], "ts": time.time(),
                   **result}
         await self.ctx.db(mon.save_explanation, self.store, record)
@@ -95,8 +97,8 @@ class Explainer:
             payload = {"requests": [{"request_id": r["request_id"], "inputs": json.loads(r["inputs"])}
                                     for r in requests], "max_rows": SAMPLE_ROWS}
             try:
-                results = (await self._child(await self._folder(name, version), payload,
-                                             f"explaining sampled requests of {name} v{version}"))["results"]
+                what = f"explaining sampled requests of {name} v{version}"
+                results = (await self._explain(await self._folder(name, version), payload, what))["results"]
             except (Invalid, NotFound) as exc:
                 self.unexplainable[f"{name}:{version}"] = exc.message
                 log.warning("%s v%d: sampled requests are not explained: %s", name, version, exc.message)
@@ -117,9 +119,9 @@ class Explainer:
         key = (name, version)
         if key not in self.references:
             try:
-                self.references[key] = await self._child(await self._folder(name, version),
-                                                         {"reference_rows": REFERENCE_ROWS},
-                                                         f"explaining the reference of {name} v{version}")
+                self.references[key] = await self._explain(await self._folder(name, version),
+                                                           {"reference_rows": REFERENCE_ROWS},
+                                                           f"explaining the reference of {name} v{version}")
             except Invalid as exc:
                 return {"n": 0, "features": {}, "note": exc.message}
         return self.references[key]

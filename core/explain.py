@@ -1,7 +1,8 @@
 """Why the model decided what it did: Integrated Gradients attributions for one logged request (Captum).
 
-`python -m mldeck.core.explain FOLDER` reads one JSON request on stdin and prints one JSON line; the agent
-runs it as a child process, since the agent never imports torch. The request is one row of a logged request
+`python -m mldeck.core.explain` is the agent's explainer process (the agent never imports torch): it loads
+torch once and answers one JSON request a line on stdin with one JSON line on stdout, keeping the last few
+models it loaded. A request names the version's `folder` and asks for one row of a logged request
 (`{"inputs": {name: rows}, "row": i}`), many logged requests, every row of each (`{"requests":
 [{"request_id", "inputs"}], "max_rows": n}`: the sample of live traffic explained in the background), or
 rows of the reference (`{"reference_rows": n}`: the mean |attribution| per feature). Integrated Gradients
@@ -16,13 +17,14 @@ refused with that reason.
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
+import os
 import sys
-from collections.abc import Callable, Mapping, Sequence
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 
@@ -31,6 +33,7 @@ from mldeck.core.signature import TensorSpec, column_names, numpy_dtype, tensor_
 
 STEPS = 64
 REFERENCE_FILE = "reference.parquet"
+LOADED_MODELS = 4  # model folders the explainer process keeps loaded
 
 
 def integrated_gradients(
@@ -213,17 +216,15 @@ class Attributor:
         return {name: v[rows] for name, v in out.items()}
 
 
-def explain(folder: Path, logged: Mapping[str, Any], row: int, steps: int = STEPS) -> dict[str, Any]:
+def explain(attributor: Attributor, logged: Mapping[str, Any], row: int) -> dict[str, Any]:
     """Every input value's attribution for one row of a logged request, most important first."""
-    attributor = Attributor(folder, steps)
     return attributor.row(attributor.arrays(logged), row)
 
 
 def explain_requests(
-    folder: Path, requests: Sequence[Mapping[str, Any]], max_rows: int
+    attributor: Attributor, requests: Sequence[Mapping[str, Any]], max_rows: int
 ) -> list[dict[str, Any]]:
     """Every row (the first max_rows) of many logged requests: each row's result, or its request's error."""
-    attributor = Attributor(folder)
     out: list[dict[str, Any]] = []
     for request in requests:
         try:
@@ -235,9 +236,8 @@ def explain_requests(
     return out
 
 
-def explain_reference(folder: Path, rows: int) -> dict[str, Any]:
+def explain_reference(attributor: Attributor, rows: int) -> dict[str, Any]:
     """Mean |attribution| per feature over reference rows: what drives the model on its training data."""
-    attributor = Attributor(folder)
     arrays = attributor.reference_rows(rows)
     n = len(next(iter(arrays.values())))
     if n == 0:
@@ -245,26 +245,56 @@ def explain_reference(folder: Path, rows: int) -> dict[str, Any]:
     return {"n": n, "features": mean_abs_attributions([attributor.row(arrays, i) for i in range(n)])}
 
 
-def answer(folder: Path, request: Mapping[str, Any]) -> dict[str, Any]:
+class Attributors:
+    """The models the explainer process has loaded, the most recently used last; a folder whose files
+    changed since (a version deleted and registered again) is loaded anew."""
+
+    def __init__(self, keep: int = LOADED_MODELS) -> None:
+        self.keep = keep
+        self.loaded: OrderedDict[tuple[str, int, int], Attributor] = OrderedDict()
+
+    def get(self, folder: Path) -> Attributor:
+        """The folder's model, loaded once: torch and the model's load are most of an explanation's time."""
+        stat = folder.stat()
+        key = (str(folder.resolve()), stat.st_ino, stat.st_mtime_ns)
+        if key in self.loaded:
+            self.loaded.move_to_end(key)
+        else:
+            self.loaded[key] = Attributor(folder)
+            while len(self.loaded) > self.keep:
+                self.loaded.popitem(last=False)
+        return self.loaded[key]
+
+
+def answer(attributors: Attributors, request: Mapping[str, Any]) -> dict[str, Any]:
     """One request of the agent: a row of a logged request, many logged requests, or the reference."""
+    attributor = attributors.get(Path(request["folder"]))
     if "requests" in request:
-        return {"results": explain_requests(folder, request["requests"], int(request["max_rows"]))}
+        return {"results": explain_requests(attributor, request["requests"], int(request["max_rows"]))}
     if "reference_rows" in request:
-        return explain_reference(folder, int(request["reference_rows"]))
-    return explain(folder, request["inputs"], int(request.get("row", 0)))
+        return explain_reference(attributor, int(request["reference_rows"]))
+    return explain(attributor, request["inputs"], int(request.get("row", 0)))
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """One JSON line: {"ok": true, ...answer's result} or {"ok": false, "message": why}."""
-    parser = argparse.ArgumentParser(prog="python -m mldeck.core.explain")
-    parser.add_argument("folder", type=Path, help="the model version's folder")
-    args = parser.parse_args(argv)
-    try:
-        result = {"ok": True, **answer(args.folder, json.loads(sys.stdin.read()))}
-    except Exception as exc:  # the caller is another process: every failure becomes a message
-        result = {"ok": False, "message": str(exc) or type(exc).__name__}
-    print(json.dumps(result), flush=True)
-    return 0 if result["ok"] else 1
+def serve(lines: Iterable[str], out: IO[str]) -> None:
+    """Answer each request line with one JSON line, {"ok": true, ...answer} or {"ok": false, "message": why},
+    until the agent closes stdin."""
+    attributors = Attributors()
+    for line in lines:
+        try:
+            result = {"ok": True, **answer(attributors, json.loads(line))}
+        except Exception as exc:  # the caller is another process: every failure becomes a message
+            result = {"ok": False, "message": str(exc) or type(exc).__name__}
+        out.write(json.dumps(result) + "\n")
+        out.flush()
+
+
+def main() -> int:
+    """Serve the agent on stdin/stdout; whatever the user's model prints goes to stderr, not the answers."""
+    answers = os.fdopen(os.dup(sys.stdout.fileno()), "w")
+    os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
+    serve(sys.stdin, answers)
+    return 0
 
 
 if __name__ == "__main__":

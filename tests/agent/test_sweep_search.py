@@ -26,6 +26,7 @@ grace_s = 10
 max_cpu_jobs = 2
 """
 EPOCHS = 8
+TRIALS = 6
 TRIAL = """
 import sys, time
 from mldeck.core import track
@@ -42,12 +43,12 @@ with track.init() as run:
 
 @pytest.mark.timeout(300)
 def test_a_tpe_sweep_with_the_median_pruner_on_the_demo_project(tmp_path: Path) -> None:
-    """Eight trials of the demo training, two at a time, each asked of a TPE study and told its result."""
+    """Six trials of the demo training, two at a time, each asked of a TPE study and told its result."""
     agent = start_agent(tmp_path / "home", config=CONFIG)
     try:
         created = agent.cli(
             "sweep", "-m", "mldeck.agent.demo.train", "--random", "lr=loguniform(1e-5,3e-2)",
-            "--random", "hidden=int(4,32)", "--trials", "8", "--search", "tpe", "--parallel", "2",
+            "--random", "hidden=int(4,32)", "--trials", str(TRIALS), "--search", "tpe", "--parallel", "2",
             "--early-stop", "median", "--warmup-steps", "1", "--min-trials", "1", "--metric", "val_loss",
             "--mode", "min", "--seed", "3", "--name", "tpe", "--json",
             "--", "--epochs", str(EPOCHS), "--slow-ms", "300", check=True,
@@ -66,10 +67,10 @@ def test_a_tpe_sweep_with_the_median_pruner_on_the_demo_project(tmp_path: Path) 
         agent.kill()
         agent = start_agent(agent.home, config=CONFIG)
         wait_for(lambda: rpc(agent, "sweeps.show", sweep_id=sweep_id)["status"] == "done",
-                 timeout=200, interval=0.5, what="the sweep to finish")
+                 timeout=200, interval=0.2, what="the sweep to finish")
         trials = agent.cli("sweep", "show", sweep_id, "--json", check=True).json()["trials"]
-        assert len(trials) == 8, [(t["params"], t["status"]) for t in trials]
-        assert len({t["params"]["lr"] for t in trials}) == 8, "each trial's params come from the study"
+        assert len(trials) == TRIALS, [(t["params"], t["status"]) for t in trials]
+        assert len({t["params"]["lr"] for t in trials}) == TRIALS, "each trial's params come from the study"
         assert all(1e-5 <= t["params"]["lr"] <= 3e-2 and 4 <= t["params"]["hidden"] <= 32 for t in trials)
         pruned = [t for t in trials if t["status"] == "pruned"]
         assert pruned, [(t["params"], t["status"], t["best"]) for t in trials]

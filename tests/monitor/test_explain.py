@@ -1,22 +1,29 @@
 """Explanations per prediction: Integrated Gradients (Captum) is weight × (input − baseline) on linear models,
 an exported model folder is explained against its reference mean with reference percentiles, and
-`mldeck explain` on a logged request of the served demo model prints the top features and keeps them."""
+`mldeck explain` on a logged request of the served demo model prints the top features and keeps them, every
+explanation answered by the agent's one explainer process, started anew (and counted) when it dies."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import os
+import signal
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import psutil
 import pytest
 import torch
 from torch import nn
 
+from mldeck.agent.explain_worker import ExplainWorker
+from mldeck.agent.tasks import Tasks
 from mldeck.core.errors import Invalid, NotFound, wire_code
-from mldeck.core.explain import explain, integrated_gradients
+from mldeck.core.explain import Attributor, explain, integrated_gradients
 from mldeck.core.modelfile import export_model
 from tests.conftest import AgentProc, rpc, start_agent, wait_for
 from tests.serving.conftest import free_port
@@ -57,7 +64,8 @@ def test_an_exported_model_is_explained_against_its_reference_mean(tmp_path: Pat
     reference = np.random.default_rng(2).normal(size=(500, 1, 2, 2)).astype(np.float32)
     export_model(model, reference[:8], tmp_path / "m", ["pixels"], ["logits"], reference=reference)
     request = np.array([[[[2.0, -1.0], [0.5, 0.0]]], [[[0.0, 3.0], [0.0, 0.0]]]], dtype=np.float32)
-    got = explain(tmp_path / "m", {"pixels": request.tolist()}, row=1)
+    attributor = Attributor(tmp_path / "m")
+    got = explain(attributor, {"pixels": request.tolist()}, row=1)
     weight = model[1].weight.detach().numpy()
     scores = model(torch.from_numpy(request[1:])).detach().numpy()[0]
     assert got["target"] == int(scores.argmax()) and got["score"] == pytest.approx(scores.max(), rel=1e-5)
@@ -74,7 +82,48 @@ def test_an_exported_model_is_explained_against_its_reference_mean(tmp_path: Pat
     total = sum(f["attribution"] for f in got["features"])
     assert total == pytest.approx(got["score"] - got["baseline_score"], abs=1e-4)
     with pytest.raises(ValueError, match="row 2 is not in the request, which has 2 row"):
-        explain(tmp_path / "m", {"pixels": request.tolist()}, row=2)
+        explain(attributor, {"pixels": request.tolist()}, row=2)
+
+
+def test_the_explainer_worker_lives_on_until_idle_and_is_started_anew_when_it_died(tmp_path: Path) -> None:
+    """The real worker process: a failed explanation is an answer and the worker lives on; idle, it exits
+    and the next request starts another, uncounted; killed, or stuck past the timeout (then killed), it is
+    counted and the next request starts another."""
+    request = {"folder": str(tmp_path / "no-model"), "inputs": {}}
+
+    async def counted(tasks: Tasks, n: int) -> str:
+        while (failure := tasks.failures.get("explain-worker")) is None or failure.count < n:
+            await asyncio.sleep(0.05)
+        return failure.last
+
+    async def scenario() -> None:
+        tasks = Tasks()
+        worker = ExplainWorker(tasks, timeout_s=120, idle_s=0.5)
+        first = await worker.ask(request, "explaining")
+        assert first["ok"] is False and "no-model" in first["message"]
+        assert worker.proc is not None
+        pid = worker.proc.pid
+        assert await worker.ask(request, "explaining") == first and worker.proc.pid == pid
+        assert await asyncio.wait_for(worker.proc.wait(), 30) == 0  # idle past idle_s: asked to exit
+        worker.idle_s = 60
+        await worker.ask(request, "explaining")
+        assert worker.proc.pid != pid and tasks.failures == {}
+
+        crashed = worker.proc
+        crashed.kill()
+        assert "the explainer process exited: exit code -9" in await asyncio.wait_for(counted(tasks, 1), 30)
+        assert await worker.ask(request, "explaining") == first and worker.proc.pid != crashed.pid
+
+        os.kill(worker.proc.pid, signal.SIGSTOP)  # a worker stuck in a request
+        worker.timeout_s = 1
+        with pytest.raises(Invalid, match=r"explaining took over 1s; stopped"):
+            await worker.ask(request, "explaining")
+        assert await asyncio.wait_for(worker.proc.wait(), 30) == -9
+        assert "took over 1s" in await asyncio.wait_for(counted(tasks, 2), 30)
+        await worker.stop()
+        await tasks.stop()
+
+    asyncio.run(scenario())
 
 
 @pytest.fixture(scope="module")
@@ -138,3 +187,20 @@ def test_mldeck_explain_prints_the_top_features_of_a_logged_request(agent: Agent
     assert "row 5 is not in the request" in far["error"]["message"]
     assert "$.top" in rpc(agent.home, "explain.request",
                           {"name": "demo", "request_id": "why-1", "top": 0})["error"]["message"]
+
+    # one long-lived worker answered all of it, the failed row too; when it dies, `agent status` counts it
+    (worker,) = explainers(agent)
+    worker.kill()
+    crashed = wait_for(lambda: worker_failures(agent), timeout=30, what="the dead worker counted")
+    assert crashed["count"] == 1 and "the explainer process exited: exit code -9" in crashed["last"], crashed
+
+
+def worker_failures(agent: AgentProc) -> Any:
+    """What `agent status` counts of the explainer process's deaths."""
+    return rpc(agent.home, "agent.status")["result"]["task_failures"].get("explain-worker")
+
+
+def explainers(agent: AgentProc) -> list[psutil.Process]:
+    """The agent's explainer processes."""
+    return [c for c in psutil.Process(agent.proc.pid).children()
+            if "mldeck.core.explain" in c.cmdline()]

@@ -14,6 +14,7 @@ import pytest
 
 from mldeck.core.config import ConfigError, load_config
 from mldeck.core.errors import NotFound, wire_code
+from tests.agent.test_jobs import sql
 from tests.conftest import AgentProc, rpc, start_agent, wait_for
 from tests.monitor.embedding_train import FEATURES, rows
 from tests.monitor.serve import serve_in_production, train_and_register
@@ -46,8 +47,9 @@ def agent(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AgentProc]:
     proc.stop()
 
 
-def count(agent: AgentProc, sql: str) -> int:
-    (row,) = agent.cli("query", sql, "--json", check=True).json()
+def count(agent: AgentProc, query: str) -> int:
+    """One number from the agent's store, over the socket: a CLI process per poll would pace the wait."""
+    (row,) = sql(agent, query)
     return int(next(iter(row.values())))
 
 
