@@ -11,7 +11,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-from mldeck.core import backups
 from mldeck.core.errors import UsageError
 from mldeck.tui.cli.connect import call_agent, local_layout, remote_host
 from mldeck.tui.cli.output import print_json
@@ -37,6 +36,8 @@ async def backup(args: argparse.Namespace) -> int:
 
 
 def restore(args: argparse.Namespace) -> int:
+    from mldeck.core import backups  # DuckDB and pyarrow: only this command needs them, not every CLI start
+
     if remote_host(args)[1] is not None:
         raise UsageError("`mldeck restore` replaces this machine's store; for a host, run it there with its "
                          "agent stopped")
