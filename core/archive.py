@@ -27,7 +27,7 @@ from mldeck.core.atomic import fsync
 from mldeck.core.errors import Conflict, Internal, NotFound
 from mldeck.core.paths import ARCHIVE_DIR, BadName, check_name
 from mldeck.core.protocol import Params
-from mldeck.core.runlog import TERMINAL
+from mldeck.core.runlog import TERMINAL, by_name
 from mldeck.core.store import Store, decode_json_fields, rows_as_dicts
 
 RUN_META = b"mldeck.run"
@@ -39,7 +39,7 @@ LAST_VALUES = ("SELECT key, arg_max(value, (step, i)) FROM "
 """Each key's value at its last step (of a step written twice, the later) in points as they were written."""
 POINTS_SCHEMA = pa.schema([("run_id", pa.string()), ("key", pa.string()), ("step", pa.int64()),
                            ("ts", pa.float64()), ("value", pa.float64())])
-_encode = msgspec.json.Encoder().encode  # NaN and the infinities become null: JSON has no words for them
+_encode = msgspec.json.Encoder().encode  # NaN and the infinities become null: last values go by_name first
 
 CANDIDATES = f"""
     SELECT r.run_id, coalesce((SELECT sum(points) FROM metric_summary s WHERE s.run_id = r.run_id), 0)::BIGINT
@@ -232,7 +232,8 @@ def _archived_row(run: dict[str, Any], latest: dict[str, float], rel: str, point
     return {"run_id": run["run_id"], "experiment": run.get("experiment"), "name": run.get("name"),
             "status": run.get("status"), "sweep_id": run.get("sweep_id"), "created_at": run.get("created_at"),
             "ended_at": run.get("ended_at"), "archived_at": now, "path": rel, "points": points, "bytes": size,
-            "metrics": _encode(latest).decode(), "run": _encode(run).decode()}
+            "metrics": _encode(dict(zip(latest, by_name(list(latest.values())), strict=True))).decode(),
+            "run": _encode(run).decode()}
 
 
 def list_archived(store: Store, experiment: str | None, limit: int) -> list[dict[str, Any]]:

@@ -140,7 +140,7 @@ def test_recover_keeps_archived_runs_archived(tmp_path: Path) -> None:
     home = tmp_path / "home"
     old = time.time() - 100 * DAY
     write_run(home, "old-a", old, steps=120)
-    write_run(home, "old-b", old + 60)
+    write_run(home, "old-b", old + 60, steps=4)  # its last acc is the NaN of step 3
     write_run(home, "recent", time.time() - DAY)
     agent = start_agent(home)
     try:
@@ -159,7 +159,8 @@ def test_recover_keeps_archived_runs_archived(tmp_path: Path) -> None:
         again = agent.cli("runs", "ls", "--archived", "--json", check=True).json()
         for run in (*listed, *again):
             del run["archived"]["at"]
-        assert again == listed and again[0]["metrics"] == {"loss": 42.0, "acc": 0.98}
+        assert again == listed and again[0]["metrics"] == {"loss": 42.0, "acc": "NaN"}
+        assert again[1]["metrics"] == {"loss": 42.0, "acc": 119 / 120}
         agent.cli("runs", "restore", "old-a", check=True)
         assert live_ids(home) == {"recent", "old-a"}
     finally:
