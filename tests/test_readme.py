@@ -1,4 +1,8 @@
-"""The README cannot rot: every fenced block marked `bash runnable` is run, in order, in a fresh home."""
+"""The README cannot rot: every fenced block marked `bash runnable` is run, in order, in a fresh home.
+
+The sections named in OWN_HOME run in a home of their own, from tests/test_readme_frameworks.py, so that
+another test worker runs them beside the rest; every other section runs here, in order, in one home.
+"""
 
 from __future__ import annotations
 
@@ -13,26 +17,52 @@ import pytest
 from tests.conftest import REPO, agent_env, end_model_server
 
 BLOCK = re.compile(r"^```bash runnable\n(.*?)^```", re.MULTILINE | re.DOTALL)
+SECTION = re.compile(r"^## (.+)\n", re.MULTILINE)
+OWN_HOME = ("Frameworks you already train with",)
+"""Title beginnings of the sections run apart: each starts its own agent in its first block and stops it
+in its last, so it needs nothing that an earlier section left."""
+
+Section = tuple[str, list[str]]
 
 
 def runnable_blocks() -> list[str]:
     return BLOCK.findall((REPO / "README.md").read_text())
 
 
+def sections() -> list[Section]:
+    """(title, runnable blocks) of each `## ` section that has any, in README order ("" before the first)."""
+    parts = SECTION.split((REPO / "README.md").read_text())
+    titled = [("", parts[0]), *zip(parts[1::2], parts[2::2], strict=True)]
+    return [(title, BLOCK.findall(body)) for title, body in titled if BLOCK.search(body)]
+
+
+def run_sections(chosen: list[Section], home: Path) -> None:
+    """Run the sections' blocks in order in one fresh home, as a reader would; then end its agent."""
+    env = agent_env(home)
+    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+    try:
+        for title, blocks in chosen:
+            for n, block in enumerate(blocks, start=1):
+                done = subprocess.run(["bash", "-euo", "pipefail", "-c", block], capture_output=True,
+                                      text=True, env=env, cwd=REPO, timeout=300)
+                assert done.returncode == 0, (f"README block {n} of {title!r} failed:\n{block}\n"
+                                              f"{done.stdout}\n{done.stderr}")
+    finally:
+        subprocess.run([sys.executable, "-m", "mldeck.tui.cli", "agent", "stop"], env=env, cwd=REPO,
+                       capture_output=True, timeout=60)
+        end_model_server(home)  # a promotion may have started one; `agent stop` leaves it
+
+
 def test_the_readme_has_runnable_blocks() -> None:
     assert len(runnable_blocks()) >= 3
+    found = sections()
+    assert sum(len(blocks) for _, blocks in found) == len(runnable_blocks())
+    for start in OWN_HOME:
+        apart = [blocks for title, blocks in found if title.startswith(start)]
+        assert len(apart) == 1, f"OWN_HOME names {start!r}, which begins {len(apart)} sections with blocks"
+        assert "mldeck agent start" in apart[0][0] and apart[0][-1].rstrip().endswith("mldeck agent stop")
 
 
 @pytest.mark.timeout(600)
 def test_readme_blocks_run(tmp_path: Path) -> None:
-    env = agent_env(tmp_path / "home")
-    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
-    try:
-        for n, block in enumerate(runnable_blocks(), start=1):
-            done = subprocess.run(["bash", "-euo", "pipefail", "-c", block], capture_output=True,
-                                  text=True, env=env, cwd=REPO, timeout=300)
-            assert done.returncode == 0, f"README block {n} failed:\n{block}\n{done.stdout}\n{done.stderr}"
-    finally:
-        subprocess.run([sys.executable, "-m", "mldeck.tui.cli", "agent", "stop"], env=env, cwd=REPO,
-                       capture_output=True, timeout=60)
-        end_model_server(tmp_path / "home")  # the walk's promotion started one; `agent stop` leaves it
+    run_sections([s for s in sections() if not s[0].startswith(OWN_HOME)], tmp_path / "home")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from mldeck.tui.demo import MODEL, SHIFTED
@@ -11,10 +12,23 @@ from mldeck.tui.demo import MODEL, SHIFTED
 Cli = Callable[..., Any]
 
 
+def ask_all(cli: Cli, *commands: tuple[str, ...]) -> list[Any]:
+    """Each command's output, the commands run at once: each is a CLI process of its own and only reads."""
+    with ThreadPoolExecutor(len(commands)) as pool:
+        return list(pool.map(lambda args: cli(*args), commands))
+
+
 def check_story(cli: Cli, figures: dict[str, Any]) -> None:
     """cli(*args) returns the decoded --json output of `mldeck ARGS --json` against the demo's agent."""
-    (sweep,) = cli("sweep", "ls")
-    shown = cli("sweep", "show", sweep["sweep_id"])
+    swept, listed, audited, counts, history, lineage, alerts = ask_all(
+        cli, ("sweep", "ls"), ("models", "versions", MODEL), ("models", "audit", MODEL),
+        ("query", "SELECT variant, count(*) AS n FROM predictions GROUP BY variant"),
+        ("drift", "history", MODEL), ("models", "lineage", f"{MODEL}/2"), ("alerts",))
+    (sweep,) = swept
+    retrained = lineage["run"]["run_id"]
+    shown, retrain_run, (row,) = ask_all(
+        cli, ("sweep", "show", sweep["sweep_id"]), ("runs", "show", retrained),
+        ("query", f"SELECT tags FROM runs WHERE run_id = '{retrained}'"))
     trials = shown["trials"]
     assert len(trials) == 4
     pruned = [t for t in trials if t["status"] == "pruned"]
@@ -22,13 +36,13 @@ def check_story(cli: Cli, figures: dict[str, Any]) -> None:
     assert all("median" in (t.get("status_reason") or "") for t in pruned)
     assert trials[0]["run_id"] == figures["sweep"]["best_run"]
 
-    versions = {v["version"]: v for v in cli("models", "versions", MODEL)}
+    versions = {v["version"]: v for v in listed}
     assert set(versions) == {1, 2}
     assert versions[1]["run_id"] == figures["sweep"]["best_run"]
     assert sorted(versions[2]["aliases"]) == ["challenger", "production"]
     assert versions[1]["aliases"] == ["staging"]
 
-    audit = [(a["actor"], a["action"], a.get("alias"), a["version"]) for a in cli("models", "audit", MODEL)]
+    audit = [(a["actor"], a["action"], a.get("alias"), a["version"]) for a in audited]
     closer = audit[-1][0] if audit else None
     assert closer in ("mldeck-demo", "mldeck-monitor"), audit  # the monitor may close the alert first
     assert audit == [
@@ -43,11 +57,10 @@ def check_story(cli: Cli, figures: dict[str, Any]) -> None:
         (closer, "resolve_alert", None, 1),
     ]
 
-    counts = cli("query", "SELECT variant, count(*) AS n FROM predictions GROUP BY variant")
     by_variant = {r["variant"]: r["n"] for r in counts}
     assert by_variant.get("production", 0) > 500 and by_variant.get("shadow", 0) > 0, by_variant
 
-    windows = cli("drift", "history", MODEL)["windows"]
+    windows = history["windows"]
     drifted = [w for w in windows if w["version"] == 1 and w["dataset_drifted"]]
     assert len(drifted) >= 2
     for w in drifted:
@@ -56,11 +69,9 @@ def check_story(cli: Cli, figures: dict[str, Any]) -> None:
                 and w["drifted_columns"]], "a clean window flagged a column"
 
     alert_id = figures["drift"]["alert_id"]
-    lineage = cli("models", "lineage", f"{MODEL}/2")
     assert lineage["run"]["parent_run_id"] == figures["drift"]["pipeline_id"]
-    (row,) = cli("query", f"SELECT tags FROM runs WHERE run_id = '{lineage['run']['run_id']}'")
     tags = json.loads(row["tags"]) if isinstance(row["tags"], str) else row["tags"]
     assert tags["alert_id"] == alert_id and tags["pipeline"] == figures["drift"]["pipeline_id"]
-    learned = cli("runs", "show", lineage["run"]["run_id"])["params"]["labelled_rows"]
+    learned = retrain_run["params"]["labelled_rows"]
     assert learned >= 50, "the retrain learned from the labelled traffic since the drift"
-    assert cli("alerts") == [], "the drift alert was resolved at the end"
+    assert alerts == [], "the drift alert was resolved at the end"
