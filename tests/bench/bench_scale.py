@@ -100,6 +100,14 @@ def parse_size(text: str) -> int:
     return int(float(text.rstrip("KM")) * scale)
 
 
+def result(home: Path, method: str, params: dict[str, Any] | None = None, timeout: float = 60) -> Any:
+    """A call's result; its error, whole, when it failed."""
+    reply = rpc(home, method, params, timeout=timeout)
+    if "result" not in reply:
+        raise RuntimeError(f"{method} failed: {reply}")
+    return reply["result"]
+
+
 def status(home: Path) -> dict[str, Any]:
     return rpc(home, "agent.status", timeout=30).get("result", {})
 
@@ -229,7 +237,7 @@ def bench_size(root: Path, points: int, long_points: int, writers: int, memory_l
             steps = long_points // 2
             seconds = fill(home, 20, 20, steps, 2, base=1.8e9)
             out["long_ingest"] = 20 * long_points / seconds
-            ids = [r["run_id"] for r in rpc(home, "runs.list", {"limit": 20})["result"]]
+            ids = [r["run_id"] for r in result(home, "runs.list", {"limit": 20})]
             out["compare"], out["compare_per_run"] = asyncio.run(compare_ms(home, ids))
             out["rss_after_compare"], out["peak"] = rss_mb(agent.proc.pid)
     finally:
@@ -249,10 +257,10 @@ def archive_and_compact(home: Path, runs: int, base: float) -> dict[str, Any]:
     store: seconds, points and bytes of each."""
     cutoff = base + runs // 2 + 1e4 - 0.5
     t0 = time.perf_counter()
-    archived = rpc(home, "runs.archive", {"before_s": time.time() - cutoff}, timeout=3600)["result"]
+    archived = result(home, "runs.archive", {"before_s": time.time() - cutoff}, timeout=3600)
     took = time.perf_counter() - t0
     assert len(archived["runs"]) == runs // 2, archived["kept"]
-    compacted = rpc(home, "store.compact", timeout=3600)["result"]
+    compacted = result(home, "store.compact", timeout=3600)
     return {"archive_s": took, "archived_points": archived["points"], "archive_bytes": archived["bytes"],
             "compact_s": compacted["took_s"], "store_before": compacted["bytes_before"],
             "store_after": compacted["bytes_after"]}
