@@ -30,3 +30,13 @@ async def ask_child(module: str, args: list[str], what: str, timeout_s: float,
     except (IndexError, ValueError):
         tail = (err.decode(errors="replace").strip().splitlines() or ["no output"])[-1]
         raise Invalid(f"{what} failed: {tail}") from None
+
+
+async def end_child(proc: asyncio.subprocess.Process, grace_s: float) -> None:
+    """SIGTERM, and SIGKILL if it has not exited within grace_s; returns once it is reaped."""
+    proc.terminate()
+    try:
+        await asyncio.wait_for(proc.wait(), grace_s)
+    except TimeoutError:
+        proc.kill()
+        await proc.wait()

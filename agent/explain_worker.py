@@ -14,6 +14,7 @@ import sys
 from collections import deque
 from typing import Any
 
+from mldeck.agent.child import end_child
 from mldeck.agent.tasks import Tasks
 from mldeck.core.errors import Invalid
 
@@ -132,9 +133,4 @@ class ExplainWorker:
         if proc is None or proc.returncode is not None:
             return
         self._asked_to_exit.add(proc.pid)
-        proc.terminate()
-        try:
-            await asyncio.wait_for(proc.wait(), STOP_S)
-        except TimeoutError:
-            proc.kill()
-            await proc.wait()
+        await end_child(proc, STOP_S)

@@ -29,6 +29,7 @@ import msgspec
 import psutil
 import pyarrow as pa
 
+from mldeck.agent.child import end_child
 from mldeck.agent.ingest import Source, rows_parser
 from mldeck.agent.service import Context, rpc
 from mldeck.core import cost as costs
@@ -362,12 +363,7 @@ class Serving:
         self.wanted = False
         proc = self.proc
         if proc is not None and proc.returncode is None:
-            proc.terminate()
-            try:
-                await asyncio.wait_for(proc.wait(), STOP_TIMEOUT_S)
-            except TimeoutError:
-                proc.kill()
-                await proc.wait()
+            await end_child(proc, STOP_TIMEOUT_S)
             self.ctx.hub.publish(TOPIC, {"kind": "state", "state": "stopped", "pid": proc.pid})
         self.last_exit = {"code": proc.returncode if proc else None, "at": time.time(),
                           "message": "stopped on request"}

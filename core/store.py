@@ -168,9 +168,9 @@ class Store:
         """(Re)define the view archived_metrics over the archive's Parquet files as they are now: the
         points of every archived run, or none. A view that already says so is left (no write at open)."""
         con = con or self.cur()
-        pattern = f"{self.path.parent / ARCHIVE_DIR}/*/*.parquet"
-        files, reads = _literal(pattern), bool(glob.glob(glob.escape(str(self.path.parent / ARCHIVE_DIR))
-                                                         + "/*/*.parquet"))
+        folder = str(self.path.parent / ARCHIVE_DIR)
+        files = _literal(f"{folder}/*/*.parquet")
+        reads = bool(glob.glob(f"{glob.escape(folder)}/*/*.parquet"))
         now = con.execute("SELECT sql FROM duckdb_views() WHERE view_name = ? AND NOT internal",
                           [ARCHIVED_METRICS]).fetchall()
         if now and (f"'{files}'" in now[0][0]) == reads and ("read_parquet" in now[0][0]) == reads:
