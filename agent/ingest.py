@@ -23,10 +23,9 @@ import errno
 import io
 import itertools
 import logging
-import re
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -267,8 +266,9 @@ def rows_parser(
     return parse
 
 
-# An event line as the SDK writes it: {"t":...,"e":...}; everything else is a metrics point.
-_EVENT_LINE = re.compile(rb'^\{"t":[^,\n]*,"e":[^\n]*\n', re.MULTILINE)
+EVENT_MARK = b',"e":'
+_NO_THREADS = pa_json.ReadOptions(use_threads=False)
+"""Each parse thread reads its own segment: Arrow's thread pool under it would only add hand-offs."""
 _NUMERIC = (pa.types.is_integer, pa.types.is_floating, pa.types.is_null)
 _NONFINITE_NAMES = pa.array(list(NONFINITE))
 EVENT_TAIL_ROWS = 500
@@ -283,16 +283,29 @@ def parse_run_metrics(path: Path, chunk: bytes, first_line: int) -> Parsed:
     run_id = path.parent.name
     parsed = Parsed()
     pos, line_no = 0, first_line
-    for match in _EVENT_LINE.finditer(chunk):
-        if match.start() > pos:
-            _points(run_id, chunk[pos : match.start()], line_no, parsed)
-            line_no += chunk.count(b"\n", pos, match.start())
-        _slow_lines(run_id, chunk[match.start() : match.end()], line_no, parsed)
+    for start, end in event_lines(chunk):
+        if start > pos:
+            _points(run_id, chunk[pos:start], line_no, parsed)
+            line_no += chunk.count(b"\n", pos, start)
+        _slow_lines(run_id, chunk[start:end], line_no, parsed)
         line_no += 1
-        pos = match.end()
+        pos = end
     if pos < len(chunk):
         _points(run_id, chunk[pos:], line_no, parsed)
     return parsed
+
+
+def event_lines(chunk: bytes) -> Iterator[tuple[int, int]]:
+    """Where the event lines of whole lines are, as the SDK writes them: `{"t":...,"e":...}` (e right
+    after t); everything else is a metrics point. bytes.find, not a regular expression: a regex tried
+    at every line start took a third of the parse."""
+    at = chunk.find(EVENT_MARK)
+    while at != -1:
+        start = chunk.rfind(b"\n", 0, at) + 1
+        end = chunk.find(b"\n", at) + 1 or len(chunk)
+        if chunk.startswith(b'{"t":', start) and chunk.find(b",", start, at) == -1:
+            yield start, end
+        at = chunk.find(EVENT_MARK, end)
 
 
 def _points(run_id: str, segment: bytes, first_line: int, parsed: Parsed) -> None:
@@ -349,7 +362,7 @@ def _arrow_points(segment: bytes) -> pa.Table | None:
     if b"[" in segment or segment.count(b"{") > 2 * segment.count(b"\n") + 2:
         return None
     try:
-        table = pa_json.read_json(io.BytesIO(segment))
+        table = pa_json.read_json(io.BytesIO(segment), read_options=_NO_THREADS)
     except pa.ArrowException:
         return None
     schema = table.schema

@@ -73,11 +73,7 @@ class Runs:
 
     @rpc("runs.list")
     async def list(self, p: RunsListParams) -> list[dict[str, Any]]:
-        runs = await self.ctx.read(self.store.list_runs, p.status, p.experiment, p.sweep_id, p.limit)
-        latest = await self.ctx.read(self.store.latest_metrics, [r["run_id"] for r in runs])
-        for r in runs:
-            r["metrics"] = named(latest.get(r["run_id"], {}))
-        return runs
+        return await self.ctx.read(self.store.runs_page, p.status, p.experiment, p.sweep_id, p.limit)
 
     @rpc("runs.table")
     async def table(self, p: RunsTableParams) -> dict[str, Any]:

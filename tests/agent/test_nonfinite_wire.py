@@ -16,7 +16,7 @@ SCRIPT = (
     "import math\nfrom mldeck.core import track\n"
     "run = track.init(name='diverging')\n"
     "for i, v in enumerate([1.0, math.nan, math.inf, -math.inf, 2.0]):\n"
-    "    run.log({'loss': v, 'gn': math.nan} if i % 2 == 0 else {'loss': v}, step=i)\n"
+    "    run.log({'loss': v, 'gn': math.nan, 'top': -math.inf} if i % 2 == 0 else {'loss': v}, step=i)\n"
     "run.finish()\n"
 )
 
@@ -59,14 +59,16 @@ def test_nan_and_infinities_reach_clients_as_themselves(live_agent: InProcessAge
     assert series["loss"]["step"] == [0, 1, 2, 3, 4] and same(series["loss"]["value"], LOSS)
     assert series["gn"]["step"] == [0, 2, 4] and same(series["gn"]["value"], [math.nan] * 3)
     for metrics in (run["metrics"], listed["metrics"]):
-        assert metrics["loss"] == 2.0 and math.isnan(metrics["gn"])
+        assert metrics["loss"] == 2.0 and math.isnan(metrics["gn"]) and metrics["top"] == -math.inf
     assert table["m:loss"] == [2.0] and math.isnan(table["m:gn"][0])
 
     raw = rpc(home, "runs.metrics", {"run_id": run["run_id"]})["result"]["series"]
     assert raw["loss"]["value"] == [1.0, "NaN", "Infinity", "-Infinity", 2.0], "on the wire, by name"
+    (raw_listed,) = rpc(home, "runs.list")["result"]
+    assert raw_listed["metrics"] == {"loss": 2.0, "gn": "NaN", "top": "-Infinity"}
 
     shown = live_agent.cli("runs", "show", run["run_id"], "--json", check=True).json()
-    assert shown["metrics"] == {"loss": 2.0, "gn": "NaN"}, "--json names it, as the wire does"
+    assert shown["metrics"] == {"loss": 2.0, "gn": "NaN", "top": "-Infinity"}, "--json names it, as the wire does"
     text = live_agent.cli("runs", "show", run["run_id"], check=True).out
     assert "gn = nan" in text and "loss = 2" in text
     assert live_agent.cli("runs", "ls", "--json", check=True).json()[0]["metrics"]["gn"] == "NaN"
