@@ -37,6 +37,7 @@ from mldeck.core.registry import (
     RollbackParams,
     VersionsParams,
 )
+from mldeck.core.runlog import named
 from mldeck.core.signature import REFERENCE_FILE
 
 log = logging.getLogger("mldeck.registry")
@@ -82,6 +83,18 @@ def build_profile(folder: Path) -> dict[str, Any] | None:
     summary = profile.to_dict()
     return {"n_rows": summary["n_rows"], "sample_rows": summary["sample_rows"],
             "columns": list(summary["columns"])}
+
+
+def version_by_name(row: dict[str, Any]) -> dict[str, Any]:
+    """A version for the wire: the metrics it copied from its run, NaN and infinities by name (as runs.get
+    sends them; JSON has neither, and a null would read as "no value")."""
+    return {**row, "metrics": named(row.get("metrics") or {})}
+
+
+def preview_by_name(preview: dict[str, Any]) -> dict[str, Any]:
+    """A promotion's preview for the wire: each metric's candidate, current and delta by name."""
+    deltas = {key: named(delta) for key, delta in preview["deltas"].items()}
+    return {**preview, "deltas": deltas}
 
 
 class Registry:
@@ -176,7 +189,7 @@ class Registry:
 
     @rpc("models.register")
     async def models_register(self, p: RegisterParams) -> dict[str, Any]:
-        return await self.register(p.run_id, p.name, p.artifact, p.actor or self.user)
+        return version_by_name(await self.register(p.run_id, p.name, p.artifact, p.actor or self.user))
 
     @rpc("models.list")
     async def list(self, p: ModelsListParams) -> list[dict[str, Any]]:
@@ -185,18 +198,19 @@ class Registry:
 
     @rpc("models.versions")
     async def versions(self, p: VersionsParams) -> list[dict[str, Any]]:
-        return await self.ctx.read(registry.list_versions, self.store, p.name)
+        return [version_by_name(v) for v in await self.ctx.read(registry.list_versions, self.store, p.name)]
 
     @rpc("models.get")
     async def get(self, p: GetParams) -> dict[str, Any]:
-        return await self.ctx.read(registry.get_version, self.store, p.name, p.version, p.alias)
+        version = await self.ctx.read(registry.get_version, self.store, p.name, p.version, p.alias)
+        return version_by_name(version)
 
     @rpc("models.promote")
     async def models_promote(self, p: PromoteParams) -> dict[str, Any]:
         if p.dry_run:
             gate = registry.gate_for(self.ctx.config.registry, p.name, p.alias)
-            return await self.ctx.read(registry.preview_promotion, self.store, p.name, p.version, p.alias,
-                                       gate)
+            return preview_by_name(await self.ctx.read(registry.preview_promotion, self.store, p.name,
+                                                       p.version, p.alias, gate))
         return await self.promote(p.name, p.version, p.alias, p.actor or self.user, p.reason, p.force)
 
     @rpc("models.rollback")
@@ -215,7 +229,8 @@ class Registry:
 
     @rpc("models.lineage")
     async def lineage(self, p: LineageParams) -> dict[str, Any]:
-        return await self.ctx.read(registry.lineage, self.store, p.name, p.version)
+        info = await self.ctx.read(registry.lineage, self.store, p.name, p.version)
+        return {**info, "version": version_by_name(info["version"])}
 
     def _on_run_event(self, event: dict[str, Any]) -> None:
         if event.get("event") == "register_model":

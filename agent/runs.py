@@ -11,7 +11,7 @@ from mldeck.core import jobs as q
 from mldeck.core.errors import NotFound
 from mldeck.core.jobs import LaunchParams, LogsParams, StopParams
 from mldeck.core.protocol import RunRef, RunsCompareParams, RunsListParams, RunsMetricsParams, RunsTableParams
-from mldeck.core.runlog import by_name, list_checkpoints
+from mldeck.core.runlog import by_name, list_checkpoints, named
 
 if TYPE_CHECKING:
     from mldeck.agent.jobs import Jobs
@@ -20,11 +20,6 @@ if TYPE_CHECKING:
 
 def no_run(run_id: str) -> NotFound:
     return NotFound(f"no run {run_id!r} on this host (`mldeck runs ls` lists them)")
-
-
-def named(metrics: dict[str, Any]) -> dict[str, Any]:
-    """Metric values for the wire, NaN and infinities by name (JSON has none; the client reads them back)."""
-    return dict(zip(metrics, by_name(list(metrics.values())), strict=True))
 
 
 def points_by_name(event: dict[str, Any]) -> dict[str, Any]:

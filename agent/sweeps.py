@@ -21,13 +21,14 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
+from mldeck.agent.registry import version_by_name
 from mldeck.agent.search import SweepStudy
 from mldeck.agent.service import Context, rpc
 from mldeck.core import sweep as sw
 from mldeck.core.errors import Conflict, Invalid, MldeckError, NotFound
 from mldeck.core.jobs import LaunchParams
 from mldeck.core.paths import check_name, new_run_id
-from mldeck.core.runlog import TERMINAL
+from mldeck.core.runlog import TERMINAL, by_name
 from mldeck.core.sweep import SweepCreateParams, SweepListParams, SweepRef, SweepRegisterParams
 
 if TYPE_CHECKING:
@@ -35,6 +36,13 @@ if TYPE_CHECKING:
     from mldeck.agent.registry import Registry
 
 log = logging.getLogger("mldeck.sweeps")
+
+
+def best_by_name(row: dict[str, Any]) -> dict[str, Any]:
+    """A trial, or a registered best trial, for the wire: its best value by name when it is NaN (every value
+    was) or infinite, as JSON has neither (null says it never reported the metric)."""
+    (best,) = by_name([row["best"]])
+    return {**row, "best": best}
 
 
 @dataclass
@@ -218,9 +226,10 @@ class Sweeps:
         value = None
         if status == "succeeded":
             value = await self.ctx.read(sw.objective, self.store, run_id, state.metric, state.mode)
-            if value is None:
-                log.warning("sweep %s: trial %s succeeded without logging %s; the study counts it failed",
-                            state.sweep_id, run_id, state.metric)
+            if value is None or math.isnan(value):
+                why = "without logging" if value is None else "with NaN at every step of"
+                log.warning("sweep %s: trial %s succeeded %s %s; the study counts it failed",
+                            state.sweep_id, run_id, why, state.metric)
         await asyncio.to_thread(search.tell, run_id, status, value)
 
     async def _trial_ended(self, state: SweepState, search: SweepStudy, run_id: str, status: str) -> None:
@@ -313,13 +322,18 @@ class Sweeps:
         await self.ctx.db(sw.finish_sweep, self.store, state.sweep_id, time.time())
         self.ctx.hub.publish("sweeps", {"sweep_id": state.sweep_id, "status": "done"})
 
+    async def _sweep(self, sweep_id: str) -> dict[str, Any]:
+        """The sweep and its ranked trials, their bests as floats."""
+        sweep = await self.ctx.read(sw.get_sweep, self.store, sweep_id)
+        if sweep is None:
+            raise NotFound(f"no sweep {sweep_id!r} on this host (`mldeck sweep ls` lists them)")
+        trials = await self.ctx.read(sw.sweep_trials, self.store, sweep_id, sweep["metric"], sweep["mode"])
+        return {**sweep, "trials": trials}
+
     @rpc("sweeps.show")
     async def show(self, p: SweepRef) -> dict[str, Any]:
-        sweep = await self.ctx.read(sw.get_sweep, self.store, p.sweep_id)
-        if sweep is None:
-            raise NotFound(f"no sweep {p.sweep_id!r} on this host (`mldeck sweep ls` lists them)")
-        trials = await self.ctx.read(sw.sweep_trials, self.store, p.sweep_id, sweep["metric"], sweep["mode"])
-        return {**sweep, "trials": trials}
+        sweep = await self._sweep(p.sweep_id)
+        return {**sweep, "trials": [best_by_name(t) for t in sweep["trials"]]}
 
     @rpc("sweeps.list")
     async def list(self, p: SweepListParams) -> list[dict[str, Any]]:
@@ -327,7 +341,7 @@ class Sweeps:
 
     @rpc("sweeps.stop")
     async def stop_sweep(self, p: SweepRef) -> dict[str, Any]:
-        sweep = await self.show(p)
+        sweep = await self._sweep(p.sweep_id)
         state = self.active.get(p.sweep_id)
         if state is not None and state.search is not None:
             async with state.lock:
@@ -342,13 +356,14 @@ class Sweeps:
     @rpc("sweeps.register")
     async def register(self, p: SweepRegisterParams) -> dict[str, Any]:
         """Register the finished sweep's best trial (by its metric) through the registry."""
-        sweep = await self.show(SweepRef(sweep_id=p.sweep_id))
+        sweep = await self._sweep(p.sweep_id)
         if sweep["status"] != "done":
             raise Conflict(f"sweep {p.sweep_id} is still running; register its best trial once it is done "
                            "(`mldeck sweep show` shows its trials)")
         best = sw.best_trial(sweep["trials"])
         if best is None:
-            raise Conflict(f"no trial of sweep {p.sweep_id} succeeded with a value of {sweep['metric']}; "
-                           "there is nothing to register")
+            raise Conflict(f"no trial of sweep {p.sweep_id} succeeded with a value of {sweep['metric']} "
+                           "(NaN is none); there is nothing to register")
         row = await self.registry.register(best["run_id"], p.name, None, p.actor or self.registry.user)
-        return {**row, "sweep_id": p.sweep_id, "metric": sweep["metric"], "best": best["best"]}
+        return best_by_name({**version_by_name(row), "sweep_id": p.sweep_id, "metric": sweep["metric"],
+                             "best": best["best"]})

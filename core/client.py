@@ -58,9 +58,33 @@ def _points(event: dict[str, Any]) -> dict[str, Any]:
     return event
 
 
+def _best(row: dict[str, Any]) -> dict[str, Any]:
+    """A sweep's trial, or its best trial as registered (a version, with its metrics)."""
+    (row["best"],) = _floats([row["best"]])
+    return _run(row)
+
+
+def _sweep(result: dict[str, Any]) -> dict[str, Any]:
+    for trial in result["trials"]:
+        _best(trial)
+    return result
+
+
+def _lineage(result: dict[str, Any]) -> dict[str, Any]:
+    _run(result["version"])
+    return result
+
+
+def _promotion(result: dict[str, Any]) -> dict[str, Any]:
+    for delta in result.get("deltas", {}).values():  # a dry run's preview
+        delta.update(zip(delta, _floats(list(delta.values())), strict=True))
+    return result
+
+
 METRIC_RESULTS: dict[str, Callable[[Any], Any]] = {
     "runs.list": _runs, "runs.get": _run, "runs.metrics": _series, "runs.table": _table,
-    "runs.compare": _compare,
+    "runs.compare": _compare, "sweeps.show": _sweep, "sweeps.register": _best, "models.register": _run,
+    "models.get": _run, "models.versions": _runs, "models.lineage": _lineage, "models.promote": _promotion,
 }
 """The results that carry metric values, and how their NaN and infinities are read back into floats."""
 METRIC_EVENTS: dict[str, Callable[[Any], Any]] = {"run.metrics": _points}

@@ -9,6 +9,7 @@ log is append-only: this module only ever INSERTs into it and SELECTs from it.
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import time
@@ -142,8 +143,9 @@ def evaluate_gate(
     if gate.no_worse_than_current and current is not None and current["version"] != candidate["version"]:
         key, lower = parse_direction(gate.no_worse_than_current)
         mine, theirs = metrics.get(key), (current.get("metrics") or {}).get(key)
-        if mine is None:
-            failed.append(f"{key} is missing, so it cannot be compared with {alias}'s v{current['version']}")
+        if mine is None or math.isnan(mine):
+            why = "missing" if mine is None else "NaN"
+            failed.append(f"{key} is {why}, so it cannot be compared with {alias}'s v{current['version']}")
         elif theirs is not None and (mine > theirs if lower else mine < theirs):
             failed.append(
                 f"{key} {_num(mine)} is worse than {_num(theirs)} of v{current['version']} "

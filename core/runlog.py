@@ -44,6 +44,11 @@ def by_name(values: list[Any]) -> list[Any]:
     return [nonfinite_name(v) if v.__class__ is float and v - v != 0.0 else v for v in values]
 
 
+def named(metrics: dict[str, Any]) -> dict[str, Any]:
+    """Metric values for the wire, NaN and infinities by name (JSON has none; the client reads them back)."""
+    return dict(zip(metrics, by_name(list(metrics.values())), strict=True))
+
+
 def finish_line(run_dir: Path) -> dict[str, Any] | None:
     """The data of the SDK's finish event when it is the last line of the run's metrics.jsonl, else None.
 

@@ -352,17 +352,24 @@ def finish_sweep(store: Store, sweep_id: str, at: float) -> None:
     )
 
 
+def _best(mode: str) -> tuple[str, str]:
+    """The summary's column of a trial's best value of the metric (NaN ignored: a NULL there means the
+    trial never reported the metric or every value it reported was NaN), and what a trial that reported
+    it says as its best: NaN when every value was NaN, so that it never reads as "not reported"."""
+    column = "m.min_value" if mode == "min" else "m.max_value"
+    return column, f"CASE WHEN m.run_id IS NOT NULL THEN coalesce({column}, 'NaN'::DOUBLE) END"
+
+
 def sweep_trials(store: Store, sweep_id: str, metric: str, mode: str) -> list[dict[str, Any]]:
-    """A sweep's trials, ranked by their best value of the metric (unreported ones last), from the runs'
-    summaries: the cost follows the number of trials, not of points."""
-    best = "min_value" if mode == "min" else "max_value"
+    """A sweep's trials, ranked by their best value of the metric (the ones without one last: unreported,
+    or NaN at every step), from the runs' summaries: the cost follows the number of trials, not of points."""
+    column, best = _best(mode)
     order = "ASC" if mode == "min" else "DESC"
     cur = store.cur().execute(
         f"""
-        SELECT r.run_id, r.name, r.status, r.status_reason, r.params, r.cost_usd,
-               m.{best} AS best, m.last_step
+        SELECT r.run_id, r.name, r.status, r.status_reason, r.params, r.cost_usd, {best} AS best, m.last_step
         FROM runs r LEFT JOIN metric_summary m ON m.run_id = r.run_id AND m.key = ?
-        WHERE r.sweep_id = ? ORDER BY best {order} NULLS LAST, r.created_at
+        WHERE r.sweep_id = ? ORDER BY {column} {order} NULLS LAST, r.created_at
         """,
         [metric, sweep_id],
     )
@@ -375,23 +382,27 @@ def sweep_trials(store: Store, sweep_id: str, metric: str, mode: str) -> list[di
 
 
 def objective(store: Store, run_id: str, metric: str, mode: str) -> float | None:
-    """A finished trial's result for the search: its best value of the metric, as sweep_trials ranks it."""
-    best = "min_value" if mode == "min" else "max_value"
+    """A finished trial's result for the search: its best value of the metric, as sweep_trials ranks it
+    (NaN when every value was NaN, None when it never reported the metric)."""
+    _, best = _best(mode)
     row = store.cur().execute(
-        f"SELECT {best} FROM metric_summary WHERE run_id = ? AND key = ?", [run_id, metric]
+        f"SELECT {best} FROM metric_summary m WHERE run_id = ? AND key = ?", [run_id, metric]
     ).fetchone()
-    return None if row is None or row[0] is None else float(row[0])
+    return None if row is None else float(row[0])
 
 
 def best_trial(trials: Sequence[Mapping[str, Any]]) -> Mapping[str, Any] | None:
     """The best of sweep_trials' ranked rows among the trials that ran to the end (pruned, stopped and
-    failed ones are unfinished models), or None when none did with a value of the metric."""
-    return next((t for t in trials if t["status"] == "succeeded" and t["best"] is not None), None)
+    failed ones are unfinished models), or None when none did with a best value of the metric (one that is
+    not NaN)."""
+    return next((t for t in trials if t["status"] == "succeeded" and t["best"] is not None
+                 and not math.isnan(t["best"])), None)
 
 
 def metric_history(store: Store, run_ids: list[str], key: str) -> dict[str, list[tuple[int, float]]]:
-    """Each run's (step, value) points of one metric, for early stopping after an agent restart; only
-    the runs whose summary says they reported it are looked for among the points."""
+    """Each run's (step, value) points of one metric, for early stopping after an agent restart, NaN left
+    out as the live rules leave it (a NaN is no value to judge by); only the runs whose summary says they
+    reported it are looked for among the points."""
     reported = [r[0] for r in store.cur().execute(
         "SELECT run_id FROM metric_summary WHERE key = ? AND run_id IN (SELECT unnest(?))",
         [key, run_ids]).fetchall()] if run_ids else []
@@ -399,7 +410,7 @@ def metric_history(store: Store, run_ids: list[str], key: str) -> dict[str, list
         return {}
     cur = store.cur().execute(
         "SELECT run_id, step, value FROM metrics WHERE key = ? AND run_id IN (SELECT unnest(?)) "
-        "ORDER BY run_id, step",
+        "AND NOT isnan(value) ORDER BY run_id, step",
         [key, reported],
     )
     out: dict[str, list[tuple[int, float]]] = {}

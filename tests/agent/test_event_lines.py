@@ -13,8 +13,9 @@ from mldeck.agent.ingest import event_lines
 ORACLE = re.compile(rb'^\{"t":[^,\n]*,"e":[^\n]*\n', re.MULTILINE)
 """What an event line is: `{"t":...,"e":...}`, e the key right after t."""
 
-PIECES = [b'{"t":1.5,"e":"init","d":{}}', b'{"t":1.5,"s":3,"m":{"e":1.0}}', b'{"t":1.5,"s":3,"m":{"a":1,"e":2}}',
-          b'{"t":,"e":', b'{"t":1,2,"e":"x"}', b' {"t":1,"e":"x"}', b'{"e":1,"t":2}', b',"e":', b'{"t":',
+PIECES = [b'{"t":1.5,"e":"init","d":{}}', b'{"t":1.5,"s":3,"m":{"e":1.0}}',
+          b'{"t":1.5,"s":3,"m":{"a":1,"e":2}}', b'{"t":,"e":', b'{"t":1,2,"e":"x"}', b' {"t":1,"e":"x"}',
+          b'{"e":1,"t":2}', b',"e":', b'{"t":',
           b'"e"', b',', b'x', b'{}']
 line = st.lists(st.sampled_from(PIECES), max_size=4).map(b"".join)
 

@@ -68,7 +68,7 @@ def test_nan_and_infinities_reach_clients_as_themselves(live_agent: InProcessAge
     assert raw_listed["metrics"] == {"loss": 2.0, "gn": "NaN", "top": "-Infinity"}
 
     shown = live_agent.cli("runs", "show", run["run_id"], "--json", check=True).json()
-    assert shown["metrics"] == {"loss": 2.0, "gn": "NaN", "top": "-Infinity"}, "--json names it, as the wire does"
+    assert shown["metrics"] == {"loss": 2.0, "gn": "NaN", "top": "-Infinity"}, "--json names them as the wire"
     text = live_agent.cli("runs", "show", run["run_id"], check=True).out
     assert "gn = nan" in text and "loss = 2" in text
     assert live_agent.cli("runs", "ls", "--json", check=True).json()[0]["metrics"]["gn"] == "NaN"
