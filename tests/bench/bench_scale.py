@@ -155,6 +155,7 @@ async def reads(home: Path) -> dict[str, float]:
 
         return {
             "list": await median_ms(lambda: client.call("runs.list", limit=1000)),
+            "list100": await median_ms(lambda: client.call("runs.list", limit=100)),
             "table": await median_ms(lambda: client.call("runs.table", offset=0, limit=1000)),
             "one": await median_ms(get_and_metrics),
         }
@@ -282,6 +283,7 @@ def table(results: dict[int, dict[str, Any]], long_points: int) -> list[tuple[st
         header,
         row("ingest points/s", lambda r: f"{r['ingest'] / 1e3:,.0f} k ({r['writers']} writers)"),
         row("runs.list, 1,000 runs", lambda r: f"{r['list']:,.0f} ms"),
+        row("runs.list, 100 runs (the same page at every size)", lambda r: f"{r['list100']:,.0f} ms"),
         row("runs.table first page (1,000 runs)", lambda r: f"{r['table']:,.0f} ms"),
         row("runs.table first page after a restart", lambda r: f"{r['cold_table']:,.0f} ms"),
         row("runs.get + runs.metrics, one run", lambda r: f"{r['one']:,.0f} ms"),
