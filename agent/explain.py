@@ -1,6 +1,6 @@
 """Explanations of served predictions: `explain.request` attributes one logged request's prediction to its
 input values with Integrated Gradients against the reference mean (core.explain, run in the agent's one
-long-lived explainer process, agent.explain_worker: the agent never imports torch) and keeps the result next
+long-lived explainer process, an agent.worker: the agent never imports torch) and keeps the result next
 to the prediction, in `explanations`.
 
 With `[serving] explain_sample` above 0, a periodic task explains that share of the logged live requests
@@ -16,8 +16,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from mldeck.agent.explain_worker import ExplainWorker
 from mldeck.agent.service import Context, rpc
+from mldeck.agent.worker import ChildWorker
 from mldeck.core import monitor as mon
 from mldeck.core.errors import Invalid, NotFound
 from mldeck.core.monitor import ExplainParams, ExplainSummaryParams, mean_abs_attributions
@@ -44,7 +44,8 @@ class Explainer:
         self.unexplainable: dict[str, str] = {}  # "model:version" → why its requests cannot be explained
         self.failed: set[str] = set()  # sampled request ids that could not be explained
         self.references: dict[tuple[str, int], dict[str, Any]] = {}
-        self.worker = ExplainWorker(ctx.tasks, EXPLAIN_TIMEOUT_S)
+        self.worker = ChildWorker(["mldeck.core.explain"], "the explainer process", "explain-worker",
+                                  ctx.tasks, EXPLAIN_TIMEOUT_S)
 
     async def start(self) -> None:
         if self.share > 0:

@@ -1,8 +1,9 @@
 """The registry service and its models.* methods: register a run's model, move aliases through
 their gates, audit it all.
 
-Registration verifies the artifact in a child process (`python -m mldeck.core.modelfile verify`),
-because the agent never imports torch, then copies it into models/<name>/<version>/.
+Registration verifies the artifact in the agent's one long-lived model verifier process
+(`python -m mldeck.core.modelfile serve`: the agent never imports torch, and that process imports it
+once, not once per registration), then copies it into models/<name>/<version>/.
 Every committed change is published once on the `models` topic, after its transaction,
 so the model server and the TUI see an alias move as one event, never a half state.
 Runs that call `run.register_model(...)` are registered when their event is ingested; pipelines
@@ -21,9 +22,9 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from mldeck.agent.child import ask_child
 from mldeck.agent.runs import no_run
 from mldeck.agent.service import Context, rpc
+from mldeck.agent.worker import ChildWorker
 from mldeck.core import registry
 from mldeck.core.errors import Conflict, Invalid, MldeckError, NotFound
 from mldeck.core.registry import (
@@ -46,15 +47,6 @@ TOPIC = "models"
 EVENT_FIELDS = ("name", "alias", "version", "from_version", "action")
 VERIFY_TIMEOUT_S = 300.0
 REFUSED_STATUSES = {"failed", "queued"}
-
-
-async def verify_artifact(folder: Path) -> dict[str, Any]:
-    """Load the folder in a child process and re-run its stored sample; the signature if it matches."""
-    result = await ask_child("mldeck.core.modelfile", ["verify", str(folder)], f"verifying {folder}",
-                             VERIFY_TIMEOUT_S)
-    if not result.get("ok"):
-        raise Invalid(f"model artifact {folder} refused: {result.get('message')}")
-    return result["signature"]
 
 
 def exported_signature(folder: Path) -> dict[str, Any]:
@@ -105,6 +97,8 @@ class Registry:
         self.store = ctx.store
         self.user = getpass.getuser()
         self._requests: asyncio.Queue[tuple[str, dict[str, Any]]] = asyncio.Queue()
+        self.verifier = ChildWorker(["mldeck.core.modelfile", "serve"], "the model verifier process",
+                                    "verify-worker", ctx.tasks, VERIFY_TIMEOUT_S)
         ctx.hub.declare(TOPIC)
 
     async def start(self) -> None:
@@ -113,6 +107,17 @@ class Registry:
         self.ctx.hub.on("run.event", self._on_run_event)
         self.ctx.tasks.spawn(self._register_in_order(), "register-models")
 
+    async def stop(self) -> None:
+        """The verifier process goes with the agent."""
+        await self.verifier.stop()
+
+    async def verify_artifact(self, folder: Path) -> dict[str, Any]:
+        """Re-run the folder's stored sample in the verifier process; its signature if the outputs match."""
+        result = await self.verifier.ask({"folder": str(folder)}, f"verifying {folder}")
+        if not result.get("ok"):
+            raise Invalid(f"model artifact {folder} refused: {result.get('message')}")
+        return result["signature"]
+
     def _publish(self, result: dict[str, Any]) -> None:
         self.ctx.hub.publish(TOPIC, {k: result.get(k) for k in EVENT_FIELDS})
 
@@ -120,7 +125,7 @@ class Registry:
         self, run_id: str, name: str, artifact: str | None, actor: str, verified_by_job: bool = False
     ) -> dict[str, Any]:
         """Copy the run's model folder in as the next version of `name`; a job's own export is trusted,
-        any other folder is verified by loading it in a child process first."""
+        any other folder is verified by loading it in the verifier process first."""
         registry.check_model_name(name)
         run = await self.ctx.read(self.store.get_run, run_id)
         if run is None:
@@ -142,7 +147,7 @@ class Registry:
                 f"no model folder at {source}; export one with run.log_model(...) in the "
                 "training script, or pass --artifact FOLDER"
             )
-        signature = exported_signature(source) if verified_by_job else await verify_artifact(source)
+        signature = exported_signature(source) if verified_by_job else await self.verify_artifact(source)
         models_dir = self.ctx.layout.models
         staged = models_dir / name / f".incoming-{secrets.token_hex(4)}"
         try:

@@ -17,17 +17,16 @@ refused with that reason.
 
 from __future__ import annotations
 
-import json
 import math
-import os
 import sys
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import numpy as np
 
+from mldeck.core.lineserve import serve_stdio
 from mldeck.core.monitor import mean_abs_attributions
 from mldeck.core.signature import TensorSpec, column_names, numpy_dtype, tensor_columns
 
@@ -276,25 +275,10 @@ def answer(attributors: Attributors, request: Mapping[str, Any]) -> dict[str, An
     return explain(attributor, request["inputs"], int(request.get("row", 0)))
 
 
-def serve(lines: Iterable[str], out: IO[str]) -> None:
-    """Answer each request line with one JSON line, {"ok": true, ...answer} or {"ok": false, "message": why},
-    until the agent closes stdin."""
-    attributors = Attributors()
-    for line in lines:
-        try:
-            result = {"ok": True, **answer(attributors, json.loads(line))}
-        except Exception as exc:  # the caller is another process: every failure becomes a message
-            result = {"ok": False, "message": str(exc) or type(exc).__name__}
-        out.write(json.dumps(result) + "\n")
-        out.flush()
-
-
 def main() -> int:
-    """Serve the agent on stdin/stdout; whatever the user's model prints goes to stderr, not the answers."""
-    answers = os.fdopen(os.dup(sys.stdout.fileno()), "w")
-    os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
-    serve(sys.stdin, answers)
-    return 0
+    """Serve the agent on stdin/stdout, keeping the last few models loaded between requests."""
+    attributors = Attributors()
+    return serve_stdio(lambda request: {"ok": True, **answer(attributors, request)})
 
 
 if __name__ == "__main__":

@@ -6,13 +6,16 @@ model gave for them), so a model can be served and re-verified without the code
 that trained it. The signature and the request checks live in core.signature, which
 never loads torch; here torch is imported only inside the functions that need it.
 `python -m mldeck.core.modelfile verify FOLDER` re-checks a folder in its own process
-and prints one JSON line {ok, message, signature}.
+and prints one JSON line {ok, message, signature}; `python -m mldeck.core.modelfile serve`
+is the agent's model verifier process, answering one {"folder", "sample"?} line after
+another with that same line (torch imported once, not once per registration).
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import gc
 import io
 import json
 import logging
@@ -27,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from mldeck.core.atomic import write_atomic
+from mldeck.core.lineserve import serve_stdio
 from mldeck.core.paths import check_name
 from mldeck.core.signature import (
     COLUMNS_FILE,
@@ -413,24 +417,39 @@ def verify_folder(folder: Path, sample: Path | None = None) -> Signature:
     return model.signature
 
 
+def verify_answer(folder: Path, sample: Path | None = None) -> dict[str, Any]:
+    """verify_folder as one answer {ok, message, signature}: the caller is another process, so every
+    failure becomes its message."""
+    try:
+        signature = verify_folder(folder, sample)
+    except Exception as exc:
+        return {"ok": False, "message": f"{type(exc).__name__}: {exc}", "signature": None}
+    message = f"{folder} reproduces its stored outputs"
+    return {"ok": True, "message": message, "signature": signature.to_dict()}
+
+
+def verify_request(request: Mapping[str, Any]) -> dict[str, Any]:
+    """One request of the agent's verifier process; the model it loaded is gone before the next one."""
+    sample = request.get("sample")
+    try:
+        return verify_answer(Path(request["folder"]), Path(sample) if sample else None)
+    finally:
+        gc.collect()  # a loaded program holds reference cycles: free this user's model now, not later
+        gc.freeze()  # what survives is the process's own (torch's modules): later collections skip it
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """`python -m mldeck.core.modelfile verify FOLDER`: one JSON line, exit 0 when the folder verifies."""
+    """`verify FOLDER`: one JSON line, exit 0 when the folder verifies; `serve`: the agent's verifier."""
     parser = argparse.ArgumentParser(prog="python -m mldeck.core.modelfile")
     sub = parser.add_subparsers(dest="command", required=True)
     verify = sub.add_parser("verify", help="re-run a model folder's stored sample")
     verify.add_argument("folder", type=Path)
     verify.add_argument("--sample", type=Path, help="an .npz sample instead of the folder's own")
+    sub.add_parser("serve", help="verify one JSON request line after another, until stdin closes")
     args = parser.parse_args(argv)
-    try:
-        signature = verify_folder(args.folder, args.sample)
-    except Exception as exc:  # the caller is another process: every failure becomes a message
-        result = {"ok": False, "message": f"{type(exc).__name__}: {exc}", "signature": None}
-    else:
-        result = {
-            "ok": True,
-            "message": f"{args.folder} reproduces its stored outputs",
-            "signature": signature.to_dict(),
-        }
+    if args.command == "serve":
+        return serve_stdio(verify_request)
+    result = verify_answer(args.folder, args.sample)
     print(json.dumps(result), flush=True)
     return 0 if result["ok"] else 1
 

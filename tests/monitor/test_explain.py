@@ -20,8 +20,8 @@ import pytest
 import torch
 from torch import nn
 
-from mldeck.agent.explain_worker import ExplainWorker
 from mldeck.agent.tasks import Tasks
+from mldeck.agent.worker import ChildWorker
 from mldeck.core.errors import Invalid, NotFound, wire_code
 from mldeck.core.explain import Attributor, explain, integrated_gradients
 from mldeck.core.modelfile import export_model
@@ -98,7 +98,8 @@ def test_the_explainer_worker_lives_on_until_idle_and_is_started_anew_when_it_di
 
     async def scenario() -> None:
         tasks = Tasks()
-        worker = ExplainWorker(tasks, timeout_s=120, idle_s=0.5)
+        worker = ChildWorker(["mldeck.core.explain"], "the explainer process", "explain-worker", tasks,
+                             timeout_s=120, idle_s=0.5)
         first = await worker.ask(request, "explaining")
         assert first["ok"] is False and "no-model" in first["message"]
         assert worker.proc is not None

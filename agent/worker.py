@@ -1,9 +1,11 @@
-"""The agent's explainer process, `python -m mldeck.core.explain`: started on the first explanation, it
-imports torch once (the agent never does) and answers one JSON line per request, one request at a time.
+"""A long-lived child process of the agent, `python -m MODULE ARGS`, for work that needs torch (the agent
+never imports it): started on first use, it imports torch once and answers one JSON line per request,
+one request at a time (the explainer, the model verifier).
 
-A worker that exits on its own (crashed, killed) is counted in `agent status` and started anew for the
-next request; the request it was answering gets one error naming its last stderr line. A request past
-the timeout kills it the same way. Idle for IDLE_S, it is asked to exit, and the memory is given back.
+A worker that exits on its own (crashed, killed) is counted in `agent status` under its task name and
+started anew for the next request; the request it was answering gets one error naming its last stderr
+line. A request past the timeout kills it the same way. Idle for idle_s, it is asked to exit, and the
+memory is given back.
 """
 
 from __future__ import annotations
@@ -12,23 +14,28 @@ import asyncio
 import json
 import sys
 from collections import deque
+from collections.abc import Sequence
 from typing import Any
 
 from mldeck.agent.child import end_child
 from mldeck.agent.tasks import Tasks
 from mldeck.core.errors import Invalid
 
-MODULE = "mldeck.core.explain"
 IDLE_S = 600.0
 STDERR_LINES = 20
 ANSWER_LIMIT = 1 << 30  # bytes of one answer line (every row of 32 sampled requests, with their features)
 STOP_S = 5.0
 
 
-class ExplainWorker:
-    """One long-lived explainer process per agent, started when first needed and again after it died."""
+class ChildWorker:
+    """One long-lived child process, `python -m` and `command` (`process` names it in messages, `task`
+    counts its failures), started when first needed and again after it died."""
 
-    def __init__(self, tasks: Tasks, timeout_s: float, idle_s: float = IDLE_S) -> None:
+    def __init__(self, command: Sequence[str], process: str, task: str, tasks: Tasks, timeout_s: float,
+                 idle_s: float = IDLE_S) -> None:
+        self.command = list(command)
+        self.process = process
+        self.task = task
         self.tasks = tasks
         self.timeout_s = timeout_s
         self.idle_s = idle_s
@@ -64,7 +71,7 @@ class ExplainWorker:
         await proc.stdin.drain()
         line = await proc.stdout.readline()
         if not line.endswith(b"\n"):
-            raise ConnectionResetError("the explainer process ended without an answer")
+            raise ConnectionResetError(f"{self.process} ended without an answer")
         answer: dict[str, Any] = json.loads(line)
         return answer
 
@@ -78,10 +85,10 @@ class ExplainWorker:
             await proc.wait()  # asked to exit (idle, or stopped): on its way out
         self.stderr.clear()
         self.proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", MODULE, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE, limit=ANSWER_LIMIT,
+            sys.executable, "-m", *self.command, stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, limit=ANSWER_LIMIT,
         )
-        self._watcher = self.tasks.spawn(self._watch(self.proc), "explain-worker")
+        self._watcher = self.tasks.spawn(self._watch(self.proc), self.task)
         return self.proc
 
     async def _watch(self, proc: asyncio.subprocess.Process) -> None:
@@ -93,7 +100,7 @@ class ExplainWorker:
         if proc.pid in self._asked_to_exit:
             self._asked_to_exit.discard(proc.pid)
         else:
-            raise Invalid(f"the explainer process exited: {self._exit(proc)}")
+            raise Invalid(f"{self.process} exited: {self._exit(proc)}")
 
     async def _reaped(self, proc: asyncio.subprocess.Process) -> None:
         """Wait for a worker that died to be reaped and its stderr read (killed if it lingers)."""
@@ -101,7 +108,7 @@ class ExplainWorker:
         try:
             await asyncio.wait_for(asyncio.shield(self._watcher), STOP_S)
         except TimeoutError:
-            self._ended(proc, "the explainer process closed its answers but did not exit")
+            self._ended(proc, f"{self.process} closed its answers but did not exit")
             await proc.wait()
 
     def _ended(self, proc: asyncio.subprocess.Process, why: str) -> Invalid:
@@ -110,7 +117,7 @@ class ExplainWorker:
             self._asked_to_exit.add(proc.pid)
             proc.kill()
         failure = Invalid(why)
-        self.tasks.failed("explain-worker", failure)
+        self.tasks.failed(self.task, failure)
         return failure
 
     def _exit(self, proc: asyncio.subprocess.Process) -> str:
