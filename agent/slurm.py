@@ -13,7 +13,8 @@ The run follows the job: PENDING is queued with Slurm's reason, RUNNING is runni
 and GPUs; at the end COMPLETED and FAILED are the exit code's, CANCELLED from outside mldeck is
 stopped, PREEMPTED and NODE_FAIL are preempted and submitted again to resume from the checkpoint
 (as is a job that ended on SIGTERM, 143), TIMEOUT and the others are failed with Slurm's word.
-A job Slurm requeues itself keeps its id and starts again as the run's next attempt.
+A job Slurm requeues itself keeps its id and starts again as the run's next attempt: Slurm's restart
+count says so, even where the job was requeued and started again between two polls.
 """
 
 from __future__ import annotations
@@ -67,6 +68,11 @@ class SlurmJob(Job):
     slurm_reason: str = ""
     nodes: str = ""
     started: bool = False
+    restarts: int | None = 0
+    """Slurm's restart count last seen; None for a job found again at agent start, until the first poll
+    re-bases it (the stored attempt already counts the restarts seen before)."""
+    requeued: bool = False
+    """Requeued by Slurm and not started again yet: the pending reason says so."""
     elapsed_s: float = 0.0
     cpus: int = 0
     gpus_held: int = 0
@@ -165,6 +171,13 @@ def pending_reason(slurm_id: int, reason: str) -> str:
     return f"Slurm job {slurm_id} is pending" + (f" ({reason})" if reason and reason != "None" else "")
 
 
+def requeued_reason(slurm_id: int, reason: str = "") -> str:
+    """Said until the job starts again, with Slurm's pending reason: the requeue stays visible."""
+    waits = f", pending ({reason})" if reason and reason != "None" else ""
+    return (f"Slurm requeued job {slurm_id} (preemption or a node failure){waits}; it starts again from "
+            "its checkpoint")
+
+
 def running_reason(slurm_id: int, nodes: str, gpus: list[Any]) -> str:
     return f"Slurm job {slurm_id} on {nodes}" + (f", GPUs {','.join(map(str, gpus))}" if gpus else "")
 
@@ -238,7 +251,8 @@ class SlurmJobs(Jobs):
         for row in await self.ctx.read(q.jobs_in_state, self.store, SUBMITTED):
             run = await self.ctx.read(self.store.get_run, row["run_id"]) or {}
             job = self._job(row, run, row.get("attempts") or 1, int(row["pid"]))
-            job.started, job.rebase = run.get("status") == "running", True
+            job.started, job.rebase, job.restarts = run.get("status") == "running", True, None
+            job.requeued = run.get("status") == "preempted"
             if job.stop:  # the grace period starts again; scancel follows if it is not enough
                 job.deadline = time.monotonic() + self.cfg.grace_s
             self.active[job.run_id] = job
@@ -371,15 +385,20 @@ class SlurmJobs(Jobs):
         """Bring the run up to the job's state: pending reason, running, requeued by Slurm, ended."""
         if st is None:  # gone from the controller (ended more than MinJobAge ago): ask accounting
             st = await slurmcli.sacct(job.slurm_id) or slurmcli.JobState(job.slurm_id, "UNKNOWN")
+        if st.restarts is not None:  # before the accounting below: an ended attempt costs what was seen
+            if job.restarts is not None and st.restarts > job.restarts:
+                await self._requeued(job, st.restarts - job.restarts)
+            job.restarts = st.restarts
         if st.state != "UNKNOWN":
             self._account_slurm(job, st)
         if st.state in slurmcli.RUNNING and not job.started:
             await self._running(job, st)
-        elif st.state in slurmcli.PENDING and job.started:
-            await self._requeued(job)
+        elif st.state in slurmcli.PENDING and job.started:  # found again at agent start, requeued since
+            await self._requeued(job, 1)
         elif st.state in slurmcli.PENDING and st.reason != job.slurm_reason:
             job.slurm_reason = st.reason
-            reason = pending_reason(job.slurm_id, st.reason)
+            why = requeued_reason if job.requeued else pending_reason
+            reason = why(job.slurm_id, st.reason)
             await self.ctx.db(set_reason, self.store, job.run_id, reason)
             self._publish(job.run_id, "queued", reason=reason, slurm_job_id=job.slurm_id)
         elif st.state in slurmcli.ENDED or st.state == "UNKNOWN":
@@ -401,19 +420,19 @@ class SlurmJobs(Jobs):
         except slurmcli.SlurmRefused as exc:  # gone already: it ran, on nodes we know
             log.info("run %s: no GPU indices for Slurm job %d: %s", job.run_id, job.slurm_id, exc)
             detail = ""
-        job.started, job.nodes = True, st.nodes
+        job.started, job.requeued, job.nodes = True, False, st.nodes
         job.gpus = list(slurmcli.allocated_gpus(detail))
         reason = running_reason(job.slurm_id, st.nodes, job.gpus)
         await self.ctx.db(mark_running, self.store, job.run_id, job.gpus, job.attempt, reason, time.time())
         self._publish(job.run_id, "running", gpus=job.gpus, nodes=st.nodes, slurm_job_id=job.slurm_id,
                       attempt=job.attempt)
 
-    async def _requeued(self, job: SlurmJob) -> None:
-        """Slurm requeued the running job itself (preemption, a node failure): same id, next attempt."""
-        reason = (f"Slurm requeued job {job.slurm_id} (preemption or a node failure); it starts again "
-                  "from its checkpoint")
+    async def _requeued(self, job: SlurmJob, times: int) -> None:
+        """Slurm requeued the job itself (preemption, a node failure) this many times: same id, and the
+        attempt after those, with the cost so far the ended attempts'."""
+        reason = requeued_reason(job.slurm_id)
         cost = self.cost_of(job)
-        job.started, job.gpus, job.attempt = False, [], job.attempt + 1
+        job.started, job.requeued, job.gpus, job.attempt = False, True, [], job.attempt + times
         job.prior_gpu_s, job.cpu_base, job.elapsed_s = job.gpu_seconds, job.cpu_seconds, 0.0
         await self.ctx.db(mark_requeued, self.store, job.run_id, job.attempt, reason, cost)
         self._publish(job.run_id, "preempted", reason=reason, requeued=True, slurm_job_id=job.slurm_id,

@@ -23,8 +23,10 @@ UNREACHABLE = ("Unable to contact slurm controller", "Socket timed out", "Zero B
 
 PENDING = frozenset({"PENDING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "SPECIAL_EXIT", "RESV_DEL_HOLD"})
 RUNNING = frozenset({
-    "RUNNING", "COMPLETING", "CONFIGURING", "SIGNALING", "STAGE_OUT", "RESIZING", "SUSPENDED", "STOPPED",
+    "RUNNING", "CONFIGURING", "SIGNALING", "STAGE_OUT", "RESIZING", "SUSPENDED", "STOPPED",
 })
+"""States of an attempt that has started. COMPLETING is not one: an attempt is ending there, the one
+Slurm has just requeued included (its restart count is already the next one's)."""
 ENDED = frozenset({
     "COMPLETED", "FAILED", "TIMEOUT", "PREEMPTED", "CANCELLED", "NODE_FAIL", "OUT_OF_MEMORY", "BOOT_FAIL",
     "DEADLINE", "REVOKED",
@@ -90,6 +92,8 @@ class JobState:
     elapsed_s: float = 0.0
     cpus: int = 0
     exit_code: int | None = None
+    restarts: int | None = None
+    """How many times Slurm requeued the job (squeue's RestartCnt); None where unknown (sacct)."""
 
 
 def message(stderr: bytes) -> str:
@@ -126,6 +130,11 @@ async def run(argv: list[str], timeout: float = TIMEOUT_S) -> str:
 def rows(text: str, fields: int) -> list[list[str]]:
     """Lines of SEP-separated fields; the last field keeps any separator it holds."""
     return [line.split(SEP, fields - 1) for line in text.splitlines() if line.strip()]
+
+
+def output_fields(fields: list[str]) -> str:
+    """The `-O` argument of squeue and sinfo: each field followed by SEP, at its full width."""
+    return ",".join(f"{f}:{SEP}" for f in fields)
 
 
 # parsing -----------------------------------------------------------------------
@@ -224,18 +233,20 @@ async def squeue(job_ids: list[int]) -> dict[int, JobState]:
     """The state of each job the controller still holds (ended ones for MinJobAge), by job id."""
     if not job_ids:
         return {}
-    fmt = SEP.join(["%i", "%T", "%M", "%D", "%C", "%N", "%r"])
+    fmt = output_fields(["JobID", "State", "TimeUsed", "NumCPUs", "NodeList", "Reason", "RestartCnt"])
     try:
-        out = await run(["squeue", "-h", "--states=all", "-j", ",".join(map(str, job_ids)), "-o", fmt])
+        out = await run(["squeue", "-h", "--states=all", "-j", ",".join(map(str, job_ids)), "-O", fmt])
     except SlurmRefused as exc:  # every id unknown: squeue fails rather than print nothing
         if "Invalid job id" in str(exc):
             return {}
         raise
     states = {}
-    for job_id, state, elapsed, _nodes, cpus, nodelist, reason in rows(out, 7):
+    for job_id, state, elapsed, cpus, nodelist, reason, restarts in rows(out, 7):
         if job_id.isdigit():
-            states[int(job_id)] = JobState(int(job_id), state.split()[0], reason.strip(), nodelist,
-                                           duration_s(elapsed), int(cpus) if cpus.isdigit() else 0)
+            count = restarts.strip(SEP + " ")
+            states[int(job_id)] = JobState(int(job_id), state.split()[0], reason.strip(), nodelist.strip(),
+                                           duration_s(elapsed), int(cpus) if cpus.isdigit() else 0,
+                                           restarts=int(count) if count.isdigit() else None)
     return states
 
 
@@ -293,7 +304,7 @@ async def nodes() -> list[Node]:
 
     Nodes by name (NodeList with -N), not by NodeHost: several nodes may share one host."""
     fields = ["NodeList", "Partition", "StateLong", "Gres", "GresUsed", "CPUsState", "Reason"]
-    out = await run(["sinfo", "-h", "-N", "-O", ",".join(f"{f}:{SEP}" for f in fields)])
+    out = await run(["sinfo", "-h", "-N", "-O", output_fields(fields)])
     by_name: dict[str, Node] = {}
     for name, part, state, gres, used, cpus, reason in rows(out, 7):
         if name in by_name:  # one line per partition the node is in

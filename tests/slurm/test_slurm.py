@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import signal
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from mldeck.agent.slurmcli import duration_s
+from mldeck.core.client import connect_unix
 from tests.agent.test_jobs import STEPPER, launch, rpc, run_json, sql, wait_status
 from tests.conftest import AgentProc, start_agent, wait_for
 from tests.slurm.conftest import Cluster, extra_nodes
@@ -69,6 +74,19 @@ def slurm_id(agent: AgentProc, run_id: str) -> int:
 def reason_has(agent: AgentProc, run_id: str, text: str) -> dict[str, Any]:
     return wait_for(lambda: text in ((r := run_json(agent, run_id)).get("status_reason") or "") and r,
                     timeout=30, interval=0.1, what=f"run {run_id}'s reason to say {text!r}")
+
+
+def time_used(cluster: Cluster, job_id: int) -> tuple[str, float]:
+    """squeue's state and elapsed time of a job (('', 0) once Slurm forgot it)."""
+    out = cluster.run("squeue", "-h", "--states=all", "-j", str(job_id), "-o", "%T|%M", check=False).stdout
+    state, _, elapsed = out.strip().partition("|")
+    return state, duration_s(elapsed)
+
+
+def start_again(cluster: Cluster, job_id: int) -> None:
+    """A requeued job starts again in 2 s, not Slurm's 120: not within the second of the requeue, whose
+    revoked credential (times in whole seconds) would make slurmd refuse it and the job end FAILED."""
+    cluster.run("scontrol", "update", f"JobId={job_id}", "StartTime=now+2")
 
 
 def steps_once(agent: AgentProc, run_id: str, steps: int) -> None:
@@ -172,10 +190,86 @@ def test_slurm_requeue_resumes_without_the_user(cluster: Cluster, agent: AgentPr
     wait_for(lambda: run_json(agent, run_id)["metrics"].get("acc", 0) > 0.1, timeout=30,
              what="some steps logged")
     cluster.run("scontrol", "requeue", str(job_id))
-    reason_has(agent, run_id, f"Slurm requeued job {job_id}")
-    cluster.run("scontrol", "update", f"JobId={job_id}", "StartTime=now")  # no two-minute wait
+    # said as long as the job waits, with Slurm's reason (not for one poll only)
+    waiting = f"Slurm requeued job {job_id} (preemption or a node failure), pending (BeginTime)"
+    reason_has(agent, run_id, waiting)
+    start_again(cluster, job_id)
     run = wait_status(agent, run_id, "succeeded", timeout=90)
     assert run["resumed_count"] == 1 and run["tags"]["slurm_job_id"] == str(job_id)
+    log = agent.cli("runs", "logs", run_id, check=True).out
+    assert "attempt 2 started" in log
+    assert len([x for x in log.splitlines() if x.startswith("starting at")]) == 2, log
+    steps_once(agent, run_id, steps)
+
+
+def requeue_and_restart(cluster: Cluster, job_id: int) -> None:
+    cluster.run("scontrol", "requeue", str(job_id))
+    wait_for(lambda: cluster.state(job_id)[0] == "PENDING", timeout=30, what="Slurm to requeue the job")
+    start_again(cluster, job_id)
+    wait_for(lambda: cluster.state(job_id)[0] == "RUNNING", timeout=30, what="Slurm to start the job again")
+    restarts = cluster.run("squeue", "-h", "-j", str(job_id), "-O", "RestartCnt").stdout.strip()
+    assert restarts == "1", restarts
+
+
+async def requeued_unseen(
+    agent: AgentProc, cluster: Cluster, run_id: str, job_id: int
+) -> list[dict[str, Any]]:
+    """Slurm requeues the job and starts it again while the agent is stopped (SIGSTOP): no poll sees it
+    pending. The Slurm backend's events of the run once the agent goes on (those with the job id, not
+    the SDK's), up to its next "running" (30 s at most)."""
+    client = await connect_unix(agent.layout.socket)
+    events: list[dict[str, Any]] = []
+    try:
+        sub = await client.subscribe("runs", run_id=run_id)
+        agent.proc.send_signal(signal.SIGSTOP)
+        try:
+            await asyncio.to_thread(requeue_and_restart, cluster, job_id)
+        finally:
+            agent.proc.send_signal(signal.SIGCONT)
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(30):
+                async for event in sub:
+                    if "slurm_job_id" not in event:
+                        continue
+                    events.append(event)
+                    if event["status"] == "running":
+                        break
+    finally:
+        await client.close()
+    return events
+
+
+@pytest.mark.timeout(120)
+def test_a_requeue_between_two_polls_is_the_next_attempt(
+    cluster: Cluster, agent: AgentProc, scripts: Path
+) -> None:
+    """Slurm requeues the job and starts it again between two of the agent's polls (a busy machine, a
+    fast scheduler): Slurm's restart count tells the agent, which counts the attempt and keeps the
+    first attempt's cost."""
+    steps = 60
+    run_id = launch(agent, scripts / "stepper.py", gpus=1, steps=steps)
+    job_id = slurm_id(agent, run_id)
+
+    def seen_gpu_s() -> float:
+        mine = [e for e in rpc(agent, "jobs.queue")["running"] if e["run_id"] == run_id]
+        return mine[0]["gpu_seconds"] if mine else 0.0
+
+    wait_for(lambda: run_json(agent, run_id)["metrics"].get("acc", 0) > 0.1 and seen_gpu_s() >= 2,
+             timeout=30, what="some steps logged, and 2 GPU-seconds seen")
+    events = asyncio.run(requeued_unseen(agent, cluster, run_id, job_id))
+    statuses = [e["status"] for e in events]
+    assert "preempted" in statuses and statuses[-1] == "running", events
+    preempted = events[statuses.index("preempted")]
+    assert preempted["reason"].startswith(f"Slurm requeued job {job_id} ") and preempted["requeued"], events
+    assert events[-1]["attempt"] == 2 and events[-1]["slurm_job_id"] == job_id, events
+    (entry,) = [e for e in rpc(agent, "jobs.queue")["running"] if e["run_id"] == run_id]
+    assert entry["attempt"] == 2 and entry["slurm_state"] == "RUNNING"
+
+    last = wait_for(lambda: (t := time_used(cluster, job_id))[0] == "COMPLETED" and t, timeout=60,
+                    interval=0.2, what="the second attempt to complete")
+    run = wait_status(agent, run_id, "succeeded", timeout=30)
+    assert run["resumed_count"] == 1 and run["tags"]["slurm_job_id"] == str(job_id)
+    assert run["gpu_seconds"] >= 2 + last[1], (run["gpu_seconds"], last)  # the first attempt's time kept
     log = agent.cli("runs", "logs", run_id, check=True).out
     assert "attempt 2 started" in log
     assert len([x for x in log.splitlines() if x.startswith("starting at")]) == 2, log
@@ -289,14 +383,21 @@ def test_a_restarted_agent_follows_its_slurm_jobs_again(
     cluster: Cluster, scripts: Path, tmp_path: Path
 ) -> None:
     """The jobs outlive the agent (Slurm holds them); a new agent finds them by their job ids, and a
-    stop of one still pending in Slurm cancels it there."""
+    stop of one still pending in Slurm cancels it there. A restart Slurm made (and the first agent
+    counted) is not counted again."""
     home, shared = tmp_path / "home", tmp_path / "shared"
     first = start_agent(home, config=config(shared))
     try:
         running = launch(first, scripts / "sleeper.py", gpus=1, sleep=8)
-        waiting = launch(first, scripts / "sleeper.py", gpus=2, sleep=1)
-        jobs = {r: slurm_id(first, r) for r in (running, waiting)}
+        job_id = slurm_id(first, running)
         wait_status(first, running, "running", timeout=30)
+        cluster.run("scontrol", "requeue", str(job_id))
+        reason_has(first, running, f"Slurm requeued job {job_id}")
+        start_again(cluster, job_id)
+        wait_for(lambda: run_json(first, running)["resumed_count"] == 1, timeout=30, interval=0.1,
+                 what="the second attempt to run")
+        waiting = launch(first, scripts / "sleeper.py", gpus=2, sleep=1)
+        jobs = {running: job_id, waiting: slurm_id(first, waiting)}
         first.kill()
     finally:
         first.stop()
@@ -310,7 +411,7 @@ def test_a_restarted_agent_follows_its_slurm_jobs_again(
         assert stopped["status_reason"] == "stopped on request" and stopped["started_at"] is None
         assert cluster.state(jobs[waiting])[0] in ("CANCELLED", "")
         done = wait_status(second, running, "succeeded", timeout=60)
-        assert done["tags"]["slurm_job_id"] == str(jobs[running]) and done["resumed_count"] == 0
+        assert done["tags"]["slurm_job_id"] == str(jobs[running]) and done["resumed_count"] == 1
         assert done["gpu_seconds"] > 5  # Slurm's elapsed time, the minutes without an agent included
     finally:
         second.stop()
