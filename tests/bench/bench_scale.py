@@ -15,13 +15,16 @@ given back its store's cache: agent status says); the store's
 bytes per point once the agent has stopped; the first page again after a restart. 20 long runs
 (--long-points each, 2 keys) are written into the largest store and compared as the Compare screen
 does (runs.get and runs.metrics at 500 points for all 20 at once). Last, the older half of each store's
-runs is archived (`runs.archive`) and the store compacted (`store.compact`).
+runs is archived (`runs.archive`) and the store compacted (`store.compact`). Once per run (it does not
+depend on the store), shown in the largest size's column: cold and warm `hosts status` to 20 agents
+behind one real sshd (tests/bench/bench_ssh.py's fleet; --no-fleet skips it, as does a box without sshd).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import shutil
 import statistics
 import sys
 import tempfile
@@ -39,7 +42,9 @@ sys.path.insert(0, str(REPO))
 
 from mldeck.agent.storeops import TRIM_ABOVE  # noqa: E402
 from mldeck.core.client import connect_unix  # noqa: E402
+from tests.bench.bench_ssh import AGENTS, fleet_status_figures  # noqa: E402
 from tests.conftest import rpc, start_agent  # noqa: E402
+from tests.ssh.conftest import SSHD  # noqa: E402
 
 KEYS = 10
 STEPS = 1000
@@ -92,6 +97,8 @@ BEFORE = {  # issue 18's measurements, by size
     "store bytes per point": ("20.5", "28.8", "22.3"),
 }
 SIZE_COLUMN = {1_000_000: 0, 10_000_000: 1, 50_000_000: 2}
+FLEET_ROW = f"fleet status, {AGENTS} agents behind one sshd: cold (warm)"
+FLEET_BEFORE = "1.83 s (0.32 s with links up)"
 
 
 def parse_size(text: str) -> int:
@@ -267,7 +274,15 @@ def archive_and_compact(home: Path, runs: int, base: float) -> dict[str, Any]:
             "store_after": compacted["bytes_after"]}
 
 
-def table(results: dict[int, dict[str, Any]], long_points: int) -> list[tuple[str, ...]]:
+def fleet_figures(root: Path) -> tuple[float, float, int] | str:
+    """Cold and warm `hosts status` to AGENTS agents behind one sshd, and the hosts up; or why not."""
+    if not Path(SSHD).exists() or not shutil.which("ssh-keygen"):
+        return f"skipped: {SSHD} or ssh-keygen is missing (install openssh-server)"
+    return fleet_status_figures(root / "fleet")
+
+
+def table(results: dict[int, dict[str, Any]], long_points: int,
+          fleet: tuple[float, float, int] | str) -> list[tuple[str, ...]]:
     sizes = sorted(results)
     header = ("what", *(x for s in sizes for x in (f"{s / 1e6:g} M before", f"{s / 1e6:g} M after")))
 
@@ -304,6 +319,12 @@ def table(results: dict[int, dict[str, Any]], long_points: int) -> list[tuple[st
                         lambda r: f"{r['compare_per_run']:,.0f} ms" if "compare_per_run" in r else "-"))
         rows.append(row("ingest of those 20 long runs, points/s",
                         lambda r: f"{r['long_ingest'] / 1e3:,.0f} k" if "long_ingest" in r else "-"))
+    if isinstance(fleet, str):
+        fleet_after = fleet
+    else:
+        cold, warm, up = fleet
+        fleet_after = f"{cold:.2f} s ({warm:.2f} s with links up; {up}/{AGENTS} up)"
+    rows.append((FLEET_ROW, *["-"] * (2 * len(sizes) - 2), FLEET_BEFORE, fleet_after))
     return rows
 
 
@@ -314,6 +335,8 @@ def main() -> None:
                         help="points of each of the 20 long runs compared in the largest store (0: none)")
     parser.add_argument("--dir", help="where the homes go (default: a temporary folder, removed after)")
     parser.add_argument("--memory-limit", default="512MB", help="[store] memory_limit of the agents")
+    parser.add_argument("--fleet", action=argparse.BooleanOptionalAction, default=True,
+                        help=f"time `hosts status` to {AGENTS} agents behind one sshd (--no-fleet: skip)")
     args = parser.parse_args()
     sizes = [parse_size(s) for s in args.sizes.split(",")]
     results = {}
@@ -323,7 +346,9 @@ def main() -> None:
             writers = 10 if size <= 1_000_000 else 100
             results[size] = bench_size(Path(tmp), size, long_points, writers, args.memory_limit)
             print(f"{size:,} points: {results[size]}", file=sys.stderr, flush=True)
-    rows = table(results, args.long_points)
+        fleet = fleet_figures(Path(tmp)) if args.fleet else "skipped (--no-fleet)"
+        print(f"fleet status: {fleet}", file=sys.stderr, flush=True)
+    rows = table(results, args.long_points, fleet)
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for r in rows:
         print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)))
