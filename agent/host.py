@@ -142,5 +142,7 @@ class Host:
             "store": self.store_ops.memory(),
             "nvml": self.nvml_state,
             "task_failures": self.ctx.tasks.status(),
-            "problems": problems(self.ingest.status(), self.ctx.tasks.status()),
+            "refused": self.server.refusals.status(),
+            "problems": problems(self.ingest.status(), self.ctx.tasks.status(),
+                                 self.server.refusals.status()),
         }

@@ -10,7 +10,9 @@ import logging
 import os
 import resource
 import socket
+import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -27,6 +29,45 @@ ACCEPT_BACKLOG = 128
 ACCEPT_RETRY_S = 0.5  # after accept failed (the process out of file handles, say)
 REFUSE_LINGER_S = 0.5  # how long a refused client's request is read and dropped before it is closed
 MAX_LINGERING = 16  # refused clients that linger at once; past that (a flood) they are closed at once
+REFUSAL_LOG_S = 60.0
+"""One kind of refusal is logged at most once in this long (a flood is one line); `agent status` counts
+every one."""
+
+
+@dataclass
+class Refused:
+    """How often the control socket refused something for one reason, the last refusal, and what it has
+    not logged since its last line about them."""
+
+    count: int = 0
+    last: str = ""
+    last_at: float = 0.0
+    logged_at: float | None = None
+    unlogged: int = 0
+
+
+class Refusals:
+    """What the control socket refused (clients over its cap, oversized messages, lines that are no request,
+    clients that said nothing), by why: counted for `agent status`, logged at most every REFUSAL_LOG_S."""
+
+    def __init__(self) -> None:
+        self.kinds: dict[str, Refused] = {}
+
+    def add(self, kind: str, why: str) -> None:
+        seen = self.kinds.setdefault(kind, Refused())
+        seen.count += 1
+        seen.last, seen.last_at = why, time.time()
+        now = time.monotonic()
+        if seen.logged_at is not None and now - seen.logged_at < REFUSAL_LOG_S:
+            seen.unlogged += 1
+            return
+        more = f" ({seen.unlogged} more like it since the last such line)" if seen.unlogged else ""
+        log.warning("%s%s; `mldeck agent status` counts them", why, more)
+        seen.logged_at, seen.unlogged = now, 0
+
+    def status(self) -> dict[str, dict[str, Any]]:
+        return {kind: {"count": seen.count, "last": seen.last, "last_at": seen.last_at}
+                for kind, seen in self.kinds.items()}
 
 
 class Method(NamedTuple):
@@ -49,6 +90,7 @@ class Dispatcher:
 
     def __init__(self) -> None:
         self.methods: dict[str, Method] = {}
+        self.refusals = Refusals()
 
     def bind(self, service: object) -> None:
         """Add every method of `service` marked with `@rpc`."""
@@ -63,10 +105,11 @@ class Dispatcher:
     async def handle(self, line: bytes, conn: Connection) -> dict[str, Any] | None:
         """Answer one line: its result or a JSON-RPC error; only a notification (no "id") goes unanswered."""
         msg: Any = None
-        notification = False
+        request = notification = False
         try:
             msg = protocol.decode_request(line)
             _check_request(msg)
+            request = True
             notification = "id" not in msg
             entry = self.methods.get(msg["method"])
             if entry is None:
@@ -76,6 +119,9 @@ class Dispatcher:
             params = protocol.validate(msg.get("params"), entry.params)
             result = await (entry.handler(params, conn) if entry.takes_conn else entry.handler(params))
         except MldeckError as err:  # the one place where errors become wire errors
+            if not request:
+                self.refusals.add("bad_request", f"control socket: refused a line that is no request of this "
+                                  f"agent's: {err.message[:200]}")
             return None if notification else protocol.error_response(_request_id(msg), err)
         except Exception as exc:
             log.exception("method %s failed", msg.get("method") if isinstance(msg, dict) else None)
@@ -226,7 +272,8 @@ class RpcServer:
         self.served = 0  # connections accepted and not yet closed (self.connections once each is set up)
         self.lingering = 0
         self.refused = 0
-        """Connections refused since the socket was last under its cap (logged once per such burst)."""
+        """Connections refused since the socket was last under its cap (said when it takes clients again)."""
+        self.refusals = dispatcher.refusals
         self._listener: socket.socket | None = None
         self._accepting: asyncio.Future[None] | None = None
         self._tasks: set[asyncio.Future[None]] = set()
@@ -344,9 +391,9 @@ class RpcServer:
     def _refuse(self, sock: socket.socket) -> None:
         """One error for a client over the cap, then it is closed. What it sent meanwhile is read and dropped
         for a moment (for a few clients at a time), so its write does not fail before it reads why."""
-        if not self.refused:
-            log.warning("control socket full (%d open): refusing new clients", self.served)
         self.refused += 1
+        self.refusals.add("full", f"control socket full ({self.served} open): refusing new clients "
+                          "([socket] max_connections in agent.toml)")
         err = Unavailable(
             f"too many connections ({self.served} open); the agent serves at most "
             f"{self.max_connections} clients at once ([socket] max_connections in agent.toml): "
@@ -383,6 +430,8 @@ class RpcServer:
         try:
             return await asyncio.wait_for(self._read_line(reader, conn), self.idle_timeout_s)
         except TimeoutError:
+            self.refusals.add("idle", f"control socket: closed a client that sent no whole request in "
+                              f"{self.idle_timeout_s:g} s ([socket] idle_timeout_s in agent.toml)")
             conn.send(protocol.error_response(None, Unavailable(
                 f"closed: no whole request in {self.idle_timeout_s:g} s ([socket] idle_timeout_s, agent.toml)"
             )))
@@ -393,8 +442,7 @@ class RpcServer:
         while not conn.outbox.empty():
             await asyncio.sleep(0.01)
 
-    @staticmethod
-    async def _read_line(reader: asyncio.StreamReader, conn: Connection) -> bytes | None:
+    async def _read_line(self, reader: asyncio.StreamReader, conn: Connection) -> bytes | None:
         """The next line, or None at EOF; an oversized line is skipped with an error."""
         try:
             line = await reader.readuntil(b"\n")
@@ -402,6 +450,8 @@ class RpcServer:
             return exc.partial or None
         except asyncio.LimitOverrunError:
             await RpcServer._skip_line(reader)
+            self.refusals.add("too_large", "control socket: refused a message larger than "
+                              f"{protocol.MAX_MESSAGE} bytes")
             conn.send(protocol.error_response(None, TooLarge(
                 f"message larger than {protocol.MAX_MESSAGE} bytes refused; send smaller requests"
             )))

@@ -5,12 +5,21 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
+REFUSED = {
+    "full": "refused {n} clients: too many connections",
+    "too_large": "refused {n} messages larger than it takes",
+    "bad_request": "refused {n} lines that are no request",
+    "idle": "closed {n} clients that sent no whole request",
+}
+"""What the control socket refused, by the kinds agent/rpc.py Refusals counts."""
+
 
 def _at(ts: float | None) -> str:
     return dt.datetime.fromtimestamp(ts).strftime("%H:%M:%S") if ts else "?"
 
 
-def problems(ingest: dict[str, Any], failures: dict[str, dict[str, Any]]) -> list[str]:
+def problems(ingest: dict[str, Any], failures: dict[str, dict[str, Any]],
+             refused: dict[str, dict[str, Any]] | None = None) -> list[str]:
     """One line per thing a person should look at; empty when the agent is healthy."""
     out = []
     if ingest.get("paused"):
@@ -26,4 +35,7 @@ def problems(ingest: dict[str, Any], failures: dict[str, dict[str, Any]]) -> lis
     for name, failure in sorted(failures.items()):
         out.append(f"{name}: failed {failure['count']}×, last at {_at(failure.get('last_at'))}: "
                    f"{failure['last']}")
+    for kind, seen in sorted((refused or {}).items()):
+        what = REFUSED[kind].format(n=seen["count"])
+        out.append(f"control socket: {what}, last at {_at(seen.get('last_at'))}: {seen['last']}")
     return out
