@@ -11,7 +11,6 @@ blocking file work: the sweeps service calls them in a thread, one at a time per
 from __future__ import annotations
 
 import importlib.util
-import math
 from collections.abc import Iterable
 from pathlib import Path
 from types import ModuleType
@@ -148,8 +147,8 @@ class SweepStudy:
 
     def tell(self, run_id: str, status: str, value: float | None) -> None:
         """The trial's end: complete with its value, pruned, or failed (also a success that never logged
-        the metric, or whose value is NaN: either leaves the study nothing to learn from, and Optuna itself
-        fails a trial told NaN)."""
+        the metric, or whose value is NaN or an infinity: none leaves the study anything to learn from,
+        Optuna itself fails a trial told NaN, and an infinity it would take as the best or worst of all)."""
         trial = self.running.pop(run_id, None)
         self.reported.pop(run_id, None)
         if trial is not None:
@@ -163,7 +162,7 @@ class SweepStudy:
 
     def _tell(self, trial: Any, status: str, value: float | None) -> None:
         state = self.optuna.trial.TrialState
-        if status == "succeeded" and value is not None and not math.isnan(value):
+        if status == "succeeded" and sw.usable(value):
             self.study.tell(trial, value)
         elif status == "pruned":
             self.study.tell(trial, state=state.PRUNED)

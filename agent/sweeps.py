@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -226,8 +225,8 @@ class Sweeps:
         value = None
         if status == "succeeded":
             value = await self.ctx.read(sw.objective, self.store, run_id, state.metric, state.mode)
-            if value is None or math.isnan(value):
-                why = "without logging" if value is None else "with NaN at every step of"
+            if not sw.usable(value):
+                why = "without logging" if value is None else "with NaN or an infinity at every step of"
                 log.warning("sweep %s: trial %s succeeded %s %s; the study counts it failed",
                             state.sweep_id, run_id, why, state.metric)
         await asyncio.to_thread(search.tell, run_id, status, value)
@@ -264,7 +263,7 @@ class Sweeps:
         run_id = data["run_id"]
         points = [
             (int(s), float(v)) for k, s, v in zip(data["key"], data["step"], data["value"], strict=True)
-            if k == state.metric and v is not None and not math.isnan(v)
+            if k == state.metric and sw.usable(v)
         ]
         if not points:
             return
@@ -363,7 +362,7 @@ class Sweeps:
         best = sw.best_trial(sweep["trials"])
         if best is None:
             raise Conflict(f"no trial of sweep {p.sweep_id} succeeded with a value of {sweep['metric']} "
-                           "(NaN is none); there is nothing to register")
+                           "(NaN and the infinities are none); there is nothing to register")
         row = await self.registry.register(best["run_id"], p.name, None, p.actor or self.registry.user)
         return best_by_name({**version_by_name(row), "sweep_id": p.sweep_id, "metric": sweep["metric"],
                              "best": best["best"]})

@@ -214,6 +214,12 @@ def check_search(
                       "is a --random axis (use --search tpe, cmaes or random)")
 
 
+def usable(value: float | None) -> bool:
+    """Whether a value of a sweep's metric is one to judge or rank a trial by: NaN and the infinities are
+    no measurement (a trial that diverged), so never a reference for the others nor anyone's best."""
+    return value is not None and math.isfinite(value)
+
+
 def _better(a: float, b: float, mode: str) -> bool:
     return a < b if mode == "min" else a > b
 
@@ -360,20 +366,31 @@ def _best(mode: str) -> tuple[str, str]:
     return column, f"CASE WHEN m.run_id IS NOT NULL THEN coalesce({column}, 'NaN'::DOUBLE) END"
 
 
+def _numbers_only(store: Store, rows: list[dict[str, Any]], metric: str, mode: str) -> None:
+    """Each row whose best is an infinity (the summary's min or max takes one) gets its best value that is a
+    number instead, from its points; one with none keeps its infinity (no usable best). Only a trial that
+    overflowed is looked for among the points: the cost stays one of trials."""
+    infinite = {row["run_id"]: row for row in rows if row["best"] is not None and math.isinf(row["best"])}
+    for run_id, points in metric_history(store, list(infinite), metric).items():
+        infinite[run_id]["best"] = best_so_far([value for _, value in points], mode)
+
+
 def sweep_trials(store: Store, sweep_id: str, metric: str, mode: str) -> list[dict[str, Any]]:
-    """A sweep's trials, ranked by their best value of the metric (the ones without one last: unreported,
-    or NaN at every step), from the runs' summaries: the cost follows the number of trials, not of points."""
-    column, best = _best(mode)
-    order = "ASC" if mode == "min" else "DESC"
+    """A sweep's trials, ranked by their best value of the metric that is a number (the ones without one
+    last, oldest first: unreported, or NaN or infinite at every step), from the runs' summaries."""
+    _, best = _best(mode)
     cur = store.cur().execute(
         f"""
         SELECT r.run_id, r.name, r.status, r.status_reason, r.params, r.cost_usd, {best} AS best, m.last_step
         FROM runs r LEFT JOIN metric_summary m ON m.run_id = r.run_id AND m.key = ?
-        WHERE r.sweep_id = ? ORDER BY {column} {order} NULLS LAST, r.created_at
+        WHERE r.sweep_id = ? ORDER BY r.created_at
         """,
         [metric, sweep_id],
     )
     rows = rows_as_dicts(cur)
+    _numbers_only(store, rows, metric, mode)
+    sign = 1.0 if mode == "min" else -1.0
+    rows.sort(key=lambda row: (0, sign * row["best"]) if usable(row["best"]) else (1, 0.0))
     for rank, row in enumerate(rows, start=1):
         row["rank"] = rank
         if isinstance(row.get("params"), str):
@@ -383,26 +400,29 @@ def sweep_trials(store: Store, sweep_id: str, metric: str, mode: str) -> list[di
 
 def objective(store: Store, run_id: str, metric: str, mode: str) -> float | None:
     """A finished trial's result for the search: its best value of the metric, as sweep_trials ranks it
-    (NaN when every value was NaN, None when it never reported the metric)."""
+    (NaN or an infinity when no value was a number, None when it never reported the metric)."""
     _, best = _best(mode)
     row = store.cur().execute(
         f"SELECT {best} FROM metric_summary m WHERE run_id = ? AND key = ?", [run_id, metric]
     ).fetchone()
-    return None if row is None else float(row[0])
+    if row is None:
+        return None
+    trial = {"run_id": run_id, "best": float(row[0])}
+    _numbers_only(store, [trial], metric, mode)
+    return trial["best"]
 
 
 def best_trial(trials: Sequence[Mapping[str, Any]]) -> Mapping[str, Any] | None:
     """The best of sweep_trials' ranked rows among the trials that ran to the end (pruned, stopped and
-    failed ones are unfinished models), or None when none did with a best value of the metric (one that is
-    not NaN)."""
-    return next((t for t in trials if t["status"] == "succeeded" and t["best"] is not None
-                 and not math.isnan(t["best"])), None)
+    failed ones are unfinished models), or None when none did with a best value of the metric that is a
+    number."""
+    return next((t for t in trials if t["status"] == "succeeded" and usable(t["best"])), None)
 
 
 def metric_history(store: Store, run_ids: list[str], key: str) -> dict[str, list[tuple[int, float]]]:
-    """Each run's (step, value) points of one metric, for early stopping after an agent restart, NaN left
-    out as the live rules leave it (a NaN is no value to judge by); only the runs whose summary says they
-    reported it are looked for among the points."""
+    """Each run's (step, value) points of one metric that are numbers (see usable), for early stopping after
+    an agent restart as the live rules take them; only the runs whose summary says they reported it are
+    looked for among the points."""
     reported = [r[0] for r in store.cur().execute(
         "SELECT run_id FROM metric_summary WHERE key = ? AND run_id IN (SELECT unnest(?))",
         [key, run_ids]).fetchall()] if run_ids else []
@@ -410,10 +430,11 @@ def metric_history(store: Store, run_ids: list[str], key: str) -> dict[str, list
         return {}
     cur = store.cur().execute(
         "SELECT run_id, step, value FROM metrics WHERE key = ? AND run_id IN (SELECT unnest(?)) "
-        "AND NOT isnan(value) ORDER BY run_id, step",
+        "ORDER BY run_id, step",
         [key, reported],
     )
     out: dict[str, list[tuple[int, float]]] = {}
     for run_id, step, value in cur.fetchall():
-        out.setdefault(run_id, []).append((step, value))
+        if usable(value):
+            out.setdefault(run_id, []).append((step, value))
     return out

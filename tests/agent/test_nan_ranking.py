@@ -39,15 +39,15 @@ TRIALS: dict[str, list[float]] = {  # a trial's metric at steps 0, 1, ...; in th
     "overflow": [0.1, INF],
     "silent": [],  # logs another key only
 }
-RANKED = ["overflow", "steady", "spiky", "diverged", "silent"]
+RANKED = ["steady", "spiky", "overflow", "diverged", "silent"]
 SWEEPS = {  # sweep id: (metric, mode, sign of its values, the trials it has)
     "sweep-max": ("acc", "max", 1.0, list(TRIALS)),
     "sweep-min": ("loss", "min", -1.0, list(TRIALS)),
     "sweep-void": ("acc", "max", 1.0, ["diverged", "silent"]),
 }
 BEST = {
-    "sweep-max": {"overflow": "Infinity", "steady": 0.7, "spiky": 0.6, "diverged": "NaN", "silent": None},
-    "sweep-min": {"overflow": "-Infinity", "steady": -0.7, "spiky": -0.6, "diverged": "NaN", "silent": None},
+    "sweep-max": {"overflow": 0.1, "steady": 0.7, "spiky": 0.6, "diverged": "NaN", "silent": None},
+    "sweep-min": {"overflow": -0.1, "steady": -0.7, "spiky": -0.6, "diverged": "NaN", "silent": None},
 }
 VERSION_METRICS = {"loss": NAN, "acc": INF, "top": -INF, "f1": 0.5}
 MODEL = "nanny"
@@ -137,7 +137,7 @@ def test_a_trial_of_nans_ranks_last_and_bests_go_by_name(agent: InProcessAgent, 
 def test_register_takes_the_best_number_and_never_a_trial_of_nans(agent: InProcessAgent) -> None:
     """The trials have no model folder: the error names the one register chose."""
     reply = rpc(agent.home, "sweeps.register", {"sweep_id": "sweep-max", "name": "m"})
-    assert "runs/sweep-max-overflow/artifacts/model" in reply["error"]["message"], reply
+    assert "runs/sweep-max-steady/artifacts/model" in reply["error"]["message"], reply
     void = rpc(agent.home, "sweeps.register", {"sweep_id": "sweep-void", "name": "m"})
     assert "no trial of sweep sweep-void succeeded with a value of acc" in void["error"]["message"], void
 
@@ -180,7 +180,7 @@ def test_early_stopping_after_a_restart_reads_no_nan(tmp_path: Path) -> None:
         values = [0.5, NAN, 0.4, INF]
         store.add_points(pa.table({"run_id": ["r"] * 4, "key": ["loss"] * 4, "step": [0, 1, 2, 3],
                                    "ts": [0.0] * 4, "value": values}))
-        assert sw.metric_history(store, ["r"], "loss") == {"r": [(0, 0.5), (2, 0.4), (3, INF)]}
+        assert sw.metric_history(store, ["r"], "loss") == {"r": [(0, 0.5), (2, 0.4)]}
     finally:
         store.close()
 
