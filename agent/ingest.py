@@ -39,6 +39,7 @@ import pyarrow.json as pa_json
 import watchfiles
 
 from mldeck.agent.tasks import Failure
+from mldeck.core import archive
 from mldeck.core.runlog import DROPPED, NONFINITE, TOTAL_STEPS, Line
 from mldeck.core.store import Store
 
@@ -832,6 +833,7 @@ class Ingest:
         """One transaction for the group's chunks. If a line fails it (not the store), each file's chunk is
         committed on its own, halved until that line is found and skipped; a file that fails even so
         stops (its failure noted). The store's failures go up."""
+        group = self._unarchived(group)
         if len(group) > 1:
             try:
                 self._store(group)
@@ -850,6 +852,23 @@ class Ingest:
                 if disk_full(exc):
                     raise
                 f.progress.error = exc
+
+    def _unarchived(self, group: list[tuple[_File, Chunk]]) -> list[tuple[_File, Chunk]]:
+        """The group, with each run archived since its file was last read brought back first (a run that
+        writes is live: its new lines would be points of no run); a file whose run cannot come back stops."""
+        runs = {f.path.parent.name: f for f, chunk in group
+                if f.parse is parse_run_metrics and chunk.parsed.actions}
+        for run_id in archive.archived_among(self.store, list(runs)):
+            try:
+                path, _ = archive.bring_back(self.store, self.home, run_id)
+            except Exception as exc:
+                if isinstance(exc, STORE_ERRORS) or disk_full(exc):
+                    raise
+                runs[run_id].progress.error = exc
+                continue
+            log.info("run %s was archived; new lines in its metrics.jsonl brought it back from %s",
+                     run_id, path)
+        return [(f, chunk) for f, chunk in group if f.progress.error is None]
 
     def _commit(self, f: _File, chunk: Chunk) -> None:
         """Store a chunk; if the store refuses a line of it, halve it until that line is found and skipped."""

@@ -14,13 +14,12 @@ import asyncio
 import logging
 import shutil
 import time
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mldeck.agent.service import Context, rpc
 from mldeck.core import archive, compact
 from mldeck.core.archive import ArchivedParams, ArchiveParams
-from mldeck.core.errors import NotFound, Refused
+from mldeck.core.errors import Refused
 from mldeck.core.protocol import NoParams, RunRef
 
 if TYPE_CHECKING:
@@ -110,17 +109,9 @@ class StoreOps:
     @rpc("runs.restore")
     async def restore(self, p: RunRef) -> dict[str, Any]:
         async with self._one_at_a_time:
-            found = await self.archived_run(p.run_id)
-            if found is None:
-                raise NotFound(f"run {p.run_id!r} is not archived (`mldeck runs ls --archived` lists those "
-                               "that are)")
-            path = Path(found["archived"]["path"])
-            run, points = await asyncio.to_thread(archive.read_archive, path, found["archived"]["points"])
-            await self.ctx.db(archive.restore, self.ctx.store, run, points)
-            await asyncio.to_thread(path.unlink, missing_ok=True)
-            await self.ctx.db(self.ctx.store.show_archive)
-        log.info("restored run %s (%d points) from %s", p.run_id, points.num_rows, path)
-        return {"run_id": p.run_id, "points": points.num_rows, "path": str(path)}
+            path, points = await self.ctx.db(archive.bring_back, self.ctx.store, self.home, p.run_id)
+        log.info("restored run %s (%d points) from %s", p.run_id, points, path)
+        return {"run_id": p.run_id, "points": points, "path": str(path)}
 
     @rpc("store.compact")
     async def compact(self, _: NoParams) -> dict[str, Any]:

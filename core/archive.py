@@ -6,7 +6,9 @@ metadata. The store keeps a row in archived_runs to list and find it, and no poi
 Each batch of runs is written whole (a temporary name, fsync, rename) before their rows are deleted in one
 transaction, both on the agent's writer thread: a crash in between leaves the runs live, and the next
 archive writes their files again. A restore puts the points back, builds the summaries from them, and
-deletes the row in one transaction; the file goes after.
+deletes the row in one transaction; the file goes after. A run whose metrics.jsonl gets lines after its
+archive (late lines of its script, a resume) is brought back so by ingest before they go in: a run that
+writes is live.
 """
 
 from __future__ import annotations
@@ -308,15 +310,12 @@ def recover_archived(store: Store, home: Path, now: float) -> int:
 
 
 def restore(store: Store, run: dict[str, Any], points: pa.Table) -> None:
-    """On the writer thread, in one transaction: the run's row and points back in the store, its summaries
-    and levels built from them, its archived_runs row gone. Conflict when the run is live."""
+    """On the writer thread, in one transaction: an archived run's row and points back in the store, its
+    summaries and levels built from them, its archived_runs row gone. Conflict when the run is live."""
     run_id = run["run_id"]
     with store.transaction() as cur:
         if cur.execute("SELECT 1 FROM runs WHERE run_id = ?", [run_id]).fetchall():
             raise Conflict(f"run {run_id!r} is in the store already; its archive file stays where it is")
-        if not cur.execute("SELECT 1 FROM archived_runs WHERE run_id = ?", [run_id]).fetchall():
-            raise NotFound(f"run {run_id!r} is not archived (`mldeck runs ls --archived` lists those that "
-                           "are)")
         known = {r[0] for r in cur.execute(
             "SELECT column_name FROM information_schema.columns WHERE table_name = 'runs'").fetchall()}
         cols = [c for c in run if c in known]
@@ -330,3 +329,25 @@ def restore(store: Store, run: dict[str, Any], points: pa.Table) -> None:
             cur.unregister("_restored")
         store.rebuild_summaries(run_id)
         cur.execute("DELETE FROM archived_runs WHERE run_id = ?", [run_id])
+
+
+def archived_among(store: Store, run_ids: list[str]) -> list[str]:
+    """The runs of these that are archived (one query a commit of ingest; none for no runs)."""
+    return [r[0] for r in store.cur().execute(
+        "SELECT run_id FROM archived_runs WHERE run_id IN (SELECT unnest(?))", [run_ids]).fetchall()
+            ] if run_ids else []
+
+
+def bring_back(store: Store, home: Path, run_id: str) -> tuple[Path, int]:
+    """On the writer thread: an archived run back in the store from its file (see restore), then the file
+    deleted and the archive's view redefined. Where the file was, and the points it held."""
+    found = store.cur().execute("SELECT path, points FROM archived_runs WHERE run_id = ?",
+                                [run_id]).fetchone()
+    if found is None:
+        raise NotFound(f"run {run_id!r} is not archived (`mldeck runs ls --archived` lists those that are)")
+    path = home / found[0]
+    run, points = read_archive(path, found[1])
+    restore(store, run, points)
+    path.unlink(missing_ok=True)
+    store.show_archive()
+    return path, points.num_rows
