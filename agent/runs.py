@@ -73,8 +73,8 @@ class Runs:
     @rpc("runs.table")
     async def table(self, p: RunsTableParams) -> dict[str, Any]:
         table, total, keys = await self.ctx.read(
-            self.store.runs_table, p.offset, p.limit, p.status, p.experiment, p.columns, p.metrics
-        )
+            self.store.runs_table, p.offset, p.limit, p.status, p.experiment, p.columns, p.metrics,
+            query=p.query, sort=p.sort, descending=p.descending)
         columns = table.to_pydict()
         for key in keys:
             columns[f"m:{key}"] = by_name(columns[f"m:{key}"])

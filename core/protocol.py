@@ -14,6 +14,7 @@ MAX_MESSAGE = 8 * 1024 * 1024
 MAX_POINTS = 100_000
 MAX_TABLE_PAGE = 25_000  # ~4 MiB of JSON with a dozen columns: well under the message limit
 MAX_TABLE_METRICS = 32
+MAX_QUERY = 1000  # a `/` filter a person typed
 MAX_OFFSET = 2**53  # any real offset is far below; larger numbers are mistakes, not pages
 MAX_DEPTH = 64  # requests are a few levels deep; deeper is a broken or hostile client
 
@@ -135,6 +136,9 @@ class RunsTableParams(Params):
     experiment: str | None = None
     columns: list[str] | None = None
     metrics: Annotated[list[str], msgspec.Meta(max_length=MAX_TABLE_METRICS)] | None = None
+    query: Annotated[str, msgspec.Meta(max_length=MAX_QUERY)] | None = None
+    sort: Annotated[str, msgspec.Meta(max_length=MAX_QUERY)] | None = None
+    descending: bool = True
 
 
 class RunRef(Params):

@@ -24,6 +24,7 @@ from mldeck.core.atomic import fsync
 from mldeck.core.errors import Internal, Invalid, Refused, TooLarge
 from mldeck.core.metric_series import Series, level_curves, level_partials, series, summary_partials
 from mldeck.core.paths import ARCHIVE_DIR
+from mldeck.core.runs_sql import Known, selection
 from mldeck.core.schema import LEVEL_BUCKETS, LEVEL_FROM_POINTS, LEVEL_SHIFT, SUMMARY_FROM_POINTS, migrate
 
 RUN_FIELDS = (
@@ -31,6 +32,7 @@ RUN_FIELDS = (
     "git_dirty", "data_hash", "host", "gpus", "sweep_id", "parent_run_id", "created_at",
     "started_at", "ended_at", "exit_code", "resumed_count", "status_reason", "managed", "total_steps",
 )
+NUMERIC_TYPES = {"DOUBLE", "FLOAT", "BIGINT", "INTEGER", "SMALLINT", "TINYINT", "HUGEINT", "UBIGINT"}
 RUNS_TABLE_COLUMNS = (
     "run_id", "experiment", "name", "status", "sweep_id", "created_at", "started_at", "ended_at", "cost_usd",
     "total_steps",
@@ -346,53 +348,61 @@ class Store:
         experiment: str | None = None,
         columns: list[str] | None = None,
         metrics: list[str] | None = None,
+        query: str | None = None,
+        sort: str | None = None,
+        descending: bool = True,
         max_metrics: int = 16,
     ) -> tuple[pa.Table, int, list[str]]:
-        """A page of runs, newest first, as columns, with each chosen metric's latest value pivoted in (and
-        the last step logged, with `total_steps`).
+        """A page of runs as columns, filtered by `query` (the `/` words) and ordered by `sort` (newest first
+        without), with each chosen metric's latest value pivoted in (and the last step logged, with
+        `total_steps`).
 
         A runs table of 100,000 rows built from per-run dicts costs ~1 s of Python; this is one query.
-        Without `metrics`, the keys most runs of the page have (at most max_metrics) become `m:<key>`.
-        Returns (table, total matching runs, metric keys).
+        Without `metrics`, the keys most runs of the page have (at most max_metrics) become `m:<key>`, and
+        those the filter or sort name. Returns (table, total matching runs, metric keys).
         """
         cur = self.cur()
-        known = [r[0] for r in cur.execute(
-            "SELECT column_name FROM information_schema.columns WHERE table_name = 'runs' "
-            "ORDER BY ordinal_position").fetchall()]
-        cols = columns or [c for c in RUNS_TABLE_COLUMNS if c in known]
-        unknown = [c for c in cols if c not in known]
+        types = dict(cur.execute(
+            "SELECT column_name, data_type FROM information_schema.columns WHERE table_name = 'runs' "
+            "ORDER BY ordinal_position").fetchall())
+        cols = columns or [c for c in RUNS_TABLE_COLUMNS if c in types]
+        unknown = [c for c in cols if c not in types]
         if unknown:
-            raise Invalid(f"unknown run column(s) {', '.join(unknown)}; columns: {', '.join(known)}")
+            raise Invalid(f"unknown run column(s) {', '.join(unknown)}; columns: {', '.join(types)}")
         if "run_id" not in cols:
             cols = ["run_id", *cols]
-        where, args = [], []
+        known = Known(cols, lambda key: bool(cur.execute(
+            "SELECT 1 FROM metric_summary WHERE key = ? LIMIT 1", [key]).fetchall()))
+        numeric = {c for c, t in types.items() if t in NUMERIC_TYPES}
+        chosen = selection(known, numeric, query, sort, descending)
         for col, val in (("status", status), ("experiment", experiment)):
             if val is not None:
-                where.append(f"{col} = ?")
-                args.append(val)
-        clause = f"WHERE {' AND '.join(where)}" if where else ""
-        total = cur.execute(f"SELECT count(*) FROM runs {clause}", args).fetchall()[0][0]
-        page_sql = (f"SELECT {', '.join(_ident_q(c) for c in cols)}, created_at AS _at, run_id AS _id "
-                    f"FROM runs {clause} ORDER BY _at DESC NULLS LAST, _id LIMIT ? OFFSET ?")
-        page = cur.sql(page_sql, params=[*args, limit, offset]).to_arrow_table()
+                glue = " AND " if " WHERE " in chosen.source else " WHERE "
+                chosen.source += f"{glue}{col} = ?"
+                chosen.args.append(val)
+        total = cur.execute(f"SELECT count(*) {chosen.source}", chosen.args).fetchall()[0][0]
+        page = cur.sql(f"SELECT {', '.join('runs.' + _ident_q(c) for c in cols)} {chosen.source} "
+                       f"ORDER BY {chosen.order} LIMIT ? OFFSET ?", params=[*chosen.args, limit, offset]
+                       ).to_arrow_table()
+        page = page.append_column("_at", pa.array(np.arange(page.num_rows)))
         cur.register("_runs_page", page)
         try:
             if metrics is None:
                 common = cur.execute(
                     "SELECT key FROM metric_summary WHERE run_id IN (SELECT run_id FROM _runs_page) "
                     "GROUP BY key ORDER BY count(*) DESC, key LIMIT ?", [max_metrics])
-                metrics = sorted(r[0] for r in common.fetchall())
+                metrics = sorted({*(r[0] for r in common.fetchall()), *chosen.metrics})
             steps = ", max(last_step) AS last_step" if "total_steps" in cols else ""
             if not metrics and not steps:
-                return page.drop_columns(["_at", "_id"]), total, []
+                return page.drop_columns(["_at"]), total, []
             pivot = "".join(f", any_value(last_value) FILTER (WHERE key = ?) AS {_ident_q('m:' + k)}"
                             for k in metrics)
             table = cur.sql(f"""
                 WITH wide AS (
                     SELECT run_id {steps} {pivot} FROM metric_summary
                     WHERE run_id IN (SELECT run_id FROM _runs_page) GROUP BY run_id)
-                SELECT p.* EXCLUDE (_at, _id), wide.* EXCLUDE (run_id)
-                FROM _runs_page p LEFT JOIN wide USING (run_id) ORDER BY p._at DESC NULLS LAST, p._id
+                SELECT p.* EXCLUDE (_at), wide.* EXCLUDE (run_id)
+                FROM _runs_page p LEFT JOIN wide USING (run_id) ORDER BY p._at
             """, params=metrics).to_arrow_table()
         finally:
             cur.unregister("_runs_page")

@@ -26,7 +26,6 @@ if TYPE_CHECKING:
 
 CALL_TIMEOUT_S = 15.0
 RETRY_S = 2.0  # a poll whose tick failed comes back no sooner than this, so a down host is not hammered
-RUNS_FIRST_PAGE = 1000  # each host's newest runs: the Runs screen shows them first, then loads the rest
 AGE_S = 1.0  # the status line's "updated 4s ago" ticks this often while the screen is shown
 LOADING = "loading…"
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import time
 from collections import Counter
@@ -15,20 +14,40 @@ from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 
 from mldeck.core.errors import MethodNotAvailable, MldeckError
-from mldeck.tui.screens.base import RUNS_FIRST_PAGE, DeckScreen, Poller, screen_work, why
+from mldeck.core.protocol import MAX_TABLE_PAGE as PAGE
+from mldeck.core.table_filter import COMPARE
+from mldeck.tui.screens.base import DeckScreen, Poller, screen_work, why
 from mldeck.tui.screens.dialogs import Confirm
 from mldeck.tui.units import duration, money, share
 from mldeck.tui.widgets.deck_table import Col, DeckTable, TableBox
 
 RUNS_LIMIT = 5000  # runs.list fallback, for agents without runs.table
-PAGE = 25_000
-MAX_RUNS_PER_HOST = 500_000
+FIRST_WINDOW = 200  # each host's first runs under the sort and filter: a few screens to scroll, at once
+REFRESHED = 1000  # at most this many of a host's first runs are asked again at each poll
 POLL_S = 5.0
-SETTLE_S = 0.3  # after a run event: the events of one launch or sweep make one reload
-FULL_RELOAD_S = 60.0
+SETTLE_S = 0.3  # after a run event (the events of one launch or sweep make one reload), or a key of a filter
 FLOAT_COLUMNS = {"created_at", "started_at", "ended_at", "cost_usd", "total_steps", "last_step"}
 SHOWN_METRICS = 4
 MARK = " "
+
+
+Asked = tuple[str | None, bool, str]
+"""What the rows held were fetched for: the sort column, descending, the filter."""
+
+
+def host_query(query: str, host: str) -> str | None:
+    """The filter as one host's agent reads it: None when a `host:` word rules the host out; the free words
+    its name holds (all its runs match them) left out."""
+    name = host.lower()
+    kept = []
+    for token in query.split():
+        key, sep, value = token.partition(":")
+        if key == "host" and sep and value:
+            if value.lower() not in name:
+                return None
+        elif sep or COMPARE.match(token) or token.lower() not in name:
+            kept.append(token)
+    return " ".join(kept)
 
 
 def run_cost(run: dict[str, Any]) -> float | None:
@@ -163,7 +182,9 @@ class RunsScreen(DeckScreen):
         self.marks: set[str] = set()
         self.metrics: list[str] = []
         self.pollers_by_host: dict[str, Poller] = {}
-        self.full_at: dict[str, float] = {}
+        self.window = FIRST_WINDOW
+        self.asked: Asked = ("created", True, "")
+        self.asked_of: dict[str, Asked] = {}
 
     def compose(self) -> ComposeResult:
         yield self.header()
@@ -192,19 +213,36 @@ class RunsScreen(DeckScreen):
                 self.follow(host)
 
     async def refresh_host(self, host: str) -> None:
-        """Each host on its own: a full load now and then, else its newest page (sooner on a run event)."""
+        """Each host on its own: its first rows under the screen's sort and filter (again from the top when
+        they change), the next page when the person scrolled on, else its newest page (sooner on a run
+        event) merged into what it sent before."""
+        asked = self.asked
         try:
-            if time.monotonic() - self.full_at.get(host, -FULL_RELOAD_S) >= FULL_RELOAD_S:
-                await self.fetch_all(host)
-                self.full_at[host] = time.monotonic()
+            rows = self.tables.get(host)
+            if rows is None or self.asked_of.get(host) != asked:
+                self.metric_keys.pop(host, None)
+                rows = await self.fetch_page(host, 0, min(self.window, PAGE), asked)
+            elif rows.num_rows < min(self.window, self.totals[host]):
+                wanted = min(self.window - rows.num_rows, PAGE)
+                more = await self.fetch_page(host, rows.num_rows, wanted, asked)
+                rows = pa.concat_tables([rows, more], promote_options="default")
             else:
-                fresh = await self.fetch_page(host, 0, RUNS_FIRST_PAGE)
-                old = self.tables.get(host)
-                if old is None or not fresh.equals(old.slice(0, fresh.num_rows)):
-                    self.tables[host] = merge(old, fresh)
-                    self.combine()  # refilters every run: only when the newest ones changed
-                elif pc.any(pc.equal(self.data["status"], "running")).as_py():
-                    self.load(self.data)  # running runs' durations move on
+                newest = min(max(rows.num_rows, FIRST_WINDOW), REFRESHED)
+                fresh = await self.fetch_page(host, 0, newest, asked)
+                if fresh.equals(rows.slice(0, fresh.num_rows)):
+                    if pc.any(pc.equal(self.data["status"], "running")).as_py():
+                        self.load(self.data)  # running runs' durations move on
+                    rows = None
+                else:
+                    rows = merge(rows, fresh)
+            if self.asked != asked:  # the sort or filter changed meanwhile: ask again for the new one
+                self.pollers_by_host[host].now()
+            elif rows is not None:
+                self.tables[host] = rows
+                self.asked_of[host] = asked
+                self.combine()
+                if rows.num_rows < min(self.window, self.totals[host]):
+                    self.pollers_by_host[host].now()
             self.errors.pop(host, None)
         except MethodNotAvailable:
             await self.fetch_list(host)
@@ -218,37 +256,23 @@ class RunsScreen(DeckScreen):
         for name, poller in self.pollers_by_host.items():
             if host in (None, name):
                 poller.now()
-    async def fetch_page(self, host: str, offset: int, limit: int) -> pa.Table:
-        page = await self.call(host, "runs.table", offset=offset, limit=limit, **self.page_args(host))
+
+    async def fetch_page(self, host: str, offset: int, limit: int, asked: Asked) -> pa.Table:
+        """Rows [offset, offset + limit) of a host's runs under a sort and filter, in its agent's order."""
+        sort, descending, text = asked
+        query = host_query(text, host)
+        if query is None:  # `host:` rules this host out
+            self.totals[host] = 0
+            return runs_table({})
+        args: dict[str, Any] = {"query": query} if query else {}
+        if sort not in (None, "host", MARK):
+            args |= {"sort": sort, "descending": descending}
+        if keys := self.metric_keys.get(host):  # after the first page, the same metrics: the columns line up
+            args["metrics"] = keys
+        page = await self.call(host, "runs.table", offset=offset, limit=limit, **args)
         self.totals[host] = page["total"]
         self.metric_keys[host] = page["metrics"]
         return columns_table(host, page)
-
-    def page_args(self, host: str) -> dict[str, Any]:
-        """After the first page, every page asks for the same metrics so the columns line up."""
-        keys = self.metric_keys.get(host)
-        return {"metrics": keys} if keys else {}
-
-    async def fetch_all(self, host: str) -> None:
-        """The newest page paints at once; the rest follows page by page, shown when all is there."""
-        self.metric_keys.pop(host, None)
-        first = await self.fetch_page(host, 0, RUNS_FIRST_PAGE)
-        if host not in self.tables:
-            self.tables[host] = first
-            self.combine()
-            painted = asyncio.Event()
-            self.call_after_refresh(painted.set)
-            await painted.wait()  # the newest runs on screen before the rest's decoding competes with it
-        pages = [first]
-        offset = first.num_rows
-        while offset < min(self.totals[host], MAX_RUNS_PER_HOST):
-            self.say(f"{host}: loading runs {offset:,} of {self.totals[host]:,}…")
-            pages.append(await self.fetch_page(host, offset, PAGE))
-            offset += pages[-1].num_rows
-            if not pages[-1].num_rows:
-                break
-        self.tables[host] = pa.concat_tables(pages, promote_options="default")
-        self.combine()
 
     async def fetch_list(self, host: str) -> None:
         """An older agent without runs.table: its newest runs through runs.list."""
@@ -258,11 +282,19 @@ class RunsScreen(DeckScreen):
             self.errors[host] = why(exc)
             return
         self.tables[host] = runs_table({host: runs})
+        self.totals[host] = len(runs)
+        self.asked_of[host] = self.asked
         self.combine()
 
     def combine(self) -> None:
+        """The fleet's first `window` runs under the sort: each host sent at least its own first `window`,
+        so those of the merge are the fleet's."""
         tables = [t for t in self.tables.values() if t.num_rows]
-        self.load(pa.concat_tables(tables, promote_options="default") if tables else runs_table({}))
+        merged = pa.concat_tables(tables, promote_options="default") if tables else runs_table({})
+        sort, descending, _ = self.asked
+        if sort in merged.column_names and merged.num_rows:
+            merged = merged.sort_by([(sort, "descending" if descending else "ascending")])
+        self.load(merged.slice(0, self.window))
 
     @screen_work(group="runs-follow")
     async def follow(self, host: str) -> None:
@@ -284,7 +316,9 @@ class RunsScreen(DeckScreen):
         waiting = [h for h in asked if h not in self.tables and h not in self.errors]
         parts = [f"loading runs from {', '.join(waiting)}…"] if waiting else []
         if self.tables or not waiting:
-            parts.append(f"{t.view.num_rows:,} of {t.data.num_rows:,} runs")
+            total = max(self.total(), t.data.num_rows)
+            more = "  (↓ for more)" if t.data.num_rows < total else ""
+            parts.append(f"{t.view.num_rows:,} of {total:,} runs{more}")
         if t.sort_key:
             parts.append(f"sorted by {t.sort_key.removeprefix('m:')} {'▼' if t.descending else '▲'}")
         if t.filter_text:
@@ -319,7 +353,27 @@ class RunsScreen(DeckScreen):
 
     @on(DeckTable.ViewChanged, "#runs")
     def view_changed(self) -> None:
+        """Another sort or filter: shown at once on the rows held, and every host asked for its first rows
+        under it."""
+        t = self.table
+        asked = (t.sort_key, t.descending, t.filter_text)
+        if asked != self.asked and self.deck.live:
+            self.asked, self.window = asked, FIRST_WINDOW
+            self.reload()
         self.describe()
+
+    @on(DeckTable.RowHighlighted, "#runs")
+    def scrolled(self) -> None:
+        """Near the end of the runs held, with more on the hosts: the next ones come."""
+        t = self.table
+        if (t.cursor_row >= t.view.num_rows - 2 * t.page() and t.data.num_rows >= self.window
+                and self.total() > self.window):
+            self.window *= 2
+            self.reload()
+
+    def total(self) -> int:
+        """The runs that match on every host, as the hosts counted them."""
+        return sum(n for h, n in self.totals.items() if self.asked_of.get(h) == self.asked)
 
     def action_mark(self) -> None:
         cur = self.current()
@@ -351,6 +405,8 @@ class RunsScreen(DeckScreen):
         self.action_open()
 
     def action_reload(self) -> None:
+        """Every host's rows again from the top (those past its newest page are otherwise kept as sent)."""
+        self.asked_of.clear()
         self.reload()
 
     def action_logs(self) -> None:

@@ -27,6 +27,7 @@ from textual.scroll_view import ScrollView
 from textual.strip import Strip
 from textual.widgets import Input
 
+from mldeck.core.errors import Invalid
 from mldeck.tui.widgets import table_query
 
 MAX_WIDTH = 40
@@ -191,7 +192,7 @@ class DeckTable(ScrollView, can_focus=True):
         self.show(records_table(rows, keys), columns)
 
     def set_query(self, query: str) -> None:
-        """Filter the rows; FilterError (and nothing changes) if the query cannot apply."""
+        """Filter the rows; Invalid (and nothing changes) if the query cannot apply."""
         table_query.apply(self.data, query)
         self.filter_text = query
         self.recompute()
@@ -206,7 +207,7 @@ class DeckTable(ScrollView, can_focus=True):
         before = self.current_key()
         try:
             view = table_query.apply(self.data, self.filter_text)
-        except table_query.FilterError:
+        except Invalid:
             view = self.data
         if self.sort_key in view.column_names and view.num_rows:
             order = "descending" if self.descending else "ascending"
@@ -218,7 +219,7 @@ class DeckTable(ScrollView, can_focus=True):
             row = self.find(before, row)
         self.move_cursor(min(row, max(0, view.num_rows - 1)), announce=before != self.current_key_at(row))
         self.refresh()
-        self.post_message(self.ViewChanged(self))
+        self.tell(self.ViewChanged)
 
     def find(self, key: tuple[Any, ...], default: int) -> int:
         """The row holding key now (its place moves as rows come and go), else default."""
@@ -389,7 +390,12 @@ class DeckTable(ScrollView, can_focus=True):
             self.scroll_to(y=self.cursor_row - shown + 1, animate=False, immediate=True)
         self.refresh()
         if announce or before != self.cursor_row:
-            self.post_message(self.RowHighlighted(self, self.cursor_row))
+            self.tell(self.RowHighlighted, self.cursor_row)
+
+    def tell(self, kind: type[Message], *args: Any) -> None:
+        """Post from the table's own queue: a message made while the filter box handles a key has the box as
+        its sender, and Textual stops it at the box, short of the screen."""
+        self.call_later(lambda: self.post_message(kind(self, *args)))
 
     def page(self) -> int:
         return max(1, self.scrollable_content_region.height - 2)
@@ -517,7 +523,7 @@ class TableBox(Vertical):
         event.stop()
         try:
             self.table.set_query(event.value.strip())
-        except table_query.FilterError as exc:
+        except Invalid as exc:
             self.post_message(self.FilterFailed(str(exc)))
 
     @on(Input.Submitted)
