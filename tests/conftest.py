@@ -143,6 +143,14 @@ def start_agent(home: Path, config: str | None = None, timeout: float = 30) -> A
     raise RuntimeError(f"agent did not start: {(home / 'agent.log').read_text()[-2000:]}")
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Files that hold a `slow` test run first: with `--dist loadfile --no-loadscope-reorder` each worker
+    starts on a long file and the short files fill in beside them, instead of the long ones ending the run
+    (xdist's own order, most tests first, leaves the long one-test files for last)."""
+    slow_files = {item.path for item in items if item.get_closest_marker("slow")}
+    items.sort(key=lambda item: item.path not in slow_files)
+
+
 @pytest.fixture
 def agent_home(tmp_path: Path) -> Iterator[AgentProc]:
     """A running agent (2 simulated GPUs, collector at 5 Hz) in a fresh temporary home."""

@@ -7,11 +7,13 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_readme import OWN_HOME, run_sections, sections
+from tests.test_readme import run_apart
+
+TITLE = "Frameworks you already train with"
+
+pytestmark = pytest.mark.slow
 
 
 @pytest.mark.timeout(600)
 def test_readme_framework_blocks_run(tmp_path: Path) -> None:
-    apart = [s for s in sections() if s[0].startswith(OWN_HOME)]
-    assert apart, f"no README section begins with any of {OWN_HOME}"
-    run_sections(apart, tmp_path / "home")
+    run_apart(TITLE, tmp_path / "home")

@@ -139,6 +139,7 @@ def disk_or_folder(where: Path) -> Iterator[tuple[Path, str | None]]:
         yield where, str(why)
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(150)
 def test_a_million_points_through_every_fault_at_once(tmp_path: Path) -> None:
     with disk_or_folder(tmp_path / "disk") as (disk, no_disk):

@@ -31,6 +31,7 @@ def point(step: int, **values: float) -> str:
     return json.dumps({"t": time.time(), "s": step, "m": values}) + "\n"
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(180)
 def test_kill_9_loses_nothing_and_doubles_nothing(tmp_path: Path) -> None:
     home = tmp_path / "home"

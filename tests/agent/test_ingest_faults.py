@@ -313,6 +313,7 @@ def test_a_full_disk_pauses_ingest_and_it_resumes_by_itself(tmp_path: Path) -> N
             agent.stop()
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(240)
 def test_a_checkpoint_that_fails_on_a_full_disk_is_recovered_from(tmp_path: Path) -> None:
     """A commit whose WAL crosses DuckDB's checkpoint threshold on a full disk fails the checkpoint,

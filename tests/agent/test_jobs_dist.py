@@ -54,6 +54,7 @@ def two_agents(tmp_path: Path) -> Iterator[tuple[AgentProc, AgentProc]]:
         a.stop()
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(150)
 def test_two_agents_one_gloo_rendezvous(two_agents: tuple[AgentProc, AgentProc], tmp_path: Path) -> None:
     a, b = two_agents

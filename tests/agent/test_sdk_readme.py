@@ -129,6 +129,7 @@ def steps_of(agent: AgentProc, run_id: str, key: str) -> list[int]:
     return [r["step"] for r in rows]
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(240)
 @pytest.mark.parametrize(("reference", "shape"), [
     ("numpy", [-1, 1, 8, 8]), ("tensor", [-1, 1, 8, 8]), ("pandas", [-1, 64]),
@@ -150,6 +151,7 @@ def test_the_readme_script_trains_and_registers(
     assert version["reference"]["columns"] == [f"input__0[{i}]" for i in range(64)]
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(240)
 def test_a_readme_run_stopped_with_requeue_resumes_every_step_once(agent: AgentProc, train: Path) -> None:
     run_id = launch(agent, train, "--epochs", "30", "--epoch-s", "0.15")
@@ -166,6 +168,7 @@ def test_a_readme_run_stopped_with_requeue_resumes_every_step_once(agent: AgentP
     assert (agent.layout.run_dir(run_id) / "artifacts" / "model" / "signature.json").is_file()
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(240)
 def test_a_readme_run_stopped_without_requeue_ends_stopped(agent: AgentProc, train: Path) -> None:
     run_id = launch(agent, train, "--epochs", "30", "--epoch-s", "0.15")

@@ -12,6 +12,7 @@ from tests.agent.test_sdk_readme import agent, train  # noqa: F401 (module fixtu
 from tests.conftest import AgentProc, wait_for
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(300)
 @pytest.mark.parametrize(("rule", "options", "sentence"), [
     ("asha", ["--min-steps", "1", "--reduction-factor", "2", "--max-steps", "10"], "ASHA: "),

@@ -193,6 +193,7 @@ def test_batches_bare_values_deep_nesting_and_huge_numbers_get_errors(agent: Age
     conversation.close()
 
 
+@pytest.mark.slow
 def test_every_fuzzed_line_gets_a_json_rpc_reply_and_the_agent_stays_small(agent: AgentProc) -> None:
     conversation = Conversation(agent.layout.socket)
     subscribe = protocol.encode(protocol.request(1, "subscribe", {"topic": "host.metrics"}))[:-1]

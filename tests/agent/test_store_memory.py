@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import psutil
+import pytest
 
 from mldeck.agent.storeops import TRIM_ABOVE, TRIM_TO
 from tests.agent.test_summaries import query
@@ -36,6 +37,7 @@ def store(home: Path) -> dict[str, Any]:
     return rpc(home, "agent.status", timeout=30)["result"]["store"]
 
 
+@pytest.mark.slow
 def test_the_cache_is_given_back_at_rest_and_reads_beside_it_never_fail(tmp_path: Path) -> None:
     home = tmp_path / "home"
     write_run(home, "big")

@@ -108,6 +108,7 @@ def snapshot(home: Path) -> dict[str, Any]:
     }
 
 
+@pytest.mark.slow
 def test_a_lost_store_is_refused_and_recover_rebuilds_it(tmp_path: Path) -> None:
     home = tmp_path / "home"
     for i, model in enumerate(["iris", "iris", None, "wine"]):
@@ -169,6 +170,7 @@ def damage_metrics(db: Path) -> None:
         fh.write(os.urandom(512))
 
 
+@pytest.mark.slow
 def test_a_damaged_store_is_refused_naming_the_table_and_a_backup_brings_it_back(tmp_path: Path) -> None:
     home = tmp_path / "home"
     fake_run(home, "big", points=60_000)
@@ -212,6 +214,7 @@ def _points_within(metrics_file: Path, offset: int) -> int:
         return sum(1 for line in fh.read(offset).splitlines() if b'"m"' in line)
 
 
+@pytest.mark.slow
 def test_a_backup_taken_while_a_run_is_ingested_is_consistent_and_restores(tmp_path: Path) -> None:
     home, copies = tmp_path / "home", tmp_path / "copies"
     (tmp_path / "writer.py").write_text(WRITER)

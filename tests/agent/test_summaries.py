@@ -148,6 +148,7 @@ def assert_summaries_true(home: Path) -> None:
     assert (widest[0][0] or 0) <= LEVEL_BUCKETS + 1
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(300)
 @pytest.mark.parametrize("seed", [1, 2])
 def test_summaries_equal_the_points_after_random_ingest_resumes_and_kill_9(tmp_path: Path, seed: int) -> None:
@@ -214,6 +215,7 @@ def reference_digest(tmp_path: Path, home: Path) -> list[list[Any]]:
         agent.stop()
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(300)
 @pytest.mark.parametrize("seed", [3, 4])
 def test_summaries_equal_the_points_after_random_ingest_crash_and_archive(tmp_path: Path, seed: int) -> None:

@@ -41,6 +41,7 @@ with track.init() as run:
 """
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_a_tpe_sweep_with_the_median_pruner_on_the_demo_project(tmp_path: Path) -> None:
     """Six trials of the demo training, two at a time, each asked of a TPE study and told its result."""

@@ -139,6 +139,7 @@ def test_csv_in_and_out(agent: AgentProc, images: np.ndarray, tmp_path: Path) ->
     assert out.column("id").to_pylist() == list(range(ROWS))
 
 
+@pytest.mark.slow
 def test_named_feature_columns_in_any_order(agent: AgentProc, tmp_path: Path) -> None:
     x = np.random.default_rng(2).normal(size=(ROWS, 3)).astype(np.float32)
     source = tmp_path / "tumor.csv"

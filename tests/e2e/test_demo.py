@@ -1,8 +1,6 @@
-"""`mldeck demo --headless` end to end, on a local agent under a CPU hog and over a real sshd, then the
-store checked.
-
-Both stories live in one file so that they run one after the other on one test worker.
-"""
+"""`mldeck demo --headless` end to end on a local agent under a CPU hog, then the store checked (the same
+story over a real sshd is tests/e2e/test_demo_ssh.py: a file of its own, so that another test worker runs
+it beside this one)."""
 
 from __future__ import annotations
 
@@ -16,11 +14,8 @@ from typing import Any
 import msgspec
 import pytest
 
-from mldeck.tui.cli.demo_cmd import RETRAIN_PIPELINE
-from mldeck.tui.demo import demo_config
-from tests.conftest import REPO, AgentProc, agent_env, start_agent
+from tests.conftest import REPO, agent_env
 from tests.e2e.story import check_story
-from tests.ssh.conftest import free_port, ssh_world  # noqa: F401 (the sshd fixture, used by name)
 
 HOGS = 6
 """Busy processes beside the demo: with the suite's own work, a load average near 8 on two cores."""
@@ -40,6 +35,7 @@ def cpu_hog() -> Iterator[None]:
             hog.wait()
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(900)
 def test_demo_headless_tells_the_whole_story(tmp_path: Path, cpu_hog: None) -> None:
     home = tmp_path / "demo"
@@ -67,32 +63,3 @@ def test_demo_headless_tells_the_whole_story(tmp_path: Path, cpu_hog: None) -> N
         assert status["nvml"] == "simulated" and status["ingest"]["bad_lines"] == 0
     finally:
         mldeck("agent", "stop", "--with-serving")
-
-
-@pytest.fixture
-def demo_agent(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AgentProc]:
-    agent = start_agent(tmp_path_factory.mktemp("remote-demo") / "home",
-                        config=demo_config(free_port(), RETRAIN_PIPELINE))
-    yield agent
-    agent.stop()
-
-
-@pytest.mark.timeout(600)
-def test_demo_over_ssh(ssh_world: Any, demo_agent: AgentProc) -> None:  # noqa: F811 (the imported fixture)
-    client, sshd, _ = ssh_world
-    added = client.cli("hosts", "add", "demo-host", f"ssh://root@127.0.0.1:{sshd.port}",
-                       "--home", str(demo_agent.home), "--python", sys.executable)
-    assert added.code == 0, added.err
-    try:
-        done = client.cli("demo", "--headless", "--json", "--host", "demo-host", timeout=540)
-        assert done.code == 0, done.err[-3000:]
-        figures = done.json()
-
-        def cli(*args: str) -> Any:
-            result = client.cli(*args, "--json", "--host", "demo-host", timeout=120)
-            assert result.code == 0, result.err
-            return result.json()
-
-        check_story(cli, figures)
-    finally:
-        client.cli("hosts", "rm", "demo-host")

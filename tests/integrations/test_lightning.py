@@ -16,6 +16,7 @@ SCRIPT = Path(__file__).with_name("lightning_train.py")
 EPOCHS, BATCHES = 4, 8
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(420)
 def test_stop_requeue_resume_and_register(agent: AgentProc) -> None:
     at_step = BATCHES + 3  # in the second epoch, past the first epoch's checkpoint

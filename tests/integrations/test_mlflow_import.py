@@ -80,6 +80,7 @@ def counts(agent: AgentProc) -> dict[str, int]:
             for table in ("runs", "metrics", "model_versions", "aliases", "audit_log")}
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(600)
 def test_sqlite_store_with_a_registered_model(agent: AgentProc, stores: dict[str, Any]) -> None:
     made = stores["sqlite"]
@@ -109,6 +110,7 @@ def test_sqlite_store_with_a_registered_model(agent: AgentProc, stores: dict[str
     assert "nothing new in" in text and "skipped 5:" in text and "import-only" in text
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(600)
 def test_mlruns_folder(agent: AgentProc, stores: dict[str, Any], tmp_path: Path,
                       monkeypatch: pytest.MonkeyPatch) -> None:

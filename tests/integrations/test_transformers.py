@@ -17,6 +17,7 @@ SCRIPT = Path(__file__).with_name("transformers_train.py")
 EPOCHS, STEPS = 4, 8  # 32 sequences in batches of 4
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(420)
 def test_stop_requeue_resume(agent: AgentProc) -> None:
     at_step = STEPS + 4  # in the second epoch, past the first epoch's checkpoint

@@ -55,6 +55,7 @@ def embedding_row(report: dict[str, Any]) -> dict[str, Any]:
     return row
 
 
+@pytest.mark.slow
 def test_embedding_drift_is_a_domain_classifier_on_the_vectors(agent: AgentProc) -> None:
     train_and_register(agent, "tests/monitor/embedding_train.py", MODEL)
     url = serve_in_production(agent, MODEL)

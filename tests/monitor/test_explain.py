@@ -144,6 +144,7 @@ def infer(url: str, rows: np.ndarray, request_id: str) -> Any:
         return json.loads(resp.read())
 
 
+@pytest.mark.slow
 def test_mldeck_explain_prints_the_top_features_of_a_logged_request(agent: AgentProc) -> None:
     from mldeck.agent.demo import data
 

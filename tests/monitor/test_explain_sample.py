@@ -53,6 +53,7 @@ def count(agent: AgentProc, query: str) -> int:
     return int(next(iter(row.values())))
 
 
+@pytest.mark.slow
 def test_sampled_requests_are_explained_in_the_background(agent: AgentProc) -> None:
     train_and_register(agent, "tests/monitor/embedding_train.py", MODEL)
     empty = rpc(agent.home, "explain.request", {"name": MODEL})["error"]

@@ -97,6 +97,7 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     return e / e.sum(axis=1, keepdims=True)
 
 
+@pytest.mark.slow
 def test_an_image_model_is_monitored_on_summary_features(agent: AgentProc) -> None:
     train_and_register(agent, "tests/monitor/image_train.py", MODEL)
     url = serve_in_production(agent, MODEL)

@@ -107,6 +107,7 @@ def check_distributions(agent: AgentProc, window: dict[str, Any]) -> None:
     assert "colum" in distribution_error(agent, wire_code(Invalid), colum=STEADY)
 
 
+@pytest.mark.slow
 def test_shift_alert_retrain_gate_challenger_promotion(agent: AgentProc, tmp_path: Path) -> None:
     first = pipeline_file(tmp_path, "initial", 4, "staging")
     row = cli_json(agent, "pipeline", "run", str(first), timeout=300)

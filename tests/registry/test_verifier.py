@@ -108,6 +108,7 @@ def verifier_failures(agent: AgentProc) -> Any:
     return rpc(agent.home, "agent.status")["result"]["task_failures"].get("verify-worker")
 
 
+@pytest.mark.slow
 def test_one_verifier_process_verifies_registration_after_registration(agent: dict[str, Any],
                                                                        tmp_path: Path) -> None:
     proc: AgentProc = agent["agent"]

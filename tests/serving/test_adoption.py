@@ -54,6 +54,7 @@ class Probe(threading.Thread):
             time.sleep(max(0.0, start + self.sent / PROBE_HZ - time.monotonic()))
 
 
+@pytest.mark.slow
 def test_agent_killed_three_times_drops_no_request(tmp_path: Path) -> None:
     home = tmp_path / "home"
     agent: AgentProc = start_agent(home, config=f"[serving]\nport = {free_port()}\n")

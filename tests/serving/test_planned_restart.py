@@ -28,6 +28,7 @@ def served_version(url: str) -> str:
         return json.loads(resp.read())["model_version"]
 
 
+@pytest.mark.slow
 def test_agent_stopped_and_started_twice_drops_no_request(tmp_path: Path) -> None:
     home = tmp_path / "home"
     agent: AgentProc = start_agent(home, config=f"[serving]\nport = {free_port()}\n")

@@ -137,6 +137,7 @@ def test_hosts_status_one_host_down_never_delays_the_others(laptop):
     assert elapsed < max(2.0, alone) + 1.0, (elapsed, alone)
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_install_start_status_stop_over_ssh(laptop, tmp_path):
     """A host with Python but no mldeck: install a wheel of this checkout into a venv, start, stop."""
