@@ -23,6 +23,7 @@ from mldeck.core.errors import Conflict, GateRefused, Invalid, NotFound
 from mldeck.core.paths import BadName, check_name
 from mldeck.core.protocol import Params
 from mldeck.core.rules import check_alias, parse_direction, parse_rule
+from mldeck.core.runlog import nonfinite_name
 from mldeck.core.store import Store, decode_json_fields, rows_as_dicts
 
 if TYPE_CHECKING:
@@ -117,7 +118,7 @@ def gate_for(config: RegistrySection, name: str, alias: str) -> GateSection | No
 
 
 def _num(value: float) -> str:
-    return f"{value:.4g}"
+    return f"{value:.4g}" if math.isfinite(value) else nonfinite_name(value)
 
 
 def evaluate_gate(
@@ -138,15 +139,17 @@ def evaluate_gate(
         value = metrics.get(rule.key)
         if value is None:
             failed.append(f"{rule.key} is missing (gate needs {rule})")
+        elif not math.isfinite(value):
+            failed.append(f"{rule.key} is {_num(value)}, not a number a gate can pass (gate needs {rule})")
         elif not rule.holds(value):
             failed.append(rule.broken_by(value))
     if gate.no_worse_than_current and current is not None and current["version"] != candidate["version"]:
         key, lower = parse_direction(gate.no_worse_than_current)
         mine, theirs = metrics.get(key), (current.get("metrics") or {}).get(key)
-        if mine is None or math.isnan(mine):
-            why = "missing" if mine is None else "NaN"
+        if mine is None or not math.isfinite(mine):
+            why = "missing" if mine is None else _num(mine)
             failed.append(f"{key} is {why}, so it cannot be compared with {alias}'s v{current['version']}")
-        elif theirs is not None and (mine > theirs if lower else mine < theirs):
+        elif theirs is not None and math.isfinite(theirs) and (mine > theirs if lower else mine < theirs):
             failed.append(
                 f"{key} {_num(mine)} is worse than {_num(theirs)} of v{current['version']} "
                 f"(now {alias}; {'lower' if lower else 'higher'} is better)"

@@ -1,8 +1,8 @@
 """NaN is no best: a sweep ranks a trial whose every value of its metric is NaN last, with the trials that
 never reported it, and ranks the others by their values that are numbers; a best or a model version's
 metric that is NaN or infinite crosses the socket by name ("NaN", "Infinity", "-Infinity"), never as a
-null that reads as "no value"; a promotion gate does not let a NaN pass as no worse; Optuna and the
-early-stopping rules are never handed a NaN as a value."""
+null that reads as "no value"; a promotion gate lets no NaN or infinity pass a threshold or count as no
+worse; Optuna and the early-stopping rules are never handed a NaN as a value."""
 
 from __future__ import annotations
 
@@ -169,8 +169,24 @@ def test_a_nan_metric_is_not_no_worse_than_the_current_version() -> None:
     failed = registry.evaluate_gate(gate, "production", candidate, current, set(), [])
     assert failed == ["val_loss is NaN, so it cannot be compared with production's v1"]
     better = {"version": 2, "name": "m", "metrics": {"val_loss": 0.2}}
-    assert registry.evaluate_gate(gate, "production", better, {**current, "metrics": {"val_loss": NAN}},
-                                  set(), []) == [], "any number is no worse than a NaN"
+    for broken in (NAN, INF, -INF):
+        held = {**current, "metrics": {"val_loss": broken}}
+        assert registry.evaluate_gate(gate, "production", better, held, set(), []) == [], broken
+
+
+@pytest.mark.parametrize(("value", "named"), [(-INF, "-Infinity"), (INF, "Infinity"), (NAN, "NaN")])
+def test_an_infinite_or_nan_metric_passes_no_gate(value: float, named: str) -> None:
+    """A diverged run's loss of -inf is not the best loss ever, nor an accuracy of inf the best accuracy."""
+    candidate = {"version": 2, "name": "m", "metrics": {"val_loss": value, "val_acc": -value}}
+    current = {"version": 1, "metrics": {"val_loss": 0.3, "val_acc": 0.9}}
+    lower = GateSection(no_worse_than_current="val_loss", metrics=["val_loss <= 0.5"])
+    assert registry.evaluate_gate(lower, "production", candidate, current, set(), []) == [
+        f"val_loss is {named}, not a number a gate can pass (gate needs val_loss <= 0.5)",
+        f"val_loss is {named}, so it cannot be compared with production's v1",
+    ]
+    higher = GateSection(no_worse_than_current="max:val_acc", metrics=["val_acc >= 0.92", "val_acc != 0"])
+    failed = registry.evaluate_gate(higher, "production", candidate, current, set(), [])
+    assert len(failed) == 3 and all("cannot" in f or "not a number" in f for f in failed), failed
 
 
 def test_early_stopping_after_a_restart_reads_no_nan(tmp_path: Path) -> None:
