@@ -25,6 +25,8 @@ from mldeck.core.errors import BadRequest, Internal, MethodNotAvailable, MldeckE
 log = logging.getLogger("mldeck.rpc")
 
 CONNECTION_QUEUE = 1000
+"""Messages that may wait for one client: past it, its events are dropped (counted) and its requests are
+not read until it reads; a reply is never dropped."""
 ACCEPT_BACKLOG = 128
 ACCEPT_RETRY_S = 0.5  # after accept failed (the process out of file handles, say)
 REFUSE_LINGER_S = 0.5  # how long a refused client's request is read and dropped before it is closed
@@ -47,8 +49,9 @@ class Refused:
 
 
 class Refusals:
-    """What the control socket refused (clients over its cap, oversized messages, lines that are no request,
-    clients that said nothing), by why: counted for `agent status`, logged at most every REFUSAL_LOG_S."""
+    """What the control socket refused or lost (clients over its cap, oversized messages, lines that are no
+    request, clients that said nothing, messages to clients that do not read, failed accepts), by why:
+    counted for `agent status`, logged at most every REFUSAL_LOG_S."""
 
     def __init__(self) -> None:
         self.kinds: dict[str, Refused] = {}
@@ -207,14 +210,17 @@ class Hub:
 
 
 class Connection:
-    """One client: a reader task, and a bounded outbox drained by a writer task."""
+    """One client: a reader task, and an outbox drained by a writer task (see CONNECTION_QUEUE)."""
 
-    def __init__(self, writer: asyncio.StreamWriter, peer: str) -> None:
+    def __init__(self, writer: asyncio.StreamWriter, peer: str, refusals: Refusals) -> None:
         self.writer = writer
         self.peer = peer
+        self.refusals = refusals
         self.subscriptions: set[int] = set()
-        self.outbox: asyncio.Queue[bytes] = asyncio.Queue(CONNECTION_QUEUE)
-        self.dropped = 0
+        self.outbox: asyncio.Queue[bytes] = asyncio.Queue()
+        self.room = asyncio.Event()
+        """Set while fewer than CONNECTION_QUEUE messages wait: the client's next request is read then."""
+        self.room.set()
 
     def send(self, message: Any) -> None:
         try:
@@ -225,14 +231,19 @@ class Connection:
                 return
             data = protocol.encode(protocol.error_response(
                 message["id"], Internal(f"internal error: the result cannot be sent as JSON: {exc}")))
-        try:
-            self.outbox.put_nowait(data)
-        except asyncio.QueueFull:
-            self.dropped += 1
+        if not self.room.is_set() and "id" not in message:
+            self.refusals.add("dropped", f"control socket: dropped an event to a {self.peer} client that "
+                              f"does not read ({CONNECTION_QUEUE} messages already wait for it)")
+            return
+        self.outbox.put_nowait(data)
+        if self.outbox.qsize() >= CONNECTION_QUEUE:
+            self.room.clear()
 
     async def write_loop(self) -> None:
         while True:
             data = await self.outbox.get()
+            if self.outbox.qsize() < CONNECTION_QUEUE:
+                self.room.set()
             self.writer.write(data)
             await self.writer.drain()
             self.outbox.task_done()
@@ -329,9 +340,9 @@ class RpcServer:
         while True:
             try:
                 sock, _ = await loop.sock_accept(listener)
-            except OSError as exc:  # no file handle left, say: logged once, retried until it passes
-                if not failing:
-                    log.error("control socket: cannot accept clients: %s; retrying", exc)
+            except OSError as exc:  # no file handle left, say: counted, retried until it passes
+                self.refusals.add("accept", f"control socket: cannot accept clients: {exc}; retrying every "
+                                  f"{ACCEPT_RETRY_S:g} s")
                 failing = True
                 await asyncio.sleep(ACCEPT_RETRY_S)
                 continue
@@ -363,11 +374,12 @@ class RpcServer:
             self.served -= 1
 
     async def _serve(self, reader: asyncio.StreamReader, writer: Any) -> None:
-        conn = Connection(writer, "local")
+        conn = Connection(writer, "local", self.refusals)
         self.connections.add(conn)
         writer_task = asyncio.create_task(conn.write_loop())
         try:
             while True:
+                await conn.room.wait()
                 line = await self._next_line(reader, conn)
                 if line is None:
                     break

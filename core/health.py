@@ -10,6 +10,8 @@ REFUSED = {
     "too_large": "refused {n} messages larger than it takes",
     "bad_request": "refused {n} lines that are no request",
     "idle": "closed {n} clients that sent no whole request",
+    "dropped": "dropped {n} events to clients that did not read them",
+    "accept": "could not accept clients ({n} tries)",
 }
 """What the control socket refused, by the kinds agent/rpc.py Refusals counts."""
 

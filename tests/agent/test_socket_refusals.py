@@ -1,7 +1,7 @@
 """Nothing the control socket refuses goes unseen: a client over the connection cap, a message over the size
-limit, a line that is no request of this agent's and a client closed for saying nothing are each counted by
-why in `agent status` (a problem line each, the counts under "refused" in --json), logged once however many
-come at once, and the agent answers on."""
+limit, a line that is no request of this agent's, a client closed for saying nothing and a message a client
+did not read in time are each counted by why in `agent status` (a problem line each, the counts under
+"refused" in --json), logged once however many come at once, and the agent answers on."""
 
 from __future__ import annotations
 
@@ -16,6 +16,17 @@ from tests.conftest import rpc, start_agent, wait_for
 CAP = 10
 FLOOD = 40
 HOSTILE = [b"\x00\xff not json\n", b"[]\n", b'{"jsonrpc": "2.0", "id": {"n": 1}, "method": "hello"}\n']
+RUNS = 3000
+
+
+def write_run(home: Path, run_id: str) -> None:
+    """A finished run of one point, as the SDK writes it."""
+    folder = home / "runs" / run_id
+    folder.mkdir(parents=True)
+    lines = [{"t": 1.0, "e": "init", "d": {"name": run_id, "created_at": 1.0}},
+             {"t": 2.0, "s": 0, "m": {"loss": 0.5}},
+             {"t": 3.0, "e": "finish", "d": {"status": "succeeded", "reason": None}}]
+    (folder / "metrics.jsonl").write_bytes(b"".join(protocol.encode(line) for line in lines))
 
 
 def send(home: Path, data: bytes) -> bytes:
@@ -87,3 +98,38 @@ def test_clients_closed_for_saying_nothing_are_counted(tmp_path: Path) -> None:
     finally:
         closing(socks)
         agent.stop()
+
+
+def test_messages_to_a_subscriber_that_does_not_read_are_counted_and_it_is_served_on(tmp_path: Path) -> None:
+    """A client (a TUI behind a stalled SSH link, say) subscribed to every run's events reads nothing while
+    3,000 runs are ingested: what overflows its queue is counted in agent status and logged once; every run
+    is stored; once it reads again, it is answered on the same connection."""
+    home = tmp_path / "home"
+    agent = start_agent(home)
+    stalled = Line(home)
+    good = Line(home)
+    try:
+        for topic in ("runs", "run.metrics"):
+            stalled.call("subscribe", topic=topic)
+        for i in range(RUNS):
+            write_run(home, f"r{i:05d}")
+        wait_for(lambda: len(good.call("runs.list", limit=RUNS + 1)) == RUNS, timeout=120, interval=0.5,
+                 what="every run ingested")
+        status = good.call("agent.status")
+        dropped = status["refused"]["dropped"]["count"]
+        assert dropped > 0 and "does not read" in status["refused"]["dropped"]["last"], status["refused"]
+        assert any(p.startswith(f"control socket: dropped {dropped} events to clients that did not read")
+                   for p in status["problems"]), status["problems"]
+        assert (home / "agent.log").read_text().count("does not read") == 1
+        stalled.sock.sendall(protocol.encode({"jsonrpc": "2.0", "id": 7, "method": "hello"}))
+        received = 0
+        while (message := stalled.read()) is not None and message.get("id") != 7:
+            received += 1
+        assert message is not None and "result" in message, "the stalled client is answered once it reads"
+        assert received + dropped >= 2 * RUNS, (received, dropped)
+        assert agent.proc.poll() is None
+    finally:
+        stalled.close()
+        good.close()
+        agent.stop()
+
