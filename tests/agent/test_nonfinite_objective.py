@@ -127,10 +127,10 @@ def test_the_median_and_asha_rules_take_no_infinity_from_a_restart(tmp_path: Pat
         store.close()
 
 
-@pytest.mark.parametrize(("mode", "value"), [("max", INF), ("min", -INF), ("min", INF)])
-def test_an_infinite_objective_is_a_failed_trial_not_a_value(tmp_path: Path, mode: str, value: float) -> None:
-    """Optuna takes an infinity as a value (a -inf minimum would be the study's best): the study is told the
-    trial failed instead, as it is for a NaN."""
+@pytest.mark.parametrize(("mode", "value"), [("max", INF), ("min", -INF), ("min", INF), ("min", math.nan)])
+def test_a_nonfinite_objective_is_a_failed_trial_not_a_value(tmp_path: Path, mode: str, value: float) -> None:
+    """Optuna takes an infinity as a value (a -inf minimum would be the study's best) and warns at a NaN: the
+    study is told the trial failed instead, without a warning."""
     spec = msgspec.to_builtins(msgspec.convert(
         {"metric": "val_loss", "mode": mode, "search": "random", "module": "m", "trials": 2,
          "random": ["lr=uniform(0,1)"]}, sw.SweepCreateParams))
