@@ -100,9 +100,7 @@ async def links_up(app: MldeckApp, hosts: list[str], timeout: float = 60) -> Non
 async def settled(screen: Any, frames: Frames, sort: str | None = None, timeout: float = 60) -> None:
     """Until every host has answered the screen's sort and filter (and the merge is shown)."""
     deadline = time.monotonic() + timeout
-    while not (len(screen.asked_of) == len(screen.deck.fleet.names)
-               and all(a == screen.asked for a in screen.asked_of.values())
-               and (sort is None or screen.asked[0] == sort)):
+    while not (screen.answered() and (sort is None or screen.asked[0] == sort)):
         await frames.after(frames.count, timeout=max(0.01, deadline - time.monotonic()))
 
 

@@ -22,6 +22,7 @@ class ManyHomes:
     def __init__(self, homes: dict[str, Path]) -> None:
         self.fleets = {name: Fleet({name: None}, local_home=home) for name, home in homes.items()}
         self.names = list(homes)
+        self.calls: list[tuple[str, str, dict[str, Any]]] = []
 
     def start(self) -> None:
         for f in self.fleets.values():
@@ -31,6 +32,7 @@ class ManyHomes:
         return self.fleets[host].state(host)
 
     async def call(self, host: str, method: str, **params: Any) -> Any:
+        self.calls.append((host, method, params))
         return await self.fleets[host].call(host, method, **params)
 
     def subscribe(self, host: str, topic: str, **filters: str) -> Any:

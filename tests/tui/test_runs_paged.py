@@ -1,6 +1,7 @@
 """The Runs screen across a fleet asks each host for pages under its sort and filter, never whole tables:
 each agent filters and sorts all its runs exactly as the screen does the rows it holds, and the merge of
-the hosts' first pages is the fleet's first rows."""
+the hosts' first pages is the fleet's first rows. A host of a few runs is held whole: a filter or sort
+shows its runs exactly at the key, without asking it."""
 
 from __future__ import annotations
 
@@ -149,9 +150,9 @@ def test_the_runs_screen_merges_each_hosts_first_page_and_pages_on(fleet: dict[s
         async with app.run_test(size=(140, 40)) as pilot:
             await pilot.press("2")
             runs: RunsScreen = app.screen  # type: ignore[assignment]
-            settled = lambda: len(runs.asked_of) == 3 and all(  # noqa: E731
-                a == runs.asked for a in runs.asked_of.values())
-            await until(pilot, lambda: settled() and runs.data.num_rows == FIRST_WINDOW, what="the first page")
+            settled = runs.answered
+            await until(pilot, lambda: settled() and runs.data.num_rows == FIRST_WINDOW,
+                        what="the first page")
             await pilot.pause(0.5)
             assert all(t.num_rows <= FIRST_WINDOW for t in runs.tables.values())  # pages, not whole tables
             assert runs.total() == 1200 and "200 of 1,200 runs" in runs.said
@@ -169,7 +170,8 @@ def test_the_runs_screen_merges_each_hosts_first_page_and_pages_on(fleet: dict[s
             assert runs.view["run_id"].to_pylist() == wanted
 
             await pilot.press("slash", "ctrl+u", *"host:gpu-1 exp:exp-1", "enter")
-            await until(pilot, lambda: settled() and runs.asked[2].startswith("host:"), what="one host's runs")
+            await until(pilot, lambda: settled() and runs.asked[2].startswith("host:"),
+                        what="one host's runs")
             assert set(runs.view["host"].to_pylist()) == {"gpu-1"}
             assert runs.view["run_id"].to_pylist() == fleet_first(fleet, 1000, "m:loss", False,
                                                                   "host:gpu-1 exp:exp-1")
@@ -179,5 +181,53 @@ def test_the_runs_screen_merges_each_hosts_first_page_and_pages_on(fleet: dict[s
                         what="the next runs, scrolled to")
             n = runs.data.num_rows
             assert runs.view["run_id"].to_pylist() == fleet_first(fleet, n, "m:loss", False)
+
+    asyncio.run(go())
+
+
+@pytest.fixture(scope="module")
+def small_fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Path]]:
+    root = tmp_path_factory.mktemp("small")
+    agents = []
+    try:
+        for i in range(2):
+            fill_store(root / f"h{i}", SMALL, seed=i + 1)
+            agents.append(start_agent(root / f"h{i}"))
+        yield {f"gpu-{i}": a.home for i, a in enumerate(agents)}
+    finally:
+        for a in agents:
+            a.stop()
+
+
+SMALL = 120
+"""Each host's runs: under FIRST_WINDOW, so held whole; together over it."""
+
+
+def test_a_small_fleets_runs_are_filtered_and_sorted_at_each_key(small_fleet: dict[str, Path]) -> None:
+    """Typed, widened and sorted, the view is the fleet's answer at once, and no host is asked for it."""
+    async def go() -> None:
+        homes = ManyHomes(small_fleet)
+        app = MldeckApp(lambda: homes)
+        async with app.run_test(size=(140, 40)) as pilot:
+            await pilot.press("2")
+            runs: RunsScreen = app.screen  # type: ignore[assignment]
+            await until(pilot, lambda: runs.whole == set(small_fleet) and runs.answered(), what="both hosts")
+            assert runs.data.num_rows == 2 * SMALL and runs.total() == 2 * SMALL
+            asked = len(homes.calls)
+            await pilot.press("slash")
+            typed = ""
+            for key in [*"name:mlp-1", "backspace", "backspace", *" status:failed", *["backspace"] * 14]:
+                await pilot.press(key)
+                typed = typed[:-1] if key == "backspace" else typed + key
+                wanted = fleet_first(small_fleet, 1000, "created", True, typed.strip())
+                assert runs.view["run_id"].to_pylist() == wanted, typed
+                assert runs.total() == len(wanted), typed
+            assert typed == "name:mlp"
+            await pilot.press("enter")
+            runs.table.sort_by("m:loss", False)
+            wanted = fleet_first(small_fleet, 1000, "m:loss", False, "name:mlp")
+            assert runs.view["run_id"].to_pylist() == wanted
+            since = homes.calls[asked:]
+            assert not [c for c in since if "query" in c[2] or c[2].get("sort") != "created"], since
 
     asyncio.run(go())

@@ -33,6 +33,8 @@ MARK = " "
 
 Asked = tuple[str | None, bool, str]
 """What the rows held were fetched for: the sort column, descending, the filter."""
+EVERY_RUN: Asked = ("created", True, "")
+"""What a host whose every run the screen holds is asked for (the screen sorts and filters them itself)."""
 
 
 def host_query(query: str, host: str) -> str | None:
@@ -183,8 +185,10 @@ class RunsScreen(DeckScreen):
         self.metrics: list[str] = []
         self.pollers_by_host: dict[str, Poller] = {}
         self.window = FIRST_WINDOW
-        self.asked: Asked = ("created", True, "")
+        self.asked: Asked = EVERY_RUN
         self.asked_of: dict[str, Asked] = {}
+        self.whole: set[str] = set()
+        """Hosts of at most FIRST_WINDOW runs, all held: a sort or filter shows their runs exactly at once."""
 
     def compose(self) -> ComposeResult:
         yield self.header()
@@ -215,8 +219,8 @@ class RunsScreen(DeckScreen):
     async def refresh_host(self, host: str) -> None:
         """Each host on its own: its first rows under the screen's sort and filter (again from the top when
         they change), the next page when the person scrolled on, else its newest page (sooner on a run
-        event) merged into what it sent before."""
-        asked = self.asked
+        event) merged into what it sent before. A whole host is asked for every run, whatever is shown."""
+        asked = EVERY_RUN if host in self.whole else self.asked
         try:
             rows = self.tables.get(host)
             if rows is None or self.asked_of.get(host) != asked:
@@ -234,15 +238,16 @@ class RunsScreen(DeckScreen):
                         self.load(self.data)  # running runs' durations move on
                     rows = None
                 else:
-                    rows = merge(rows, fresh)
-            if self.asked != asked:  # the sort or filter changed meanwhile: ask again for the new one
-                self.pollers_by_host[host].now()
-            elif rows is not None:
+                    rows = fresh if fresh.num_rows >= self.totals[host] else merge(rows, fresh)
+            if rows is not None and asked in (self.asked, EVERY_RUN):  # else the sort or filter changed
                 self.tables[host] = rows
                 self.asked_of[host] = asked
+                self.note_whole(host)
                 self.combine()
-                if rows.num_rows < min(self.window, self.totals[host]):
-                    self.pollers_by_host[host].now()
+            held = self.tables.get(host)
+            if host not in self.whole and (self.asked_of.get(host) != self.asked or held is None
+                                           or held.num_rows < min(self.window, self.totals[host])):
+                self.pollers_by_host[host].now()
             self.errors.pop(host, None)
         except MethodNotAvailable:
             await self.fetch_list(host)
@@ -251,10 +256,20 @@ class RunsScreen(DeckScreen):
         self.updated()
         self.describe()
 
-    def reload(self, host: str | None = None) -> None:
-        """Ask one host (or every host) again now instead of at its next poll."""
+    def note_whole(self, host: str) -> None:
+        """Whether the screen now holds every run of the host; one that outgrew FIRST_WINDOW is asked for
+        pages under the screen's sort and filter again."""
+        rows, total = self.tables[host], self.totals[host]
+        if self.asked_of[host] == EVERY_RUN and rows.num_rows >= total and total <= FIRST_WINDOW:
+            self.whole.add(host)
+        elif host in self.whole:
+            self.whole.discard(host)
+            self.asked_of.pop(host)
+
+    def reload(self, host: str | None = None, paged_only: bool = False) -> None:
+        """Ask one host (or every host, or every host not whole) again now instead of at its next poll."""
         for name, poller in self.pollers_by_host.items():
-            if host in (None, name):
+            if host in (None, name) and not (paged_only and name in self.whole):
                 poller.now()
 
     async def fetch_page(self, host: str, offset: int, limit: int, asked: Asked) -> pa.Table:
@@ -283,18 +298,22 @@ class RunsScreen(DeckScreen):
             return
         self.tables[host] = runs_table({host: runs})
         self.totals[host] = len(runs)
-        self.asked_of[host] = self.asked
+        self.asked_of[host] = EVERY_RUN
+        self.whole.add(host)
         self.combine()
 
     def combine(self) -> None:
-        """The fleet's first `window` runs under the sort: each host sent at least its own first `window`,
-        so those of the merge are the fleet's."""
-        tables = [t for t in self.tables.values() if t.num_rows]
-        merged = pa.concat_tables(tables, promote_options="default") if tables else runs_table({})
+        """Every run of the whole hosts, and the first `window` runs of the others under the sort: each of
+        those sent at least its own first `window`, so the merge's first `window` are the fleet's."""
+        def joined(tables: list[pa.Table]) -> pa.Table:
+            tables = [t for t in tables if t.num_rows]
+            return pa.concat_tables(tables, promote_options="default") if tables else runs_table({})
+
+        paged = joined([t for h, t in self.tables.items() if h not in self.whole])
         sort, descending, _ = self.asked
-        if sort in merged.column_names and merged.num_rows:
-            merged = merged.sort_by([(sort, "descending" if descending else "ascending")])
-        self.load(merged.slice(0, self.window))
+        if sort in paged.column_names and paged.num_rows:
+            paged = paged.sort_by([(sort, "descending" if descending else "ascending")])
+        self.load(joined([paged.slice(0, self.window), *(self.tables[h] for h in self.whole)]))
 
     @screen_work(group="runs-follow")
     async def follow(self, host: str) -> None:
@@ -359,7 +378,7 @@ class RunsScreen(DeckScreen):
         asked = (t.sort_key, t.descending, t.filter_text)
         if asked != self.asked and self.deck.live:
             self.asked, self.window = asked, FIRST_WINDOW
-            self.reload()
+            self.reload(paged_only=True)
         self.describe()
 
     @on(DeckTable.RowHighlighted, "#runs")
@@ -372,8 +391,15 @@ class RunsScreen(DeckScreen):
             self.reload()
 
     def total(self) -> int:
-        """The runs that match on every host, as the hosts counted them."""
-        return sum(n for h, n in self.totals.items() if self.asked_of.get(h) == self.asked)
+        """The runs that match on every host, as the hosts counted them (the screen counts a whole host's)."""
+        whole = pc.sum(pc.is_in(self.view["host"], pa.array(sorted(self.whole), pa.string()))).as_py() or 0
+        return whole + sum(n for h, n in self.totals.items()
+                           if h not in self.whole and self.asked_of.get(h) == self.asked)
+
+    def answered(self) -> bool:
+        """Every host's runs held answer the screen's sort and filter."""
+        return len(self.asked_of) == len(self.deck.fleet.names) and all(
+            h in self.whole or a == self.asked for h, a in self.asked_of.items())
 
     def action_mark(self) -> None:
         cur = self.current()
