@@ -70,15 +70,20 @@ class Poller:
         self.seconds = seconds
         self.settle_s = settle_s
         self._wake = asyncio.Event()
+        self._settle = True
 
-    def now(self) -> None:
+    def now(self, settle: bool = True) -> None:
+        """The next call after settle_s, or at once for one deliberate act (a sort, a scroll)."""
+        self._settle = settle
         self._wake.set()
 
     async def pause(self, at_least: float = 0.0) -> None:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._wake.wait(), max(self.seconds, at_least))
-            await asyncio.sleep(self.settle_s)
+            if self._settle:
+                await asyncio.sleep(self.settle_s)
         self._wake.clear()
+        self._settle = True
 
 
 Tick = Callable[[], Coroutine[Any, Any, bool | None] | bool | None]

@@ -247,7 +247,7 @@ class RunsScreen(DeckScreen):
             held = self.tables.get(host)
             if host not in self.whole and (self.asked_of.get(host) != self.asked or held is None
                                            or held.num_rows < min(self.window, self.totals[host])):
-                self.pollers_by_host[host].now()
+                self.pollers_by_host[host].now(settle=False)
             self.errors.pop(host, None)
         except MethodNotAvailable:
             await self.fetch_list(host)
@@ -266,11 +266,11 @@ class RunsScreen(DeckScreen):
             self.whole.discard(host)
             self.asked_of.pop(host)
 
-    def reload(self, host: str | None = None, paged_only: bool = False) -> None:
+    def reload(self, host: str | None = None, paged_only: bool = False, settle: bool = True) -> None:
         """Ask one host (or every host, or every host not whole) again now instead of at its next poll."""
         for name, poller in self.pollers_by_host.items():
             if host in (None, name) and not (paged_only and name in self.whole):
-                poller.now()
+                poller.now(settle)
 
     async def fetch_page(self, host: str, offset: int, limit: int, asked: Asked) -> pa.Table:
         """Rows [offset, offset + limit) of a host's runs under a sort and filter, in its agent's order."""
@@ -377,8 +377,9 @@ class RunsScreen(DeckScreen):
         t = self.table
         asked = (t.sort_key, t.descending, t.filter_text)
         if asked != self.asked and self.deck.live:
+            typed = asked[:2] == self.asked[:2]  # a key of the filter: the next ones may follow at once
             self.asked, self.window = asked, FIRST_WINDOW
-            self.reload(paged_only=True)
+            self.reload(paged_only=True, settle=typed)
         self.describe()
 
     @on(DeckTable.RowHighlighted, "#runs")
@@ -388,7 +389,7 @@ class RunsScreen(DeckScreen):
         if (t.cursor_row >= t.view.num_rows - 2 * t.page() and t.data.num_rows >= self.window
                 and self.total() > self.window):
             self.window *= 2
-            self.reload()
+            self.reload(paged_only=True, settle=False)
 
     def total(self) -> int:
         """The runs that match on every host, as the hosts counted them (the screen counts a whole host's)."""
