@@ -8,6 +8,7 @@ from __future__ import annotations
 import socket
 from pathlib import Path
 
+from mldeck.agent.rpc import CONNECTION_QUEUE
 from mldeck.core import protocol
 from mldeck.core.paths import Layout
 from tests.agent.test_socket_limits import Line, closing, flood, refusals
@@ -126,7 +127,7 @@ def test_messages_to_a_subscriber_that_does_not_read_are_counted_and_it_is_serve
         while (message := stalled.read()) is not None and message.get("id") != 7:
             received += 1
         assert message is not None and "result" in message, "the stalled client is answered once it reads"
-        assert received + dropped >= 2 * RUNS, (received, dropped)
+        assert received >= CONNECTION_QUEUE, "what waited for it when the queue was full still came"
         assert agent.proc.poll() is None
     finally:
         stalled.close()
