@@ -31,7 +31,9 @@ BODY_S = 2.0
 IDLE_S = 4.0
 MAX_CONNECTIONS = 1500
 ATTACKERS = 3000
-SLACK_S = 1.5  # the sweep runs every HEADER_S / 4; the rest is two busy processes on two cores
+SLACK_S = 2.5
+"""The sweep runs every HEADER_S / 4; the rest is the server accepting 2,000 connections a second on two
+cores that the whole suite shares (1.9 s late was seen there, once in two full runs, at 1.5 s of slack)."""
 PARTIAL = b"POST /v2/models/mlp/infer HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
 
 
