@@ -19,17 +19,11 @@ from mldeck.agent.search import SweepStudy
 from mldeck.core import sweep as sw
 from mldeck.core.store import Store
 from tests.agent.test_jobs import rpc
+from tests.agent.test_sweep_search import CONFIG as SWEEP_CONFIG
 from tests.conftest import start_agent, wait_for
 
 INF = math.inf
-CONFIG = """
-[agent]
-collector_interval_s = 0.2
-[jobs]
-poll_interval_s = 0.1
-grace_s = 10
-max_cpu_jobs = 4
-"""
+CONFIG = SWEEP_CONFIG.replace("max_cpu_jobs = 2", "max_cpu_jobs = 4")
 STEPS = 8
 TRIAL = f"""
 import math, sys, time

@@ -6,6 +6,7 @@ shows its runs exactly at the key, without asking it."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import time
 from collections.abc import Iterator
@@ -119,18 +120,24 @@ def test_a_sort_the_agent_cannot_make_is_one_clear_error(agent: AgentProc) -> No
     assert table(agent.home, limit=1)["total"] == 300  # still up
 
 
+@contextlib.contextmanager
+def agents(root: Path, hosts: int, runs: int) -> Iterator[dict[str, Path]]:
+    """Agents gpu-0, gpu-1, ... with `runs` runs each (other values on each), by host name."""
+    started: list[AgentProc] = []
+    try:
+        for i in range(hosts):
+            fill_store(root / f"h{i}", runs, seed=i + 1)
+            started.append(start_agent(root / f"h{i}"))
+        yield {f"gpu-{i}": a.home for i, a in enumerate(started)}
+    finally:
+        for a in started:
+            a.stop()
+
+
 @pytest.fixture(scope="module")
 def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Path]]:
-    root = tmp_path_factory.mktemp("fleet")
-    agents = []
-    try:
-        for i in range(3):
-            fill_store(root / f"h{i}", 400, seed=i + 1)
-            agents.append(start_agent(root / f"h{i}"))
-        yield {f"gpu-{i}": a.home for i, a in enumerate(agents)}
-    finally:
-        for a in agents:
-            a.stop()
+    with agents(tmp_path_factory.mktemp("fleet"), 3, 400) as homes:
+        yield homes
 
 
 def fleet_first(homes: dict[str, Path], n: int, sort: str, descending: bool, query: str = "") -> list[str]:
@@ -187,16 +194,8 @@ def test_the_runs_screen_merges_each_hosts_first_page_and_pages_on(fleet: dict[s
 
 @pytest.fixture(scope="module")
 def small_fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Path]]:
-    root = tmp_path_factory.mktemp("small")
-    agents = []
-    try:
-        for i in range(2):
-            fill_store(root / f"h{i}", SMALL, seed=i + 1)
-            agents.append(start_agent(root / f"h{i}"))
-        yield {f"gpu-{i}": a.home for i, a in enumerate(agents)}
-    finally:
-        for a in agents:
-            a.stop()
+    with agents(tmp_path_factory.mktemp("small"), 2, SMALL) as homes:
+        yield homes
 
 
 SMALL = 120
