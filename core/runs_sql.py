@@ -25,7 +25,6 @@ DERIVED["eta"] = (f"CASE WHEN status = 'running' AND {DERIVED['progress']} > 0 T
                   f"({DERIVED['duration']}) * (1 - {DERIVED['progress']}) / {DERIVED['progress']} END")
 """Figures the Runs screen works out per run (core of tui/screens/runs.py with_duration), here for sort and
 filter."""
-OPS = {">", "<", ">=", "<=", "=", "!="}
 
 
 def quoted(name: str) -> str:
@@ -64,11 +63,12 @@ def compared(expr: str, op: str) -> str:
 
 
 def selection(known: Known, numeric: Collection[str], query: str | None, sort: str | None,
-              descending: bool) -> Selection:
-    """The runs a page is cut from, filtered by query (the `/` words) and ordered by sort (a column, a
-    figure of DERIVED or `m:<metric>`; None: newest first), NaN after numbers and nulls last as in Arrow."""
-    where: list[str] = []
-    args: list[Any] = []
+              descending: bool, equal: dict[str, str] | None = None) -> Selection:
+    """The runs a page is cut from, filtered by query (the `/` words) and by `equal` (column: value), and
+    ordered by sort (a column, a figure of DERIVED or `m:<metric>`; None: newest first), NaN after numbers
+    and nulls last as in Arrow."""
+    where = [f"{quoted(col)} = ?" for col in equal or {}]
+    args: list[Any] = list((equal or {}).values())
     named: list[str] = []
     derived = False
 

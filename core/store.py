@@ -374,12 +374,8 @@ class Store:
         known = Known(cols, lambda key: bool(cur.execute(
             "SELECT 1 FROM metric_summary WHERE key = ? LIMIT 1", [key]).fetchall()))
         numeric = {c for c, t in types.items() if t in NUMERIC_TYPES}
-        chosen = selection(known, numeric, query, sort, descending)
-        for col, val in (("status", status), ("experiment", experiment)):
-            if val is not None:
-                glue = " AND " if " WHERE " in chosen.source else " WHERE "
-                chosen.source += f"{glue}{col} = ?"
-                chosen.args.append(val)
+        equal = {col: val for col, val in (("status", status), ("experiment", experiment)) if val is not None}
+        chosen = selection(known, numeric, query, sort, descending, equal)
         total = cur.execute(f"SELECT count(*) {chosen.source}", chosen.args).fetchall()[0][0]
         page = cur.sql(f"SELECT {', '.join('runs.' + _ident_q(c) for c in cols)} {chosen.source} "
                        f"ORDER BY {chosen.order} LIMIT ? OFFSET ?", params=[*chosen.args, limit, offset]

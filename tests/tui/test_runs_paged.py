@@ -112,6 +112,17 @@ def test_the_agent_filters_and_sorts_all_its_runs_as_the_screen_does_those_it_ho
         assert first + rest == page["columns"]["run_id"]
 
 
+def test_status_and_experiment_narrow_a_page_sorted_by_a_metric(agent: AgentProc) -> None:
+    """`runs.table`'s status and experiment go with any sort and filter (the metric's join included)."""
+    sort = {"sort": "m:loss", "descending": False}
+    got = table(agent.home, status="failed", experiment="exp-3", limit=1000, **sort)
+    wanted = table(agent.home, query="status:failed exp:exp-3", limit=1000, **sort)
+    assert got["total"] > 0 and got["columns"]["run_id"] == [
+        r for r, e in zip(wanted["columns"]["run_id"], wanted["columns"]["experiment"], strict=True)
+        if e == "exp-3"]
+    assert table(agent.home, status="failed", query="val_acc>0.5", limit=1)["total"] > 0
+
+
 def test_a_sort_the_agent_cannot_make_is_one_clear_error(agent: AgentProc) -> None:
     with pytest.raises(Invalid, match="cannot sort runs by 'params'"):
         table(agent.home, sort="params")
