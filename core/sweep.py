@@ -358,12 +358,11 @@ def finish_sweep(store: Store, sweep_id: str, at: float) -> None:
     )
 
 
-def _best(mode: str) -> tuple[str, str]:
-    """The summary's column of a trial's best value of the metric (NaN ignored: a NULL there means the
-    trial never reported the metric or every value it reported was NaN), and what a trial that reported
-    it says as its best: NaN when every value was NaN, so that it never reads as "not reported"."""
+def _best(mode: str) -> str:
+    """A trial's best value of the metric from its summary (whose min and max leave NaN out), as a trial
+    that reported it says it: NaN when every value was NaN, so that it never reads as "not reported"."""
     column = "m.min_value" if mode == "min" else "m.max_value"
-    return column, f"CASE WHEN m.run_id IS NOT NULL THEN coalesce({column}, 'NaN'::DOUBLE) END"
+    return f"CASE WHEN m.run_id IS NOT NULL THEN coalesce({column}, 'NaN'::DOUBLE) END"
 
 
 def _numbers_only(store: Store, rows: list[dict[str, Any]], metric: str, mode: str) -> None:
@@ -378,7 +377,7 @@ def _numbers_only(store: Store, rows: list[dict[str, Any]], metric: str, mode: s
 def sweep_trials(store: Store, sweep_id: str, metric: str, mode: str) -> list[dict[str, Any]]:
     """A sweep's trials, ranked by their best value of the metric that is a number (the ones without one
     last, oldest first: unreported, or NaN or infinite at every step), from the runs' summaries."""
-    _, best = _best(mode)
+    best = _best(mode)
     cur = store.cur().execute(
         f"""
         SELECT r.run_id, r.name, r.status, r.status_reason, r.params, r.cost_usd, {best} AS best, m.last_step
@@ -401,7 +400,7 @@ def sweep_trials(store: Store, sweep_id: str, metric: str, mode: str) -> list[di
 def objective(store: Store, run_id: str, metric: str, mode: str) -> float | None:
     """A finished trial's result for the search: its best value of the metric, as sweep_trials ranks it
     (NaN or an infinity when no value was a number, None when it never reported the metric)."""
-    _, best = _best(mode)
+    best = _best(mode)
     row = store.cur().execute(
         f"SELECT {best} FROM metric_summary m WHERE run_id = ? AND key = ?", [run_id, metric]
     ).fetchone()
@@ -430,11 +429,10 @@ def metric_history(store: Store, run_ids: list[str], key: str) -> dict[str, list
         return {}
     cur = store.cur().execute(
         "SELECT run_id, step, value FROM metrics WHERE key = ? AND run_id IN (SELECT unnest(?)) "
-        "ORDER BY run_id, step",
+        "AND isfinite(value) ORDER BY run_id, step",
         [key, reported],
     )
     out: dict[str, list[tuple[int, float]]] = {}
     for run_id, step, value in cur.fetchall():
-        if usable(value):
-            out.setdefault(run_id, []).append((step, value))
+        out.setdefault(run_id, []).append((step, value))
     return out
